@@ -1,0 +1,28 @@
+# Set-up and checks. `make demo` and `make test` are the README's two commands: each creates the
+# virtual environment (.venv) and installs the project with its dev tools when needed.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+
+.PHONY: demo test check proto install clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/tongban mapping test mappings
+	$(VENV)/bin/tongban translate --from zhongshan.case --to shenzhen.case mappings/zhongshan/samples/case/02-case.json
+
+test: $(VENV)/.installed
+	$(PY) scripts/check.py
+
+proto: $(VENV)/.installed
+	$(PY) scripts/genproto.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache data

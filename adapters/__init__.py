@@ -1,0 +1,1 @@
+"""Adapters: the mapping engine (``adapters.mapping``) and transports to partner systems."""

@@ -1,0 +1,559 @@
+"""Compile a checked :class:`~adapters.mapping.model.Mapping` into two Python functions.
+
+The mapping rules are turned into Python source, one function per direction, and compiled once
+with ``compile()``: at run time a record goes through straight-line code as if written by hand,
+with no per-rule dispatch. Only validated models reach the generator, and every name, string and
+constant from a mapping file enters the generated code through ``repr()`` or the function's
+namespace, never as code, so a mapping file cannot inject code.
+
+Each generated function takes the input dict and a list, appends an :class:`Issue` per problem
+(with the JSON pointer on the caller's side, the canonical path and the rule's file:line) and
+returns the output dict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from . import convert
+from .errors import Issue
+from .expr import FUNCTIONS
+from .model import Mapping, Rule
+from .schema import SchemaNode
+
+__all__ = ["CompiledMapping", "compile_mapping"]
+
+Translate = Callable[[dict[str, Any], list[Issue]], dict[str, Any]]
+_MISS = object()
+_EMPTY: MappingProxyType[str, Any] = MappingProxyType({})
+_PY_TYPE = {"string": "str", "integer": "int", "boolean": "bool"}
+
+
+@dataclass(slots=True)
+class CompiledMapping:
+    """A mapping compiled both ways; ``forward`` is city -> canonical, ``reverse`` the inverse."""
+
+    mapping: Mapping
+    forward: Translate
+    reverse: Translate
+    forward_source: str = field(repr=False, default="")
+    reverse_source: str = field(repr=False, default="")
+
+    @property
+    def name(self) -> str:
+        """Schema name, e.g. ``zhongshan.case``."""
+        return self.mapping.name
+
+    @property
+    def ref(self) -> str:
+        """``zhongshan.case@3``."""
+        return self.mapping.ref
+
+
+def _ptr_key(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1").replace("{", "{{").replace("}", "}}")
+
+
+def _tpl_key(key: str) -> str:
+    return key.replace("{", "{{").replace("}", "}}")
+
+
+def _issue_factory(table: list[tuple[str, str, str]]) -> Callable[..., Issue]:
+    """``_mk(k, code, message, idx, severity)``: an Issue located by entry ``k`` of ``table``."""
+
+    def mk(
+        k: int, code: str, message: str, idx: tuple[Any, ...] = (), severity: str = "error"
+    ) -> Issue:
+        ptr, can, where = table[k]
+        if idx:
+            ptr, can = ptr.format(*idx), can.format(*idx)
+        return Issue(code, ptr, can, where, message, severity)  # type: ignore[arg-type]
+
+    return mk
+
+
+class _Gen:
+    """Accumulates generated lines and the namespace they refer to."""
+
+    def __init__(self, mapping: Mapping, direction: str) -> None:
+        self.mapping = mapping
+        self.direction = direction
+        self.lines: list[str] = []
+        self.ns: dict[str, Any] = {
+            "_MISS": _MISS,
+            "_EMPTY": _EMPTY,
+            "_VP": convert.ValueProblem,
+        }
+        self.table: list[tuple[str, str, str]] = []
+        self.ns["_mk"] = _issue_factory(self.table)
+        for fname, (fn, *_rest) in FUNCTIONS.items():
+            self.ns[f"_fn_{fname}"] = fn
+        self.n = 0
+
+    def var(self, prefix: str) -> str:
+        self.n += 1
+        return f"{prefix}{self.n}"
+
+    def const(self, value: Any, prefix: str = "_k") -> str:
+        name = self.var(prefix)
+        self.ns[name] = value
+        return name
+
+    def entry(self, ptr: str, can: str, where: str) -> int:
+        self.table.append((ptr, can, where))
+        return len(self.table) - 1
+
+    def emit(self, indent: int, line: str) -> None:
+        self.lines.append("    " * indent + line)
+
+
+@dataclass(slots=True)
+class _Scope:
+    """One object level: where values are read from and written to, with list indices."""
+
+    src: str  # variable holding the input object at this level
+    out: str  # variable holding the output object at this level
+    idx: list[str]  # loop index variables of enclosing lists
+    in_ptr: str  # JSON pointer template of this level on the input side
+    in_can: str  # canonical path template of this level
+    schema: SchemaNode  # city schema node of this level
+    in_objs: dict[tuple[str, ...], str] = field(default_factory=dict)
+    out_objs: dict[tuple[str, ...], str] = field(default_factory=dict)
+    out_order: list[tuple[str, ...]] = field(default_factory=list)
+    # (output prefix, key, issue entry, message): required only when that object is written.
+    deferred: list[tuple[tuple[str, ...], str, int, str]] = field(default_factory=list)
+
+    @property
+    def idx_expr(self) -> str:
+        if not self.idx:
+            return "()"
+        return "(" + ", ".join(self.idx) + ",)"
+
+
+def _ptr(base: str, path: tuple[str, ...]) -> str:
+    return base + "".join("/" + _ptr_key(p) for p in path)
+
+
+def _can(base: str, path: tuple[str, ...]) -> str:
+    joined = ".".join(_tpl_key(p) for p in path)
+    return f"{base}.{joined}" if base and joined else (base or joined)
+
+
+def _type_check(node: SchemaNode, v: str) -> str:
+    if node.type == "number":
+        return f"type({v}) in (int, float)"
+    return f"type({v}) is {_PY_TYPE[node.type]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# city -> canonical
+
+
+def _fwd_in_obj(g: _Gen, sc: _Scope, prefix: tuple[str, ...], ind: int, where: str) -> str:
+    """Variable holding the input sub-object at ``prefix`` (emitted on first use)."""
+    if not prefix:
+        return sc.src
+    if prefix in sc.in_objs:
+        return sc.in_objs[prefix]
+    parent = _fwd_in_obj(g, sc, prefix[:-1], ind, where)
+    v = g.var("s")
+    k = g.entry(_ptr(sc.in_ptr, prefix), _can(sc.in_can, ()), where)
+    g.emit(ind, f"{v} = {parent}.get({prefix[-1]!r})")
+    g.emit(ind, f"if {v} is None: {v} = _EMPTY")
+    g.emit(ind, f"elif type({v}) is not dict:")
+    g.emit(ind + 1, f"issues.append(_mk({k}, 'WRONG_TYPE', 'expected an object', {sc.idx_expr}))")
+    g.emit(ind + 1, f"{v} = _EMPTY")
+    sc.in_objs[prefix] = v
+    return v
+
+
+def _out_obj(g: _Gen, sc: _Scope, prefix: tuple[str, ...], ind: int) -> str:
+    """Variable holding the output sub-object at ``prefix`` (attached at scope end if filled)."""
+    if not prefix:
+        return sc.out
+    if prefix in sc.out_objs:
+        return sc.out_objs[prefix]
+    _out_obj(g, sc, prefix[:-1], ind)
+    v = g.var("o")
+    g.emit(ind, f"{v} = {{}}")
+    sc.out_objs[prefix] = v
+    sc.out_order.append(prefix)
+    return v
+
+
+def _close_out(g: _Gen, sc: _Scope, ind: int) -> None:
+    for prefix, key, k, msg in sc.deferred:
+        obj = sc.out_objs[prefix]
+        g.emit(ind, f"if {obj} and {key!r} not in {obj}:")
+        g.emit(ind + 1, f"issues.append(_mk({k}, 'REQUIRED_MISSING', {msg!r}, {sc.idx_expr}))")
+    for prefix in sorted(sc.out_order, key=len, reverse=True):
+        parent = sc.out if len(prefix) == 1 else sc.out_objs[prefix[:-1]]
+        g.emit(ind, f"if {sc.out_objs[prefix]}: {parent}[{prefix[-1]!r}] = {sc.out_objs[prefix]}")
+
+
+def _unknown_fields(
+    g: _Gen, sc: _Scope, node: SchemaNode, obj: str, prefix: tuple[str, ...], ind: int, where: str
+) -> None:
+    if node.additional or node.type != "object":
+        return
+    keys = g.const(frozenset(node.properties), "_keys")
+    k = g.entry(_ptr(sc.in_ptr, prefix) + "/{}", _can(sc.in_can, prefix), where)
+    idx = "(" + ", ".join([*sc.idx, "x_"]) + ",)"
+    g.emit(ind, f"if {obj}.keys() - {keys}:")
+    g.emit(ind + 1, f"for x_ in sorted({obj}.keys() - {keys}):")
+    g.emit(
+        ind + 2,
+        f"issues.append(_mk({k}, 'UNKNOWN_FIELD', 'field is not in the city schema', {idx}))",
+    )
+
+
+def _compile_forward_scope(g: _Gen, sc: _Scope, rules: list[Rule], ind: int) -> None:
+    m = g.mapping
+    first_where = rules[0].where if rules else m.file
+    _unknown_fields(g, sc, sc.schema, sc.src, (), ind, first_where)
+    # Source sub-objects first (type-checked once), in path order.
+    prefixes: set[tuple[str, ...]] = set()
+    for r in rules:
+        if not r.inbound:
+            continue
+        paths = [r.source] if r.source else []
+        if r.expr is not None and r.direction == "inbound":
+            paths.extend(r.expr.paths)
+        for p in paths:
+            if p:
+                for n in range(1, len(p)):
+                    prefixes.add(p[:n])
+    for p in sorted(prefixes, key=lambda x: (len(x), x)):
+        obj = _fwd_in_obj(g, sc, p, ind, first_where)
+        node = sc.schema.resolve(p)
+        if isinstance(node, SchemaNode):
+            _unknown_fields(g, sc, node, obj, p, ind, first_where)
+    filled: dict[tuple[str, ...], tuple[Rule, int]] = {}
+    for r in rules:
+        if r.inbound:
+            _fwd_rule(g, sc, r, ind, filled)
+    # Built-in validators on the canonical fields this scope filled.
+    for target, (r, k) in filled.items():
+        tf = r.target_field
+        if tf is None or tf.validator is None:
+            continue
+        obj = _out_obj(g, sc, target[:-1], ind)
+        fn = g.const(convert.CANONICAL_VALIDATORS.get(tf.validator), "_val")
+        g.emit(ind, f"v = {obj}.get({target[-1]!r})")
+        g.emit(ind, "if v is not None:")
+        if tf.validator == "certificate_number":
+            fn = g.const(convert.check_certificate_number, "_val")
+            call = f"{fn}(v, {obj}.get('certificate_type'))"
+        else:
+            call = f"{fn}(v)"
+        g.emit(ind + 1, f"try: w = {call}")
+        g.emit(
+            ind + 1, f"except _VP as e: issues.append(_mk({k}, e.code, e.message, {sc.idx_expr}))"
+        )
+        g.emit(ind + 1, "else:")
+        g.emit(
+            ind + 2, f"for c_, m_ in w: issues.append(_mk({k}, c_, m_, {sc.idx_expr}, 'warning'))"
+        )
+    _close_out(g, sc, ind)
+
+
+def _fwd_rule(
+    g: _Gen, sc: _Scope, r: Rule, ind: int, filled: dict[tuple[str, ...], tuple[Rule, int]]
+) -> None:
+    assert r.target is not None
+    ptr = _ptr(sc.in_ptr, r.source) if r.source else sc.in_ptr
+    k = g.entry(ptr, _can(sc.in_can, r.target), r.where)
+    out = _out_obj(g, sc, r.target[:-1], ind)
+    key = repr(r.target[-1])
+    ix = sc.idx_expr
+    filled.setdefault(r.target, (r, k))
+    g.emit(ind, f"# {r.label} ({r.where})")
+    if r.has_const:
+        g.emit(ind, f"{out}[{key}] = {g.const(r.const)}")
+        return
+    if r.expr is not None:
+        text = r.expr.python
+        for p in sorted(r.expr.paths, key=len, reverse=True):
+            obj = _fwd_in_obj(g, sc, p[:-1], ind, r.where)
+            text = text.replace("_P" + repr(p), f"{obj}.get({p[-1]!r})")
+        g.emit(ind, f"try: v = {text}")
+        g.emit(ind, f"except _VP as e: issues.append(_mk({k}, e.code, e.message, {ix}))")
+        g.emit(ind, "else:")
+        g.emit(ind + 1, f"if v is not None and v != '': {out}[{key}] = v")
+        return
+    assert r.source is not None
+    assert r.source_node is not None
+    assert r.target_field is not None
+    parent = _fwd_in_obj(g, sc, r.source[:-1], ind, r.where)
+    sn, _tf = r.source_node, r.target_field
+    g.emit(ind, f"v = {parent}.get({r.source[-1]!r})")
+    if r.default is not None:
+        g.emit(ind, f"if v is None or v == '': v = {g.const(r.default)}")
+    if r.each is not None:
+        assert sn.items is not None
+        g.emit(ind, "if v is not None:")
+        g.emit(ind + 1, "if type(v) is list:")
+        lst, i, item, o = g.var("l"), g.var("i"), g.var("it"), g.var("o")
+        ki = g.entry(ptr + "/{}", _can(sc.in_can, r.target) + "[{}]", r.where)
+        g.emit(ind + 2, f"{lst} = []")
+        g.emit(ind + 2, f"for {i}, {item} in enumerate(v):")
+        sub_idx = [*sc.idx, i]
+        g.emit(ind + 3, f"if type({item}) is not dict:")
+        g.emit(
+            ind + 4,
+            f"issues.append(_mk({ki}, 'WRONG_TYPE', 'expected an object', "
+            f"({', '.join(sub_idx)},)))",
+        )
+        g.emit(ind + 4, "continue")
+        g.emit(ind + 3, f"{o} = {{}}")
+        sub = _Scope(item, o, sub_idx, ptr + "/{}", _can(sc.in_can, r.target) + "[{}]", sn.items)
+        _compile_forward_scope(g, sub, r.each, ind + 3)
+        g.emit(ind + 3, f"{lst}.append({o})")
+        g.emit(ind + 2, f"if {lst}: {out}[{key}] = {lst}")
+        g.emit(ind + 1, "else:")
+        g.emit(ind + 2, f"issues.append(_mk({k}, 'WRONG_TYPE', 'expected a list', {ix}))")
+        if r.required:
+            g.emit(
+                ind,
+                f"else: issues.append(_mk({k}, 'REQUIRED_MISSING', 'required field is missing', {ix}))",
+            )
+        return
+    g.emit(ind, "if v is not None and v != '':")
+    g.emit(ind + 1, f"if {_type_check(sn, 'v')}:")
+    body = ind + 2
+    if sn.type == "string" and sn.max_length:
+        g.emit(body, f"if len(v) > {sn.max_length}:")
+        g.emit(
+            body + 1,
+            f"issues.append(_mk({k}, 'TOO_LONG', 'longer than {sn.max_length} characters', {ix}))",
+        )
+        g.emit(body, "else:")
+        body += 1
+    _fwd_convert(g, r, out, key, k, ix, body)
+    for name in r.validate:
+        fn = g.const(convert.CANONICAL_VALIDATORS[name], "_val")
+        g.emit(body, f"try: w = {fn}(v)")
+        g.emit(body, f"except _VP as e: issues.append(_mk({k}, e.code, e.message, {ix}))")
+        g.emit(body, "else:")
+        g.emit(body + 1, f"for c_, m_ in w: issues.append(_mk({k}, c_, m_, {ix}, 'warning'))")
+    g.emit(ind + 1, "else:")
+    want = {
+        "string": "a string",
+        "integer": "an integer",
+        "number": "a number",
+        "boolean": "true or false",
+    }[sn.type]
+    g.emit(ind + 2, f"issues.append(_mk({k}, 'WRONG_TYPE', 'expected {want}', {ix}))")
+    if r.required:
+        g.emit(
+            ind,
+            f"else: issues.append(_mk({k}, 'REQUIRED_MISSING', 'required field is missing', {ix}))",
+        )
+
+
+def _fwd_convert(g: _Gen, r: Rule, out: str, key: str, k: int, ix: str, ind: int) -> None:
+    sn, tf = r.source_node, r.target_field
+    assert sn is not None
+    assert tf is not None
+    tz = convert.zone(g.mapping.city.timezone)
+    if r.codes is not None:
+        cl = r.codes
+        table = g.const(dict(cl.forward), "_cl")
+        lookup = "v" if sn.type == "string" else "str(v)"
+        g.emit(ind, f"r = {table}.get({lookup}, _MISS)")
+        g.emit(ind, "if r is _MISS:")
+        pol = cl.unknown
+        if pol.kind == "fixed":
+            g.emit(ind + 1, f"{out}[{key}] = {g.const(pol.value)}")
+        elif pol.kind == "pass":
+            g.emit(ind + 1, f"{out}[{key}] = {lookup}")
+        else:
+            msg = f"code is not in code list {cl.ref}"
+            g.emit(ind + 1, f"issues.append(_mk({k}, 'UNKNOWN_CODE', {msg!r}, {ix}))")
+        g.emit(ind, f"else: {out}[{key}] = r")
+        return
+    conv = None
+    if r.datetime is not None:
+        conv = convert.make_datetime_parser(r.datetime, tz)
+    elif r.date is not None:
+        conv = convert.make_date_parser(r.date)
+    if conv is not None:
+        fn = g.const(conv, "_cv")
+        g.emit(ind, f"try: {out}[{key}] = {fn}(v)")
+        g.emit(ind, f"except _VP as e: issues.append(_mk({k}, e.code, e.message, {ix}))")
+        return
+    if tf.kind == "int" and sn.type == "string":
+        g.emit(ind, f"if v.isdigit(): {out}[{key}] = int(v)")
+        g.emit(ind, f"else: issues.append(_mk({k}, 'WRONG_TYPE', 'expected digits', {ix}))")
+    elif tf.kind == "string" and sn.type == "integer":
+        g.emit(ind, f"{out}[{key}] = str(v)")
+    else:
+        g.emit(ind, f"{out}[{key}] = v")
+
+
+# ---------------------------------------------------------------------------------------------
+# canonical -> city
+
+
+def _rev_in_obj(g: _Gen, sc: _Scope, prefix: tuple[str, ...], ind: int) -> str:
+    if not prefix:
+        return sc.src
+    if prefix in sc.in_objs:
+        return sc.in_objs[prefix]
+    parent = _rev_in_obj(g, sc, prefix[:-1], ind)
+    v = g.var("c")
+    g.emit(ind, f"{v} = {parent}.get({prefix[-1]!r}) or _EMPTY")
+    sc.in_objs[prefix] = v
+    return v
+
+
+def _compile_reverse_scope(g: _Gen, sc: _Scope, rules: list[Rule], ind: int) -> None:
+    for r in rules:
+        if r.outbound:
+            _rev_rule(g, sc, r, ind)
+    _close_out(g, sc, ind)
+
+
+def _required_in_city(schema: SchemaNode, path: tuple[str, ...]) -> bool:
+    node: SchemaNode | None = schema
+    for name in path[:-1]:
+        node = node.child(name) if node else None
+        if node is None:
+            return False
+    return node is not None and path[-1] in node.required
+
+
+def _rev_rule(g: _Gen, sc: _Scope, r: Rule, ind: int) -> None:
+    assert r.source is not None
+    city_ptr = _ptr("", r.source).replace("{", "").replace("}", "")
+    can_ptr = _ptr(sc.in_ptr, r.target) if r.target else sc.in_ptr
+    k = g.entry(can_ptr, _can(sc.in_can, r.target or ()), r.where)
+    out = _out_obj(g, sc, r.source[:-1], ind)
+    key = repr(r.source[-1])
+    ix = sc.idx_expr
+    g.emit(ind, f"# {r.label} ({r.where})")
+    if r.has_const:
+        g.emit(ind, f"{out}[{key}] = {g.const(r.const)}")
+        return
+    if r.expr is not None:
+        text = r.expr.python
+        for p in sorted(r.expr.paths, key=len, reverse=True):
+            obj = _rev_in_obj(g, sc, p[:-1], ind)
+            text = text.replace("_P" + repr(p), f"{obj}.get({p[-1]!r})")
+        g.emit(ind, f"try: v = {text}")
+        g.emit(ind, f"except _VP as e: issues.append(_mk({k}, e.code, e.message, {ix}))")
+        g.emit(ind, "else:")
+        g.emit(ind + 1, f"if v is not None and v != '': {out}[{key}] = v")
+        return
+    assert r.target is not None
+    assert r.source_node is not None
+    assert r.target_field is not None
+    sn = r.source_node
+    parent = _rev_in_obj(g, sc, r.target[:-1], ind)
+    g.emit(ind, f"v = {parent}.get({r.target[-1]!r})")
+    required = _required_in_city(sc.schema, r.source)
+    if r.each is not None:
+        assert sn.items is not None
+        lst, i, item, o = g.var("l"), g.var("i"), g.var("it"), g.var("o")
+        g.emit(ind, "if v:")
+        g.emit(ind + 1, f"{lst} = []")
+        g.emit(ind + 1, f"for {i}, {item} in enumerate(v):")
+        g.emit(ind + 2, f"{o} = {{}}")
+        sub = _Scope(
+            item, o, [*sc.idx, i], can_ptr + "/{}", _can(sc.in_can, r.target) + "[{}]", sn.items
+        )
+        _compile_reverse_scope(g, sub, r.each, ind + 2)
+        g.emit(ind + 2, f"{lst}.append({o})")
+        g.emit(ind + 1, f"{out}[{key}] = {lst}")
+        if required:
+            g.emit(ind, f"else: {out}[{key}] = []")
+        return
+    g.emit(ind, "if v is not None:")
+    body = ind + 1
+    _rev_convert(g, r, k, ix, body)
+    if sn.type == "string" and sn.max_length:
+        g.emit(body, f"if type(r) is str and len(r) > {sn.max_length}:")
+        g.emit(
+            body + 1,
+            f"issues.append(_mk({k}, 'TOO_LONG', "
+            f"{'longer than ' + str(sn.max_length) + ' characters allowed in ' + city_ptr!r}, {ix}))",
+        )
+        g.emit(body, f"elif r is not _MISS: {out}[{key}] = r")
+    else:
+        g.emit(body, f"if r is not _MISS: {out}[{key}] = r")
+    if required:
+        msg = f"the city schema requires {city_ptr}"
+        if len(r.source) == 1:
+            g.emit(ind, f"else: issues.append(_mk({k}, 'REQUIRED_MISSING', {msg!r}, {ix}))")
+        else:
+            sc.deferred.append((r.source[:-1], r.source[-1], k, msg))
+
+
+def _rev_convert(g: _Gen, r: Rule, k: int, ix: str, ind: int) -> None:
+    """Emit code that leaves the city value in ``r`` (or ``_MISS`` after an issue)."""
+    sn, tf = r.source_node, r.target_field
+    assert sn is not None
+    assert tf is not None
+    tz = convert.zone(g.mapping.city.timezone)
+    if r.codes is not None:
+        cl = r.codes
+        rev: dict[Any, Any] = dict(cl.reverse)
+        if sn.type == "integer":
+            rev = {c: int(v) for c, v in rev.items() if str(v).lstrip("-").isdigit()}
+        table = g.const(rev, "_rcl")
+        g.emit(ind, f"r = {table}.get(v, _MISS)")
+        pol = cl.reverse_unknown
+        g.emit(ind, "if r is _MISS:")
+        if pol.kind == "fixed":
+            g.emit(ind + 1, f"r = {g.const(pol.value)}")
+        elif pol.kind == "pass":
+            g.emit(ind + 1, "r = v")
+        else:
+            msg = f"canonical value has no code in code list {cl.ref}"
+            g.emit(ind + 1, f"issues.append(_mk({k}, 'UNKNOWN_CODE', {msg!r}, {ix}))")
+        return
+    conv = None
+    if r.datetime is not None:
+        conv = convert.make_datetime_formatter(r.datetime, tz)
+    elif r.date is not None:
+        conv = convert.make_date_formatter(r.date)
+    if conv is not None:
+        fn = g.const(conv, "_cv")
+        g.emit(ind, f"try: r = {fn}(v)")
+        g.emit(ind, "except _VP as e:")
+        g.emit(ind + 1, f"issues.append(_mk({k}, e.code, e.message, {ix})); r = _MISS")
+        return
+    if sn.type == "integer" and tf.kind == "string":
+        g.emit(ind, "if v.isdigit(): r = int(v)")
+        g.emit(
+            ind, f"else: issues.append(_mk({k}, 'WRONG_TYPE', 'expected digits', {ix})); r = _MISS"
+        )
+    elif sn.type == "string" and tf.kind == "int":
+        g.emit(ind, "r = str(v)")
+    else:
+        g.emit(ind, "r = v")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _build(g: _Gen, name: str) -> tuple[Translate, str]:
+    src = "\n".join([f"def {name}(src, issues):", "    out = {}", *g.lines, "    return out", ""])
+    code = compile(src, f"<mapping {g.mapping.ref} {g.direction}>", "exec")
+    exec(code, g.ns)  # noqa: S102 - generated from a validated model, see module docstring
+    fn: Translate = g.ns[name]
+    return fn, src
+
+
+def compile_mapping(mapping: Mapping) -> CompiledMapping:
+    """Compile ``mapping`` both ways."""
+    fg = _Gen(mapping, "inbound")
+    _compile_forward_scope(fg, _Scope("src", "out", [], "", "", mapping.schema), mapping.rules, 1)
+    forward, fsrc = _build(fg, "forward")
+    rg = _Gen(mapping, "outbound")
+    _compile_reverse_scope(rg, _Scope("src", "out", [], "", "", mapping.schema), mapping.rules, 1)
+    reverse, rsrc = _build(rg, "reverse")
+    return CompiledMapping(mapping, forward, reverse, fsrc, rsrc)

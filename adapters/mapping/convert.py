@@ -1,0 +1,431 @@
+"""Runtime value conversions and validators used by compiled mappings.
+
+Everything here is pure: parse and format dates and times by explicit patterns in a time zone,
+and check identity numbers (GB 11643), unified social credit codes (GB 32100), phone numbers,
+region codes (GB/T 2260) with ``python-stdnum``. A failing conversion raises :class:`ValueProblem`
+carrying a stable code; warnings are returned, never raised.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import UTC, date, datetime, tzinfo
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+from stdnum import numdb
+from stdnum.cn import ric, uscc
+from stdnum.exceptions import ValidationError
+
+__all__ = [
+    "CANONICAL_VALIDATORS",
+    "DatePattern",
+    "ValueProblem",
+    "check_certificate_number",
+    "check_credit_code",
+    "check_id_number",
+    "check_phone",
+    "check_region",
+    "format_timestamp",
+    "home_city_of_credit_code",
+    "home_city_of_id_number",
+    "id_birth_date",
+    "id_sex",
+    "parse_timestamp",
+    "redact",
+]
+
+
+class ValueProblem(Exception):  # noqa: N818 - a value's problem, caught by compiled mappings
+    """A value cannot be converted or is invalid. ``code`` is stable, ``message`` redacted."""
+
+    __slots__ = ("code", "message")
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def redact(value: object) -> str:
+    """A safe description of a value for messages: its type and length, never its content."""
+    if isinstance(value, str):
+        return f"a string of {len(value)} characters"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# Timestamps and dates
+
+_TOKENS = re.compile(r"yyyy|MM|dd|HH|mm|ss|SSS|XXX|'[^']*'|.", re.DOTALL)
+_TOKEN_RX = {
+    "yyyy": r"(?P<y>\d{4})",
+    "MM": r"(?P<mo>\d{2})",
+    "dd": r"(?P<d>\d{2})",
+    "HH": r"(?P<h>\d{2})",
+    "mm": r"(?P<mi>\d{2})",
+    "ss": r"(?P<s>\d{2})",
+    "SSS": r"(?P<ms>\d{3})",
+    "XXX": r"(?P<tz>Z|[+-]\d{2}:\d{2})",
+}
+_TOKEN_FMT = {
+    "yyyy": "{y:04d}",
+    "MM": "{mo:02d}",
+    "dd": "{d:02d}",
+    "HH": "{h:02d}",
+    "mm": "{mi:02d}",
+    "ss": "{s:02d}",
+    "SSS": "{ms:03d}",
+    "XXX": "{tz}",
+}
+_LETTERS = re.compile(r"[A-Za-z]")
+
+
+class DatePattern:
+    """A date or date-time pattern such as ``yyyyMMddHHmmss`` or ``yyyy-MM-dd'T'HH:mm:ssXXX``.
+
+    Letters: ``yyyy`` year, ``MM`` month, ``dd`` day, ``HH`` hour (00-23), ``mm`` minute, ``ss``
+    second, ``SSS`` milliseconds, ``XXX`` offset (``+08:00`` or ``Z``); text in single quotes is
+    literal; any other letter is an error. The keyword ``iso8601`` accepts any ISO 8601 date-time
+    with an offset and writes ``yyyy-MM-dd'T'HH:mm:ssXXX``.
+
+    >>> p = DatePattern("yyyyMMddHHmmss")
+    >>> p.fields
+    frozenset({'y', 'mo', 'd', 'h', 'mi', 's'})
+    """
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self.iso = pattern == "iso8601"
+        if self.iso:
+            pattern = "yyyy-MM-dd'T'HH:mm:ssXXX"
+        rx, fmt, fields = [], [], []
+        for tok in _TOKENS.findall(pattern):
+            if tok in _TOKEN_RX:
+                group = _TOKEN_RX[tok].split(">")[0][4:]
+                if group in fields:
+                    raise ValueError(f"pattern {self.pattern!r} repeats {tok!r}")
+                fields.append(group)
+                rx.append(_TOKEN_RX[tok])
+                fmt.append(_TOKEN_FMT[tok])
+            elif tok.startswith("'"):
+                lit = tok[1:-1]
+                rx.append(re.escape(lit))
+                fmt.append(lit.replace("{", "{{").replace("}", "}}"))
+            elif _LETTERS.fullmatch(tok):
+                raise ValueError(
+                    f"pattern {self.pattern!r}: unknown letter {tok!r} "
+                    "(use yyyy MM dd HH mm ss SSS XXX, quote literal text)"
+                )
+            else:
+                rx.append(re.escape(tok))
+                fmt.append(tok.replace("{", "{{").replace("}", "}}"))
+        self.fields = frozenset(fields)
+        if not {"y", "mo", "d"} <= self.fields:
+            raise ValueError(f"pattern {self.pattern!r} must contain yyyy, MM and dd")
+        self.regex = re.compile("".join(rx))
+        self.format = "".join(fmt)
+        self.has_time = bool(self.fields & {"h", "mi", "s"})
+
+    @property
+    def lossless_time(self) -> bool:
+        """True when a second-precision instant survives format then parse."""
+        return {"h", "mi", "s"} <= self.fields
+
+    def __repr__(self) -> str:
+        return f"DatePattern({self.pattern!r})"
+
+
+def format_timestamp(dt: datetime) -> str:
+    """Canonical RFC 3339 UTC form, as protobuf JSON writes a Timestamp."""
+    u = dt.astimezone(UTC)
+    base = f"{u.year:04d}-{u.month:02d}-{u.day:02d}T{u.hour:02d}:{u.minute:02d}:{u.second:02d}"
+    us = u.microsecond
+    if not us:
+        return base + "Z"
+    if us % 1000 == 0:
+        return f"{base}.{us // 1000:03d}Z"
+    return f"{base}.{us:06d}Z"
+
+
+def parse_timestamp(value: str) -> datetime:
+    """Parse a canonical RFC 3339 timestamp (any offset, ``Z`` allowed) into an aware datetime."""
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueProblem("BAD_TIMESTAMP", "not an RFC 3339 timestamp") from None
+    if dt.tzinfo is None:
+        raise ValueProblem("BAD_TIMESTAMP", "timestamp has no UTC offset")
+    return dt
+
+
+def make_datetime_parser(pattern: DatePattern, tz: tzinfo) -> Callable[[str], str]:
+    """A function turning a city's date-time text into a canonical timestamp string."""
+    fullmatch = pattern.regex.fullmatch
+    want = pattern.pattern
+
+    if pattern.iso:
+
+        def parse_iso(text: str) -> str:
+            try:
+                dt = datetime.fromisoformat(text)
+            except ValueError:
+                raise ValueProblem(
+                    "BAD_DATETIME", "expected an ISO 8601 date-time with offset"
+                ) from None
+            if dt.tzinfo is None:
+                raise ValueProblem("BAD_DATETIME", "ISO 8601 date-time lacks its UTC offset")
+            return format_timestamp(dt)
+
+        return parse_iso
+
+    def parse(text: str) -> str:
+        m = fullmatch(text)
+        if m is None:
+            raise ValueProblem("BAD_DATETIME", f"expected a date-time as {want!r}")
+        g = m.groupdict()
+        try:
+            zone: tzinfo = tz
+            if g.get("tz"):
+                zone = _offset(g["tz"])
+            dt = datetime(
+                int(g["y"]),
+                int(g["mo"]),
+                int(g["d"]),
+                int(g.get("h") or 0),
+                int(g.get("mi") or 0),
+                int(g.get("s") or 0),
+                int(g.get("ms") or 0) * 1000,
+                tzinfo=zone,
+            )
+        except ValueError:
+            raise ValueProblem("BAD_DATETIME", "impossible date or time") from None
+        return format_timestamp(dt)
+
+    return parse
+
+
+def _offset(text: str) -> tzinfo:
+    return (
+        datetime.fromisoformat("2000-01-01T00:00:00" + ("+00:00" if text == "Z" else text)).tzinfo
+        or UTC
+    )
+
+
+def make_datetime_formatter(pattern: DatePattern, tz: tzinfo) -> Callable[[str], str]:
+    """A function turning a canonical timestamp string into the city's date-time text."""
+    fmt = pattern.format
+
+    def fmt_dt(value: str) -> str:
+        local = parse_timestamp(value).astimezone(tz)
+        off = local.strftime("%z")
+        tzs = "Z" if off == "+0000" else f"{off[:3]}:{off[3:]}"
+        return fmt.format(
+            y=local.year,
+            mo=local.month,
+            d=local.day,
+            h=local.hour,
+            mi=local.minute,
+            s=local.second,
+            ms=local.microsecond // 1000,
+            tz=tzs,
+        )
+
+    return fmt_dt
+
+
+def make_date_parser(pattern: DatePattern) -> Callable[[str], str]:
+    """A function turning a city's date text into canonical ``YYYY-MM-DD``."""
+    fullmatch = pattern.regex.fullmatch
+    want = pattern.pattern
+
+    def parse(text: str) -> str:
+        m = fullmatch(text)
+        if m is None:
+            raise ValueProblem("BAD_DATE", f"expected a date as {want!r}")
+        try:
+            d = date(int(m["y"]), int(m["mo"]), int(m["d"]))
+        except ValueError:
+            raise ValueProblem("BAD_DATE", "impossible date") from None
+        return d.isoformat()
+
+    return parse
+
+
+def make_date_formatter(pattern: DatePattern) -> Callable[[str], str]:
+    """A function turning canonical ``YYYY-MM-DD`` into the city's date text."""
+    fmt = pattern.format
+
+    def fmt_date(value: str) -> str:
+        try:
+            d = date.fromisoformat(value)
+        except ValueError:
+            raise ValueProblem("BAD_DATE", "expected a canonical date YYYY-MM-DD") from None
+        return fmt.format(y=d.year, mo=d.month, d=d.day, h=0, mi=0, s=0, ms=0, tz="")
+
+    return fmt_date
+
+
+@lru_cache(maxsize=64)
+def zone(name: str) -> ZoneInfo:
+    """A time zone by IANA name (cached)."""
+    return ZoneInfo(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Identity numbers, credit codes, phones, regions
+
+_ID_TYPES = {
+    "CERTIFICATE_TYPE_RESIDENT_ID_CARD",
+    "CERTIFICATE_TYPE_TEMPORARY_RESIDENT_ID_CARD",
+}
+_PHONE = re.compile(r"1[3-9]\d{9}|0\d{2,3}-?\d{7,8}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@lru_cache(maxsize=8192)
+def _region_known_in(region: str, year: int) -> bool:
+    try:
+        ric.get_birth_place(f"{region}{year:04d}01010000")
+    except ValidationError:
+        return False
+    return True
+
+
+def check_id_number(value: str) -> list[tuple[str, str]]:
+    """Check a GB 11643 resident identity number with python-stdnum.
+
+    Length, format, check character and birth date are errors (:class:`ValueProblem`,
+    code ``INVALID_ID_NUMBER``); a region code that stdnum does not know for the birth year is
+    returned as a warning, because its region table rejects real numbers.
+    """
+    if len(value) != 18:
+        raise ValueProblem("INVALID_ID_NUMBER", "ID number must have 18 characters")
+    if not value[:17].isdigit() or not (value[17].isdigit() or value[17] == "X"):
+        raise ValueProblem("INVALID_ID_NUMBER", "ID number must be 17 digits and a digit or X")
+    if ric.calc_check_digit(value) != value[17]:
+        raise ValueProblem("INVALID_ID_NUMBER", "ID number check character is wrong")
+    try:
+        born = ric.get_birth_date(value)
+    except ValidationError:
+        raise ValueProblem(
+            "INVALID_ID_NUMBER", "ID number holds an impossible birth date"
+        ) from None
+    if not _region_known_in(value[:6], born.year):
+        return [
+            (
+                "ID_REGION_NOT_VALID_FOR_BIRTH_YEAR",
+                "region code of the ID number is not listed for its birth year",
+            )
+        ]
+    return []
+
+
+def check_certificate_number(value: str, certificate_type: str | None) -> list[tuple[str, str]]:
+    """Check a certificate number according to its type (resident ID cards: GB 11643)."""
+    if certificate_type in _ID_TYPES or (certificate_type is None and len(value) == 18):
+        return check_id_number(value)
+    if not value or len(value) > 64 or not value.isprintable():
+        raise ValueProblem("INVALID_CERTIFICATE_NUMBER", "certificate number is malformed")
+    return []
+
+
+def check_credit_code(value: str) -> list[tuple[str, str]]:
+    """Check a GB 32100 unified social credit code with python-stdnum."""
+    try:
+        uscc.validate(value)
+    except ValidationError as exc:
+        raise ValueProblem(
+            "INVALID_CREDIT_CODE", f"unified social credit code is invalid: {_reason(exc)}"
+        ) from None
+    if value != value.upper().strip():
+        raise ValueProblem("INVALID_CREDIT_CODE", "unified social credit code must be uppercase")
+    return []
+
+
+def _reason(exc: ValidationError) -> str:
+    return {
+        "InvalidLength": "wrong length",
+        "InvalidFormat": "wrong format",
+        "InvalidChecksum": "wrong check character",
+        "InvalidComponent": "unknown component",
+    }.get(type(exc).__name__, "invalid")
+
+
+def check_phone(value: str) -> list[tuple[str, str]]:
+    """Check a mainland phone number: 11-digit mobile or 0-prefixed landline."""
+    if not _PHONE.fullmatch(value):
+        raise ValueProblem("INVALID_PHONE", "phone must be an 11-digit mobile or a landline")
+    return []
+
+
+@lru_cache(maxsize=4096)
+def _region_exists(code: str) -> bool:
+    return any("county" in props for _, props in numdb.get("cn/loc").info(code))
+
+
+def check_region(value: str) -> list[tuple[str, str]]:
+    """Check a six-digit GB/T 2260 region code against stdnum's region table."""
+    if len(value) != 6 or not value.isdigit() or not _region_exists(value):
+        raise ValueProblem("INVALID_REGION", "not a known six-digit GB/T 2260 region code")
+    return []
+
+
+def check_sha256(value: str) -> list[tuple[str, str]]:
+    """Check a lowercase hex SHA-256 digest."""
+    if not _SHA256.fullmatch(value):
+        raise ValueProblem("INVALID_DIGEST", "digest must be 64 lowercase hex characters")
+    return []
+
+
+#: Built-in validators by name; ``certificate_number`` also looks at the sibling type.
+CANONICAL_VALIDATORS: dict[str, Callable[[str], list[tuple[str, str]]]] = {
+    "id_number": check_id_number,
+    "credit_code": check_credit_code,
+    "phone": check_phone,
+    "region": check_region,
+    "sha256": check_sha256,
+}
+
+
+def prefecture(region: str) -> str:
+    """The prefecture-level region of a six-digit code (``440305`` -> ``440300``)."""
+    return region[:4] + "00"
+
+
+def home_city_of_id_number(value: str) -> str:
+    """Home city (prefecture region code) of a resident ID number."""
+    return prefecture(value[:6])
+
+
+def home_city_of_credit_code(value: str) -> str:
+    """Home city (prefecture region code) of a unified social credit code (positions 3-8)."""
+    return prefecture(value[2:8])
+
+
+def id_birth_date(value: str) -> str:
+    """Birth date ``YYYY-MM-DD`` held in a valid resident ID number."""
+    try:
+        return ric.get_birth_date(value).isoformat()
+    except ValidationError:
+        raise ValueProblem(
+            "INVALID_ID_NUMBER", "ID number holds an impossible birth date"
+        ) from None
+
+
+def id_sex(value: str) -> str:
+    """Canonical sex held in a resident ID number (odd sequence: male)."""
+    if len(value) != 18 or not value[16].isdigit():
+        raise ValueProblem("INVALID_ID_NUMBER", "ID number must have 18 characters")
+    return "SEX_MALE" if int(value[16]) % 2 else "SEX_FEMALE"

@@ -1,0 +1,270 @@
+"""The mapping set a gateway serves: every city's mappings, loaded, checked and compiled.
+
+A :class:`MappingSet` is immutable once built, so a running server can swap a new one in with one
+assignment (hot reload) and a request in flight keeps the set it started with. Building one loads
+every city folder, checks every mapping against its schemas, compiles both directions and applies
+each mapping's coverage policy; any problem fails the whole set.
+
+>>> from pathlib import Path
+>>> ms = MappingSet.load(Path("mappings"))              # doctest: +SKIP
+>>> result = ms.translate("zhongshan.case", "shenzhen.case", {"SBLSH": "..."})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .canonical import CANONICAL_KINDS, canonical_leaf_paths
+from .canonical_io import parse_canonical
+from .compiler import CompiledMapping, compile_mapping
+from .errors import (
+    Issue,
+    KindMismatchError,
+    MalformedRecordError,
+    MappingLoadError,
+    Problem,
+    RecordInvalidError,
+    UnknownSchemaError,
+)
+from .model import City, Mapping, Rule, load_city
+
+__all__ = ["CANONICAL_SCHEMAS", "Coverage", "MappingSet", "TranslationResult"]
+
+#: Canonical schema name -> record kind.
+CANONICAL_SCHEMAS: dict[str, str] = {v: k for k, v in CANONICAL_KINDS.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class TranslationResult:
+    """A translated record, the mapping versions that produced it, and its warnings."""
+
+    record: dict[str, Any]
+    versions: tuple[str, ...]
+    warnings: tuple[Issue, ...] = ()
+
+
+@dataclass(slots=True)
+class Coverage:
+    """Fields a mapping leaves out, in both directions."""
+
+    schema: str
+    source_unread: list[str] = field(default_factory=list)
+    canonical_unfilled: list[str] = field(default_factory=list)
+    source_unwritten: list[str] = field(default_factory=list)
+
+
+def _leaves(
+    rules: list[Rule], inbound: bool, prefix_src: str = "", prefix_can: str = ""
+) -> tuple[set[str], set[str]]:
+    """Source and canonical leaf paths touched by ``rules`` in one direction."""
+    src: set[str] = set()
+    can: set[str] = set()
+    for r in rules:
+        if not (r.inbound if inbound else r.outbound):
+            continue
+        if r.each is not None and r.source and r.target:
+            s, c = _leaves(
+                r.each,
+                inbound,
+                prefix_src + ".".join(r.source) + "[].",
+                prefix_can + ".".join(r.target) + "[].",
+            )
+            src |= s
+            can |= c
+            continue
+        if r.source:
+            src.add(prefix_src + ".".join(r.source))
+        if r.target:
+            can.add(prefix_can + ".".join(r.target))
+        if r.expr is not None:
+            for p in r.expr.paths:
+                (src if inbound else can).add((prefix_src if inbound else prefix_can) + ".".join(p))
+    return src, can
+
+
+def _ignored(path: str, ignore: frozenset[str]) -> bool:
+    bare = path.replace("[]", "")
+    return any(bare == i or bare.startswith(i + ".") for i in ignore)
+
+
+def coverage_of(m: Mapping) -> Coverage:
+    """What ``m`` reads, fills and writes, compared with both schemas."""
+    src_in, can_in = _leaves(m.rules, inbound=True)
+    src_out, _ = _leaves(m.rules, inbound=False)
+    leaves = m.schema.leaf_paths()
+    return Coverage(
+        m.name,
+        [p for p in leaves if p not in src_in and not _ignored(p, m.ignore_source)],
+        [
+            p
+            for p in canonical_leaf_paths(m.canonical)
+            if p not in can_in and not _ignored(p, m.ignore_canonical)
+        ],
+        [p for p in leaves if p not in src_out and not _ignored(p, m.ignore_source)],
+    )
+
+
+class MappingSet:
+    """Immutable, fully checked mappings of every city under one folder."""
+
+    def __init__(
+        self,
+        root: Path,
+        cities: dict[str, City],
+        compiled: dict[str, CompiledMapping],
+        warnings: list[Problem],
+    ) -> None:
+        self.root = root
+        self.cities = cities
+        self.cities_by_code = {c.code: c for c in cities.values()}
+        self.compiled = compiled
+        self.warnings = warnings
+
+    @classmethod
+    def load(cls, root: Path) -> MappingSet:
+        """Load every city folder below ``root``; raise MappingLoadError with every problem."""
+        if not root.is_dir():
+            raise MappingLoadError([Problem(str(root), 0, "mapping folder does not exist")])
+        problems: list[Problem] = []
+        warnings: list[Problem] = []
+        cities: dict[str, City] = {}
+        compiled: dict[str, CompiledMapping] = {}
+        codes: dict[str, str] = {}
+        for folder in sorted(
+            p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+        ):
+            try:
+                city, mappings = load_city(folder)
+            except MappingLoadError as exc:
+                problems.extend(exc.problems)
+                continue
+            if city.code in codes:
+                problems.append(
+                    Problem(
+                        f"{folder.name}/city.yaml",
+                        1,
+                        f"region code {city.code} is already used by {codes[city.code]}",
+                    )
+                )
+                continue
+            codes[city.code] = city.name
+            cities[city.name] = city
+            for m in mappings.values():
+                cov = coverage_of(m)
+                for policy, items, what in (
+                    (m.coverage_source, cov.source_unread, "source field never read"),
+                    (m.coverage_canonical, cov.canonical_unfilled, "canonical field never filled"),
+                ):
+                    if policy == "ignore":
+                        continue
+                    for p in items:
+                        pr = Problem(
+                            m.file, 1, f"{what}: {p} (coverage policy {policy})", "coverage"
+                        )
+                        (problems if policy == "error" else warnings).append(pr)
+                compiled[m.name] = compile_mapping(m)
+        if problems:
+            raise MappingLoadError(problems)
+        return cls(root, cities, compiled, warnings)
+
+    # -- schemas ----------------------------------------------------------------------------
+
+    def schema_names(self) -> list[str]:
+        """Every schema name, city schemas then canonical ones."""
+        return sorted(self.compiled) + sorted(CANONICAL_SCHEMAS)
+
+    def kind_of(self, schema: str) -> str:
+        """Record kind of ``schema``; UnknownSchemaError when it is not registered."""
+        if schema in CANONICAL_SCHEMAS:
+            return CANONICAL_SCHEMAS[schema]
+        cm = self.compiled.get(schema)
+        if cm is None:
+            raise UnknownSchemaError(schema)
+        return cm.mapping.kind
+
+    def schema_for(self, city: str, kind: str) -> str | None:
+        """The schema of ``kind`` for a city given by name or region code, if it has one."""
+        c = self.cities.get(city) or self.cities_by_code.get(city)
+        if c is None:
+            return None
+        name = f"{c.name}.{kind}"
+        return name if name in self.compiled else None
+
+    def city(self, name_or_code: str) -> City | None:
+        """A city by name or region code."""
+        return self.cities.get(name_or_code) or self.cities_by_code.get(name_or_code)
+
+    # -- translation ------------------------------------------------------------------------
+
+    def to_canonical(self, schema: str, record: Any) -> TranslationResult:
+        """Translate ``record`` from ``schema`` into canonical; RecordInvalidError on errors."""
+        kind = self.kind_of(schema)
+        if not isinstance(record, dict):
+            raise MalformedRecordError("a record must be a JSON object")
+        if schema in CANONICAL_SCHEMAS:
+            canonical, issues = parse_canonical(kind, record)
+            versions: tuple[str, ...] = ()
+        else:
+            cm = self.compiled[schema]
+            issues = []
+            try:
+                canonical = cm.forward(record, issues)
+            except RecursionError:
+                raise MalformedRecordError("record is nested too deeply") from None
+            versions = (cm.ref,)
+        if any(i.severity == "error" for i in issues):
+            raise RecordInvalidError(schema, issues)
+        return TranslationResult(canonical, versions, tuple(issues))
+
+    def from_canonical(self, schema: str, canonical: dict[str, Any]) -> TranslationResult:
+        """Translate a (valid, normalised) canonical dict into ``schema``."""
+        if schema in CANONICAL_SCHEMAS:
+            return TranslationResult(canonical, ())
+        cm = self.compiled.get(schema)
+        if cm is None:
+            raise UnknownSchemaError(schema)
+        issues: list[Issue] = []
+        out = cm.reverse(canonical, issues)
+        if any(i.severity == "error" for i in issues):
+            raise RecordInvalidError(schema, issues)
+        return TranslationResult(out, (cm.ref,), tuple(issues))
+
+    def translate(self, source: str, target: str, record: Any) -> TranslationResult:
+        """Translate ``record`` from ``source`` to ``target`` through the canonical model."""
+        if self.kind_of(source) != self.kind_of(target):
+            raise KindMismatchError(source, target)
+        first = self.to_canonical(source, record)
+        second = self.from_canonical(target, first.record)
+        return TranslationResult(
+            second.record, first.versions + second.versions, first.warnings + second.warnings
+        )
+
+    def translate_json(self, source: str, target: str, data: bytes | str) -> TranslationResult:
+        """Like :meth:`translate`, from JSON text; MalformedRecordError on bad JSON."""
+        self.kind_of(source)
+        self.kind_of(target)
+        return self.translate(source, target, parse_json(data))
+
+    def coverage(self, schema: str) -> Coverage:
+        """Coverage of one city schema's mapping."""
+        cm = self.compiled.get(schema)
+        if cm is None:
+            raise UnknownSchemaError(schema)
+        return coverage_of(cm.mapping)
+
+
+def parse_json(data: bytes | str) -> Any:
+    """Parse one JSON document; MalformedRecordError (without the content) when it is not."""
+    try:
+        return json.loads(data)
+    except UnicodeDecodeError:
+        raise MalformedRecordError("record is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise MalformedRecordError(
+            f"record is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    except RecursionError:
+        raise MalformedRecordError("record is nested too deeply") from None

@@ -1,0 +1,41 @@
+"""The ``tongban`` command line.
+
+Exit codes: 0 success; 1 the work failed (invalid data, failed checks, a server that could not
+start); 2 usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+from .cli_mapping import add_mapping_commands
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level argument parser with every sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="tongban",
+        description="Tongban (通办): cross-city government-service data-exchange gateway.",
+    )
+    parser.add_argument("--version", action="version", version=f"tongban {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_mapping_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
