@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 
-class ValueProblem(Exception):  # noqa: N818 - a value's problem, caught by compiled mappings
+class ValueProblem(Exception):
     """A value cannot be converted or is invalid. ``code`` is stable, ``message`` redacted."""
 
     __slots__ = ("code", "message")

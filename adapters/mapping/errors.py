@@ -81,10 +81,11 @@ class MappingLoadError(MappingError):
 
 
 class UnknownSchemaError(MappingError):
-    """The schema name is not registered."""
+    """The schema name is not registered. ``field`` names the request field that held it."""
 
-    def __init__(self, schema: str) -> None:
+    def __init__(self, schema: str, field: str = "") -> None:
         self.schema = schema
+        self.field = field
         super().__init__(f"unknown schema {schema!r}")
 
 

@@ -1,0 +1,142 @@
+"""One place wires everything: :func:`bootstrap` builds the object graph, :func:`create_server`
+the gRPC server on it, :class:`Gateway` runs both with their background tasks.
+
+Nothing here connects at import time; every dependency is built from the settings and passed
+down explicitly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from tongban.v1 import (
+    case_exchange_pb2,
+    identity_pb2,
+    partner_inbox_pb2,
+    translation_pb2,
+)
+
+from .mappings import MappingRegistry
+from .rpc.registration import CallObserver, register_service
+from .rpc.translation import TranslationServicer
+from .settings import Settings
+
+__all__ = ["Gateway", "Services", "bootstrap", "create_server"]
+
+log = logging.getLogger("tongban.server")
+
+#: Every tongban.v1 service the gateway serves or speaks (reflection lists them all).
+SERVICE_DESCRIPTORS = {
+    "TranslationService": translation_pb2.DESCRIPTOR.services_by_name["TranslationService"],
+    "CaseExchangeService": case_exchange_pb2.DESCRIPTOR.services_by_name["CaseExchangeService"],
+    "IdentityService": identity_pb2.DESCRIPTOR.services_by_name["IdentityService"],
+    "PartnerInboxService": partner_inbox_pb2.DESCRIPTOR.services_by_name["PartnerInboxService"],
+}
+
+
+@dataclass
+class Services:
+    """The object graph of one gateway process."""
+
+    settings: Settings
+    mappings: MappingRegistry
+    servicers: dict[str, Any] = field(default_factory=dict)
+    observer: CallObserver | None = None
+
+
+def bootstrap(settings: Settings) -> Services:
+    """Build every service from the settings (loads and checks the mapping set)."""
+    mappings = MappingRegistry(
+        settings.mappings.path, run_golden_on_reload=settings.mappings.run_golden_on_reload
+    )
+    services = Services(settings, mappings)
+    services.servicers["TranslationService"] = TranslationServicer(
+        mappings, settings.server.max_record_bytes
+    )
+    return services
+
+
+def create_server(
+    settings: Settings, services: Services | None = None
+) -> tuple[grpc.aio.Server, int, health_aio.HealthServicer]:
+    """Build the grpc.aio server: services, health, reflection, bound to the configured port.
+
+    Returns the server (not started), the bound port (useful with port 0) and the health
+    servicer, which reports NOT_SERVING until :meth:`Gateway.start` marks it SERVING.
+    """
+    services = services or bootstrap(settings)
+    cfg = settings.server
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", cfg.max_message_bytes),
+        ("grpc.max_send_message_length", cfg.max_message_bytes),
+        ("grpc.so_reuseport", 1 if cfg.workers > 1 else 0),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ]
+    server = grpc.aio.server(options=options)
+    served = []
+    for name, servicer in services.servicers.items():
+        desc = SERVICE_DESCRIPTORS[name]
+        register_service(server, desc, servicer, services.observer)
+        served.append(desc.full_name)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    names = [d.full_name for d in SERVICE_DESCRIPTORS.values()]
+    names += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+    reflection.enable_server_reflection(names, server)
+    port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+    if port == 0:
+        raise OSError(f"cannot bind {cfg.host}:{cfg.port}")
+    return server, port, health
+
+
+class Gateway:
+    """A running gateway: the server plus background tasks, started and stopped together."""
+
+    def __init__(self, settings: Settings, services: Services | None = None) -> None:
+        self.settings = settings
+        self.services = services or bootstrap(settings)
+        self.server, self.port, self.health = create_server(settings, self.services)
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def address(self) -> str:
+        """``host:port`` the server listens on."""
+        return f"{self.settings.server.host}:{self.port}"
+
+    async def start(self) -> None:
+        """Start serving, start background tasks, then report SERVING."""
+        await self.server.start()
+        if self.settings.mappings.watch:
+            self._tasks.append(asyncio.create_task(self.services.mappings.watch(self._stop)))
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("gateway serving", extra={"address": self.address})
+
+    async def _set_health(self, status: int) -> None:
+        await self.health.set("", status)
+        for desc in SERVICE_DESCRIPTORS.values():
+            if desc.name in self.services.servicers:
+                await self.health.set(desc.full_name, status)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Report NOT_SERVING, drain in-flight calls within the grace period, stop tasks."""
+        grace = self.settings.server.grace_seconds if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        self._stop.set()
+        await self.server.stop(grace)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        log.info("gateway stopped")

@@ -1,0 +1,115 @@
+"""Errors of the gateway's service layer.
+
+Exception tree::
+
+    GatewayError
+    ├── InvalidRequest          a request field is missing or malformed (.field)
+    ├── RecordTooLarge          the record exceeds the size limit
+    ├── UnknownCity             a city region code is not served (.field, .city)
+    ├── CaseNotFound            no such case, or not visible to the caller
+    ├── DeadLetterNotFound      no such dead letter
+    ├── RequestIdReused         the request_id was used with a different body
+    ├── IllegalTransition       the status change breaks the lifecycle (.current, .requested)
+    ├── InvalidPageToken        the page token is malformed or from another query
+    ├── Unauthenticated         no valid client identity
+    ├── PermissionDenied        the caller's ACL refuses this
+    ├── RateLimited             too many requests (.retry_after)
+    └── BackendUnavailable      the store is unreachable (.retry_after)
+
+Mapping errors (adapters.mapping.MappingError) travel beside these; gateway.rpc.errors turns
+both into gRPC status with rich details in one table.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendUnavailable",
+    "CaseNotFound",
+    "DeadLetterNotFound",
+    "GatewayError",
+    "IllegalTransition",
+    "InvalidPageToken",
+    "InvalidRequest",
+    "PermissionDenied",
+    "RateLimited",
+    "RecordTooLarge",
+    "RequestIdReused",
+    "Unauthenticated",
+    "UnknownCity",
+]
+
+
+class GatewayError(Exception):
+    """Base class of the service layer's errors. ``field`` names the request field, if any."""
+
+    field: str = ""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        if field:
+            self.field = field
+
+
+class InvalidRequest(GatewayError):
+    """A request field is missing or malformed."""
+
+
+class RecordTooLarge(GatewayError):
+    """The record exceeds the configured size limit."""
+
+
+class UnknownCity(GatewayError):
+    """A city region code that this gateway does not serve."""
+
+    def __init__(self, city: str, field: str) -> None:
+        super().__init__(f"city {city!r} is not served by this gateway", field)
+        self.city = city
+
+
+class CaseNotFound(GatewayError):
+    """The case does not exist or is not visible to the caller (no existence leak)."""
+
+
+class DeadLetterNotFound(GatewayError):
+    """The dead letter does not exist."""
+
+
+class RequestIdReused(GatewayError):
+    """The request_id was used before with a different body."""
+
+
+class IllegalTransition(GatewayError):
+    """The requested status change is not allowed from the current status."""
+
+    def __init__(self, current: str, requested: str) -> None:
+        super().__init__(f"a case in {current} cannot move to {requested}", "status_code")
+        self.current, self.requested = current, requested
+
+
+class InvalidPageToken(GatewayError):
+    """The page token is malformed or belongs to another query."""
+
+
+class Unauthenticated(GatewayError):
+    """The caller did not present a valid identity."""
+
+
+class PermissionDenied(GatewayError):
+    """The caller's ACL does not allow the call."""
+
+
+class RateLimited(GatewayError):
+    """The caller exceeded its rate limit; retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class BackendUnavailable(GatewayError):
+    """The store (or another backend) is unreachable; retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

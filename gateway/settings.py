@@ -1,0 +1,230 @@
+"""Gateway settings: one frozen, typed object read once from a TOML file plus the environment.
+
+Every key may be overridden by an environment variable ``TONGBAN_<SECTION>__<KEY>`` (e.g.
+``TONGBAN_SERVER__PORT=50052``). Unknown keys and bad values are errors naming the key. Relative
+paths in a file are relative to that file's folder. See docs/configuration.md.
+
+>>> s = load_settings(None, env={"TONGBAN_SERVER__PORT": "0"})
+>>> s.server.port
+0
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "ConfigError",
+    "DeliverySettings",
+    "PartnerSettings",
+    "RetryPolicy",
+    "Settings",
+    "load_settings",
+]
+
+Port = Annotated[int, Field(ge=0, le=65535)]
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names every bad key."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Model):
+    """The gRPC listener."""
+
+    host: str = "127.0.0.1"
+    port: Port = 50051
+    grace_seconds: Annotated[float, Field(ge=0, le=300)] = 10.0
+    max_message_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 4 * 1024 * 1024
+    max_record_bytes: Annotated[int, Field(ge=256, le=16 * 1024 * 1024)] = 256 * 1024
+    max_deadline_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
+
+
+class StoreSettings(_Model):
+    """Where cases, the outbox and the audit log live."""
+
+    url: str = ""  # empty: SQLite file <data_dir>/tongban.db
+    data_dir: Path = Path("data")
+    pool_size: Annotated[int, Field(ge=1, le=100)] = 5
+    group_commit_max: Annotated[int, Field(ge=1, le=10000)] = 256
+
+    @property
+    def effective_url(self) -> str:
+        """The SQLAlchemy URL to connect to."""
+        return self.url or f"sqlite:///{self.data_dir / 'tongban.db'}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True for the embedded SQLite store."""
+        return self.effective_url.startswith("sqlite")
+
+
+class MappingSettings(_Model):
+    """The mapping set served."""
+
+    path: Path = Path("mappings")
+    watch: bool = True  # reload when files change (SIGHUP always reloads)
+    run_golden_on_reload: bool = True
+
+
+class MetricsSettings(_Model):
+    """The Prometheus /metrics endpoint."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Port = 9464
+
+
+class RetryPolicy(_Model):
+    """Delivery retry policy (tenacity): exponential backoff with full jitter."""
+
+    max_attempts: Annotated[int, Field(ge=1, le=1000)] = 8
+    initial_backoff_seconds: Annotated[float, Field(gt=0, le=3600)] = 0.2
+    max_backoff_seconds: Annotated[float, Field(gt=0, le=86400)] = 30.0
+    multiplier: Annotated[float, Field(ge=1, le=10)] = 2.0
+    attempt_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 5.0
+
+
+class CircuitPolicy(_Model):
+    """Per-partner circuit breaker."""
+
+    failure_threshold: Annotated[int, Field(ge=1, le=1000)] = 5
+    reset_seconds: Annotated[float, Field(gt=0, le=3600)] = 5.0
+
+
+class InboxSettings(_Model):
+    """How the gateway reaches a partner system."""
+
+    transport: Literal["grpc", "http", "none"] = "none"
+    target: str = ""  # host:port for grpc, base URL for http
+
+    @model_validator(mode="after")
+    def _target_given(self) -> InboxSettings:
+        if self.transport != "none" and not self.target:
+            raise ValueError(f"'target' is required for transport {self.transport!r}")
+        return self
+
+
+class PartnerSettings(_Model):
+    """A partner city system allowed to call the gateway."""
+
+    city: str  # GB/T 2260 region code of the city it speaks for
+    token: str = ""  # development-only bearer token (refused when TLS is on)
+    inbox: InboxSettings = InboxSettings()
+    retry: RetryPolicy | None = None  # overrides delivery.retry for deliveries to this partner
+    circuit: CircuitPolicy | None = None
+
+    @field_validator("city")
+    @classmethod
+    def _city_code(cls, v: str) -> str:
+        if len(v) != 6 or not v.isdigit():
+            raise ValueError("must be a six-digit GB/T 2260 region code, e.g. '442000'")
+        return v
+
+
+class DeliverySettings(_Model):
+    """Delivery workers."""
+
+    enabled: bool = True
+    workers: Annotated[int, Field(ge=1, le=256)] = 4
+    batch_size: Annotated[int, Field(ge=1, le=1000)] = 32
+    poll_interval_seconds: Annotated[float, Field(gt=0, le=60)] = 0.2
+    lease_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    retry: RetryPolicy = RetryPolicy()
+    circuit: CircuitPolicy = CircuitPolicy()
+
+
+class AuthSettings(_Model):
+    """How partners authenticate."""
+
+    mode: Literal["none", "token", "mtls"] = "token"
+
+
+class LogSettings(_Model):
+    """Logging."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["auto", "json", "text"] = "auto"
+
+
+class Settings(_Model):
+    """Everything the gateway reads at start."""
+
+    server: ServerSettings = ServerSettings()
+    store: StoreSettings = StoreSettings()
+    mappings: MappingSettings = MappingSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    auth: AuthSettings = AuthSettings()
+    log: LogSettings = LogSettings()
+    partners: dict[str, PartnerSettings] = {}
+
+    @model_validator(mode="after")
+    def _partners_unique(self) -> Settings:
+        tokens = [p.token for p in self.partners.values() if p.token]
+        if len(tokens) != len(set(tokens)):
+            raise ValueError("two partners share a token")
+        return self
+
+    def partner_for_city(self, city: str) -> tuple[str, PartnerSettings] | None:
+        """The partner that speaks for a city region code."""
+        for pid, p in self.partners.items():
+            if p.city == city:
+                return pid, p
+        return None
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: str) -> None:
+    node = tree
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{'.'.join(path)}: cannot set below a non-table value")
+    node[path[-1]] = value
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    for section, key in (("store", "data_dir"), ("mappings", "path")):
+        node = raw.get(section)
+        if isinstance(node, dict) and isinstance(node.get(key), str):
+            p = Path(node[key])
+            node[key] = str(p if p.is_absolute() else base / p)
+
+
+def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read settings from ``path`` (TOML, optional) and ``TONGBAN_*`` environment variables."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        _resolve_paths(raw, path.resolve().parent)
+    environ = os.environ if env is None else env
+    for name, value in sorted(environ.items()):
+        if name.startswith("TONGBAN_") and "__" in name:
+            keys = [k.lower() for k in name[len("TONGBAN_") :].split("__")]
+            _set_path(raw, keys, value)
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"{loc or '(top)'}: {msg}")
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"invalid configuration{where}:\n  " + "\n  ".join(lines)) from None

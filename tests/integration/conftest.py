@@ -1,0 +1,66 @@
+"""A real gateway on port 0 in the test's event loop, and helpers to read rich errors."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from gateway.app import Gateway
+from gateway.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def make_settings(tmp_path: Path, **env: str) -> Settings:
+    """Settings for a test gateway: port 0, data under tmp_path, no file watching."""
+    base = {
+        "TONGBAN_SERVER__PORT": "0",
+        "TONGBAN_STORE__DATA_DIR": str(tmp_path / "data"),
+        "TONGBAN_MAPPINGS__PATH": str(ROOT / "mappings"),
+        "TONGBAN_MAPPINGS__WATCH": "false",
+        "TONGBAN_METRICS__ENABLED": "false",
+    }
+    base.update(env)
+    return load_settings(None, env=base)
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
+    gw = Gateway(make_settings(tmp_path))
+    await gw.start()
+    yield gw
+    await gw.stop(grace=0)
+
+
+@pytest.fixture
+async def channel(gateway: Gateway) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(gateway.address) as ch:
+        yield ch
+
+
+def rich_error(err: grpc.aio.AioRpcError) -> dict[str, Any]:
+    """The code, ErrorInfo reason and field violations of a failed call."""
+    st = rpc_status.from_call(err)  # type: ignore[arg-type]
+    out: dict[str, Any] = {"code": err.code(), "reason": None, "fields": [], "retry": None}
+    assert st is not None, "the error carries no google.rpc.Status details"
+    for d in st.details:
+        if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            d.Unpack(info)
+            assert info.domain == "tongban.v1"
+            out["reason"] = info.reason
+        elif d.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            br = error_details_pb2.BadRequest()
+            d.Unpack(br)
+            out["fields"] = [v.field for v in br.field_violations]
+        elif d.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            ri = error_details_pb2.RetryInfo()
+            d.Unpack(ri)
+            out["retry"] = ri.retry_delay.ToTimedelta().total_seconds()
+    return out
