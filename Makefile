@@ -15,8 +15,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/tongban mapping test mappings
-	$(VENV)/bin/tongban translate --from zhongshan.case --to shenzhen.case mappings/zhongshan/samples/case/02-case.json
+	$(VENV)/bin/tongban demo
 
 test: $(VENV)/.installed
 	$(PY) scripts/check.py

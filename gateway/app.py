@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from adapters.transports import GrpcInboxTransport, HttpInboxTransport, PartnerTransport
 from tongban.v1 import (
     case_exchange_pb2,
     identity_pb2,
@@ -25,10 +27,15 @@ from tongban.v1 import (
     translation_pb2,
 )
 
+from .auth import Authenticator, AuthInterceptor
 from .mappings import MappingRegistry
+from .rpc.case_exchange import CaseExchangeServicer
 from .rpc.registration import CallObserver, register_service
 from .rpc.translation import TranslationServicer
+from .services.cases import CaseService
+from .services.delivery import DeliveryObserver, DeliveryService
 from .settings import Settings
+from .store.store import Store
 
 __all__ = ["Gateway", "Services", "bootstrap", "create_server"]
 
@@ -49,19 +56,59 @@ class Services:
 
     settings: Settings
     mappings: MappingRegistry
+    store: Store
+    auth: Authenticator
+    cases: CaseService
+    delivery: DeliveryService
     servicers: dict[str, Any] = field(default_factory=dict)
     observer: CallObserver | None = None
 
 
-def bootstrap(settings: Settings) -> Services:
-    """Build every service from the settings (loads and checks the mapping set)."""
+def make_transports(settings: Settings) -> dict[str, PartnerTransport]:
+    """One transport per partner that has an inbox."""
+    out: dict[str, PartnerTransport] = {}
+    for pid, p in settings.partners.items():
+        if p.inbox.transport == "grpc":
+            out[pid] = GrpcInboxTransport(p.inbox.target)
+        elif p.inbox.transport == "http":
+            out[pid] = HttpInboxTransport(p.inbox.target)
+    return out
+
+
+def bootstrap(
+    settings: Settings,
+    *,
+    clock: Any = time.time,
+    transports: dict[str, PartnerTransport] | None = None,
+    delivery_observer: DeliveryObserver | None = None,
+) -> Services:
+    """Build every service from the settings: mappings (checked), store (migrated for SQLite)."""
     mappings = MappingRegistry(
         settings.mappings.path, run_golden_on_reload=settings.mappings.run_golden_on_reload
     )
-    services = Services(settings, mappings)
+    store = Store(
+        settings.store.effective_url,
+        clock=clock,
+        pool_size=settings.store.pool_size,
+        group_commit_max=settings.store.group_commit_max,
+    )
+    if store.is_sqlite:
+        store.migrate()
+    auth = Authenticator(settings)
+    cases = CaseService(settings, mappings, store, clock)
+    delivery = DeliveryService(
+        settings,
+        mappings,
+        store,
+        transports if transports is not None else make_transports(settings),
+        clock=clock,
+        observer=delivery_observer,
+    )
+    services = Services(settings, mappings, store, auth, cases, delivery)
     services.servicers["TranslationService"] = TranslationServicer(
         mappings, settings.server.max_record_bytes
     )
+    services.servicers["CaseExchangeService"] = CaseExchangeServicer(cases, auth)
     return services
 
 
@@ -82,7 +129,15 @@ def create_server(
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ]
-    server = grpc.aio.server(options=options)
+    translation = "/tongban.v1.TranslationService/"
+    open_methods = (
+        frozenset(translation + m.name for m in SERVICE_DESCRIPTORS["TranslationService"].methods)
+        if settings.auth.mode == "none"
+        else frozenset()
+    )
+    server = grpc.aio.server(
+        options=options, interceptors=[AuthInterceptor(services.auth, open_methods)]
+    )
     served = []
     for name, servicer in services.servicers.items():
         desc = SERVICE_DESCRIPTORS[name]
@@ -115,8 +170,11 @@ class Gateway:
         return f"{self.settings.server.host}:{self.port}"
 
     async def start(self) -> None:
-        """Start serving, start background tasks, then report SERVING."""
+        """Start the store writer and the server, background tasks, then report SERVING."""
+        self.services.store.start()
         await self.server.start()
+        if self.settings.delivery.enabled:
+            self._tasks.append(asyncio.create_task(self.services.delivery.run(self._stop)))
         if self.settings.mappings.watch:
             self._tasks.append(asyncio.create_task(self.services.mappings.watch(self._stop)))
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
@@ -135,8 +193,10 @@ class Gateway:
         self._stop.set()
         await self.server.stop(grace)
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+                await asyncio.wait_for(task, timeout=max(grace, 1.0))
+        for transport in self.services.delivery.transports.values():
+            with contextlib.suppress(Exception):
+                await transport.close()
+        await self.services.store.stop()
         log.info("gateway stopped")

@@ -12,6 +12,7 @@ import sys
 from . import __version__
 from .cli_mapping import add_mapping_commands
 from .cli_serve import add_serve_command
+from .demo import add_demo_command
 
 __all__ = ["build_parser", "main"]
 
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tongban {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_demo_command(sub)
     add_serve_command(sub)
     add_mapping_commands(sub)
     return parser

@@ -10,6 +10,8 @@ Exception tree::
     ├── DeadLetterNotFound      no such dead letter
     ├── RequestIdReused         the request_id was used with a different body
     ├── IllegalTransition       the status change breaks the lifecycle (.current, .requested)
+    ├── UnknownStatusCode       a status code not in the reporter's code list
+    ├── NotRepresentable        a stored record cannot be written in the requested schema
     ├── InvalidPageToken        the page token is malformed or from another query
     ├── Unauthenticated         no valid client identity
     ├── PermissionDenied        the caller's ACL refuses this
@@ -30,12 +32,14 @@ __all__ = [
     "IllegalTransition",
     "InvalidPageToken",
     "InvalidRequest",
+    "NotRepresentable",
     "PermissionDenied",
     "RateLimited",
     "RecordTooLarge",
     "RequestIdReused",
     "Unauthenticated",
     "UnknownCity",
+    "UnknownStatusCode",
 ]
 
 
@@ -85,6 +89,14 @@ class IllegalTransition(GatewayError):
     def __init__(self, current: str, requested: str) -> None:
         super().__init__(f"a case in {current} cannot move to {requested}", "status_code")
         self.current, self.requested = current, requested
+
+
+class UnknownStatusCode(GatewayError):
+    """A status code that is not in the reporting city's code list."""
+
+
+class NotRepresentable(GatewayError):
+    """A stored record cannot be written in the schema asked for."""
 
 
 class InvalidPageToken(GatewayError):

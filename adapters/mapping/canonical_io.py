@@ -21,6 +21,7 @@ from .errors import Issue
 __all__ = [
     "MESSAGE_CLASSES",
     "canonical_to_message",
+    "case_message",
     "message_to_canonical",
     "parse_canonical",
     "validate_canonical",
@@ -42,6 +43,11 @@ def message_to_canonical(message: Message) -> dict[str, Any]:
 def canonical_to_message(kind: str, record: dict[str, Any]) -> Message:
     """The protobuf message for a canonical dict (already validated)."""
     return json_format.ParseDict(record, MESSAGE_CLASSES[kind]())
+
+
+def case_message(record: dict[str, Any]) -> records_pb2.Case:
+    """A canonical case dict as a ``tongban.v1.Case``."""
+    return json_format.ParseDict(record, records_pb2.Case())
 
 
 def parse_canonical(kind: str, record: Any) -> tuple[dict[str, Any], list[Issue]]:

@@ -248,6 +248,28 @@ class MappingSet:
         self.kind_of(target)
         return self.translate(source, target, parse_json(data))
 
+    def _rule_for(self, schema: str, canonical_path: tuple[str, ...]) -> Rule | None:
+        cm = self.compiled.get(schema)
+        if cm is None:
+            return None
+        return next((r for r in cm.mapping.rules if r.target == canonical_path and r.source), None)
+
+    def status_codes(self, schema: str) -> tuple[dict[str, Any], dict[Any, str]] | None:
+        """(city code -> canonical status, canonical status -> city code) of a case schema."""
+        rule = self._rule_for(schema, ("status",))
+        if rule is None or rule.codes is None:
+            return None
+        return rule.codes.forward, rule.codes.reverse
+
+    def source_pointer(self, schema: str, canonical_path: tuple[str, ...]) -> str:
+        """The JSON pointer, in ``schema``, of the field that fills a canonical path."""
+        if schema in CANONICAL_SCHEMAS:
+            return "/" + "/".join(canonical_path)
+        rule = self._rule_for(schema, canonical_path)
+        if rule is None or rule.source is None:
+            return "/" + "/".join(canonical_path)
+        return "/" + "/".join(rule.source)
+
     def coverage(self, schema: str) -> Coverage:
         """Coverage of one city schema's mapping."""
         cm = self.compiled.get(schema)

@@ -42,6 +42,8 @@ _TABLE: list[tuple[type[Exception], grpc.StatusCode, str]] = [
     (e.RequestIdReused, grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED"),
     (e.IllegalTransition, grpc.StatusCode.FAILED_PRECONDITION, "ILLEGAL_TRANSITION"),
     (e.InvalidPageToken, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN"),
+    (e.UnknownStatusCode, grpc.StatusCode.INVALID_ARGUMENT, "UNKNOWN_CODE"),
+    (e.NotRepresentable, grpc.StatusCode.FAILED_PRECONDITION, "MAPPING_FAILED"),
     (e.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED"),
     (e.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"),
     (e.RateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED"),

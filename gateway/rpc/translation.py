@@ -31,7 +31,7 @@ class TranslationServicer:
         self.mappings = mappings
         self.max_record_bytes = max_record_bytes
 
-    async def Translate(  # noqa: N802 - gRPC method name
+    async def Translate(
         self, request: translation_pb2.TranslateRequest, context: grpc.aio.ServicerContext
     ) -> translation_pb2.TranslateResponse:
         """Translate one record from its schema to ``target_schema``."""
@@ -60,7 +60,7 @@ class TranslationServicer:
             warnings=warnings_to_proto(result.warnings),
         )
 
-    async def ListSchemas(  # noqa: N802 - gRPC method name
+    async def ListSchemas(
         self, request: translation_pb2.ListSchemasRequest, context: grpc.aio.ServicerContext
     ) -> translation_pb2.ListSchemasResponse:
         """List schemas with their mapping versions, by name, in pages."""

@@ -9,6 +9,7 @@ import subprocess
 import time
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tongban.v1 import common_pb2, translation_pb2, translation_pb2_grpc
@@ -58,9 +59,14 @@ def _serve_and_stop(proc: subprocess.Popen[bytes], port: int) -> None:
                 translation_pb2.TranslateRequest(
                     record=common_pb2.ForeignRecord(schema="guangzhou.enterprise", json=body),
                     target_schema="shenzhen.enterprise",
-                )
+                ),
+                metadata=[("authorization", "Bearer dev-token-guangzhou")],
             )
             assert json.loads(resp.record.json)["uscc"] == json.loads(body)["credit_code"]
+            # Without the token the call is refused before any handler runs.
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Translate(translation_pb2.TranslateRequest(), timeout=5)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:

@@ -25,6 +25,7 @@ def make_settings(tmp_path: Path, **env: str) -> Settings:
         "TONGBAN_MAPPINGS__PATH": str(ROOT / "mappings"),
         "TONGBAN_MAPPINGS__WATCH": "false",
         "TONGBAN_METRICS__ENABLED": "false",
+        "TONGBAN_AUTH__MODE": "none",
     }
     base.update(env)
     return load_settings(None, env=base)

@@ -1,0 +1,43 @@
+"""The port every transport implements, and the one error it raises."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from tongban.v1 import partner_inbox_pb2 as inbox
+
+__all__ = ["PartnerTransport", "TransportError"]
+
+
+class TransportError(Exception):
+    """A delivery failed. ``retryable`` says whether trying again may help; ``retry_after``
+    carries the partner's own hint (gRPC RetryInfo, HTTP Retry-After) in seconds."""
+
+    def __init__(
+        self, message: str, *, retryable: bool, code: str = "", retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+        self.code = code
+        self.retry_after = retry_after
+
+
+class PartnerTransport(Protocol):
+    """Delivers to one partner system. The idempotency key travels with every call."""
+
+    async def deliver_case(
+        self, request: inbox.DeliverCaseRequest, timeout: float
+    ) -> inbox.DeliverCaseResponse:
+        """Deliver a case; raise TransportError on failure."""
+        ...
+
+    async def deliver_status(
+        self, request: inbox.DeliverStatusRequest, timeout: float
+    ) -> inbox.DeliverStatusResponse:
+        """Deliver a status change; raise TransportError on failure."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...

@@ -1,0 +1,106 @@
+"""Deliveries to a partner system that exposes an HTTP/JSON API (httpx, with timeouts).
+
+``POST {base}/cases`` and ``POST {base}/statuses`` with a JSON body and the header
+``Idempotency-Key``. 2xx is success; 408, 429 and 5xx are retried (honouring ``Retry-After`` in
+seconds); anything else is permanent, with the partner's reason kept.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+from google.protobuf import json_format
+
+from tongban.v1 import partner_inbox_pb2 as inbox
+
+from .base import TransportError
+
+__all__ = ["HttpInboxTransport"]
+
+_RETRYABLE = {408, 429, 500, 502, 503, 504}
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        return None
+
+
+class HttpInboxTransport:
+    """An httpx client of a partner's JSON API."""
+
+    def __init__(self, base_url: str, client: httpx.AsyncClient | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._client = client or httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=2.0))
+
+    async def _post(
+        self, path: str, key: str, body: dict[str, Any], timeout: float
+    ) -> dict[str, Any]:
+        try:
+            resp = await self._client.post(
+                f"{self.base_url}{path}",
+                json=body,
+                headers={"Idempotency-Key": key},
+                timeout=timeout,
+            )
+        except httpx.TimeoutException as exc:
+            raise TransportError(
+                f"timeout: {type(exc).__name__}", retryable=True, code="TIMEOUT"
+            ) from None
+        except httpx.TransportError as exc:
+            raise TransportError(
+                f"connection failed: {type(exc).__name__}", retryable=True, code="CONNECT"
+            ) from None
+        if resp.is_success:
+            try:
+                data = resp.json() if resp.content else {}
+            except json.JSONDecodeError:
+                data = {}
+            return data if isinstance(data, dict) else {}
+        raise TransportError(
+            f"HTTP {resp.status_code}: {resp.text[:300]}",
+            retryable=resp.status_code in _RETRYABLE,
+            code=f"HTTP_{resp.status_code}",
+            retry_after=_retry_after(resp),
+        )
+
+    async def deliver_case(
+        self, request: inbox.DeliverCaseRequest, timeout: float
+    ) -> inbox.DeliverCaseResponse:
+        """POST the case."""
+        body: dict[str, Any] = {
+            "idempotency_key": request.idempotency_key,
+            "source_city": request.source_city,
+            "attempt": request.attempt,
+        }
+        if request.HasField("foreign"):
+            body["schema"] = request.foreign.schema
+            body["record"] = json.loads(request.foreign.json)
+        else:
+            body["schema"] = "tongban.v1.Case"
+            body["record"] = json_format.MessageToDict(
+                request.canonical, preserving_proto_field_name=True
+            )
+        data = await self._post("/cases", request.idempotency_key, body, timeout)
+        return inbox.DeliverCaseResponse(
+            partner_reference=str(data.get("reference", "")),
+            duplicate=bool(data.get("duplicate", False)),
+        )
+
+    async def deliver_status(
+        self, request: inbox.DeliverStatusRequest, timeout: float
+    ) -> inbox.DeliverStatusResponse:
+        """POST the status change."""
+        body = json_format.MessageToDict(request, preserving_proto_field_name=True)
+        data = await self._post("/statuses", request.idempotency_key, body, timeout)
+        return inbox.DeliverStatusResponse(duplicate=bool(data.get("duplicate", False)))
+
+    async def close(self) -> None:
+        """Close the client."""
+        await self._client.aclose()

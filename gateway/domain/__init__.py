@@ -1,0 +1,1 @@
+"""The gateway's core without I/O: case lifecycle, routing, the ports the services need."""

@@ -1,0 +1,420 @@
+"""The case exchange: submit, read, list, report status, watch.
+
+Works on protobuf request messages (the contract) but knows nothing of gRPC: errors are
+:mod:`gateway.errors` and mapping errors, turned into status codes at the edge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+
+from adapters.mapping import MappingSet, RecordInvalidError, UnknownSchemaError
+from adapters.mapping.canonical_io import case_message, message_to_canonical
+from tongban.v1 import case_exchange_pb2 as cx
+from tongban.v1 import common_pb2, records_pb2
+
+from ..auth import Caller
+from ..errors import (
+    CaseNotFound,
+    InvalidPageToken,
+    InvalidRequest,
+    NotRepresentable,
+    RecordTooLarge,
+    UnknownCity,
+    UnknownStatusCode,
+)
+from ..mappings import MappingRegistry
+from ..rpc.translation import warnings_to_proto
+from ..settings import Settings
+from ..store.intents import ReportStatusIntent, SubmitCaseIntent
+from ..store.reads import CaseRecord, EventRecord
+from ..store.store import Store
+
+__all__ = ["CaseService"]
+
+CANONICAL_CASE = "tongban.v1.Case"
+
+
+def _ts(seconds: float) -> timestamp_pb2.Timestamp:
+    t = timestamp_pb2.Timestamp()
+    t.FromNanoseconds(int(seconds * 1e9))
+    return t
+
+
+def _rfc3339(seconds: float) -> str:
+    return _ts(seconds).ToJsonString()
+
+
+def _check_id(value: str, field: str) -> None:
+    if not value:
+        raise InvalidRequest(f"{field} is required", field)
+    if len(value) > 128 or not value.isprintable():
+        raise InvalidRequest(f"{field} must be 1-128 printable characters", field)
+
+
+class CaseService:
+    """Implements the case exchange on the store and the mapping set."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        mappings: MappingRegistry,
+        store: Store,
+        clock: Callable[[], float],
+    ) -> None:
+        self.settings = settings
+        self.mappings = mappings
+        self.store = store
+        self.clock = clock
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _inbox_partner(self, city: str) -> str | None:
+        found = self.settings.partner_for_city(city)
+        if found is None or found[1].inbox.transport == "none":
+            return None
+        return found[0]
+
+    def _own_schema(self, ms: MappingSet, caller: Caller) -> str:
+        return ms.schema_for(caller.city, "case") or CANONICAL_CASE
+
+    def _view_schema(self, ms: MappingSet, caller: Caller, requested: str) -> str:
+        if not requested:
+            return self._own_schema(ms, caller)
+        if requested == "none":
+            return requested
+        try:
+            if ms.kind_of(requested) != "case":
+                raise InvalidRequest(f"schema {requested!r} is not a case schema", "schema")
+        except UnknownSchemaError:
+            raise UnknownSchemaError(requested, "schema") from None
+        return requested
+
+    def _status_code(self, ms: MappingSet, schema: str, status: str) -> str:
+        codes = ms.status_codes(schema)
+        if codes is None:
+            return ""
+        return str(codes[1].get(status, ""))
+
+    def _visible(self, caller: Caller, row: CaseRecord | None) -> CaseRecord:
+        if row is None or caller.city not in (row.receiving_city, row.handling_city):
+            raise CaseNotFound("no such case for this partner", "exchange_id")
+        return row
+
+    # -- submit ------------------------------------------------------------------------------
+
+    async def submit(self, caller: Caller, request: cx.SubmitCaseRequest) -> cx.SubmitCaseResponse:
+        """Validate, translate and durably store one case; the answer means 'will be delivered'."""
+        ms = self.mappings.current
+        _check_id(request.request_id, "request_id")
+        target = request.target_city
+        if not target:
+            raise InvalidRequest("target_city is required", "target_city")
+        if ms.city(target) is None or self._inbox_partner(target) is None:
+            raise UnknownCity(target, "target_city")
+        kind = request.WhichOneof("record")
+        if kind is None:
+            raise InvalidRequest("a case record (foreign or canonical) is required", "record")
+        if kind == "foreign":
+            schema = request.foreign.schema
+            if not schema:
+                raise InvalidRequest("foreign.schema is required", "foreign.schema")
+            if len(request.foreign.json) > self.settings.server.max_record_bytes:
+                raise RecordTooLarge(
+                    f"record is larger than {self.settings.server.max_record_bytes} bytes",
+                    "foreign.json",
+                )
+            try:
+                if ms.kind_of(schema) != "case":
+                    raise InvalidRequest(
+                        f"schema {schema!r} is not a case schema", "foreign.schema"
+                    )
+            except UnknownSchemaError:
+                raise UnknownSchemaError(schema, "foreign.schema") from None
+            result = ms.translate_json(schema, CANONICAL_CASE, request.foreign.json)
+        else:
+            schema = CANONICAL_CASE
+            if request.canonical.ByteSize() > self.settings.server.max_record_bytes:
+                raise RecordTooLarge("record is too large", "canonical")
+            result = ms.to_canonical(CANONICAL_CASE, message_to_canonical(request.canonical))
+        canonical = dict(result.record)
+        # The exchange owns routing: receiving city is the caller's, handling city the target.
+        for key, want in (("receiving_city", caller.city), ("handling_city", target)):
+            have = canonical.get(key)
+            if have and have != want:
+                raise InvalidRequest(
+                    f"{key} in the record ({have}) does not match {'the caller' if key == 'receiving_city' else 'target_city'} ({want})",
+                    ms.source_pointer(schema, (key,)),
+                )
+            canonical[key] = want
+        case_number = canonical.get("case_number", "")
+        if not case_number:
+            raise InvalidRequest(
+                "the case has no case number", ms.source_pointer(schema, ("case_number",))
+            )
+        canonical.pop("status", None)
+        canonical.pop("status_history", None)
+        target_partner = self._inbox_partner(target)
+        assert target_partner is not None
+        exchange_id = uuid.uuid4().hex
+        body_hash = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
+        response = cx.SubmitCaseResponse(
+            exchange_id=exchange_id,
+            status=records_pb2.CASE_STATUS_SUBMITTED,
+            accepted_at=_ts(self.clock()),
+            warnings=warnings_to_proto(result.warnings),
+        )
+        stored, _replayed = await self.store.write(
+            SubmitCaseIntent(
+                partner=caller.partner,
+                request_id=request.request_id,
+                body_hash=body_hash,
+                exchange_id=exchange_id,
+                receiving_city=caller.city,
+                handling_city=target,
+                case_number=str(case_number)[:64],
+                canonical=json.dumps(canonical, ensure_ascii=False, separators=(",", ":")),
+                mapping_versions=",".join(result.versions),
+                target_partner=target_partner,
+                response=response.SerializeToString(),
+            )
+        )
+        return cx.SubmitCaseResponse.FromString(stored)
+
+    # -- read --------------------------------------------------------------------------------
+
+    def render(
+        self, ms: MappingSet, row: CaseRecord, events: list[EventRecord] | None, schema: str
+    ) -> cx.CaseView:
+        """A case as one viewer sees it, in ``schema`` ("none": summary only)."""
+        view = cx.CaseView(
+            exchange_id=row.exchange_id,
+            receiving_city=row.receiving_city,
+            handling_city=row.handling_city,
+            case_number=row.case_number,
+            status=records_pb2.CaseStatus.Value(row.status),
+            delivery_state=cx.DeliveryState.Value(row.delivery_state),
+            submitted_at=_ts(row.submitted_at),
+            updated_at=_ts(row.updated_at),
+        )
+        if schema == "none":
+            return view
+        record = json.loads(row.canonical)
+        record["status"] = row.status
+        if events is not None:
+            record["status_history"] = [
+                {
+                    "status": e.status,
+                    "occurred_at": _rfc3339(e.occurred_at),
+                    "reported_by": e.reported_by,
+                    **({"note": e.note} if e.note else {}),
+                }
+                for e in events
+            ]
+        if schema == CANONICAL_CASE:
+            view.canonical.CopyFrom(case_message(record))
+            return view
+        view.status_code = self._status_code(ms, schema, row.status)
+        try:
+            out = ms.from_canonical(schema, record)
+        except RecordInvalidError as exc:
+            raise NotRepresentable(
+                f"the case cannot be written in schema {schema!r}: {exc.summary()}", "schema"
+            ) from None
+        view.foreign.CopyFrom(
+            common_pb2.ForeignRecord(
+                schema=schema,
+                json=json.dumps(out.record, ensure_ascii=False, separators=(",", ":")).encode(),
+            )
+        )
+        return view
+
+    async def get(self, caller: Caller, request: cx.GetCaseRequest) -> cx.GetCaseResponse:
+        """One case in the caller's schema (or the one asked for)."""
+        ms = self.mappings.current
+        if not request.exchange_id:
+            raise InvalidRequest("exchange_id is required", "exchange_id")
+        schema = self._view_schema(ms, caller, request.schema)
+        row = self._visible(
+            caller, await self.store.read(self.store.reader.case, request.exchange_id)
+        )
+        events = await self.store.read(self.store.reader.events, row.exchange_id)
+        return cx.GetCaseResponse(case_view=self.render(ms, row, events, schema))
+
+    async def list(self, caller: Caller, request: cx.ListCasesRequest) -> cx.ListCasesResponse:
+        """Visible cases, newest first, keyset pages."""
+        ms = self.mappings.current
+        size = request.page_size or 50
+        if size < 0:
+            raise InvalidRequest("page_size must not be negative", "page_size")
+        size = min(size, 500)
+        schema = self._view_schema(ms, caller, request.schema)
+        status = records_pb2.CaseStatus.Name(request.status) if request.status else ""
+        state = cx.DeliveryState.Name(request.delivery_state) if request.delivery_state else ""
+        query = hashlib.sha256(
+            f"{status}|{request.receiving_city}|{request.handling_city}|{state}|{caller.partner}".encode()
+        ).hexdigest()[:16]
+        before = _decode_page(request.page_token, query) if request.page_token else None
+        rows = await self.store.read(
+            self.store.reader.cases,
+            [caller.city],
+            before_seq=before,
+            limit=size + 1,
+            status=status,
+            receiving_city=request.receiving_city,
+            handling_city=request.handling_city,
+            delivery_state=state,
+        )
+        more = len(rows) > size
+        rows = rows[:size]
+        resp = cx.ListCasesResponse(cases=[self.render(ms, r, None, schema) for r in rows])
+        if more:
+            resp.next_page_token = _encode_page(rows[-1].seq, query)
+        return resp
+
+    # -- status ------------------------------------------------------------------------------
+
+    async def report(
+        self, caller: Caller, request: cx.ReportStatusRequest
+    ) -> cx.ReportStatusResponse:
+        """The handling city reports progress (in its codes); illegal changes are refused."""
+        ms = self.mappings.current
+        _check_id(request.request_id, "request_id")
+        if not request.exchange_id:
+            raise InvalidRequest("exchange_id is required", "exchange_id")
+        own = self._own_schema(ms, caller)
+        if bool(request.status_code) == bool(request.status):
+            raise InvalidRequest("give exactly one of status_code and status", "status_code")
+        if request.status_code:
+            codes = ms.status_codes(own)
+            new = codes[0].get(request.status_code) if codes else None
+            if new is None:
+                raise UnknownStatusCode(
+                    f"status code is not in the code list of {own}", "status_code"
+                )
+        else:
+            new = records_pb2.CaseStatus.Name(request.status)
+        if len(request.note) > 2000:
+            raise InvalidRequest("note is longer than 2000 characters", "note")
+        update: dict[str, Any] | None = None
+        if request.HasField("record"):
+            schema = request.record.schema or own
+            if len(request.record.json) > self.settings.server.max_record_bytes:
+                raise RecordTooLarge("record is too large", "record.json")
+            try:
+                result = ms.translate_json(schema, CANONICAL_CASE, request.record.json)
+            except UnknownSchemaError:
+                raise UnknownSchemaError(schema, "record.schema") from None
+            update = {
+                k: v for k, v in result.record.items() if k in ("acceptance", "steps", "completion")
+            }
+        row = self._visible(
+            caller, await self.store.read(self.store.reader.case, request.exchange_id)
+        )
+        occurred = (
+            request.occurred_at.ToNanoseconds() / 1e9
+            if request.HasField("occurred_at")
+            else self.clock()
+        )
+        receiver = self._inbox_partner(row.receiving_city)
+        notify = (
+            (receiver, row.receiving_city)
+            if receiver and row.receiving_city != caller.city
+            else None
+        )
+        body_hash = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
+
+        def response(status: str, seq: int) -> bytes:
+            return cx.ReportStatusResponse(
+                status=records_pb2.CaseStatus.Value(status), event_cursor=str(seq)
+            ).SerializeToString()
+
+        stored, _ = await self.store.write(
+            ReportStatusIntent(
+                partner=caller.partner,
+                reporter_city=caller.city,
+                request_id=request.request_id,
+                body_hash=body_hash,
+                exchange_id=request.exchange_id,
+                new_status=str(new),
+                occurred_at=occurred,
+                note=request.note,
+                canonical_update=update,
+                notify=notify,
+                make_response=response,
+            )
+        )
+        return cx.ReportStatusResponse.FromString(stored)
+
+    # -- watch -------------------------------------------------------------------------------
+
+    async def watch(
+        self, caller: Caller, request: cx.WatchCasesRequest, poll_seconds: float = 0.5
+    ) -> AsyncIterator[cx.WatchCasesResponse]:
+        """Status events of the caller's cases, from the cursor on, as they happen."""
+        ms = self.mappings.current
+        schema = self._view_schema(ms, caller, request.schema)
+        if request.cursor:
+            if not request.cursor.isdigit():
+                raise InvalidRequest("cursor must come from a previous event", "cursor")
+            cursor = int(request.cursor)
+        elif request.from_beginning:
+            cursor = 0
+        else:
+            cursor = await self.store.read(self.store.reader.last_event_seq)
+        if request.exchange_id:
+            self._visible(
+                caller, await self.store.read(self.store.reader.case, request.exchange_id)
+            )
+        while True:
+            self.store.notify.clear()
+            found = await self.store.read(
+                self.store.reader.events_after, cursor, [caller.city], request.exchange_id
+            )
+            ms = self.mappings.current
+            for event, case_number, _receiving in found:
+                cursor = event.seq
+                yield cx.WatchCasesResponse(
+                    event=cx.CaseEvent(
+                        exchange_id=event.exchange_id,
+                        case_number=case_number,
+                        status=records_pb2.CaseStatus.Value(event.status),
+                        status_code=self._status_code(ms, schema, event.status)
+                        if schema not in (CANONICAL_CASE, "none")
+                        else "",
+                        occurred_at=_ts(event.occurred_at),
+                        reported_by=event.reported_by,
+                        note=event.note,
+                    ),
+                    cursor=str(event.seq),
+                )
+            if not found:
+                try:
+                    await asyncio.wait_for(self.store.notify.wait(), poll_seconds)
+                except TimeoutError:
+                    pass
+
+
+def _encode_page(seq: int, query: str) -> str:
+    raw = json.dumps({"before": seq, "q": query}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_page(token: str, query: str) -> int:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        before, q = int(data["before"]), data["q"]
+    except (binascii.Error, ValueError, KeyError, TypeError):
+        raise InvalidPageToken("page_token is malformed", "page_token") from None
+    if q != query:
+        raise InvalidPageToken("page_token belongs to a different query", "page_token")
+    return before

@@ -1,0 +1,337 @@
+"""Delivery workers: claim outbox rows, translate, deliver with retries, settle the outcome.
+
+Each worker process runs one claimer and ``delivery.workers`` concurrent deliveries. Rows are
+leased (PostgreSQL claims use FOR UPDATE SKIP LOCKED, so replicas never take the same row); a
+lease that is not settled in time returns the row to the pool, so a crashed process loses
+nothing. Delivery is at least once, with the exchange id as the idempotency key, which makes it
+effectively once at a partner that honours the key.
+
+Retries use tenacity: exponential backoff with jitter per partner policy, only on retryable
+outcomes (gRPC UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED; HTTP 408/429/5xx),
+honouring the partner's RetryInfo / Retry-After. Attempts are persisted, so a restart continues
+the count. Permanent errors and exhausted retries go to the dead-letter queue with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity.wait import wait_exponential_jitter
+
+from adapters.mapping import MappingError, RecordInvalidError
+from adapters.mapping.canonical_io import case_message
+from adapters.transports import PartnerTransport, TransportError
+from tongban.v1 import common_pb2, records_pb2
+from tongban.v1 import partner_inbox_pb2 as inbox
+
+from ..domain.breaker import CircuitBreaker
+from ..mappings import MappingRegistry
+from ..settings import RetryPolicy, Settings
+from ..store.intents import (
+    ClaimedRow,
+    ClaimIntent,
+    DeliveredIntent,
+    ExtendLeaseIntent,
+    FailedIntent,
+)
+from ..store.store import Store
+
+__all__ = ["DeliveryObserver", "DeliveryService"]
+
+log = logging.getLogger("tongban.delivery")
+
+
+class _Permanent(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class DeliveryObserver:
+    """Counts what deliveries do (metrics plug in here); also handy in tests."""
+
+    attempts: dict[tuple[str, str], int] = field(default_factory=dict)  # (city, outcome)
+    retry_delays: list[float] = field(default_factory=list)
+
+    def attempt(self, city: str, outcome: str) -> None:
+        """One call to a partner ended with ``outcome`` (ok, retryable, permanent)."""
+        self.attempts[(city, outcome)] = self.attempts.get((city, outcome), 0) + 1
+
+    def retry_delay(self, city: str, seconds: float) -> None:
+        """A retry is scheduled after ``seconds``."""
+        self.retry_delays.append(seconds)
+
+    def settled(self, city: str, outcome: str) -> None:
+        """A row was settled: delivered or dead."""
+
+    def circuit(self, partner: str, state: str) -> None:
+        """A partner's circuit changed state."""
+
+
+class DeliveryService:
+    """Delivers outbox rows to partner transports."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        mappings: MappingRegistry,
+        store: Store,
+        transports: dict[str, PartnerTransport],
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        observer: DeliveryObserver | None = None,
+        owner: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.mappings = mappings
+        self.store = store
+        self.transports = transports
+        self.clock = clock
+        self.sleep = sleep
+        self.observer = observer or DeliveryObserver()
+        self.owner = owner or f"w-{uuid.uuid4().hex[:12]}"
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self._queue: asyncio.Queue[ClaimedRow] = asyncio.Queue()
+        self._inflight: set[int] = set()
+
+    def breaker(self, partner: str) -> CircuitBreaker:
+        """The circuit breaker of one partner."""
+        if partner not in self.breakers:
+            cfg = self.settings.partners[partner].circuit or self.settings.delivery.circuit
+            self.breakers[partner] = CircuitBreaker(
+                partner,
+                cfg.failure_threshold,
+                cfg.reset_seconds,
+                self.clock,
+                self.sleep,
+                on_change=self.observer.circuit,
+            )
+        return self.breakers[partner]
+
+    def policy(self, partner: str) -> RetryPolicy:
+        """The retry policy for deliveries to ``partner``."""
+        return self.settings.partners[partner].retry or self.settings.delivery.retry
+
+    # -- loop --------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Claim and deliver until ``stop`` is set."""
+        cfg = self.settings.delivery
+        workers = [
+            asyncio.create_task(self._worker(stop), name=f"delivery-{i}")
+            for i in range(cfg.workers)
+        ]
+        try:
+            while not stop.is_set():
+                free = cfg.batch_size - self._queue.qsize()
+                claimed: list[ClaimedRow] = []
+                if free > 0 and len(self._inflight) < cfg.workers * 4:
+                    try:
+                        claimed = await self.store.write(
+                            ClaimIntent(self.owner, free, cfg.lease_seconds)
+                        )
+                    except Exception as exc:  # noqa: BLE001 - store down: wait and retry
+                        log.warning("claim failed", extra={"error": type(exc).__name__})
+                for row in claimed:
+                    if row.id not in self._inflight:
+                        self._inflight.add(row.id)
+                        self._queue.put_nowait(row)
+                if not claimed:
+                    # Woken at once by a new outbox row in this process; polling covers others.
+                    self.store.outbox_ready.clear()
+                    try:
+                        await asyncio.wait_for(
+                            self.store.outbox_ready.wait(), cfg.poll_interval_seconds
+                        )
+                    except TimeoutError:
+                        pass
+        finally:
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _worker(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            row = await self._queue.get()
+            try:
+                await self.deliver(row)
+            except Exception:
+                log.exception("delivery crashed", extra={"exchange_id": row.exchange_id})
+            finally:
+                self._inflight.discard(row.id)
+
+    # -- one row -----------------------------------------------------------------------------
+
+    async def _build(self, row: ClaimedRow, attempt: int) -> tuple[str, Any]:
+        ms = self.mappings.current
+        case = await self.store.read(self.store.reader.case, row.exchange_id)
+        if case is None:
+            raise _Permanent("CASE_MISSING: the case row does not exist")
+        schema = ms.schema_for(row.target_city, "case")
+        if row.kind == "case":
+            record = json.loads(case.canonical)
+            record["status"] = (
+                case.status if case.status != "CASE_STATUS_RECEIVED" else "CASE_STATUS_SUBMITTED"
+            )
+            req = inbox.DeliverCaseRequest(
+                idempotency_key=row.exchange_id, source_city=case.receiving_city, attempt=attempt
+            )
+            try:
+                if schema is None:
+                    req.canonical.CopyFrom(case_message(record))
+                else:
+                    out = ms.from_canonical(schema, record)
+                    req.foreign.CopyFrom(
+                        common_pb2.ForeignRecord(
+                            schema=schema,
+                            json=json.dumps(
+                                out.record, ensure_ascii=False, separators=(",", ":")
+                            ).encode(),
+                        )
+                    )
+            except RecordInvalidError as exc:
+                raise _Permanent(f"MAPPING_FAILED: {exc.summary()}") from None
+            except MappingError as exc:
+                raise _Permanent(f"MAPPING_FAILED: {exc}") from None
+            return "case", req
+        event = await self.store.read(self.store.reader.event, row.event_seq or 0)
+        if event is None:
+            raise _Permanent("EVENT_MISSING: the status event does not exist")
+        code = ""
+        if schema is not None:
+            codes = ms.status_codes(schema)
+            code = str(codes[1].get(event.status, "")) if codes else ""
+            if codes and not code:
+                raise _Permanent(f"UNKNOWN_CODE: {event.status} has no code in {schema}")
+        ts = timestamp_pb2.Timestamp()
+        ts.FromNanoseconds(int(event.occurred_at * 1e9))
+        return "status", inbox.DeliverStatusRequest(
+            idempotency_key=f"{row.exchange_id}:{event.seq}",
+            exchange_id=row.exchange_id,
+            case_number=case.case_number,
+            status_code=code,
+            status=records_pb2.CaseStatus.Value(event.status),
+            occurred_at=ts,
+            reported_by=event.reported_by,
+            note=event.note,
+        )
+
+    async def deliver(self, row: ClaimedRow) -> str:
+        """Deliver one claimed row until it is delivered or dead; return the outcome."""
+        partner = row.target_partner
+        transport = self.transports.get(partner)
+        policy = self.policy(partner)
+        lease = self.settings.delivery.lease_seconds
+        attempts = row.attempts
+        if transport is None:
+            return await self._dead(row, attempts, f"NO_TRANSPORT: partner {partner} has no inbox")
+        breaker = self.breaker(partner)
+        remaining = max(policy.max_attempts - attempts, 1)
+        last_error = ""
+
+        def is_retryable(exc: BaseException) -> bool:
+            return isinstance(exc, TransportError) and exc.retryable
+
+        base_wait = wait_exponential_jitter(
+            multiplier=policy.initial_backoff_seconds,
+            max=policy.max_backoff_seconds,
+            exp_base=policy.multiplier,
+            jitter=policy.initial_backoff_seconds,
+        )
+
+        def wait(state: RetryCallState) -> float:
+            # Attempts made before a restart count too: the backoff continues where it was.
+            shifted = RetryCallState(state.retry_object, state.fn, state.args, state.kwargs)
+            shifted.attempt_number = state.attempt_number + row.attempts
+            delay = base_wait(shifted)
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, TransportError) and exc.retry_after:
+                delay = max(delay, exc.retry_after)
+            return float(delay)
+
+        async def before_sleep(state: RetryCallState) -> None:
+            delay = state.next_action.sleep if state.next_action else 0.0
+            self.observer.retry_delay(row.target_city, delay)
+            await self.store.write(
+                ExtendLeaseIntent(row.id, self.owner, self.clock() + delay + lease, attempts)
+            )
+
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(remaining),
+                wait=wait,
+                retry=retry_if_exception(is_retryable),
+                sleep=self.sleep,
+                before_sleep=before_sleep,
+                reraise=True,
+            ):
+                with attempt:
+                    await breaker.before_call()
+                    attempts += 1
+                    kind, request = await self._build(row, attempts)
+                    try:
+                        if kind == "case":
+                            await transport.deliver_case(request, policy.attempt_timeout_seconds)
+                        else:
+                            await transport.deliver_status(request, policy.attempt_timeout_seconds)
+                    except TransportError as exc:
+                        last_error = exc.message
+                        if exc.retryable:
+                            breaker.record_failure()
+                            self.observer.attempt(row.target_city, "retryable")
+                        else:
+                            breaker.record_success()  # the partner answered: it is up
+                            self.observer.attempt(row.target_city, "permanent")
+                        raise
+                    breaker.record_success()
+                    self.observer.attempt(row.target_city, "ok")
+        except _Permanent as exc:
+            return await self._dead(row, attempts, exc.reason)
+        except TransportError as exc:
+            why = (
+                "rejected" if not exc.retryable else f"retries exhausted after {attempts} attempts"
+            )
+            return await self._dead(row, attempts, f"{exc.code or 'ERROR'}: {why}: {last_error}")
+        notify = None
+        if row.kind == "case":
+            case = await self.store.read(self.store.reader.case, row.exchange_id)
+            found = self.settings.partner_for_city(case.receiving_city) if case else None
+            if found and found[1].inbox.transport != "none":
+                notify = (found[0], case.receiving_city) if case else None
+        await self.store.write(DeliveredIntent(row, self.owner, attempts, notify))
+        self.observer.settled(row.target_city, "delivered")
+        log.info(
+            "delivered",
+            extra={
+                "exchange_id": row.exchange_id,
+                "kind": row.kind,
+                "target_city": row.target_city,
+                "attempts": attempts,
+            },
+        )
+        return "delivered"
+
+    async def _dead(self, row: ClaimedRow, attempts: int, reason: str) -> str:
+        await self.store.write(FailedIntent(row, self.owner, attempts, reason, dead=True))
+        self.observer.settled(row.target_city, "dead")
+        log.warning(
+            "dead-lettered",
+            extra={
+                "exchange_id": row.exchange_id,
+                "kind": row.kind,
+                "target_city": row.target_city,
+                "reason": reason[:200],
+            },
+        )
+        return "dead"

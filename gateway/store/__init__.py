@@ -1,0 +1,1 @@
+"""Persistence: tables, migrations, the group-commit writer and read queries (SQLite or PostgreSQL)."""

@@ -1,0 +1,461 @@
+"""The write operations of the exchange, as intents for the group-commit writer."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import and_, select, update
+
+from ..domain.lifecycle import allowed
+from ..errors import CaseNotFound, IllegalTransition, RequestIdReused
+from .writer import CASES, OUTBOX, AuditEntry, Batch, Intent
+
+__all__ = [
+    "ClaimIntent",
+    "ClaimedRow",
+    "DeliveredIntent",
+    "ExtendLeaseIntent",
+    "FailedIntent",
+    "ReplayIntent",
+    "ReportStatusIntent",
+    "SubmitCaseIntent",
+]
+
+
+def _replay_or_conflict(
+    batch: Batch, partner: str, request_id: str, body_hash: str
+) -> bytes | None:
+    """The stored answer of a retried request, or None if the id is new; reuse is an error."""
+    known = batch.seen_requests.get((partner, request_id))
+    if known is None:
+        return None
+    if known[0] != body_hash:
+        raise RequestIdReused("request_id was already used with a different request", "request_id")
+    return known[1]
+
+
+@dataclass
+class SubmitCaseIntent(Intent):
+    """Store a new case with its first event, its outbox row and its audit entry."""
+
+    partner: str
+    request_id: str
+    body_hash: str
+    exchange_id: str
+    receiving_city: str
+    handling_city: str
+    case_number: str
+    canonical: str
+    mapping_versions: str
+    target_partner: str
+    response: bytes
+
+    def prefetch_keys(self) -> Sequence[tuple[str, str]]:
+        return [(self.partner, self.request_id)]
+
+    def run(self, batch: Batch) -> tuple[bytes, bool]:
+        """Return (response bytes, replayed?)."""
+        stored = _replay_or_conflict(batch, self.partner, self.request_id, self.body_hash)
+        if stored is not None:
+            return stored, True
+        now = batch.now
+        batch.remember_request(
+            self.partner, self.request_id, "submit", self.body_hash, self.response
+        )
+        batch.cases.append(
+            {
+                "exchange_id": self.exchange_id,
+                "submitter": self.partner,
+                "receiving_city": self.receiving_city,
+                "handling_city": self.handling_city,
+                "case_number": self.case_number,
+                "status": "CASE_STATUS_SUBMITTED",
+                "delivery_state": "DELIVERY_STATE_PENDING",
+                "canonical": self.canonical,
+                "mapping_versions": self.mapping_versions,
+                "submitted_at": now,
+                "updated_at": now,
+            }
+        )
+        batch.events.append(
+            {
+                "exchange_id": self.exchange_id,
+                "status": "CASE_STATUS_SUBMITTED",
+                "occurred_at": now,
+                "reported_by": self.receiving_city,
+                "note": "",
+                "created_at": now,
+            }
+        )
+        batch.outbox.append(
+            _outbox_row(
+                self.exchange_id, "case", None, self.target_partner, self.handling_city, now
+            )
+        )
+        batch.audit.append(
+            AuditEntry(
+                self.partner,
+                "case.submit",
+                self.exchange_id,
+                "accepted",
+                f"to {self.handling_city}",
+            )
+        )
+        return self.response, False
+
+
+def _outbox_row(
+    exchange_id: str,
+    kind: str,
+    event_seq: int | None,
+    target_partner: str,
+    target_city: str,
+    now: float,
+) -> dict[str, Any]:
+    return {
+        "exchange_id": exchange_id,
+        "kind": kind,
+        "event_seq": event_seq,
+        "target_partner": target_partner,
+        "target_city": target_city,
+        "state": "pending",
+        "attempts": 0,
+        "next_attempt_at": now,
+        "lease_owner": None,
+        "lease_until": 0.0,
+        "last_error": "",
+        "created_at": now,
+        "replays": 0,
+    }
+
+
+def _apply_status(
+    batch: Batch,
+    exchange_id: str,
+    current: str,
+    new: str,
+    reporter: str,
+    occurred_at: float,
+    note: str,
+    notify: tuple[str, str] | None,
+    canonical_update: dict[str, Any] | None = None,
+    delivery_state: str | None = None,
+) -> int:
+    """Move a case to ``new``; add its event and, if ``notify``, an outbox row. Returns the seq."""
+    values: dict[str, Any] = {"status": new, "updated_at": batch.now}
+    if delivery_state:
+        values["delivery_state"] = delivery_state
+    if canonical_update:
+        row = batch.conn.execute(
+            select(CASES.c.canonical).where(CASES.c.exchange_id == exchange_id)
+        ).one()
+        record = json.loads(row.canonical)
+        record.update(canonical_update)
+        values["canonical"] = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+    batch.conn.execute(
+        update(CASES)
+        .where(and_(CASES.c.exchange_id == exchange_id, CASES.c.status == current))
+        .values(**values)
+    )
+    batch.events.append(
+        {
+            "exchange_id": exchange_id,
+            "status": new,
+            "occurred_at": occurred_at,
+            "reported_by": reporter,
+            "note": note,
+            "created_at": batch.now,
+        }
+    )
+    (seq,) = batch.flush_events()
+    if notify is not None:
+        partner, city = notify
+        batch.outbox.append(_outbox_row(exchange_id, "status", seq, partner, city, batch.now))
+    return seq
+
+
+@dataclass
+class ReportStatusIntent(Intent):
+    """The handling city reports a status change."""
+
+    partner: str
+    reporter_city: str
+    request_id: str
+    body_hash: str
+    exchange_id: str
+    new_status: str
+    occurred_at: float
+    note: str
+    canonical_update: dict[str, Any] | None
+    notify: tuple[str, str] | None  # (partner, city) of the receiving city's inbox
+    make_response: Any = field(repr=False, default=None)  # (status, seq) -> bytes
+
+    def prefetch_keys(self) -> Sequence[tuple[str, str]]:
+        return [(self.partner, self.request_id)]
+
+    def run(self, batch: Batch) -> tuple[bytes, bool]:
+        stored = _replay_or_conflict(batch, self.partner, self.request_id, self.body_hash)
+        if stored is not None:
+            return stored, True
+        row = batch.conn.execute(
+            select(CASES.c.status, CASES.c.receiving_city, CASES.c.handling_city).where(
+                CASES.c.exchange_id == self.exchange_id
+            )
+        ).first()
+        if row is None or self.reporter_city not in (row.handling_city, row.receiving_city):
+            raise CaseNotFound("no such case for this partner", "exchange_id")
+        if self.reporter_city != row.handling_city and self.new_status != "CASE_STATUS_WITHDRAWN":
+            # The receiving city may only withdraw; progress is the handling city's to report.
+            raise IllegalTransition(row.status, self.new_status)
+        if not allowed(row.status, self.new_status):
+            raise IllegalTransition(row.status, self.new_status)
+        seq = _apply_status(
+            batch,
+            self.exchange_id,
+            row.status,
+            self.new_status,
+            self.reporter_city,
+            self.occurred_at,
+            self.note,
+            self.notify,
+            self.canonical_update,
+        )
+        response = self.make_response(self.new_status, seq)
+        batch.remember_request(self.partner, self.request_id, "report", self.body_hash, response)
+        batch.audit.append(
+            AuditEntry(self.partner, "case.status", self.exchange_id, "accepted", self.new_status)
+        )
+        return response, False
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRow:
+    """An outbox row leased to one worker."""
+
+    id: int
+    exchange_id: str
+    kind: str
+    event_seq: int | None
+    target_partner: str
+    target_city: str
+    attempts: int
+
+
+@dataclass
+class ClaimIntent(Intent):
+    """Lease up to ``limit`` due outbox rows to ``owner`` (PostgreSQL: FOR UPDATE SKIP LOCKED)."""
+
+    owner: str
+    limit: int
+    lease_seconds: float
+
+    def run(self, batch: Batch) -> list[ClaimedRow]:
+        now = batch.now
+        due = (
+            select(OUTBOX.c.id)
+            .where(
+                OUTBOX.c.state == "pending",
+                OUTBOX.c.next_attempt_at <= now,
+                OUTBOX.c.lease_until < now,
+            )
+            .order_by(OUTBOX.c.next_attempt_at, OUTBOX.c.id)
+            .limit(self.limit)
+        )
+        if batch.is_postgres:
+            due = due.with_for_update(skip_locked=True)
+        ids = [r.id for r in batch.conn.execute(due)]
+        if not ids:
+            return []
+        rows = batch.conn.execute(
+            update(OUTBOX)
+            .where(OUTBOX.c.id.in_(ids), OUTBOX.c.state == "pending")
+            .values(lease_owner=self.owner, lease_until=now + self.lease_seconds)
+            .returning(
+                OUTBOX.c.id,
+                OUTBOX.c.exchange_id,
+                OUTBOX.c.kind,
+                OUTBOX.c.event_seq,
+                OUTBOX.c.target_partner,
+                OUTBOX.c.target_city,
+                OUTBOX.c.attempts,
+            )
+        ).all()
+        return sorted((ClaimedRow(*r) for r in rows), key=lambda r: r.id)
+
+
+@dataclass
+class ExtendLeaseIntent(Intent):
+    """Keep a lease while a delivery waits between retries. Returns False if it was lost."""
+
+    row_id: int
+    owner: str
+    until: float
+    attempts: int
+
+    def run(self, batch: Batch) -> bool:
+        result = batch.conn.execute(
+            update(OUTBOX)
+            .where(
+                OUTBOX.c.id == self.row_id,
+                OUTBOX.c.lease_owner == self.owner,
+                OUTBOX.c.state == "pending",
+            )
+            .values(lease_until=self.until, attempts=self.attempts)
+        )
+        return bool(result.rowcount)
+
+
+@dataclass
+class DeliveredIntent(Intent):
+    """A delivery succeeded; a delivered case becomes RECEIVED (and the receiver is told)."""
+
+    row: ClaimedRow
+    owner: str
+    attempts: int
+    notify: tuple[str, str] | None  # receiving city's inbox, for the RECEIVED status
+
+    def run(self, batch: Batch) -> bool:
+        result = batch.conn.execute(
+            update(OUTBOX)
+            .where(OUTBOX.c.id == self.row.id, OUTBOX.c.state == "pending")
+            .values(
+                state="delivered",
+                delivered_at=batch.now,
+                attempts=self.attempts,
+                lease_owner=None,
+                last_error="",
+            )
+        )
+        if not result.rowcount:
+            return False  # already settled by someone else (lease expired and re-claimed)
+        if self.row.kind == "case":
+            row = batch.conn.execute(
+                select(CASES.c.status, CASES.c.receiving_city).where(
+                    CASES.c.exchange_id == self.row.exchange_id
+                )
+            ).one()
+            if row.status == "CASE_STATUS_SUBMITTED":
+                _apply_status(
+                    batch,
+                    self.row.exchange_id,
+                    row.status,
+                    "CASE_STATUS_RECEIVED",
+                    self.row.target_city,
+                    batch.now,
+                    "",
+                    self.notify,
+                    delivery_state="DELIVERY_STATE_DELIVERED",
+                )
+            else:
+                batch.conn.execute(
+                    update(CASES)
+                    .where(CASES.c.exchange_id == self.row.exchange_id)
+                    .values(delivery_state="DELIVERY_STATE_DELIVERED")
+                )
+            batch.audit.append(
+                AuditEntry(
+                    "gateway",
+                    "case.deliver",
+                    self.row.exchange_id,
+                    "delivered",
+                    f"to {self.row.target_city}",
+                )
+            )
+        return True
+
+
+@dataclass
+class FailedIntent(Intent):
+    """A delivery failed: retry later, or park it in the dead-letter queue with the reason."""
+
+    row: ClaimedRow
+    owner: str
+    attempts: int
+    error: str
+    dead: bool
+    next_attempt_at: float = 0.0
+
+    def run(self, batch: Batch) -> bool:
+        values: dict[str, Any] = {
+            "attempts": self.attempts,
+            "last_error": self.error[:2000],
+            "lease_owner": None,
+            "lease_until": 0.0,
+        }
+        if self.dead:
+            values.update(state="dead", dead_at=batch.now)
+        else:
+            values.update(next_attempt_at=self.next_attempt_at)
+        result = batch.conn.execute(
+            update(OUTBOX)
+            .where(OUTBOX.c.id == self.row.id, OUTBOX.c.state == "pending")
+            .values(**values)
+        )
+        if not result.rowcount:
+            return False
+        if self.dead:
+            if self.row.kind == "case":
+                batch.conn.execute(
+                    update(CASES)
+                    .where(CASES.c.exchange_id == self.row.exchange_id)
+                    .values(delivery_state="DELIVERY_STATE_DEAD_LETTERED", updated_at=batch.now)
+                )
+            batch.audit.append(
+                AuditEntry(
+                    "gateway",
+                    "delivery.dead",
+                    self.row.exchange_id,
+                    "dead_lettered",
+                    f"{self.row.kind} to {self.row.target_city}",
+                )
+            )
+        return True
+
+
+@dataclass
+class ReplayIntent(Intent):
+    """Put dead letters back into the outbox (given ids, or all). Returns the ids replayed."""
+
+    actor: str
+    ids: list[int] | None  # None: every dead letter
+
+    def run(self, batch: Batch) -> list[int]:
+        cond = OUTBOX.c.state == "dead"
+        if self.ids is not None:
+            cond = and_(cond, OUTBOX.c.id.in_(self.ids))
+        rows = batch.conn.execute(
+            select(OUTBOX.c.id, OUTBOX.c.exchange_id, OUTBOX.c.kind).where(cond)
+        ).all()
+        if not rows:
+            return []
+        ids = [r.id for r in rows]
+        batch.conn.execute(
+            update(OUTBOX)
+            .where(OUTBOX.c.id.in_(ids))
+            .values(
+                state="pending",
+                attempts=0,
+                next_attempt_at=batch.now,
+                lease_owner=None,
+                lease_until=0.0,
+                dead_at=None,
+                replays=OUTBOX.c.replays + 1,
+            )
+        )
+        case_ids = [r.exchange_id for r in rows if r.kind == "case"]
+        if case_ids:
+            batch.conn.execute(
+                update(CASES)
+                .where(CASES.c.exchange_id.in_(case_ids))
+                .values(delivery_state="DELIVERY_STATE_PENDING", updated_at=batch.now)
+            )
+        for r in rows:
+            batch.audit.append(
+                AuditEntry(
+                    self.actor, "delivery.replay", r.exchange_id, "requeued", f"outbox {r.id}"
+                )
+            )
+        return ids

@@ -1,0 +1,194 @@
+"""Read queries (SQLAlchemy Core), run in worker threads by the services."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, and_, func, or_, select
+
+from .writer import AUDIT, CASES, EVENTS, OUTBOX
+
+__all__ = ["CaseRecord", "EventRecord", "OutboxRecord", "StoreReader"]
+
+
+@dataclass(frozen=True, slots=True)
+class CaseRecord:
+    """A case row."""
+
+    seq: int
+    exchange_id: str
+    submitter: str
+    receiving_city: str
+    handling_city: str
+    case_number: str
+    status: str
+    delivery_state: str
+    canonical: str
+    mapping_versions: str
+    submitted_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """A status event row."""
+
+    seq: int
+    exchange_id: str
+    status: str
+    occurred_at: float
+    reported_by: str
+    note: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRecord:
+    """An outbox row (a dead letter when ``state`` is dead)."""
+
+    id: int
+    exchange_id: str
+    kind: str
+    event_seq: int | None
+    target_partner: str
+    target_city: str
+    state: str
+    attempts: int
+    next_attempt_at: float
+    last_error: str
+    created_at: float
+    delivered_at: float | None
+    dead_at: float | None
+    replays: int
+
+
+_CASE_COLS = [CASES.c[n] for n in CaseRecord.__slots__]
+_EVENT_COLS = [EVENTS.c[n] for n in EventRecord.__slots__]
+_OUTBOX_COLS = [OUTBOX.c[n] for n in OutboxRecord.__slots__]
+
+
+class StoreReader:
+    """Read-only queries."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def ping(self) -> None:
+        """Raise if the store is unreachable."""
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+
+    def case(self, exchange_id: str) -> CaseRecord | None:
+        """One case by exchange id."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(*_CASE_COLS).where(CASES.c.exchange_id == exchange_id)
+            ).first()
+        return CaseRecord(*row) if row else None
+
+    def cases(
+        self,
+        cities: list[str],
+        *,
+        before_seq: int | None,
+        limit: int,
+        status: str = "",
+        receiving_city: str = "",
+        handling_city: str = "",
+        delivery_state: str = "",
+    ) -> list[CaseRecord]:
+        """Cases received or handled by one of ``cities``, newest first, keyset on seq."""
+        conds: list[Any] = [
+            or_(CASES.c.receiving_city.in_(cities), CASES.c.handling_city.in_(cities))
+        ]
+        if before_seq is not None:
+            conds.append(CASES.c.seq < before_seq)
+        if status:
+            conds.append(CASES.c.status == status)
+        if receiving_city:
+            conds.append(CASES.c.receiving_city == receiving_city)
+        if handling_city:
+            conds.append(CASES.c.handling_city == handling_city)
+        if delivery_state:
+            conds.append(CASES.c.delivery_state == delivery_state)
+        stmt = select(*_CASE_COLS).where(and_(*conds)).order_by(CASES.c.seq.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            return [CaseRecord(*r) for r in conn.execute(stmt)]
+
+    def events(self, exchange_id: str) -> list[EventRecord]:
+        """The history of one case, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(*_EVENT_COLS)
+                .where(EVENTS.c.exchange_id == exchange_id)
+                .order_by(EVENTS.c.seq)
+            )
+            return [EventRecord(*r) for r in rows]
+
+    def event(self, seq: int) -> EventRecord | None:
+        """One event by seq."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(*_EVENT_COLS).where(EVENTS.c.seq == seq)).first()
+        return EventRecord(*row) if row else None
+
+    def events_after(
+        self, after: int, cities: list[str], exchange_id: str = "", limit: int = 500
+    ) -> list[tuple[EventRecord, str, str]]:
+        """Events after seq ``after`` of cases visible to ``cities``, with case number and receiver."""
+        conds: list[Any] = [
+            EVENTS.c.seq > after,
+            or_(CASES.c.receiving_city.in_(cities), CASES.c.handling_city.in_(cities)),
+        ]
+        if exchange_id:
+            conds.append(EVENTS.c.exchange_id == exchange_id)
+        stmt = (
+            select(*_EVENT_COLS, CASES.c.case_number, CASES.c.receiving_city)
+            .join(CASES, CASES.c.exchange_id == EVENTS.c.exchange_id)
+            .where(and_(*conds))
+            .order_by(EVENTS.c.seq)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [(EventRecord(*r[:6]), r[6], r[7]) for r in conn.execute(stmt)]
+
+    def last_event_seq(self) -> int:
+        """The newest event seq (0 when none)."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.coalesce(func.max(EVENTS.c.seq), 0))).scalar_one())
+
+    def outbox_row(self, row_id: int) -> OutboxRecord | None:
+        """One outbox row."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(*_OUTBOX_COLS).where(OUTBOX.c.id == row_id)).first()
+        return OutboxRecord(*row) if row else None
+
+    def dead_letters(self, *, after_id: int = 0, limit: int = 100) -> list[OutboxRecord]:
+        """Dead letters, oldest first."""
+        stmt = (
+            select(*_OUTBOX_COLS)
+            .where(OUTBOX.c.state == "dead", OUTBOX.c.id > after_id)
+            .order_by(OUTBOX.c.id)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [OutboxRecord(*r) for r in conn.execute(stmt)]
+
+    def outbox_stats(self, now: float) -> dict[str, float]:
+        """Pending count, oldest pending age (s), dead count."""
+        with self.engine.connect() as conn:
+            pending, oldest = conn.execute(
+                select(func.count(), func.min(OUTBOX.c.created_at)).where(
+                    OUTBOX.c.state == "pending"
+                )
+            ).one()
+            dead = conn.execute(select(func.count()).where(OUTBOX.c.state == "dead")).scalar_one()
+        return {
+            "pending": float(pending),
+            "oldest_age": float(now - oldest) if oldest else 0.0,
+            "dead": float(dead),
+        }
+
+    def audit_rows(self) -> list[Any]:
+        """The whole audit log in chain order (for verification)."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(AUDIT).order_by(AUDIT.c.seq)))

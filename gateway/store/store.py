@@ -1,0 +1,73 @@
+"""The store facade: engines, the group-commit writer, reads in worker threads."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+from .engine import make_engine, upgrade
+from .reads import StoreReader
+from .writer import Intent, StoreWriter
+
+__all__ = ["Store"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Store:
+    """SQLite (embedded, WAL) or PostgreSQL, chosen by URL."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        pool_size: int = 5,
+        group_commit_max: int = 256,
+    ) -> None:
+        self.url = url
+        self.clock = clock
+        self.engine = make_engine(url, pool_size=pool_size, write=True)
+        self.read_engine = (
+            make_engine(url, write=False) if self.engine.dialect.name == "sqlite" else self.engine
+        )
+        self.writer = StoreWriter(self.engine, clock, group_commit_max)
+        self.reader = StoreReader(self.read_engine)
+        self.notify = asyncio.Event()  # set after writes (WatchCases wakes up)
+        self.outbox_ready = asyncio.Event()  # set after writes (delivery claimer wakes up)
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True for the embedded store."""
+        return self.engine.dialect.name == "sqlite"
+
+    def migrate(self) -> None:
+        """Apply every migration."""
+        upgrade(self.engine)
+
+    def start(self) -> None:
+        """Start the writer (in the running loop)."""
+        self.notify = asyncio.Event()
+        self.outbox_ready = asyncio.Event()
+        self.writer.start()
+
+    async def stop(self) -> None:
+        """Drain the writer and close connections."""
+        await self.writer.stop()
+        self.engine.dispose()
+        if self.read_engine is not self.engine:
+            self.read_engine.dispose()
+
+    async def write(self, intent: Intent) -> Any:
+        """Commit ``intent`` in the next batch; return its result."""
+        result = await self.writer.submit(intent)
+        self.notify.set()
+        self.outbox_ready.set()
+        return result
+
+    async def read(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a read query in a worker thread."""
+        return await asyncio.to_thread(fn, *args, **kwargs)

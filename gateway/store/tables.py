@@ -1,0 +1,116 @@
+"""The store's tables (SQLModel). Times are UNIX seconds (float) from the gateway's clock.
+
+cases       one row per exchanged case, canonical record as JSON; ``seq`` orders pages
+requests    idempotency: (partner, request_id) -> body hash and the first answer
+events      status history of every case; ``seq`` is the WatchCases cursor
+outbox      deliveries to partner systems: pending -> delivered | dead (the dead-letter queue)
+audit       append-only, hash-chained log of who did what
+audit_head  the chain's last hash, locked while appending
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Index, LargeBinary, Text
+from sqlmodel import Field, SQLModel
+
+__all__ = ["AuditHead", "AuditRow", "CaseRow", "EventRow", "OutboxRow", "RequestRow"]
+
+
+class CaseRow(SQLModel, table=True):
+    """A case and its canonical record."""
+
+    __tablename__ = "cases"
+    __table_args__ = (
+        Index("ix_cases_receiving_seq", "receiving_city", "seq"),
+        Index("ix_cases_handling_seq", "handling_city", "seq"),
+    )
+
+    seq: int | None = Field(default=None, primary_key=True)
+    exchange_id: str = Field(max_length=40, unique=True)
+    submitter: str = Field(max_length=64)
+    receiving_city: str = Field(max_length=6)
+    handling_city: str = Field(max_length=6)
+    case_number: str = Field(max_length=64)
+    status: str = Field(max_length=40)
+    delivery_state: str = Field(max_length=40)
+    canonical: str = Field(sa_column=Column(Text, nullable=False))
+    mapping_versions: str = Field(max_length=200)
+    submitted_at: float
+    updated_at: float
+
+
+class RequestRow(SQLModel, table=True):
+    """An idempotent request: the first answer, replayed for retries with the same body."""
+
+    __tablename__ = "requests"
+
+    partner: str = Field(max_length=64, primary_key=True)
+    request_id: str = Field(max_length=128, primary_key=True)
+    kind: str = Field(max_length=20)
+    body_hash: str = Field(max_length=64)
+    response: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_at: float
+
+
+class EventRow(SQLModel, table=True):
+    """One status change of a case."""
+
+    __tablename__ = "events"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    exchange_id: str = Field(max_length=40, index=True)
+    status: str = Field(max_length=40)
+    occurred_at: float
+    reported_by: str = Field(max_length=6)
+    note: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    created_at: float
+
+
+class OutboxRow(SQLModel, table=True):
+    """A delivery to a partner system; ``state`` dead rows are the dead-letter queue."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_claim", "state", "next_attempt_at", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    exchange_id: str = Field(max_length=40, index=True)
+    kind: str = Field(max_length=10)  # "case" or "status"
+    event_seq: int | None = None
+    target_partner: str = Field(max_length=64)
+    target_city: str = Field(max_length=6)
+    state: str = Field(max_length=10)  # pending | delivered | dead
+    attempts: int = 0
+    next_attempt_at: float
+    lease_owner: str | None = Field(default=None, max_length=64)
+    lease_until: float = 0.0
+    last_error: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    created_at: float
+    delivered_at: float | None = None
+    dead_at: float | None = None
+    replays: int = 0
+
+
+class AuditRow(SQLModel, table=True):
+    """One audit entry; ``hash`` = sha256(prev_hash + the entry's canonical JSON)."""
+
+    __tablename__ = "audit"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    ts: float
+    actor: str = Field(max_length=64)
+    action: str = Field(max_length=40)
+    subject: str = Field(max_length=64)
+    detail: str = Field(default="", max_length=200)
+    outcome: str = Field(max_length=40)
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)
+
+
+class AuditHead(SQLModel, table=True):
+    """The audit chain's head (one row, id 1): its length and last hash."""
+
+    __tablename__ = "audit_head"
+
+    id: int = Field(default=1, primary_key=True)
+    length: int = 0
+    hash: str = Field(max_length=64)

@@ -1,0 +1,279 @@
+"""The group-commit writer: every write of this process goes through one queue.
+
+Callers submit *intents* and await their result. The writer takes everything queued, runs the
+intents in order inside ONE transaction (so concurrent submissions share one commit and one
+fsync), then resolves each caller. An intent validates before it writes: a domain error (a reused
+request id, an illegal transition) fails only that intent and leaves no row behind. If the
+database itself fails the batch, each intent is retried alone so one bad apple cannot sink the
+rest.
+
+Rows are added with batched ``executemany`` statements (SQLAlchemy Core) per table, and the audit
+hash chain is extended in the same transaction: the case, its status event, its outbox row and
+its audit entry are committed together, before the caller's reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, and_, insert, or_, select, update
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from ..errors import BackendUnavailable, GatewayError
+from .tables import AuditHead, AuditRow, CaseRow, EventRow, OutboxRow, RequestRow
+
+__all__ = ["AuditEntry", "Batch", "Intent", "StoreWriter"]
+
+log = logging.getLogger("tongban.store")
+
+CASES: Table = CaseRow.__table__  # type: ignore[attr-defined]
+REQUESTS: Table = RequestRow.__table__  # type: ignore[attr-defined]
+EVENTS: Table = EventRow.__table__  # type: ignore[attr-defined]
+OUTBOX: Table = OutboxRow.__table__  # type: ignore[attr-defined]
+AUDIT: Table = AuditRow.__table__  # type: ignore[attr-defined]
+AUDIT_HEAD: Table = AuditHead.__table__  # type: ignore[attr-defined]
+GENESIS = "0" * 64
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """Who did what to which subject, with what outcome. Never personal data."""
+
+    actor: str
+    action: str
+    subject: str
+    outcome: str
+    detail: str = ""
+
+
+def audit_hash(prev: str, seq: int, ts: float, e: AuditEntry) -> str:
+    """The chain hash of one entry."""
+    body = json.dumps(
+        [seq, repr(ts), e.actor, e.action, e.subject, e.detail, e.outcome],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256((prev + body).encode()).hexdigest()
+
+
+@dataclass
+class Batch:
+    """What the intents of one transaction add, flushed with one statement per table."""
+
+    conn: Connection
+    now: float
+    is_postgres: bool
+    cases: list[dict[str, Any]] = field(default_factory=list)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    outbox: list[dict[str, Any]] = field(default_factory=list)
+    audit: list[AuditEntry] = field(default_factory=list)
+    # Request ids taken by earlier intents of this batch: (partner, id) -> (hash, response).
+    seen_requests: dict[tuple[str, str], tuple[str, bytes]] = field(default_factory=dict)
+
+    def flush_events(self) -> list[int]:
+        """Insert pending events now (their seq is needed); return their seqs in order."""
+        seqs = []
+        for row in self.events:
+            result = self.conn.execute(insert(EVENTS).values(**row).returning(EVENTS.c.seq))
+            seqs.append(int(result.scalar_one()))
+        self.events.clear()
+        return seqs
+
+    def flush(self) -> None:
+        """Insert everything collected, then extend the audit chain."""
+        if self.requests:
+            self.conn.execute(insert(REQUESTS), self.requests)
+        if self.cases:
+            self.conn.execute(insert(CASES), self.cases)
+        if self.events:
+            self.conn.execute(insert(EVENTS), self.events)
+        if self.outbox:
+            self.conn.execute(insert(OUTBOX), self.outbox)
+        if self.audit:
+            stmt = select(AUDIT_HEAD.c.length, AUDIT_HEAD.c.hash).where(AUDIT_HEAD.c.id == 1)
+            if self.is_postgres:
+                stmt = stmt.with_for_update()
+            length, prev = self.conn.execute(stmt).one()
+            rows = []
+            for e in self.audit:
+                length += 1
+                h = audit_hash(prev, length, self.now, e)
+                rows.append(
+                    {
+                        "seq": length,
+                        "ts": self.now,
+                        "actor": e.actor,
+                        "action": e.action,
+                        "subject": e.subject,
+                        "detail": e.detail[:200],
+                        "outcome": e.outcome,
+                        "prev_hash": prev,
+                        "hash": h,
+                    }
+                )
+                prev = h
+            self.conn.execute(insert(AUDIT), rows)
+            self.conn.execute(
+                update(AUDIT_HEAD).where(AUDIT_HEAD.c.id == 1).values(length=length, hash=prev)
+            )
+
+    def known_requests(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[str, bytes]]:
+        """Stored (hash, response) of idempotency keys, including this batch's."""
+        found = {k: v for k, v in self.seen_requests.items() if k in set(keys)}
+        missing = [k for k in keys if k not in found]
+        if missing:
+            cond = or_(
+                *(and_(REQUESTS.c.partner == p, REQUESTS.c.request_id == r) for p, r in missing)
+            )
+            for row in self.conn.execute(
+                select(
+                    REQUESTS.c.partner,
+                    REQUESTS.c.request_id,
+                    REQUESTS.c.body_hash,
+                    REQUESTS.c.response,
+                ).where(cond)
+            ):
+                found[(row.partner, row.request_id)] = (row.body_hash, bytes(row.response))
+        return found
+
+    def remember_request(
+        self, partner: str, request_id: str, kind: str, body_hash: str, response: bytes
+    ) -> None:
+        """Record an idempotency key and its first answer."""
+        self.requests.append(
+            {
+                "partner": partner,
+                "request_id": request_id,
+                "kind": kind,
+                "body_hash": body_hash,
+                "response": response,
+                "created_at": self.now,
+            }
+        )
+        self.seen_requests[(partner, request_id)] = (body_hash, response)
+
+
+class Intent:
+    """One unit of work for the writer. ``run`` validates, then adds rows to the batch.
+
+    ``run`` is called in the writer's thread inside the batch transaction; it returns the result
+    handed back to the caller, or raises a :class:`GatewayError` that fails this intent only. It
+    must not write anything before it has decided to succeed.
+    """
+
+    def prefetch_keys(self) -> Sequence[tuple[str, str]]:
+        """Idempotency keys this intent will look up (fetched for the whole batch at once)."""
+        return ()
+
+    def run(self, batch: Batch) -> Any:  # pragma: no cover - interface
+        """Validate and write; return the result."""
+        raise NotImplementedError
+
+
+@dataclass
+class _Pending:
+    intent: Intent
+    future: asyncio.Future[Any]
+
+
+class StoreWriter:
+    """Runs intents in batches, one transaction per batch, in a worker thread."""
+
+    def __init__(self, engine: Engine, clock: Callable[[], float], max_batch: int = 256) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.max_batch = max_batch
+        self.is_postgres = engine.dialect.name == "postgresql"
+        self._queue: asyncio.Queue[_Pending] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.committed = 0
+
+    def start(self) -> None:
+        """Start the writer task in the running event loop."""
+        self._queue = asyncio.Queue()
+        self._task = asyncio.create_task(self._loop(), name="store-writer")
+
+    async def stop(self) -> None:
+        """Finish what is queued, then stop."""
+        if self._task is None or self._queue is None:
+            return
+        await self._queue.join()
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        self._task = None
+
+    async def submit(self, intent: Intent) -> Any:
+        """Queue ``intent`` and wait until its batch committed; return its result."""
+        if self._queue is None:
+            raise RuntimeError("StoreWriter.start() was not called")
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(intent, fut))
+        return await fut
+
+    async def _loop(self) -> None:
+        assert self._queue is not None
+        q = self._queue
+        while True:
+            first = await q.get()
+            batch = [first]
+            while len(batch) < self.max_batch and not q.empty():
+                batch.append(q.get_nowait())
+            try:
+                results = await asyncio.to_thread(self._commit, batch)
+            except Exception as exc:  # noqa: BLE001 - the store is down: fail the callers
+                log.error("store write failed", extra={"error": type(exc).__name__})
+                err = BackendUnavailable("the store is unavailable; retry later", 1.0)
+                results = [err] * len(batch)
+            for p, r in zip(batch, results, strict=True):
+                if not p.future.done():
+                    if isinstance(r, BaseException):
+                        p.future.set_exception(r)
+                    else:
+                        p.future.set_result(r)
+                q.task_done()
+
+    def _commit(self, batch: list[_Pending]) -> list[Any]:
+        try:
+            results = self._run_batch([p.intent for p in batch])
+            self.batches += 1
+            self.committed += len(batch)
+            return results
+        except (SQLAlchemyError, DBAPIError):
+            if len(batch) == 1:
+                raise
+            log.warning("batch failed; retrying its intents one by one", extra={"size": len(batch)})
+            out: list[Any] = []
+            for p in batch:
+                try:
+                    out.extend(self._run_batch([p.intent]))
+                except (SQLAlchemyError, DBAPIError) as exc:
+                    out.append(BackendUnavailable(f"store error: {type(exc).__name__}"))
+            return out
+
+    def _run_batch(self, intents: list[Intent]) -> list[Any]:
+        results: list[Any] = []
+        with self.engine.begin() as conn:
+            b = Batch(conn, self.clock(), self.is_postgres)
+            keys = [k for i in intents for k in i.prefetch_keys()]
+            if keys:
+                b.seen_requests.update(b.known_requests(keys))
+            for intent in intents:
+                try:
+                    results.append(intent.run(b))
+                except GatewayError as exc:
+                    results.append(exc)
+            b.flush()
+        return results
