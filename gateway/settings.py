@@ -128,7 +128,7 @@ class PartnerSettings(_Model):
     @field_validator("city")
     @classmethod
     def _city_code(cls, v: str) -> str:
-        if len(v) != 6 or not v.isdigit():
+        if len(v) != 6 or not (v.isascii() and v.isdigit()):
             raise ValueError("must be a six-digit GB/T 2260 region code, e.g. '442000'")
         return v
 

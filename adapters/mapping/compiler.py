@@ -202,7 +202,7 @@ def _unknown_fields(
     keys = g.const(frozenset(node.properties), "_keys")
     k = g.entry(_ptr(sc.in_ptr, prefix) + "/{}", _can(sc.in_can, prefix), where)
     idx = "(" + ", ".join([*sc.idx, "x_"]) + ",)"
-    g.emit(ind, f"if {obj}.keys() - {keys}:")
+    g.emit(ind, f"if not {keys}.issuperset({obj}):")
     g.emit(ind + 1, f"for x_ in sorted({obj}.keys() - {keys}):")
     g.emit(
         ind + 2,
@@ -321,9 +321,10 @@ def _fwd_rule(
                 f"else: issues.append(_mk({k}, 'REQUIRED_MISSING', 'required field is missing', {ix}))",
             )
         return
-    g.emit(ind, "if v is not None and v != '':")
-    g.emit(ind + 1, f"if {_type_check(sn, 'v')}:")
-    body = ind + 2
+    # Common case first: a present value of the declared type.
+    present = f"{_type_check(sn, 'v')} and v" if sn.type == "string" else _type_check(sn, "v")
+    g.emit(ind, f"if {present}:")
+    body = ind + 1
     if sn.type == "string" and sn.max_length:
         g.emit(body, f"if len(v) > {sn.max_length}:")
         g.emit(
@@ -339,19 +340,22 @@ def _fwd_rule(
         g.emit(body, f"except _VP as e: issues.append(_mk({k}, e.code, e.message, {ix}))")
         g.emit(body, "else:")
         g.emit(body + 1, f"for c_, m_ in w: issues.append(_mk({k}, c_, m_, {ix}, 'warning'))")
-    g.emit(ind + 1, "else:")
+    g.emit(ind, "elif v is None or v == '':")
+    if r.required:
+        g.emit(
+            ind + 1,
+            f"issues.append(_mk({k}, 'REQUIRED_MISSING', 'required field is missing', {ix}))",
+        )
+    else:
+        g.emit(ind + 1, "pass")
+    g.emit(ind, "else:")
     want = {
         "string": "a string",
         "integer": "an integer",
         "number": "a number",
         "boolean": "true or false",
     }[sn.type]
-    g.emit(ind + 2, f"issues.append(_mk({k}, 'WRONG_TYPE', 'expected {want}', {ix}))")
-    if r.required:
-        g.emit(
-            ind,
-            f"else: issues.append(_mk({k}, 'REQUIRED_MISSING', 'required field is missing', {ix}))",
-        )
+    g.emit(ind + 1, f"issues.append(_mk({k}, 'WRONG_TYPE', 'expected {want}', {ix}))")
 
 
 def _fwd_convert(g: _Gen, r: Rule, out: str, key: str, k: int, ix: str, ind: int) -> None:
@@ -386,7 +390,7 @@ def _fwd_convert(g: _Gen, r: Rule, out: str, key: str, k: int, ix: str, ind: int
         g.emit(ind, f"except _VP as e: issues.append(_mk({k}, e.code, e.message, {ix}))")
         return
     if tf.kind == "int" and sn.type == "string":
-        g.emit(ind, f"if v.isdigit(): {out}[{key}] = int(v)")
+        g.emit(ind, f"if v.isascii() and v.isdigit(): {out}[{key}] = int(v)")
         g.emit(ind, f"else: issues.append(_mk({k}, 'WRONG_TYPE', 'expected digits', {ix}))")
     elif tf.kind == "string" and sn.type == "integer":
         g.emit(ind, f"{out}[{key}] = str(v)")
@@ -527,7 +531,7 @@ def _rev_convert(g: _Gen, r: Rule, k: int, ix: str, ind: int) -> None:
         g.emit(ind + 1, f"issues.append(_mk({k}, e.code, e.message, {ix})); r = _MISS")
         return
     if sn.type == "integer" and tf.kind == "string":
-        g.emit(ind, "if v.isdigit(): r = int(v)")
+        g.emit(ind, "if v.isascii() and v.isdigit(): r = int(v)")
         g.emit(
             ind, f"else: issues.append(_mk({k}, 'WRONG_TYPE', 'expected digits', {ix})); r = _MISS"
         )

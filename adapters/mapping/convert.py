@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from datetime import UTC, date, datetime, tzinfo
 from functools import lru_cache
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from stdnum import numdb
@@ -111,6 +112,10 @@ class DatePattern:
         if self.iso:
             pattern = "yyyy-MM-dd'T'HH:mm:ssXXX"
         rx, fmt, fields = [], [], []
+        # Fixed-width layout (every token but XXX has a fixed width): parse by slicing.
+        pos = 0
+        slices: dict[str, tuple[int, int]] | None = {}
+        literals: list[tuple[int, str]] = []
         for tok in _TOKENS.findall(pattern):
             if tok in _TOKEN_RX:
                 group = _TOKEN_RX[tok].split(">")[0][4:]
@@ -119,10 +124,17 @@ class DatePattern:
                 fields.append(group)
                 rx.append(_TOKEN_RX[tok])
                 fmt.append(_TOKEN_FMT[tok])
+                if tok == "XXX" or slices is None:
+                    slices = None
+                else:
+                    slices[group] = (pos, pos + len(tok))
+                    pos += len(tok)
             elif tok.startswith("'"):
                 lit = tok[1:-1]
                 rx.append(re.escape(lit))
                 fmt.append(lit.replace("{", "{{").replace("}", "}}"))
+                literals.extend((pos + i, ch) for i, ch in enumerate(lit))
+                pos += len(lit)
             elif _LETTERS.fullmatch(tok):
                 raise ValueError(
                     f"pattern {self.pattern!r}: unknown letter {tok!r} "
@@ -131,6 +143,11 @@ class DatePattern:
             else:
                 rx.append(re.escape(tok))
                 fmt.append(tok.replace("{", "{{").replace("}", "}}"))
+                literals.append((pos, tok))
+                pos += len(tok)
+        self.slices = slices if not self.iso else None
+        self.literals = tuple(literals)
+        self.width = pos
         self.fields = frozenset(fields)
         if not {"y", "mo", "d"} <= self.fields:
             raise ValueError(f"pattern {self.pattern!r} must contain yyyy, MM and dd")
@@ -190,6 +207,21 @@ def make_datetime_parser(pattern: DatePattern, tz: tzinfo) -> Callable[[str], st
 
         return parse_iso
 
+    if pattern.slices is not None:
+        read = _fixed_reader(pattern)
+
+        def parse_fixed(text: str) -> str:
+            f = read(text)
+            if f is None:
+                raise ValueProblem("BAD_DATETIME", f"expected a date-time as {want!r}")
+            try:
+                dt = datetime(f[0], f[1], f[2], f[3], f[4], f[5], f[6] * 1000, tzinfo=tz)
+            except ValueError:
+                raise ValueProblem("BAD_DATETIME", "impossible date or time") from None
+            return format_timestamp(dt)
+
+        return parse_fixed
+
     def parse(text: str) -> str:
         m = fullmatch(text)
         if m is None:
@@ -245,10 +277,53 @@ def make_datetime_formatter(pattern: DatePattern, tz: tzinfo) -> Callable[[str],
     return fmt_dt
 
 
+def _fixed_reader(pattern: DatePattern) -> Callable[[str], tuple[int, ...] | None]:
+    """A function reading (y, mo, d, h, mi, s, ms) from text of a fixed-width pattern.
+
+    Generated once per pattern with the slice offsets as constants; literal characters enter
+    the generated code only through ``repr()``.
+    """
+    assert pattern.slices is not None
+    checks = [f"len(t) == {pattern.width}", "t.isascii()"]
+    checks += [f"t[{pos}] == {ch!r}" for pos, ch in pattern.literals]
+    parts = []
+    for group in ("y", "mo", "d", "h", "mi", "s", "ms"):
+        if group in pattern.slices:
+            a, b = pattern.slices[group]
+            checks.append(f"t[{a}:{b}].isdigit()")
+            parts.append(f"int(t[{a}:{b}])")
+        else:
+            parts.append("0")
+    src = (
+        "def read(t):\n"
+        f"    if {' and '.join(checks)}:\n"
+        f"        return ({', '.join(parts)},)\n"
+        "    return None\n"
+    )
+    ns: dict[str, Any] = {}
+    exec(compile(src, f"<date pattern {pattern.pattern!r}>", "exec"), ns)  # noqa: S102
+    reader: Callable[[str], tuple[int, ...] | None] = ns["read"]
+    return reader
+
+
 def make_date_parser(pattern: DatePattern) -> Callable[[str], str]:
     """A function turning a city's date text into canonical ``YYYY-MM-DD``."""
     fullmatch = pattern.regex.fullmatch
     want = pattern.pattern
+
+    if pattern.slices is not None:
+        read = _fixed_reader(pattern)
+
+        def parse_fixed(text: str) -> str:
+            f = read(text)
+            if f is None:
+                raise ValueProblem("BAD_DATE", f"expected a date as {want!r}")
+            try:
+                return date(f[0], f[1], f[2]).isoformat()
+            except ValueError:
+                raise ValueProblem("BAD_DATE", "impossible date") from None
+
+        return parse_fixed
 
     def parse(text: str) -> str:
         m = fullmatch(text)
@@ -312,13 +387,15 @@ def check_id_number(value: str) -> list[tuple[str, str]]:
     """
     if len(value) != 18:
         raise ValueProblem("INVALID_ID_NUMBER", "ID number must have 18 characters")
-    if not value[:17].isdigit() or not (value[17].isdigit() or value[17] == "X"):
+    if not (value.isascii() and value[:17].isdigit() and (value[17].isdigit() or value[17] == "X")):
         raise ValueProblem("INVALID_ID_NUMBER", "ID number must be 17 digits and a digit or X")
     if ric.calc_check_digit(value) != value[17]:
         raise ValueProblem("INVALID_ID_NUMBER", "ID number check character is wrong")
+    # The format is verified above, so the birth date is read from its digits directly
+    # (stdnum's get_birth_date re-normalises the number first, half the cost of the check).
     try:
-        born = ric.get_birth_date(value)
-    except ValidationError:
+        born = date(int(value[6:10]), int(value[10:12]), int(value[12:14]))
+    except ValueError:
         raise ValueProblem(
             "INVALID_ID_NUMBER", "ID number holds an impossible birth date"
         ) from None
@@ -377,7 +454,7 @@ def _region_exists(code: str) -> bool:
 
 def check_region(value: str) -> list[tuple[str, str]]:
     """Check a six-digit GB/T 2260 region code against stdnum's region table."""
-    if len(value) != 6 or not value.isdigit() or not _region_exists(value):
+    if len(value) != 6 or not value.isascii() or not value.isdigit() or not _region_exists(value):
         raise ValueProblem("INVALID_REGION", "not a known six-digit GB/T 2260 region code")
     return []
 
@@ -426,6 +503,6 @@ def id_birth_date(value: str) -> str:
 
 def id_sex(value: str) -> str:
     """Canonical sex held in a resident ID number (odd sequence: male)."""
-    if len(value) != 18 or not value[16].isdigit():
+    if len(value) != 18 or not value.isascii() or not value[16].isdigit():
         raise ValueProblem("INVALID_ID_NUMBER", "ID number must have 18 characters")
     return "SEX_MALE" if int(value[16]) % 2 else "SEX_FEMALE"

@@ -56,7 +56,7 @@ def _substr(x: str, start: int, end: int | None = None) -> str:
 
 
 def _looks_like_id(x: str) -> bool:
-    return len(x) == 18 and x[:17].isdigit()
+    return len(x) == 18 and x.isascii() and x[:17].isdigit()
 
 
 def _id_birth_date(x: str) -> str | None:

@@ -364,7 +364,7 @@ class CaseService:
         ms = self.mappings.current
         schema = self._view_schema(ms, caller, request.schema)
         if request.cursor:
-            if not request.cursor.isdigit():
+            if not (request.cursor.isascii() and request.cursor.isdigit()):
                 raise InvalidRequest("cursor must come from a previous event", "cursor")
             cursor = int(request.cursor)
         elif request.from_beginning:
