@@ -23,6 +23,7 @@ from adapters.transports import GrpcInboxTransport, HttpInboxTransport, PartnerT
 from tongban.v1 import (
     case_exchange_pb2,
     identity_pb2,
+    operations_pb2,
     partner_inbox_pb2,
     translation_pb2,
 )
@@ -30,9 +31,11 @@ from tongban.v1 import (
 from .auth import Authenticator, AuthInterceptor
 from .mappings import MappingRegistry
 from .rpc.case_exchange import CaseExchangeServicer
+from .rpc.operations import OperationsServicer
 from .rpc.registration import CallObserver, register_service
 from .rpc.translation import TranslationServicer
 from .services.cases import CaseService
+from .services.dead_letters import DeadLetterService
 from .services.delivery import DeliveryObserver, DeliveryService
 from .settings import Settings
 from .store.store import Store
@@ -47,6 +50,7 @@ SERVICE_DESCRIPTORS = {
     "CaseExchangeService": case_exchange_pb2.DESCRIPTOR.services_by_name["CaseExchangeService"],
     "IdentityService": identity_pb2.DESCRIPTOR.services_by_name["IdentityService"],
     "PartnerInboxService": partner_inbox_pb2.DESCRIPTOR.services_by_name["PartnerInboxService"],
+    "OperationsService": operations_pb2.DESCRIPTOR.services_by_name["OperationsService"],
 }
 
 
@@ -109,6 +113,9 @@ def bootstrap(
         mappings, settings.server.max_record_bytes
     )
     services.servicers["CaseExchangeService"] = CaseExchangeServicer(cases, auth)
+    services.servicers["OperationsService"] = OperationsServicer(
+        DeadLetterService(store), auth, settings
+    )
     return services
 
 

@@ -11,6 +11,7 @@ import sys
 
 from . import __version__
 from .cli_mapping import add_mapping_commands
+from .cli_ops import add_ops_commands
 from .cli_serve import add_serve_command
 from .demo import add_demo_command
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_command(sub)
     add_serve_command(sub)
     add_mapping_commands(sub)
+    add_ops_commands(sub)
     return parser
 
 

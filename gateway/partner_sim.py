@@ -159,6 +159,13 @@ class InboxSimulator(inbox_grpc.PartnerInboxServiceServicer):
             ).fetchall()
         return dict(rows)
 
+    def statuses(self) -> list[dict[str, Any]]:
+        """Payloads of the status changes applied, oldest first."""
+        rows = self._db.execute(
+            "SELECT payload FROM applied WHERE kind = 'status' ORDER BY received_at"
+        ).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
     def close(self) -> None:
         """Close the dedup database."""
         self._db.close()

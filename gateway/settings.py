@@ -121,6 +121,7 @@ class PartnerSettings(_Model):
 
     city: str  # GB/T 2260 region code of the city it speaks for
     token: str = ""  # development-only bearer token (refused when TLS is on)
+    operator: bool = False  # may call OperationsService (dead letters)
     inbox: InboxSettings = InboxSettings()
     retry: RetryPolicy | None = None  # overrides delivery.retry for deliveries to this partner
     circuit: CircuitPolicy | None = None

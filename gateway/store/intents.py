@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, insert, select, update
 
 from ..domain.lifecycle import allowed
 from ..errors import CaseNotFound, IllegalTransition, RequestIdReused
-from .writer import CASES, OUTBOX, AuditEntry, Batch, Intent
+from .writer import CASES, EVENTS, OUTBOX, AuditEntry, Batch, Intent
 
 __all__ = [
     "ClaimIntent",
@@ -160,17 +160,21 @@ def _apply_status(
         .where(and_(CASES.c.exchange_id == exchange_id, CASES.c.status == current))
         .values(**values)
     )
-    batch.events.append(
-        {
-            "exchange_id": exchange_id,
-            "status": new,
-            "occurred_at": occurred_at,
-            "reported_by": reporter,
-            "note": note,
-            "created_at": batch.now,
-        }
+    # Inserted on its own (not with the batch's deferred rows): its seq is needed right away.
+    seq = int(
+        batch.conn.execute(
+            insert(EVENTS)
+            .values(
+                exchange_id=exchange_id,
+                status=new,
+                occurred_at=occurred_at,
+                reported_by=reporter,
+                note=note,
+                created_at=batch.now,
+            )
+            .returning(EVENTS.c.seq)
+        ).scalar_one()
     )
-    (seq,) = batch.flush_events()
     if notify is not None:
         partner, city = notify
         batch.outbox.append(_outbox_row(exchange_id, "status", seq, partner, city, batch.now))

@@ -77,15 +77,6 @@ class Batch:
     # Request ids taken by earlier intents of this batch: (partner, id) -> (hash, response).
     seen_requests: dict[tuple[str, str], tuple[str, bytes]] = field(default_factory=dict)
 
-    def flush_events(self) -> list[int]:
-        """Insert pending events now (their seq is needed); return their seqs in order."""
-        seqs = []
-        for row in self.events:
-            result = self.conn.execute(insert(EVENTS).values(**row).returning(EVENTS.c.seq))
-            seqs.append(int(result.scalar_one()))
-        self.events.clear()
-        return seqs
-
     def flush(self) -> None:
         """Insert everything collected, then extend the audit chain."""
         if self.requests:
@@ -248,20 +239,22 @@ class StoreWriter:
     def _commit(self, batch: list[_Pending]) -> list[Any]:
         try:
             results = self._run_batch([p.intent for p in batch])
-            self.batches += 1
-            self.committed += len(batch)
-            return results
-        except (SQLAlchemyError, DBAPIError):
+        except Exception:
             if len(batch) == 1:
                 raise
+            # One intent must not sink the others: run each alone, keep each one's outcome.
             log.warning("batch failed; retrying its intents one by one", extra={"size": len(batch)})
-            out: list[Any] = []
+            results = []
             for p in batch:
                 try:
-                    out.extend(self._run_batch([p.intent]))
+                    results.extend(self._run_batch([p.intent]))
                 except (SQLAlchemyError, DBAPIError) as exc:
-                    out.append(BackendUnavailable(f"store error: {type(exc).__name__}"))
-            return out
+                    results.append(BackendUnavailable(f"store error: {type(exc).__name__}"))
+                except Exception as exc:  # noqa: BLE001 - a bug in one intent: report it to its caller
+                    results.append(exc)
+        self.batches += 1
+        self.committed += len(batch)
+        return results
 
     def _run_batch(self, intents: list[Intent]) -> list[Any]:
         results: list[Any] = []

@@ -1,0 +1,124 @@
+"""``tongban db upgrade`` and ``tongban dead-letters list|show|replay``: operator commands that
+work on the store named by the configuration, whether or not a gateway is running."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import sys
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from .cli_serve import read_settings
+from .errors import GatewayError
+from .services.dead_letters import DeadLetterService
+from .store.engine import current_revision
+from .store.store import Store
+
+__all__ = ["add_ops_commands"]
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    """Apply migrations to the configured store."""
+    settings = read_settings(args.config)
+    if settings is None:
+        return 2
+    store = Store(settings.store.effective_url)
+    try:
+        before = current_revision(store.engine)
+        store.migrate()
+        after = current_revision(store.engine)
+    except SQLAlchemyError as exc:
+        print(f"error: cannot migrate the store: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.engine.dispose()
+    print(f"store at revision {after} (was {before or 'empty'})")
+    return 0
+
+
+def _when(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def _dead(args: argparse.Namespace) -> int:
+    settings = read_settings(args.config)
+    if settings is None:
+        return 2
+    store = Store(settings.store.effective_url)
+    store.start()
+    svc = DeadLetterService(store)
+    try:
+        if args.dl_command == "list":
+            rows, _ = await svc.page(args.limit, "")
+            if args.json:
+                print(json.dumps([_row(r) for r in rows], ensure_ascii=False))
+            else:
+                for r in rows:
+                    print(
+                        f"{r.id:>8}  {r.kind:<6} {r.target_city}  {r.exchange_id}  attempts={r.attempts}"
+                        f"  dead={_when(r.dead_at)}  {r.last_error[:80]}"
+                    )
+                print(f"{len(rows)} dead letter(s)")
+        elif args.dl_command == "show":
+            print(json.dumps(_row(await svc.get(args.id)), ensure_ascii=False, indent=2))
+        else:
+            ids = None if args.all else args.ids
+            if not args.all and not args.ids:
+                print("error: give ids or --all", file=sys.stderr)
+                return 2
+            replayed = await svc.replay("cli", ids)
+            print(f"replayed {len(replayed)}: {' '.join(map(str, replayed))}")
+        return 0
+    except GatewayError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        await store.stop()
+
+
+def _row(r: Any) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "exchange_id": r.exchange_id,
+        "kind": r.kind,
+        "target_partner": r.target_partner,
+        "target_city": r.target_city,
+        "attempts": r.attempts,
+        "reason": r.last_error,
+        "created_at": _when(r.created_at),
+        "dead_at": _when(r.dead_at),
+        "replays": r.replays,
+    }
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    """Run a dead-letter command."""
+    return asyncio.run(_dead(args))
+
+
+def add_ops_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``db`` and ``dead-letters``."""
+    db = sub.add_parser("db", help="store migrations")
+    dbs = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
+    up = dbs.add_parser("upgrade", help="apply every migration (alembic) to the configured store")
+    up.add_argument("--config", help="TOML settings file")
+    up.set_defaults(func=cmd_db_upgrade)
+    dl = sub.add_parser("dead-letters", help="list, show and replay dead letters")
+    dls = dl.add_subparsers(dest="dl_command", required=True, metavar="COMMAND")
+    ls = dls.add_parser("list", help="dead letters, oldest first")
+    ls.add_argument("--limit", type=int, default=100)
+    ls.add_argument("--json", action="store_true")
+    show = dls.add_parser("show", help="one dead letter")
+    show.add_argument("id", type=int)
+    rp = dls.add_parser("replay", help="put dead letters back into the outbox")
+    rp.add_argument("ids", type=int, nargs="*")
+    rp.add_argument("--all", action="store_true", help="replay every dead letter")
+    for p in (ls, show, rp):
+        p.add_argument("--config", help="TOML settings file")
+        p.set_defaults(func=cmd_dead_letters)

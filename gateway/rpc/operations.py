@@ -1,0 +1,56 @@
+"""OperationsService: dead letters for operators."""
+
+from __future__ import annotations
+
+import grpc
+
+from tongban.v1 import operations_pb2 as ops
+
+from ..auth import Authenticator, Caller
+from ..errors import PermissionDenied
+from ..services.dead_letters import DeadLetterService, to_proto
+from ..settings import Settings
+
+__all__ = ["OperationsServicer"]
+
+
+class OperationsServicer:
+    """Implements ``tongban.v1.OperationsService`` (operator partners only)."""
+
+    def __init__(self, dead: DeadLetterService, auth: Authenticator, settings: Settings) -> None:
+        self.dead = dead
+        self.auth = auth
+        self.settings = settings
+
+    def _operator(self, context: grpc.aio.ServicerContext) -> Caller:
+        caller = self.auth.caller(context)
+        if not self.settings.partners[caller.partner].operator:
+            raise PermissionDenied("this partner is not an operator")
+        return caller
+
+    async def ListDeadLetters(
+        self, request: ops.ListDeadLettersRequest, context: grpc.aio.ServicerContext
+    ) -> ops.ListDeadLettersResponse:
+        """Dead letters, oldest first."""
+        self._operator(context)
+        rows, token = await self.dead.page(request.page_size, request.page_token)
+        return ops.ListDeadLettersResponse(
+            dead_letters=[to_proto(r) for r in rows], next_page_token=token
+        )
+
+    async def GetDeadLetter(
+        self, request: ops.GetDeadLetterRequest, context: grpc.aio.ServicerContext
+    ) -> ops.GetDeadLetterResponse:
+        """One dead letter."""
+        self._operator(context)
+        return ops.GetDeadLetterResponse(dead_letter=to_proto(await self.dead.get(request.id)))
+
+    async def ReplayDeadLetters(
+        self, request: ops.ReplayDeadLettersRequest, context: grpc.aio.ServicerContext
+    ) -> ops.ReplayDeadLettersResponse:
+        """Replay some or all."""
+        caller = self._operator(context)
+        ids = None if request.all else list(request.ids)
+        return ops.ReplayDeadLettersResponse(
+            replayed_ids=await self.dead.replay(caller.partner, ids)
+        )

@@ -1,0 +1,266 @@
+"""Reliability: a partner down then back, a partner rejecting until a mapping fix."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from gateway.app import Gateway, bootstrap
+from gateway.partner_sim import InboxSimulator, start_simulator
+from gateway.services.delivery import DeliveryObserver
+from tongban.v1 import case_exchange_pb2 as cx
+from tongban.v1 import case_exchange_pb2_grpc as cx_grpc
+from tongban.v1 import common_pb2
+from tongban.v1 import operations_pb2 as ops
+from tongban.v1 import operations_pb2_grpc as ops_grpc
+
+from .conftest import ROOT, make_settings, rich_error
+
+ZS = [("authorization", "Bearer t-zs")]
+OPS = [("authorization", "Bearer t-ops")]
+ZS_CASE = json.loads((ROOT / "mappings/zhongshan/samples/case/01-case.json").read_text("utf-8"))
+
+
+async def run_gateway(
+    tmp_path: Path, sz_port: int, mappings: Path, **extra: str
+) -> tuple[Gateway, DeliveryObserver]:
+    env = {
+        "TONGBAN_AUTH__MODE": "token",
+        "TONGBAN_MAPPINGS__PATH": str(mappings),
+        "TONGBAN_DELIVERY__RETRY__INITIAL_BACKOFF_SECONDS": "0.05",
+        "TONGBAN_DELIVERY__RETRY__MAX_BACKOFF_SECONDS": "0.8",
+        "TONGBAN_DELIVERY__RETRY__MAX_ATTEMPTS": "40",
+        "TONGBAN_DELIVERY__CIRCUIT__FAILURE_THRESHOLD": "3",
+        "TONGBAN_DELIVERY__CIRCUIT__RESET_SECONDS": "0.3",
+        "TONGBAN_PARTNERS__ZS__CITY": "442000",
+        "TONGBAN_PARTNERS__ZS__TOKEN": "t-zs",
+        "TONGBAN_PARTNERS__SZ__CITY": "440300",
+        "TONGBAN_PARTNERS__SZ__TOKEN": "t-sz",
+        "TONGBAN_PARTNERS__SZ__INBOX__TRANSPORT": "grpc",
+        "TONGBAN_PARTNERS__SZ__INBOX__TARGET": f"127.0.0.1:{sz_port}",
+        "TONGBAN_PARTNERS__OPS__CITY": "440000",
+        "TONGBAN_PARTNERS__OPS__TOKEN": "t-ops",
+        "TONGBAN_PARTNERS__OPS__OPERATOR": "true",
+        **extra,
+    }
+    settings = make_settings(tmp_path, **env)
+    observer = DeliveryObserver()
+    gw = Gateway(settings, bootstrap(settings, delivery_observer=observer))
+    await gw.start()
+    return gw, observer
+
+
+@pytest.fixture
+async def shenzhen(tmp_path: Path) -> AsyncIterator[tuple[InboxSimulator, int]]:
+    sim = InboxSimulator(tmp_path / "sz.db")
+    server, port = await start_simulator(sim)
+    yield sim, port
+    await server.stop(0)
+    sim.close()
+
+
+async def submit_many(address: str, n: int, prefix: str) -> list[str]:
+    async with grpc.aio.insecure_channel(address) as ch:
+        stub = cx_grpc.CaseExchangeServiceStub(ch)
+        ids = []
+        for i in range(n):
+            rec = dict(ZS_CASE, SBLSH=f"442000-2026-{prefix}{i:04d}")
+            resp = await stub.SubmitCase(
+                cx.SubmitCaseRequest(
+                    request_id=f"{prefix}-{i}",
+                    target_city="440300",
+                    foreign=common_pb2.ForeignRecord(
+                        schema="zhongshan.case", json=json.dumps(rec).encode()
+                    ),
+                ),
+                metadata=ZS,
+            )
+            ids.append(resp.exchange_id)
+        return ids
+
+
+async def until(predicate: Any, timeout: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_partner_down_then_back(tmp_path: Path, shenzhen: tuple[InboxSimulator, int]) -> None:
+    sim, port = shenzhen
+    sim.down = True
+    gw, observer = await run_gateway(tmp_path, port, ROOT / "mappings")
+    try:
+        ids = await submit_many(gw.address, 12, "down")
+        await asyncio.sleep(2.0)
+        assert sim.applied("case") == {}
+        breaker = gw.services.delivery.breakers["sz"]
+        assert "open" in [state for _, state in breaker.transitions]
+        delays = observer.retry_delays
+        assert len(delays) >= 3
+        # Backoff grows: the first delays are small, later ones approach the 0.8 s cap.
+        assert max(delays[-3:]) > 2 * min(delays[:3])
+        sim.down = False
+        await until(lambda: set(sim.applied("case")) == set(ids), 20)
+        assert breaker.state == "closed"
+        assert breaker.transitions[-1][1] == "closed"
+        assert all(count == 1 for count in sim.applied("case").values())
+    finally:
+        await gw.stop(grace=0)
+
+
+async def test_permanent_rejection_dead_letter_then_replay(
+    tmp_path: Path, shenzhen: tuple[InboxSimulator, int]
+) -> None:
+    sim, port = shenzhen
+    mappings = tmp_path / "mappings"
+    shutil.copytree(ROOT / "mappings", mappings)
+    case_yaml = mappings / "shenzhen/case.yaml"
+    good = case_yaml.read_text("utf-8")
+    # A mapping bug: Shenzhen's service item name is never written.
+    case_yaml.write_text(
+        good.replace("  - {from: serviceItem.name, to: service_item_name}\n", "").replace(
+            "source: error", "source: warn"
+        ),
+        "utf-8",
+    )
+    sim.reject = lambda p: (
+        None if p["record"].get("serviceItem", {}).get("name") else "serviceItem.name is required"
+    )
+    gw, _ = await run_gateway(
+        tmp_path, port, mappings, TONGBAN_MAPPINGS__RUN_GOLDEN_ON_RELOAD="false"
+    )
+    try:
+        (xid,) = await submit_many(gw.address, 1, "rej")
+        async with grpc.aio.insecure_channel(gw.address) as ch:
+            stub = ops_grpc.OperationsServiceStub(ch)
+
+            async def dead() -> list[ops.DeadLetter]:
+                return list(
+                    (
+                        await stub.ListDeadLetters(ops.ListDeadLettersRequest(), metadata=OPS)
+                    ).dead_letters
+                )
+
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while not await dead():
+                assert loop.time() < deadline
+                await asyncio.sleep(0.05)
+            (letter,) = await dead()
+            assert letter.exchange_id == xid
+            assert "INVALID_ARGUMENT" in letter.reason
+            assert "serviceItem.name is required" in letter.reason
+            assert letter.attempts == 1  # permanent: not retried
+            with pytest.raises(grpc.aio.AioRpcError) as info:  # not an operator
+                await stub.ListDeadLetters(ops.ListDeadLettersRequest(), metadata=ZS)
+            assert rich_error(info.value)["reason"] == "PERMISSION_DENIED"
+            # Fix the mapping, reload, replay: delivered, the dead-letter queue is empty.
+            case_yaml.write_text(good, "utf-8")
+            assert gw.services.mappings.reload().ok
+            replayed = await stub.ReplayDeadLetters(
+                ops.ReplayDeadLettersRequest(all=True), metadata=OPS
+            )
+            assert list(replayed.replayed_ids) == [letter.id]
+            await until(lambda: xid in sim.applied("case"), 10)
+            assert await dead() == []
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.GetDeadLetter(ops.GetDeadLetterRequest(id=letter.id), metadata=OPS)
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        await gw.stop(grace=0)
+
+
+async def test_retry_intervals_grow_with_injected_sleep(tmp_path: Path) -> None:
+    """Delivery retries follow the policy: exponential, capped, RetryInfo honoured; no real sleep."""
+    from adapters.transports import FakePartnerTransport, TransportError
+    from gateway.services.delivery import DeliveryService
+    from gateway.store.intents import ClaimIntent
+
+    intervals: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        intervals.append(seconds)
+
+    calls = 0
+
+    async def handler(kind: str, request: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls < 6:
+            hint = 4.0 if calls == 5 else None
+            raise TransportError("busy", retryable=True, code="UNAVAILABLE", retry_after=hint)
+
+    env = {
+        "TONGBAN_AUTH__MODE": "token",
+        "TONGBAN_DELIVERY__ENABLED": "false",
+        "TONGBAN_DELIVERY__RETRY__INITIAL_BACKOFF_SECONDS": "0.1",
+        "TONGBAN_DELIVERY__RETRY__MAX_BACKOFF_SECONDS": "1.0",
+        "TONGBAN_DELIVERY__CIRCUIT__FAILURE_THRESHOLD": "100",
+        "TONGBAN_PARTNERS__ZS__CITY": "442000",
+        "TONGBAN_PARTNERS__ZS__TOKEN": "t-zs",
+        "TONGBAN_PARTNERS__SZ__CITY": "440300",
+        "TONGBAN_PARTNERS__SZ__TOKEN": "t-sz",
+        "TONGBAN_PARTNERS__SZ__INBOX__TRANSPORT": "grpc",
+        "TONGBAN_PARTNERS__SZ__INBOX__TARGET": "127.0.0.1:9",
+    }
+    settings = make_settings(tmp_path, **env)
+    fake = FakePartnerTransport(handler)
+    gw = Gateway(settings, bootstrap(settings, transports={"sz": fake}))
+    await gw.start()
+    try:
+        (xid,) = await submit_many(gw.address, 1, "ret")
+        svc: DeliveryService = gw.services.delivery
+        svc.sleep = fake_sleep
+        (row,) = await gw.services.store.write(ClaimIntent("t", 10, 30))
+        assert await svc.deliver(row) == "delivered"
+        assert calls == 6
+        base = [0.1 * 2**i for i in range(4)]  # 0.1, 0.2, 0.4, 0.8 (+ jitter up to 0.1)
+        for got, want in zip(intervals[:4], base, strict=True):
+            assert want <= got <= want + 0.1 + 1e-9
+        assert intervals[4] == 4.0  # the partner's RetryInfo beats the 1.0 s cap
+        assert [c[1].idempotency_key for c in fake.calls] == [xid] * 6
+    finally:
+        await gw.stop(grace=0)
+
+
+async def test_group_commit_shares_commits(
+    tmp_path: Path, shenzhen: tuple[InboxSimulator, int]
+) -> None:
+    _, port = shenzhen
+    gw, _ = await run_gateway(tmp_path, port, ROOT / "mappings", TONGBAN_DELIVERY__ENABLED="false")
+    try:
+        writer = gw.services.store.writer
+        before_batches, before = writer.batches, writer.committed
+        async with grpc.aio.insecure_channel(gw.address) as ch:
+            stub = cx_grpc.CaseExchangeServiceStub(ch)
+            await asyncio.gather(
+                *[
+                    stub.SubmitCase(
+                        cx.SubmitCaseRequest(
+                            request_id=f"g{i}",
+                            target_city="440300",
+                            foreign=common_pb2.ForeignRecord(
+                                schema="zhongshan.case",
+                                json=json.dumps(
+                                    dict(ZS_CASE, SBLSH=f"442000-2026-g{i:04d}")
+                                ).encode(),
+                            ),
+                        ),
+                        metadata=ZS,
+                    )
+                    for i in range(100)
+                ]
+            )
+        assert writer.committed - before == 100
+        assert writer.batches - before_batches < 50  # many submissions per transaction
+    finally:
+        await gw.stop(grace=0)

@@ -1,0 +1,87 @@
+"""HTTP transport outcomes, and the delivery retry schedule with an injected sleep."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from adapters.transports import HttpInboxTransport, TransportError
+from gateway.domain.breaker import CircuitBreaker
+from tongban.v1 import common_pb2
+from tongban.v1 import partner_inbox_pb2 as inbox
+
+
+def transport(handler) -> HttpInboxTransport:
+    return HttpInboxTransport(
+        "http://partner.test/api", httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    )
+
+
+REQ = inbox.DeliverCaseRequest(
+    idempotency_key="x1",
+    source_city="442000",
+    foreign=common_pb2.ForeignRecord(schema="shenzhen.case", json=b'{"a": 1}'),
+)
+
+
+async def test_http_success_sends_key_and_record() -> None:
+    seen = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen["key"] = request.headers["idempotency-key"]
+        seen["url"] = str(request.url)
+        seen["body"] = request.read()
+        return httpx.Response(200, json={"reference": "SZ-9", "duplicate": True})
+
+    resp = await transport(handler).deliver_case(REQ, 1.0)
+    assert (resp.partner_reference, resp.duplicate) == ("SZ-9", True)
+    assert seen["key"] == "x1"
+    assert seen["url"] == "http://partner.test/api/cases"
+    assert b'"record":{"a":1}' in seen["body"].replace(b" ", b"")
+
+
+@pytest.mark.parametrize(
+    ("status", "retryable"), [(503, True), (429, True), (408, True), (400, False), (409, False)]
+)
+async def test_http_status_classification(status: int, retryable: bool) -> None:
+    t = transport(lambda r: httpx.Response(status, headers={"Retry-After": "7"}, text="nope"))
+    with pytest.raises(TransportError) as info:
+        await t.deliver_case(REQ, 1.0)
+    assert info.value.retryable is retryable
+    assert info.value.code == f"HTTP_{status}"
+    assert info.value.retry_after == 7.0
+
+
+async def test_http_connection_error_is_retryable() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    with pytest.raises(TransportError) as info:
+        await transport(handler).deliver_case(REQ, 1.0)
+    assert info.value.retryable
+
+
+async def test_breaker_opens_waits_and_closes() -> None:
+    now = [0.0]
+    slept: list[float] = []
+
+    async def sleep(s: float) -> None:
+        slept.append(s)
+        now[0] += s
+
+    b = CircuitBreaker(
+        "sz", failure_threshold=2, reset_seconds=5, clock=lambda: now[0], sleep=sleep
+    )
+    await b.before_call()
+    b.record_failure()
+    assert b.state == "closed"
+    b.record_failure()
+    assert b.state == "open"
+    await b.before_call()  # waits out the open period, then lets one trial through
+    assert slept == [5.0]
+    assert b.state == "half_open"
+    b.record_failure()  # the trial failed: open again
+    assert b.state == "open"
+    await b.before_call()
+    b.record_success()
+    assert [s for _, s in b.transitions] == ["open", "half_open", "open", "half_open", "closed"]
