@@ -15,8 +15,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from google.protobuf import timestamp_pb2
-
 from adapters.mapping import MappingSet, RecordInvalidError, UnknownSchemaError
 from adapters.mapping.canonical_io import case_message, message_to_canonical
 from tongban.v1 import case_exchange_pb2 as cx
@@ -38,20 +36,12 @@ from ..settings import Settings
 from ..store.intents import ReportStatusIntent, SubmitCaseIntent
 from ..store.reads import CaseRecord, EventRecord
 from ..store.store import Store
+from ..timestamps import rfc3339 as _rfc3339
+from ..timestamps import timestamp as _ts
 
 __all__ = ["CaseService"]
 
 CANONICAL_CASE = "tongban.v1.Case"
-
-
-def _ts(seconds: float) -> timestamp_pb2.Timestamp:
-    t = timestamp_pb2.Timestamp()
-    t.FromNanoseconds(int(seconds * 1e9))
-    return t
-
-
-def _rfc3339(seconds: float) -> str:
-    return _ts(seconds).ToJsonString()
 
 
 def _check_id(value: str, field: str) -> None:

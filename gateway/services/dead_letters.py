@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-from google.protobuf import timestamp_pb2
-
 from tongban.v1 import operations_pb2 as ops
 
 from ..errors import DeadLetterNotFound, InvalidRequest
 from ..store.intents import ReplayIntent
 from ..store.reads import OutboxRecord
 from ..store.store import Store
+from ..timestamps import timestamp
 
 __all__ = ["DeadLetterService", "to_proto"]
-
-
-def _ts(seconds: float | None) -> timestamp_pb2.Timestamp | None:
-    if seconds is None:
-        return None
-    t = timestamp_pb2.Timestamp()
-    t.FromNanoseconds(int(seconds * 1e9))
-    return t
 
 
 def to_proto(row: OutboxRecord) -> ops.DeadLetter:
@@ -32,8 +23,8 @@ def to_proto(row: OutboxRecord) -> ops.DeadLetter:
         target_city=row.target_city,
         attempts=row.attempts,
         reason=row.last_error,
-        created_at=_ts(row.created_at),
-        dead_at=_ts(row.dead_at),
+        created_at=timestamp(row.created_at),
+        dead_at=timestamp(row.dead_at) if row.dead_at is not None else None,
         replays=row.replays,
     )
 

@@ -23,7 +23,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from google.protobuf import timestamp_pb2
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_exponential_jitter
 
@@ -44,6 +43,7 @@ from ..store.intents import (
     FailedIntent,
 )
 from ..store.store import Store
+from ..timestamps import timestamp
 
 __all__ = ["DeliveryObserver", "DeliveryService"]
 
@@ -214,8 +214,7 @@ class DeliveryService:
             code = str(codes[1].get(event.status, "")) if codes else ""
             if codes and not code:
                 raise _Permanent(f"UNKNOWN_CODE: {event.status} has no code in {schema}")
-        ts = timestamp_pb2.Timestamp()
-        ts.FromNanoseconds(int(event.occurred_at * 1e9))
+        ts = timestamp(event.occurred_at)
         return "status", inbox.DeliverStatusRequest(
             idempotency_key=f"{row.exchange_id}:{event.seq}",
             exchange_id=row.exchange_id,
