@@ -29,6 +29,8 @@ __all__ = ["CompiledMapping", "compile_mapping"]
 Translate = Callable[[dict[str, Any], list[Issue]], dict[str, Any]]
 _MISS = object()
 _EMPTY: MappingProxyType[str, Any] = MappingProxyType({})
+# Built-in validators that depend on nothing but the value (and never return warnings).
+_INLINE_VALIDATORS = frozenset({"phone", "region", "credit_code", "sha256"})
 _PY_TYPE = {"string": "str", "integer": "int", "boolean": "bool"}
 
 
@@ -123,6 +125,8 @@ class _Scope:
     in_objs: dict[tuple[str, ...], str] = field(default_factory=dict)
     out_objs: dict[tuple[str, ...], str] = field(default_factory=dict)
     out_order: list[tuple[str, ...]] = field(default_factory=list)
+    # Canonical targets whose built-in validator already ran where the value was copied.
+    validated: set[tuple[str, ...]] = field(default_factory=set)
     # (output prefix, key, issue entry, message): required only when that object is written.
     deferred: list[tuple[tuple[str, ...], str, int, str]] = field(default_factory=list)
 
@@ -238,7 +242,7 @@ def _compile_forward_scope(g: _Gen, sc: _Scope, rules: list[Rule], ind: int) -> 
     # Built-in validators on the canonical fields this scope filled.
     for target, (r, k) in filled.items():
         tf = r.target_field
-        if tf is None or tf.validator is None:
+        if tf is None or tf.validator is None or target in sc.validated:
             continue
         obj = _out_obj(g, sc, target[:-1], ind)
         fn = g.const(convert.CANONICAL_VALIDATORS.get(tf.validator), "_val")
@@ -288,7 +292,7 @@ def _fwd_rule(
     assert r.source_node is not None
     assert r.target_field is not None
     parent = _fwd_in_obj(g, sc, r.source[:-1], ind, r.where)
-    sn, _tf = r.source_node, r.target_field
+    sn, tf = r.source_node, r.target_field
     g.emit(ind, f"v = {parent}.get({r.source[-1]!r})")
     if r.default is not None:
         g.emit(ind, f"if v is None or v == '': v = {g.const(r.default)}")
@@ -334,6 +338,19 @@ def _fwd_rule(
         g.emit(body, "else:")
         body += 1
     _fwd_convert(g, r, out, key, k, ix, body)
+    if (
+        tf.validator in _INLINE_VALIDATORS
+        and r.codes is None
+        and r.datetime is None
+        and r.date is None
+        and sn.type == "string"
+    ):
+        # A plain copy: check the local value now instead of re-reading it after all rules.
+        # These validators never warn; they raise or pass.
+        fn = g.const(convert.CANONICAL_VALIDATORS[tf.validator], "_val")
+        g.emit(body, f"try: {fn}(v)")
+        g.emit(body, f"except _VP as e: issues.append(_mk({k}, e.code, e.message, {ix}))")
+        sc.validated.add(r.target)
     for name in r.validate:
         fn = g.const(convert.CANONICAL_VALIDATORS[name], "_val")
         g.emit(body, f"try: w = {fn}(v)")

@@ -208,19 +208,7 @@ def make_datetime_parser(pattern: DatePattern, tz: tzinfo) -> Callable[[str], st
         return parse_iso
 
     if pattern.slices is not None:
-        read = _fixed_reader(pattern)
-
-        def parse_fixed(text: str) -> str:
-            f = read(text)
-            if f is None:
-                raise ValueProblem("BAD_DATETIME", f"expected a date-time as {want!r}")
-            try:
-                dt = datetime(f[0], f[1], f[2], f[3], f[4], f[5], f[6] * 1000, tzinfo=tz)
-            except ValueError:
-                raise ValueProblem("BAD_DATETIME", "impossible date or time") from None
-            return format_timestamp(dt)
-
-        return parse_fixed
+        return _fixed_parser(pattern, "datetime", tz)
 
     def parse(text: str) -> str:
         m = fullmatch(text)
@@ -277,33 +265,60 @@ def make_datetime_formatter(pattern: DatePattern, tz: tzinfo) -> Callable[[str],
     return fmt_dt
 
 
-def _fixed_reader(pattern: DatePattern) -> Callable[[str], tuple[int, ...] | None]:
-    """A function reading (y, mo, d, h, mi, s, ms) from text of a fixed-width pattern.
+def _fixed_parser(
+    pattern: DatePattern, kind: str, tz: tzinfo | None = None
+) -> Callable[[str], str]:
+    """A parser for a fixed-width pattern, generated once with the offsets as constants.
 
-    Generated once per pattern with the slice offsets as constants; literal characters enter
-    the generated code only through ``repr()``.
+    ``kind`` is "date" (canonical ``YYYY-MM-DD``) or "datetime" (canonical UTC timestamp).
+    Literal characters enter the generated code only through ``repr()``.
     """
     assert pattern.slices is not None
     checks = [f"len(t) == {pattern.width}", "t.isascii()"]
-    checks += [f"t[{pos}] == {ch!r}" for pos, ch in pattern.literals]
-    parts = []
-    for group in ("y", "mo", "d", "h", "mi", "s", "ms"):
-        if group in pattern.slices:
-            a, b = pattern.slices[group]
-            checks.append(f"t[{a}:{b}].isdigit()")
-            parts.append(f"int(t[{a}:{b}])")
-        else:
-            parts.append("0")
+    if not pattern.literals:
+        checks.append("t.isdigit()")
+    else:
+        checks += [f"t[{pos}] == {ch!r}" for pos, ch in pattern.literals]
+        checks += [f"t[{a}:{b}].isdigit()" for a, b in pattern.slices.values()]
+
+    slices = pattern.slices
+
+    def part(group: str) -> str:
+        if group not in slices:
+            return "0"
+        a, b = slices[group]
+        return f"int(t[{a}:{b}])"
+
+    code = "BAD_DATE" if kind == "date" else "BAD_DATETIME"
+    want = f"expected a {'date' if kind == 'date' else 'date-time'} as {pattern.pattern!r}"
+    if kind == "date":
+        build = f"_date({part('y')}, {part('mo')}, {part('d')}).isoformat()"
+        impossible = "impossible date"
+    else:
+        build = (
+            f"_fmt(_datetime({part('y')}, {part('mo')}, {part('d')}, {part('h')}, "
+            f"{part('mi')}, {part('s')}, {part('ms')} * 1000, tzinfo=_tz))"
+        )
+        impossible = "impossible date or time"
     src = (
-        "def read(t):\n"
+        "def parse(t):\n"
         f"    if {' and '.join(checks)}:\n"
-        f"        return ({', '.join(parts)},)\n"
-        "    return None\n"
+        "        try:\n"
+        f"            return {build}\n"
+        "        except ValueError:\n"
+        f"            raise _VP({code!r}, {impossible!r}) from None\n"
+        f"    raise _VP({code!r}, {want!r})\n"
     )
-    ns: dict[str, Any] = {}
+    ns: dict[str, Any] = {
+        "_date": date,
+        "_datetime": datetime,
+        "_fmt": format_timestamp,
+        "_tz": tz,
+        "_VP": ValueProblem,
+    }
     exec(compile(src, f"<date pattern {pattern.pattern!r}>", "exec"), ns)  # noqa: S102
-    reader: Callable[[str], tuple[int, ...] | None] = ns["read"]
-    return reader
+    parser: Callable[[str], str] = ns["parse"]
+    return parser
 
 
 def make_date_parser(pattern: DatePattern) -> Callable[[str], str]:
@@ -312,18 +327,7 @@ def make_date_parser(pattern: DatePattern) -> Callable[[str], str]:
     want = pattern.pattern
 
     if pattern.slices is not None:
-        read = _fixed_reader(pattern)
-
-        def parse_fixed(text: str) -> str:
-            f = read(text)
-            if f is None:
-                raise ValueProblem("BAD_DATE", f"expected a date as {want!r}")
-            try:
-                return date(f[0], f[1], f[2]).isoformat()
-            except ValueError:
-                raise ValueProblem("BAD_DATE", "impossible date") from None
-
-        return parse_fixed
+        return _fixed_parser(pattern, "date")
 
     def parse(text: str) -> str:
         m = fullmatch(text)
