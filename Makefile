@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test check proto install clean
+.PHONY: demo test check proto install clean system-deps
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,12 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/tongban demo
 
-test: $(VENV)/.installed
+# The Prometheus server and promtool (Debian package) for the alert-rule and scrape tests.
+system-deps:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+
+test: $(VENV)/.installed system-deps
 	$(PY) scripts/check.py
 
 proto: $(VENV)/.installed

@@ -30,6 +30,13 @@ from tongban.v1 import (
 
 from .auth import Authenticator, AuthInterceptor
 from .mappings import MappingRegistry
+from .metrics import (
+    GatewayMetrics,
+    MetricsDeliveryObserver,
+    MetricsInterceptor,
+    call_observer,
+    serve_metrics,
+)
 from .rpc.case_exchange import CaseExchangeServicer
 from .rpc.operations import OperationsServicer
 from .rpc.registration import CallObserver, register_service
@@ -64,6 +71,7 @@ class Services:
     auth: Authenticator
     cases: CaseService
     delivery: DeliveryService
+    metrics: GatewayMetrics
     servicers: dict[str, Any] = field(default_factory=dict)
     observer: CallObserver | None = None
 
@@ -87,8 +95,12 @@ def bootstrap(
     delivery_observer: DeliveryObserver | None = None,
 ) -> Services:
     """Build every service from the settings: mappings (checked), store (migrated for SQLite)."""
+    metrics = GatewayMetrics()
     mappings = MappingRegistry(
-        settings.mappings.path, run_golden_on_reload=settings.mappings.run_golden_on_reload
+        settings.mappings.path,
+        run_golden_on_reload=settings.mappings.run_golden_on_reload,
+        on_translation=metrics.translation,
+        on_reload=lambda ok: metrics.reloads.labels("ok" if ok else "rejected").inc(),
     )
     store = Store(
         settings.store.effective_url,
@@ -106,9 +118,10 @@ def bootstrap(
         store,
         transports if transports is not None else make_transports(settings),
         clock=clock,
-        observer=delivery_observer,
+        observer=delivery_observer or MetricsDeliveryObserver(metrics),
     )
-    services = Services(settings, mappings, store, auth, cases, delivery)
+    services = Services(settings, mappings, store, auth, cases, delivery, metrics)
+    services.observer = call_observer(metrics)
     services.servicers["TranslationService"] = TranslationServicer(
         mappings, settings.server.max_record_bytes
     )
@@ -142,9 +155,10 @@ def create_server(
         if settings.auth.mode == "none"
         else frozenset()
     )
-    server = grpc.aio.server(
-        options=options, interceptors=[AuthInterceptor(services.auth, open_methods)]
-    )
+    interceptors: list[Any] = [AuthInterceptor(services.auth, open_methods)]
+    if services.observer is not None:
+        interceptors.append(MetricsInterceptor(services.observer))
+    server = grpc.aio.server(options=options, interceptors=interceptors)
     served = []
     for name, servicer in services.servicers.items():
         desc = SERVICE_DESCRIPTORS[name]
@@ -155,6 +169,9 @@ def create_server(
     names = [d.full_name for d in SERVICE_DESCRIPTORS.values()]
     names += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
     reflection.enable_server_reflection(names, server)
+    services.metrics.initialise(
+        [*SERVICE_DESCRIPTORS.values(), health_pb2.DESCRIPTOR.services_by_name["Health"]]
+    )
     port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
     if port == 0:
         raise OSError(f"cannot bind {cfg.host}:{cfg.port}")
@@ -170,6 +187,8 @@ class Gateway:
         self.server, self.port, self.health = create_server(settings, self.services)
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._metrics_server: Any = None
+        self.store_healthy = True
 
     @property
     def address(self) -> str:
@@ -184,8 +203,37 @@ class Gateway:
             self._tasks.append(asyncio.create_task(self.services.delivery.run(self._stop)))
         if self.settings.mappings.watch:
             self._tasks.append(asyncio.create_task(self.services.mappings.watch(self._stop)))
+        if self.settings.metrics.enabled:
+            m = self.settings.metrics
+            self._metrics_server = serve_metrics(self.services.metrics, m.host, m.port)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self._tasks.append(asyncio.create_task(self._probe_store()))
         log.info("gateway serving", extra={"address": self.address})
+
+    async def _probe_store(self, interval: float = 1.0) -> None:
+        """Ping the store; health follows it (NOT_SERVING while unreachable); refresh gauges."""
+        store, metrics = self.services.store, self.services.metrics
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(store.read(store.reader.ping), timeout=interval * 3)
+                stats = await store.read(store.reader.outbox_stats, store.clock())
+                length = await store.read(store.reader.audit_length)
+                healthy = True
+            except Exception:  # noqa: BLE001 - any failure means the store is not usable
+                healthy = False
+            metrics.store_up.set(1 if healthy else 0)
+            if healthy:
+                metrics.outbox(stats, length)
+            if healthy != self.store_healthy and not self._stop.is_set():
+                self.store_healthy = healthy
+                log.warning("store %s", "reachable again" if healthy else "unreachable")
+                await self._set_health(
+                    health_pb2.HealthCheckResponse.SERVING
+                    if healthy
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), interval)
 
     async def _set_health(self, status: int) -> None:
         await self.health.set("", status)
@@ -206,4 +254,7 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await transport.close()
         await self.services.store.stop()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         log.info("gateway stopped")

@@ -39,7 +39,6 @@ from tongban.v1 import common_pb2
 from .app import Gateway
 from .logs import configure_logging
 from .partner_sim import InboxSimulator, start_simulator
-from .services.delivery import DeliveryObserver
 from .settings import load_settings
 
 __all__ = ["add_demo_command"]
@@ -164,10 +163,8 @@ async def _run(args: argparse.Namespace) -> int:
     }
     settings = load_settings(None, env=env)
     configure_logging(settings.log.level, "text")
-    observer = DeliveryObserver()
-    from .app import bootstrap
-
-    gateway = Gateway(settings, bootstrap(settings, delivery_observer=observer))
+    gateway = Gateway(settings)
+    observer = gateway.services.delivery.observer  # counts for the account, feeds /metrics
     await gateway.start()
     address = gateway.address
     n = args.cases
@@ -278,6 +275,7 @@ async def _run(args: argparse.Namespace) -> int:
     print(f"  status updates in Zhongshan's inbox: {len(zs_sim.applied('status'))}", file=out)
     print(f"  time taken ..................... {elapsed:.2f}s", file=out)
     print(f"  database ....................... {data / 'tongban.db'}", file=out)
+    print(f"  metrics ........................ http://127.0.0.1:{metrics_port}/metrics", file=out)
     complete = (
         len(done) == len(ids) == n
         and len(delivered) == n
@@ -296,7 +294,7 @@ async def _run(args: argparse.Namespace) -> int:
     )
     if args.keep_running:
         print(
-            f"\nStill running (Ctrl-C to stop). Try: grpcurl -plaintext -H 'authorization: Bearer "
+            f"\nStill running (Ctrl-C to stop); metrics at http://127.0.0.1:{metrics_port}/metrics. Try: grpcurl -plaintext -H 'authorization: Bearer "
             f"demo-zhongshan' {address} tongban.v1.CaseExchangeService/ListCases",
             file=out,
             flush=True,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,9 +33,18 @@ class ReloadOutcome:
 class MappingRegistry:
     """Holds the serving mapping set; :meth:`reload` swaps in a new one only if it is sound."""
 
-    def __init__(self, path: Path, *, run_golden_on_reload: bool = True) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        run_golden_on_reload: bool = True,
+        on_translation: Callable[[str, str, str | None], None] | None = None,
+        on_reload: Callable[[bool], None] | None = None,
+    ) -> None:
         self.path = path
         self.run_golden_on_reload = run_golden_on_reload
+        self.on_translation = on_translation
+        self.on_reload = on_reload
         self._current = self._build()  # a bad set at start-up is fatal: MappingLoadError
         self.generation = 1
 
@@ -52,6 +62,7 @@ class MappingRegistry:
                 raise MappingLoadError(
                     [Problem(r.sample, 0, f"golden sample failed: {r.detail}") for r in failed]
                 )
+        ms.observer = self.on_translation
         return ms
 
     def reload(self) -> ReloadOutcome:
@@ -60,6 +71,8 @@ class MappingRegistry:
             ms = self._build()
         except MappingLoadError as exc:
             problems = tuple(str(p) for p in exc.problems)
+            if self.on_reload:
+                self.on_reload(False)
             log.error(
                 "mapping reload rejected; the previous set keeps serving",
                 extra={"problems": list(problems[:20]), "generation": self.generation},
@@ -67,6 +80,8 @@ class MappingRegistry:
             return ReloadOutcome(False, self.generation, problems)
         self._current = ms
         self.generation += 1
+        if self.on_reload:
+            self.on_reload(True)
         log.info(
             "mapping set reloaded",
             extra={"generation": self.generation, "schemas": len(ms.compiled)},

@@ -1,7 +1,8 @@
 """Run every check of the project, in order, and stop at the first failure.
 
 ruff (lint and format), mypy --strict on the packages, buf lint, buf breaking against the previous
-commit, the stale-stubs check, the mapping checks and golden tests, then pytest.
+commit, the stale-stubs check, promtool (rules, config, alert unit tests), the mapping checks and
+golden tests, then pytest (which includes a real Prometheus scrape test).
 
 Usage: python scripts/check.py [pytest arguments]
 """
@@ -9,6 +10,7 @@ Usage: python scripts/check.py [pytest arguments]
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -51,6 +53,25 @@ def main() -> None:
     else:
         print("==> buf breaking: skipped (no previous commit to compare with)")
     run("generated stubs up to date", [py, "scripts/genproto.py", "--check"])
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        print("FAILED: promtool not found (Debian package prometheus; `make test` installs it)")
+        sys.exit(1)
+    run(
+        "promtool check rules",
+        [
+            promtool,
+            "check",
+            "rules",
+            *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "monitoring/rules").glob("*.yml")),
+        ],
+    )
+    run("promtool check config", [promtool, "check", "config", "monitoring/prometheus.yml"])
+    run("promtool test rules", [promtool, "test", "rules", "monitoring/tests/alerts_test.yml"])
+    run(
+        "grafana dashboard is valid JSON",
+        [py, "-c", "import json,sys; json.load(open('monitoring/grafana/tongban-dashboard.json'))"],
+    )
     run("mapping check", [str(BIN / "tongban"), "mapping", "check", "mappings"])
     run("mapping test", [str(BIN / "tongban"), "mapping", "test", "mappings"])
     env_args = sys.argv[1:] or []

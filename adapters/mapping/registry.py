@@ -13,6 +13,7 @@ each mapping's coverage policy; any problem fails the whole set.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,8 @@ class MappingSet:
         self.cities_by_code = {c.code: c for c in cities.values()}
         self.compiled = compiled
         self.warnings = warnings
+        # Called with (schema, direction, first error code or None) per record; set by the host.
+        self.observer: Callable[[str, str, str | None], None] | None = None
 
     @classmethod
     def load(cls, root: Path) -> MappingSet:
@@ -215,7 +218,10 @@ class MappingSet:
             except RecursionError:
                 raise MalformedRecordError("record is nested too deeply") from None
             versions = (cm.ref,)
-        if any(i.severity == "error" for i in issues):
+        errors = [i for i in issues if i.severity == "error"]
+        if self.observer is not None:
+            self.observer(schema, "inbound", errors[0].code if errors else None)
+        if errors:
             raise RecordInvalidError(schema, issues)
         return TranslationResult(canonical, versions, tuple(issues))
 
@@ -228,7 +234,10 @@ class MappingSet:
             raise UnknownSchemaError(schema)
         issues: list[Issue] = []
         out = cm.reverse(canonical, issues)
-        if any(i.severity == "error" for i in issues):
+        errors = [i for i in issues if i.severity == "error"]
+        if self.observer is not None:
+            self.observer(schema, "outbound", errors[0].code if errors else None)
+        if errors:
             raise RecordInvalidError(schema, issues)
         return TranslationResult(out, (cm.ref,), tuple(issues))
 

@@ -19,7 +19,7 @@ from grpc_status import rpc_status
 
 from .errors import status_for
 
-__all__ = ["CallObserver", "register_service"]
+__all__ = ["CallObserver", "register_service", "wrap_handler"]
 
 
 class CallObserver(Protocol):
@@ -101,6 +101,27 @@ def register_service(
             response_serializer=resp_cls.SerializeToString,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+
+
+def wrap_handler(
+    handler: grpc.RpcMethodHandler, service: str, name: str, observer: CallObserver
+) -> grpc.RpcMethodHandler:
+    """An already-built handler (health, reflection) with its behaviour observed."""
+    kw = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        fn = _wrap(handler.unary_unary, service, name, "unary", False, False, observer)
+        return grpc.unary_unary_rpc_method_handler(fn, **kw)
+    if handler.stream_unary:
+        fn = _wrap(handler.stream_unary, service, name, "client_stream", True, False, observer)
+        return grpc.stream_unary_rpc_method_handler(fn, **kw)
+    if handler.unary_stream:
+        fn = _wrap(handler.unary_stream, service, name, "server_stream", False, True, observer)
+        return grpc.unary_stream_rpc_method_handler(fn, **kw)
+    fn = _wrap(handler.stream_stream, service, name, "bidi_stream", True, True, observer)
+    return grpc.stream_stream_rpc_method_handler(fn, **kw)
 
 
 def _wrap(

@@ -11,6 +11,8 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -40,6 +42,8 @@ from ..timestamps import rfc3339 as _rfc3339
 from ..timestamps import timestamp as _ts
 
 __all__ = ["CaseService"]
+
+log = logging.getLogger("tongban.cases")
 
 CANONICAL_CASE = "tongban.v1.Case"
 
@@ -104,6 +108,7 @@ class CaseService:
 
     async def submit(self, caller: Caller, request: cx.SubmitCaseRequest) -> cx.SubmitCaseResponse:
         """Validate, translate and durably store one case; the answer means 'will be delivered'."""
+        started = time.perf_counter()
         ms = self.mappings.current
         _check_id(request.request_id, "request_id")
         target = request.target_city
@@ -178,7 +183,18 @@ class CaseService:
                 response=response.SerializeToString(),
             )
         )
-        return cx.SubmitCaseResponse.FromString(stored)
+        answer = cx.SubmitCaseResponse.FromString(stored)
+        log.info(
+            "case accepted",
+            extra={
+                "exchange_id": answer.exchange_id,
+                "partner": caller.partner,
+                "target_city": target,
+                "replayed": _replayed,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+            },
+        )
+        return answer
 
     # -- read --------------------------------------------------------------------------------
 

@@ -228,6 +228,7 @@ class DeliveryService:
 
     async def deliver(self, row: ClaimedRow) -> str:
         """Deliver one claimed row until it is delivered or dead; return the outcome."""
+        started = time.perf_counter()
         partner = row.target_partner
         transport = self.transports.get(partner)
         policy = self.policy(partner)
@@ -315,8 +316,10 @@ class DeliveryService:
             extra={
                 "exchange_id": row.exchange_id,
                 "kind": row.kind,
+                "partner": partner,
                 "target_city": row.target_city,
                 "attempts": attempts,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
             },
         )
         return "delivered"

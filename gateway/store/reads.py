@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, func, or_, select
 
-from .writer import AUDIT, CASES, EVENTS, OUTBOX
+from .writer import AUDIT, AUDIT_HEAD, CASES, EVENTS, OUTBOX
 
 __all__ = ["CaseRecord", "EventRecord", "OutboxRecord", "StoreReader"]
 
@@ -187,6 +187,13 @@ class StoreReader:
             "oldest_age": float(now - oldest) if oldest else 0.0,
             "dead": float(dead),
         }
+
+    def audit_length(self) -> int:
+        """Entries in the audit chain."""
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(select(AUDIT_HEAD.c.length).where(AUDIT_HEAD.c.id == 1)).scalar_one()
+            )
 
     def audit_rows(self) -> list[Any]:
         """The whole audit log in chain order (for verification)."""

@@ -1,0 +1,309 @@
+"""Prometheus metrics: the conventional gRPC server metrics and the gateway's own.
+
+gRPC (names and labels as in go-grpc-prometheus, so standard dashboards work):
+``grpc_server_started_total``, ``grpc_server_handled_total``, ``grpc_server_msg_received_total``,
+``grpc_server_msg_sent_total``, ``grpc_server_handling_seconds`` with ``grpc_type``,
+``grpc_service``, ``grpc_method`` (and ``grpc_code``), pre-initialised at zero for every method.
+
+Gateway (``tongban_`` prefix, base units): translations and their failures, delivery attempts and
+outcomes, retry delays, outbox depth and oldest age, dead letters, circuit state, audit chain
+length, mapping reloads, build info. Labels are cities, schemas, directions and codes: never a
+case, a name or an identity number.
+
+With ``PROMETHEUS_MULTIPROC_DIR`` set (several worker processes), values are written to that
+folder and the endpoint aggregates them (prometheus_client multiprocess mode).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import multiprocess as prom_mp
+
+from . import __version__
+from .rpc.registration import CallObserver, wrap_handler
+from .services.delivery import DeliveryObserver
+
+__all__ = [
+    "GatewayMetrics",
+    "MetricsDeliveryObserver",
+    "MetricsInterceptor",
+    "call_observer",
+    "serve_metrics",
+]
+
+_CODES = [c.name for c in grpc.StatusCode]
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_CIRCUIT = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class GatewayMetrics:
+    """Every metric of one gateway process, on its own registry (a fresh one per test)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        g = ("grpc_type", "grpc_service", "grpc_method")
+        self.started = Counter(
+            "grpc_server_started_total", "RPCs started on the server.", g, registry=r
+        )
+        self.handled = Counter(
+            "grpc_server_handled_total",
+            "RPCs completed on the server, regardless of success or failure.",
+            (*g, "grpc_code"),
+            registry=r,
+        )
+        self.received = Counter(
+            "grpc_server_msg_received_total",
+            "RPC stream messages received on the server.",
+            g,
+            registry=r,
+        )
+        self.sent = Counter(
+            "grpc_server_msg_sent_total", "gRPC stream messages sent on the server.", g, registry=r
+        )
+        self.latency = Histogram(
+            "grpc_server_handling_seconds",
+            "Response latency of gRPCs handled by the server.",
+            g,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.translations = Counter(
+            "tongban_translations_total",
+            "Records translated, by schema and direction.",
+            ("schema", "direction"),
+            registry=r,
+        )
+        self.translation_failures = Counter(
+            "tongban_translation_failures_total",
+            "Records that failed translation, by schema, direction and first error code.",
+            ("schema", "direction", "code"),
+            registry=r,
+        )
+        self.delivery_attempts = Counter(
+            "tongban_delivery_attempts_total",
+            "Calls to partner systems, by target city and outcome (ok, retryable, permanent).",
+            ("target_city", "outcome"),
+            registry=r,
+        )
+        self.deliveries = Counter(
+            "tongban_deliveries_total",
+            "Deliveries settled, by target city and outcome (delivered, dead).",
+            ("target_city", "outcome"),
+            registry=r,
+        )
+        self.retry_delay = Histogram(
+            "tongban_delivery_retry_delay_seconds",
+            "Delays before delivery retries.",
+            ("target_city",),
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.outbox_pending = Gauge(
+            "tongban_outbox_pending",
+            "Deliveries waiting in the outbox.",
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.outbox_oldest = Gauge(
+            "tongban_outbox_oldest_age_seconds",
+            "Age of the oldest undelivered outbox row.",
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.dead_letters = Gauge(
+            "tongban_dead_letters",
+            "Deliveries parked in the dead-letter queue.",
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.audit_length = Gauge(
+            "tongban_audit_chain_length",
+            "Entries in the audit hash chain.",
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.circuit = Gauge(
+            "tongban_circuit_state",
+            "Circuit breaker per partner: 0 closed, 1 half-open, 2 open.",
+            ("partner",),
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.circuit_changes = Counter(
+            "tongban_circuit_transitions_total",
+            "Circuit breaker state changes.",
+            ("partner", "state"),
+            registry=r,
+        )
+        self.identity_queries = Counter(
+            "tongban_identity_queries_total",
+            "Identity queries by purpose and outcome.",
+            ("purpose", "outcome"),
+            registry=r,
+        )
+        self.reloads = Counter(
+            "tongban_mapping_reloads_total",
+            "Mapping set reloads by outcome.",
+            ("outcome",),
+            registry=r,
+        )
+        self.store_up = Gauge(
+            "tongban_store_up",
+            "1 when the store answers, 0 when it does not.",
+            registry=r,
+            multiprocess_mode="min",
+        )
+        self.build = Gauge(
+            "tongban_build_info",
+            "Build information.",
+            ("version", "python"),
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.build.labels(__version__, platform.python_version()).set(1)
+
+    # -- gRPC ------------------------------------------------------------------------------
+
+    def initialise(self, services: list[ServiceDescriptor]) -> None:
+        """Create every series at zero, so rates and alerts work before the first call."""
+        for desc in services:
+            for m in desc.methods:
+                kind = _kind(m.client_streaming, m.server_streaming)
+                labels = (kind, desc.full_name, m.name)
+                self.started.labels(*labels)
+                self.received.labels(*labels)
+                self.sent.labels(*labels)
+                self.latency.labels(*labels)
+                for code in _CODES:
+                    self.handled.labels(*labels, code)
+
+    # -- translations, deliveries ------------------------------------------------------------
+
+    def translation(self, schema: str, direction: str, code: str | None) -> None:
+        """One record translated (``code`` is the first error code when it failed)."""
+        if code is None:
+            self.translations.labels(schema, direction).inc()
+        else:
+            self.translation_failures.labels(schema, direction, code).inc()
+
+    def attempt(self, city: str, outcome: str) -> None:
+        """One call to a partner ended."""
+        self.delivery_attempts.labels(city, outcome).inc()
+
+    def retry_delay_observed(self, city: str, seconds: float) -> None:
+        """A retry scheduled after ``seconds``."""
+        self.retry_delay.labels(city).observe(seconds)
+
+    def settled(self, city: str, outcome: str) -> None:
+        """A delivery delivered or dead-lettered."""
+        self.deliveries.labels(city, outcome).inc()
+
+    def circuit_changed(self, partner: str, state: str) -> None:
+        """A partner's circuit changed state."""
+        self.circuit.labels(partner).set(_CIRCUIT.get(state, 0))
+        self.circuit_changes.labels(partner, state).inc()
+
+    def outbox(self, stats: dict[str, float], audit_length: int) -> None:
+        """Store-derived gauges (refreshed periodically)."""
+        self.outbox_pending.set(stats["pending"])
+        self.outbox_oldest.set(stats["oldest_age"])
+        self.dead_letters.set(stats["dead"])
+        self.audit_length.set(audit_length)
+
+
+def _kind(client_streaming: bool, server_streaming: bool) -> str:
+    return {
+        (False, False): "unary",
+        (True, False): "client_stream",
+        (False, True): "server_stream",
+        (True, True): "bidi_stream",
+    }[(client_streaming, server_streaming)]
+
+
+class _Observer(CallObserver):
+    """Adapts GatewayMetrics to the CallObserver protocol used by the method wrappers."""
+
+    def __init__(self, m: GatewayMetrics) -> None:
+        self.m = m
+
+    def started(self, service: str, method: str, kind: str) -> None:
+        self.m.started.labels(kind, service, method).inc()
+
+    def message_received(self, service: str, method: str, kind: str) -> None:
+        self.m.received.labels(kind, service, method).inc()
+
+    def message_sent(self, service: str, method: str, kind: str) -> None:
+        self.m.sent.labels(kind, service, method).inc()
+
+    def handled(self, service: str, method: str, kind: str, code: str, seconds: float) -> None:
+        self.m.handled.labels(kind, service, method, code).inc()
+        self.m.latency.labels(kind, service, method).observe(seconds)
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Counts the RPCs that are not registered through the wrappers (health, reflection)."""
+
+    def __init__(self, observer: CallObserver, skip_prefix: str = "/tongban.v1.") -> None:
+        self.observer = observer
+        self.skip_prefix = skip_prefix
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[Any], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method: str = details.method
+        if handler is None or method.startswith(self.skip_prefix):
+            return handler
+        service, _, name = method.lstrip("/").partition("/")
+        return wrap_handler(handler, service, name, self.observer)
+
+
+def call_observer(m: GatewayMetrics) -> CallObserver:
+    """The CallObserver feeding ``m``."""
+    return _Observer(m)
+
+
+def serve_metrics(m: GatewayMetrics, host: str, port: int) -> Any:
+    """Serve /metrics on host:port in a thread; multi-process aware. Returns the server."""
+    registry = m.registry
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        prom_mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server
+
+
+class MetricsDeliveryObserver(DeliveryObserver):
+    """A DeliveryObserver that also feeds Prometheus."""
+
+    def __init__(self, m: GatewayMetrics) -> None:
+        super().__init__()
+        self.m = m
+
+    def attempt(self, city: str, outcome: str) -> None:
+        """One call to a partner ended."""
+        super().attempt(city, outcome)
+        self.m.attempt(city, outcome)
+
+    def retry_delay(self, city: str, seconds: float) -> None:
+        """A retry is scheduled."""
+        super().retry_delay(city, seconds)
+        self.m.retry_delay_observed(city, seconds)
+
+    def settled(self, city: str, outcome: str) -> None:
+        """A delivery settled."""
+        self.m.settled(city, outcome)
+
+    def circuit(self, partner: str, state: str) -> None:
+        """A circuit changed."""
+        self.m.circuit_changed(partner, state)
