@@ -102,6 +102,32 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     return asyncio.run(_dead(args))
 
 
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Walk the audit chain; exit 1 at the first broken link."""
+    from .audit import verify_chain
+
+    settings = read_settings(args.config)
+    if settings is None:
+        return 2
+    store = Store(settings.store.effective_url)
+    try:
+        length, head = store.reader.audit_head()
+        report = verify_chain(store.reader.audit_rows(), length, head)
+    except SQLAlchemyError as exc:
+        print(f"error: cannot read the audit log: {type(exc).__name__}", file=sys.stderr)
+        return 2
+    finally:
+        store.engine.dispose()
+    if report.ok:
+        print(f"audit chain intact: {report.checked} entries")
+        return 0
+    print(
+        f"audit chain BROKEN at entry {report.broken_seq}: {report.reason} "
+        f"({report.checked} entries verified before it)"
+    )
+    return 1
+
+
 def add_ops_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``db`` and ``dead-letters``."""
     db = sub.add_parser("db", help="store migrations")
@@ -109,6 +135,11 @@ def add_ops_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     up = dbs.add_parser("upgrade", help="apply every migration (alembic) to the configured store")
     up.add_argument("--config", help="TOML settings file")
     up.set_defaults(func=cmd_db_upgrade)
+    au = sub.add_parser("audit", help="the hash-chained audit log")
+    aus = au.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
+    ver = aus.add_parser("verify", help="walk the chain; report the first broken link (exit 1)")
+    ver.add_argument("--config", help="TOML settings file")
+    ver.set_defaults(func=cmd_audit_verify)
     dl = sub.add_parser("dead-letters", help="list, show and replay dead letters")
     dls = dl.add_subparsers(dest="dl_command", required=True, metavar="COMMAND")
     ls = dls.add_parser("list", help="dead letters, oldest first")

@@ -195,6 +195,12 @@ class StoreReader:
                 conn.execute(select(AUDIT_HEAD.c.length).where(AUDIT_HEAD.c.id == 1)).scalar_one()
             )
 
+    def audit_head(self) -> tuple[int, str]:
+        """(length, last hash) recorded in the chain head."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(AUDIT_HEAD.c.length, AUDIT_HEAD.c.hash)).one()
+        return int(row.length), str(row.hash)
+
     def audit_rows(self) -> list[Any]:
         """The whole audit log in chain order (for verification)."""
         with self.engine.connect() as conn:

@@ -39,3 +39,48 @@ def test_db_upgrade_and_dead_letter_commands(tmp_path) -> None:
     assert (state, replays) == ("pending", 1)
     assert ("delivery.replay",) in audit
     assert run("dead-letters", "replay", "--config", "tongban.toml", env=env).returncode == 2
+
+
+def test_audit_verify_catches_an_edited_row(tmp_path) -> None:
+    from gateway.store.writer import AuditEntry, audit_hash
+
+    env = {"TONGBAN_STORE__DATA_DIR": str(tmp_path)}
+    assert run("db", "upgrade", "--config", "tongban.toml", env=env).returncode == 0
+    db = tmp_path / "tongban.db"
+    prev = "0" * 64
+    with sqlite3.connect(db) as conn:
+        for seq in range(1, 6):
+            e = AuditEntry("zhongshan", "case.submit", f"x{seq}", "accepted", "to 440300")
+            h = audit_hash(prev, seq, 1000.0 + seq, e)
+            conn.execute(
+                "INSERT INTO audit (seq, ts, actor, action, subject, detail, outcome, "
+                "prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (seq, 1000.0 + seq, e.actor, e.action, e.subject, e.detail, e.outcome, prev, h),
+            )
+            prev = h
+        conn.execute("UPDATE audit_head SET length = 5, hash = ?", (prev,))
+    ok = run("audit", "verify", "--config", "tongban.toml", env=env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "intact: 5 entries" in ok.stdout
+    with sqlite3.connect(db) as conn:  # an insider rewrites who did it
+        conn.execute("UPDATE audit SET actor = 'shenzhen' WHERE seq = 3")
+    bad = run("audit", "verify", "--config", "tongban.toml", env=env)
+    assert bad.returncode == 1
+    assert "BROKEN at entry 3" in bad.stdout
+    with sqlite3.connect(db) as conn:  # restoring it, then deleting the last entry
+        conn.execute("UPDATE audit SET actor = 'zhongshan' WHERE seq = 3")
+        conn.execute("DELETE FROM audit WHERE seq = 5")
+    gone = run("audit", "verify", "--config", "tongban.toml", env=env)
+    assert gone.returncode == 1
+    assert "BROKEN at entry 5" in gone.stdout
+
+
+def test_audit_chain_of_a_real_exchange_verifies(tmp_path) -> None:
+    out = run(
+        "demo", "--cases", "5", "--no-progress", "--data-dir", str(tmp_path / "demo"), timeout=120
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    env = {"TONGBAN_STORE__DATA_DIR": str(tmp_path / "demo")}
+    ok = run("audit", "verify", "--config", "tongban.toml", env=env)
+    assert ok.returncode == 0, ok.stdout
+    assert "intact" in ok.stdout
