@@ -28,7 +28,7 @@ from tongban.v1 import (
     translation_pb2,
 )
 
-from .auth import Authenticator, AuthInterceptor
+from .auth import AccessGuard, Authenticator
 from .mappings import MappingRegistry
 from .metrics import (
     GatewayMetrics,
@@ -72,6 +72,7 @@ class Services:
     cases: CaseService
     delivery: DeliveryService
     metrics: GatewayMetrics
+    guard: AccessGuard
     servicers: dict[str, Any] = field(default_factory=dict)
     observer: CallObserver | None = None
 
@@ -120,10 +121,12 @@ def bootstrap(
         clock=clock,
         observer=delivery_observer or MetricsDeliveryObserver(metrics),
     )
-    services = Services(settings, mappings, store, auth, cases, delivery, metrics)
+    services = Services(
+        settings, mappings, store, auth, cases, delivery, metrics, AccessGuard(settings, auth)
+    )
     services.observer = call_observer(metrics)
     services.servicers["TranslationService"] = TranslationServicer(
-        mappings, settings.server.max_record_bytes
+        mappings, settings.server.max_record_bytes, auth
     )
     services.servicers["CaseExchangeService"] = CaseExchangeServicer(cases, auth)
     services.servicers["OperationsService"] = OperationsServicer(
@@ -149,20 +152,16 @@ def create_server(
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ]
-    translation = "/tongban.v1.TranslationService/"
-    open_methods = (
-        frozenset(translation + m.name for m in SERVICE_DESCRIPTORS["TranslationService"].methods)
-        if settings.auth.mode == "none"
-        else frozenset()
-    )
-    interceptors: list[Any] = [AuthInterceptor(services.auth, open_methods)]
+    interceptors: list[Any] = []
     if services.observer is not None:
         interceptors.append(MetricsInterceptor(services.observer))
     server = grpc.aio.server(options=options, interceptors=interceptors)
     served = []
     for name, servicer in services.servicers.items():
         desc = SERVICE_DESCRIPTORS[name]
-        register_service(server, desc, servicer, services.observer)
+        register_service(
+            server, desc, servicer, services.observer, services.guard, cfg.max_deadline_seconds
+        )
         served.append(desc.full_name)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

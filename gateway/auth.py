@@ -1,110 +1,144 @@
-"""Who is calling: partner identity from a development token (or, later, the client certificate).
+"""Who is calling and what they may do: one guard run before every tongban.v1 handler.
 
-The :class:`AuthInterceptor` refuses unauthenticated calls to ``tongban.v1`` services before any
-handler runs; handlers ask :meth:`Authenticator.caller` for the identity.
+Identity comes from the client certificate in mTLS mode (its SAN DNS name, else its CN, matched
+against ``partners.<id>.cert_name`` or the partner id), or from a development bearer token
+(``authorization: Bearer <token>``, refused by the settings when TLS is on). The guard then applies
+the partner's rate limit (RESOURCE_EXHAUSTED with RetryInfo) and the operator ACL; handlers check
+the request-level ACL (target cities, record kinds, identity purposes) with :class:`Caller`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+import contextvars
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from grpc_status import rpc_status
 
-from .errors import Unauthenticated
-from .rpc.errors import status_for
-from .settings import Settings
+from .errors import PermissionDenied, RateLimited, Unauthenticated
+from .settings import AclSettings, Settings
 
-__all__ = ["AuthInterceptor", "Authenticator", "Caller"]
+__all__ = ["AccessGuard", "Authenticator", "Caller", "TokenBucket"]
+
+_CURRENT: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("caller", default=None)
+_OPEN_WITHOUT_AUTH = "tongban.v1.TranslationService"
 
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """An authenticated partner: its id and the city it speaks for."""
+    """An authenticated partner: its id, its city, what it may do."""
 
     partner: str
     city: str
+    acl: AclSettings = field(default_factory=AclSettings)
+    operator: bool = False
+
+    def may_target(self, city: str) -> bool:
+        """Whether it may submit cases for ``city``."""
+        return self.acl.target_cities is None or city in self.acl.target_cities
+
+    def check_kind(self, kind: str, field_name: str) -> None:
+        """PERMISSION_DENIED unless it may exchange records of ``kind``."""
+        if kind not in self.acl.kinds:
+            raise PermissionDenied(f"this partner may not exchange {kind} records", field_name)
+
+    def check_purpose(self, purpose: str) -> None:
+        """PERMISSION_DENIED unless it holds ``purpose``."""
+        if purpose not in self.acl.purposes:
+            raise PermissionDenied("this partner does not hold that purpose", "purpose")
+
+
+class TokenBucket:
+    """A token bucket; ``take`` returns 0 when allowed, else the seconds to wait."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float]) -> None:
+        self.rate, self.burst, self.clock = rate, float(burst), clock
+        self.tokens = float(burst)
+        self.at = clock()
+
+    def take(self) -> float:
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
 
 
 class Authenticator:
-    """Maps request metadata to a :class:`Caller`."""
+    """Maps a call to a :class:`Caller`."""
 
     def __init__(self, settings: Settings) -> None:
         self.mode = settings.auth.mode
-        self._by_token = {
-            f"Bearer {p.token}": Caller(pid, p.city)
-            for pid, p in settings.partners.items()
-            if p.token
-        }
+        self._by_token: dict[str, Caller] = {}
+        self._by_cert: dict[str, Caller] = {}
+        for pid, p in settings.partners.items():
+            caller = Caller(pid, p.city, p.acl, p.operator)
+            if p.token:
+                self._by_token[f"Bearer {p.token}"] = caller
+            self._by_cert[p.cert_name or pid] = caller
 
-    def identify(self, metadata: Sequence[tuple[str, Any]] | None) -> Caller | None:
-        """The caller named by the metadata, or None."""
-        if self.mode != "token" or not metadata:
+    def identify(
+        self,
+        metadata: Sequence[tuple[str, Any]] | None,
+        auth_context: dict[str, list[bytes]] | None = None,
+    ) -> Caller | None:
+        """The caller named by the token (token mode) or the client certificate (mtls mode)."""
+        if self.mode == "token":
+            for key, value in metadata or ():
+                if key == "authorization":
+                    return self._by_token.get(str(value))
             return None
-        for key, value in metadata:
-            if key == "authorization":
-                return self._by_token.get(str(value))
+        if self.mode == "mtls" and auth_context:
+            names = [n.decode() for n in auth_context.get("x509_subject_alternative_name", [])]
+            names += [n.decode() for n in auth_context.get("x509_common_name", [])]
+            for name in names:
+                if name in self._by_cert:
+                    return self._by_cert[name]
         return None
 
+    def optional(self, context: grpc.aio.ServicerContext) -> Caller | None:
+        """The caller of this RPC, if there is one."""
+        return _CURRENT.get() or self.identify(
+            context.invocation_metadata(), context.auth_context()
+        )
+
     def caller(self, context: grpc.aio.ServicerContext) -> Caller:
-        """The caller of this RPC; UNAUTHENTICATED when there is none."""
-        found = self.identify(context.invocation_metadata())
+        """The caller of this RPC (set by the guard); UNAUTHENTICATED when there is none."""
+        found = _CURRENT.get() or self.identify(
+            context.invocation_metadata(), context.auth_context()
+        )
         if found is None:
-            raise Unauthenticated("a partner identity is required (authorization: Bearer <token>)")
+            raise Unauthenticated("a partner identity is required")
         return found
 
-    def optional(self, context: grpc.aio.ServicerContext) -> Caller | None:
-        """The caller, if any."""
-        return self.identify(context.invocation_metadata())
 
+class AccessGuard:
+    """Runs before every tongban.v1 handler: authenticate, rate-limit, operator ACL."""
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Refuses tongban.v1 calls without a valid identity (when auth requires one)."""
-
-    def __init__(self, auth: Authenticator, open_methods: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self, settings: Settings, auth: Authenticator, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.auth = auth
-        self.open_methods = open_methods
+        self.buckets = {
+            pid: TokenBucket(p.rate_limit.rate_per_second, p.rate_limit.burst, clock)
+            for pid, p in settings.partners.items()
+        }
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[Any], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        method: str = details.method
-        if (
-            self.auth.mode == "none"
-            or not method.startswith("/tongban.v1.")
-            or method in self.open_methods
-            or self.auth.identify(details.invocation_metadata) is not None
-        ):
-            return await continuation(details)
-        handler = await continuation(details)
-        if handler is None:
-            return handler
-        return _deny(handler)
-
-
-def _deny(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    _, _, st = status_for(Unauthenticated("a valid partner identity is required"))
-    status = rpc_status.to_status(st)
-
-    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort_with_status(status)
-
-    async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort_with_status(status)
-        yield  # pragma: no cover - makes this an async generator
-
-    kw = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(unary, **kw)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(unary, **kw)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(streaming, **kw)
-    return grpc.stream_stream_rpc_method_handler(streaming, **kw)
+    def __call__(self, service: str, method: str, context: grpc.aio.ServicerContext) -> None:
+        if not service.startswith("tongban.v1."):
+            return
+        caller = self.auth.identify(context.invocation_metadata(), context.auth_context())
+        if caller is None:
+            if self.auth.mode == "none" and service == _OPEN_WITHOUT_AUTH:
+                return
+            raise Unauthenticated("a valid partner identity is required")
+        wait = self.buckets[caller.partner].take()
+        if wait > 0:
+            raise RateLimited("rate limit exceeded for this partner", retry_after=wait)
+        if service == "tongban.v1.OperationsService" and not caller.operator:
+            raise PermissionDenied("this partner is not an operator")
+        _CURRENT.set(caller)

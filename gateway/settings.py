@@ -11,6 +11,7 @@ paths in a file are relative to that file's folder. See docs/configuration.md.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -20,9 +21,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
+    "AclSettings",
     "ConfigError",
     "DeliverySettings",
     "PartnerSettings",
+    "PurposeSettings",
     "RetryPolicy",
     "Settings",
     "load_settings",
@@ -116,10 +119,57 @@ class InboxSettings(_Model):
         return self
 
 
+class AclSettings(_Model):
+    """What a partner may do."""
+
+    target_cities: list[str] | None = None  # cities it may submit cases for; None: any served
+    kinds: list[Literal["case", "person", "enterprise"]] = ["case", "person", "enterprise"]
+    purposes: list[str] = []  # identity purposes it holds (see [purposes])
+
+
+class RateLimit(_Model):
+    """Token bucket: ``rate_per_second`` sustained, ``burst`` at once."""
+
+    rate_per_second: Annotated[float, Field(gt=0, le=1_000_000)] = 500.0
+    burst: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+
+
+class PurposeSettings(_Model):
+    """An identity purpose: the canonical fields it discloses, and its cache time."""
+
+    person_fields: list[str] = []
+    enterprise_fields: list[str] = []
+    cache_ttl_seconds: Annotated[float, Field(ge=0, le=86400)] = 60.0
+
+
+class TlsSettings(_Model):
+    """Server TLS; with ``client_ca`` clients must present a certificate it signed (mTLS)."""
+
+    cert: Path | None = None
+    key: Path | None = None
+    client_ca: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """True when a certificate is configured."""
+        return self.cert is not None
+
+    @model_validator(mode="after")
+    def _complete(self) -> TlsSettings:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("'cert' and 'key' go together")
+        if self.client_ca is not None and self.cert is None:
+            raise ValueError("'client_ca' needs 'cert' and 'key'")
+        return self
+
+
 class PartnerSettings(_Model):
     """A partner city system allowed to call the gateway."""
 
     city: str  # GB/T 2260 region code of the city it speaks for
+    cert_name: str = ""  # name in its client certificate (SAN DNS or CN); default: the partner id
+    acl: AclSettings = AclSettings()
+    rate_limit: RateLimit = RateLimit()
     token: str = ""  # development-only bearer token (refused when TLS is on)
     operator: bool = False  # may call OperationsService (dead letters)
     inbox: InboxSettings = InboxSettings()
@@ -169,13 +219,26 @@ class Settings(_Model):
     delivery: DeliverySettings = DeliverySettings()
     auth: AuthSettings = AuthSettings()
     log: LogSettings = LogSettings()
+    tls: TlsSettings = TlsSettings()
     partners: dict[str, PartnerSettings] = {}
+    purposes: dict[str, PurposeSettings] = {}
 
     @model_validator(mode="after")
-    def _partners_unique(self) -> Settings:
+    def _consistent(self) -> Settings:
         tokens = [p.token for p in self.partners.values() if p.token]
         if len(tokens) != len(set(tokens)):
             raise ValueError("two partners share a token")
+        if self.tls.enabled and self.auth.mode == "token":
+            raise ValueError(
+                "auth.mode 'token' is for development only and is refused when TLS "
+                "is on: use 'mtls'"
+            )
+        if self.auth.mode == "mtls" and self.tls.client_ca is None:
+            raise ValueError("auth.mode 'mtls' needs tls.cert, tls.key and tls.client_ca")
+        for pid, p in self.partners.items():
+            unknown = [x for x in p.acl.purposes if x not in self.purposes]
+            if unknown:
+                raise ValueError(f"partners.{pid}.acl.purposes: unknown purpose(s) {unknown}")
         return self
 
     def partner_for_city(self, city: str) -> tuple[str, PartnerSettings] | None:
@@ -186,7 +249,7 @@ class Settings(_Model):
         return None
 
 
-def _set_path(tree: dict[str, Any], path: list[str], value: str) -> None:
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
     node = tree
     for key in path[:-1]:
         node = node.setdefault(key, {})
@@ -196,7 +259,13 @@ def _set_path(tree: dict[str, Any], path: list[str], value: str) -> None:
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
-    for section, key in (("store", "data_dir"), ("mappings", "path")):
+    for section, key in (
+        ("store", "data_dir"),
+        ("mappings", "path"),
+        ("tls", "cert"),
+        ("tls", "key"),
+        ("tls", "client_ca"),
+    ):
         node = raw.get(section)
         if isinstance(node, dict) and isinstance(node.get(key), str):
             p = Path(node[key])
@@ -218,7 +287,13 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
     for name, value in sorted(environ.items()):
         if name.startswith("TONGBAN_") and "__" in name:
             keys = [k.lower() for k in name[len("TONGBAN_") :].split("__")]
-            _set_path(raw, keys, value)
+            parsed: Any = value
+            if value[:1] in "[{":  # lists and tables as JSON, e.g. '["case_handling"]'
+                try:
+                    parsed = json.loads(value)
+                except json.JSONDecodeError:
+                    raise ConfigError(f"{name}: not valid JSON") from None
+            _set_path(raw, keys, parsed)
     try:
         return Settings.model_validate(raw)
     except ValidationError as exc:

@@ -8,6 +8,7 @@ observed (metrics) — with no per-call interceptor dispatch on the hot path.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
@@ -17,9 +18,33 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_status import rpc_status
 
+from ..errors import InvalidRequest
 from .errors import status_for
 
-__all__ = ["CallObserver", "register_service", "wrap_handler"]
+__all__ = ["CallObserver", "Guard", "register_service", "wrap_handler"]
+
+#: Runs before a handler; raises a GatewayError to refuse the call.
+Guard = Callable[[str, str, grpc.aio.ServicerContext], None]
+
+
+class _Malformed:
+    """Stands for a request message that did not parse."""
+
+    __slots__ = ()
+
+
+_MALFORMED = _Malformed()
+
+
+def _safe(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    # grpc turns a deserializer exception into INTERNAL; a bad message is the caller's error.
+    def parse_or_mark(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception:  # noqa: BLE001 - protobuf raises DecodeError and others
+            return _MALFORMED
+
+    return parse_or_mark
 
 
 class CallObserver(Protocol):
@@ -71,6 +96,8 @@ def register_service(
     descriptor: ServiceDescriptor,
     servicer: object,
     observer: CallObserver | None = None,
+    guard: Guard | None = None,
+    deadline_cap: float | None = None,
 ) -> None:
     """Register every method of ``descriptor`` implemented by ``servicer`` on ``server``."""
     obs: CallObserver = observer or _NullObserver()
@@ -88,7 +115,7 @@ def register_service(
             (True, True): "bidi_stream",
         }[(cs, ss)]
         name = method.name
-        wrapped = _wrap(impl, service, name, kind, cs, ss, obs)
+        wrapped = _wrap(impl, service, name, kind, cs, ss, obs, guard, deadline_cap)
         factory = {
             (False, False): grpc.unary_unary_rpc_method_handler,
             (True, False): grpc.stream_unary_rpc_method_handler,
@@ -97,7 +124,7 @@ def register_service(
         }[(cs, ss)]
         handlers[name] = factory(
             wrapped,
-            request_deserializer=req_cls.FromString,
+            request_deserializer=_safe(req_cls.FromString),
             response_serializer=resp_cls.SerializeToString,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
@@ -132,6 +159,8 @@ def _wrap(
     client_streaming: bool,
     server_streaming: bool,
     obs: CallObserver,
+    guard: Guard | None = None,
+    deadline_cap: float | None = None,
 ) -> Callable[..., Any]:
     if not server_streaming:
 
@@ -143,7 +172,27 @@ def _wrap(
             else:
                 obs.message_received(service, name, kind)
             try:
-                result = await impl(request, context)
+                if guard is not None:
+                    guard(service, name, context)
+                if request is _MALFORMED:
+                    raise InvalidRequest("the request message is not a valid protobuf message")
+                if deadline_cap is None:
+                    result = await impl(request, context)
+                else:
+                    remaining = context.time_remaining()
+                    cap = deadline_cap if remaining is None else min(remaining, deadline_cap)
+                    try:
+                        async with asyncio.timeout(cap):
+                            result = await impl(request, context)
+                    except TimeoutError:
+                        obs.handled(
+                            service, name, kind, "DEADLINE_EXCEEDED", time.perf_counter() - t0
+                        )
+                        await context.abort(
+                            grpc.StatusCode.DEADLINE_EXCEEDED,
+                            f"no answer within the server's {cap:.1f}s cap",
+                        )
+                        raise
             except grpc.aio.AbortError as exc:
                 obs.handled(service, name, kind, _code_of(exc, context), time.perf_counter() - t0)
                 raise
@@ -167,6 +216,10 @@ def _wrap(
             obs.message_received(service, name, kind)
         code = "OK"
         try:
+            if guard is not None:
+                guard(service, name, context)
+            if request is _MALFORMED:
+                raise InvalidRequest("the request message is not a valid protobuf message")
             async for item in impl(request, context):
                 obs.message_sent(service, name, kind)
                 yield item
@@ -190,6 +243,8 @@ async def _count(
 ) -> AsyncIterator[Any]:
     async for r in requests:
         obs.message_received(service, name, kind)
+        if r is _MALFORMED:
+            raise InvalidRequest("a streamed request message is not a valid protobuf message")
         yield r
 
 

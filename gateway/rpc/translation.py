@@ -9,6 +9,7 @@ import json
 import grpc
 
 from adapters.mapping import UnknownSchemaError
+from gateway.auth import Authenticator
 from gateway.errors import InvalidPageToken, InvalidRequest, RecordTooLarge
 from gateway.mappings import MappingRegistry
 from tongban.v1 import common_pb2, translation_pb2
@@ -27,9 +28,12 @@ def warnings_to_proto(warnings: tuple[object, ...]) -> list[common_pb2.Translati
 class TranslationServicer:
     """Implements ``tongban.v1.TranslationService`` on the serving mapping set."""
 
-    def __init__(self, mappings: MappingRegistry, max_record_bytes: int) -> None:
+    def __init__(
+        self, mappings: MappingRegistry, max_record_bytes: int, auth: Authenticator | None = None
+    ) -> None:
         self.mappings = mappings
         self.max_record_bytes = max_record_bytes
+        self.auth = auth
 
     async def Translate(
         self, request: translation_pb2.TranslateRequest, context: grpc.aio.ServicerContext
@@ -49,9 +53,12 @@ class TranslationServicer:
             )
         for name, field in ((source, "record.schema"), (target, "target_schema")):
             try:
-                ms.kind_of(name)
+                kind = ms.kind_of(name)
             except UnknownSchemaError:
                 raise UnknownSchemaError(name, field) from None
+            caller = self.auth.optional(context) if self.auth else None
+            if caller is not None:
+                caller.check_kind(kind, field)
         result = ms.translate_json(source, target, request.record.json)
         body = json.dumps(result.record, ensure_ascii=False, separators=(",", ":")).encode()
         return translation_pb2.TranslateResponse(

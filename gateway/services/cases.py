@@ -28,6 +28,7 @@ from ..errors import (
     InvalidPageToken,
     InvalidRequest,
     NotRepresentable,
+    PermissionDenied,
     RecordTooLarge,
     UnknownCity,
     UnknownStatusCode,
@@ -116,6 +117,9 @@ class CaseService:
             raise InvalidRequest("target_city is required", "target_city")
         if ms.city(target) is None or self._inbox_partner(target) is None:
             raise UnknownCity(target, "target_city")
+        if not caller.may_target(target):
+            raise PermissionDenied("this partner may not submit cases for that city", "target_city")
+        caller.check_kind("case", "target_city")
         kind = request.WhichOneof("record")
         if kind is None:
             raise InvalidRequest("a case record (foreign or canonical) is required", "record")
