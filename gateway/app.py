@@ -38,12 +38,14 @@ from .metrics import (
     serve_metrics,
 )
 from .rpc.case_exchange import CaseExchangeServicer
+from .rpc.identity import IdentityServicer
 from .rpc.operations import OperationsServicer
 from .rpc.registration import CallObserver, register_service
 from .rpc.translation import TranslationServicer
 from .services.cases import CaseService
 from .services.dead_letters import DeadLetterService
 from .services.delivery import DeliveryObserver, DeliveryService
+from .services.identity import IdentityService
 from .settings import Settings
 from .store.store import Store
 
@@ -129,6 +131,9 @@ def bootstrap(
         mappings, settings.server.max_record_bytes, auth
     )
     services.servicers["CaseExchangeService"] = CaseExchangeServicer(cases, auth)
+    services.servicers["IdentityService"] = IdentityServicer(
+        IdentityService(settings, mappings, store, delivery.transports, metrics), auth
+    )
     services.servicers["OperationsService"] = OperationsServicer(
         DeadLetterService(store), auth, settings
     )

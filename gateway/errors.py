@@ -29,12 +29,16 @@ __all__ = [
     "CaseNotFound",
     "DeadLetterNotFound",
     "GatewayError",
+    "HomeCityNotServed",
     "IllegalTransition",
+    "InvalidIdentifier",
     "InvalidPageToken",
     "InvalidRequest",
     "NotRepresentable",
+    "PartnerRefused",
     "PermissionDenied",
     "RateLimited",
+    "RecordNotFound",
     "RecordTooLarge",
     "RequestIdReused",
     "Unauthenticated",
@@ -69,6 +73,26 @@ class UnknownCity(GatewayError):
     def __init__(self, city: str, field: str) -> None:
         super().__init__(f"city {city!r} is not served by this gateway", field)
         self.city = city
+
+
+class InvalidIdentifier(GatewayError):
+    """An identity number or credit code fails its standard; ``reason`` says which."""
+
+    def __init__(self, message: str, field: str, reason: str) -> None:
+        super().__init__(message, field)
+        self.reason = reason
+
+
+class HomeCityNotServed(GatewayError):
+    """The home city of an identity has no system connected to this gateway."""
+
+
+class RecordNotFound(GatewayError):
+    """The home city's system does not know the person or enterprise."""
+
+
+class PartnerRefused(GatewayError):
+    """The partner system refused the query."""
 
 
 class CaseNotFound(GatewayError):

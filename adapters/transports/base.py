@@ -38,6 +38,18 @@ class PartnerTransport(Protocol):
         """Deliver a status change; raise TransportError on failure."""
         ...
 
+    async def lookup_person(
+        self, request: inbox.LookupPersonRequest, timeout: float
+    ) -> inbox.LookupPersonResponse:
+        """Ask the home city's system for a person; TransportError code NOT_FOUND if unknown."""
+        ...
+
+    async def lookup_enterprise(
+        self, request: inbox.LookupEnterpriseRequest, timeout: float
+    ) -> inbox.LookupEnterpriseResponse:
+        """Ask the home city's system for an enterprise."""
+        ...
+
     async def close(self) -> None:
         """Release connections."""
         ...

@@ -38,5 +38,19 @@ class FakePartnerTransport:
         result = await self.handler("status", request)
         return result if result is not None else inbox.DeliverStatusResponse()
 
+    async def lookup_person(
+        self, request: inbox.LookupPersonRequest, timeout: float
+    ) -> inbox.LookupPersonResponse:
+        self.calls.append(("person", request))
+        result = await self.handler("person", request)
+        return result if result is not None else inbox.LookupPersonResponse()
+
+    async def lookup_enterprise(
+        self, request: inbox.LookupEnterpriseRequest, timeout: float
+    ) -> inbox.LookupEnterpriseResponse:
+        self.calls.append(("enterprise", request))
+        result = await self.handler("enterprise", request)
+        return result if result is not None else inbox.LookupEnterpriseResponse()
+
     async def close(self) -> None:
         return None

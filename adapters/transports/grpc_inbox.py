@@ -76,6 +76,22 @@ class GrpcInboxTransport:
         assert isinstance(out, inbox.DeliverStatusResponse)
         return out
 
+    async def lookup_person(
+        self, request: inbox.LookupPersonRequest, timeout: float
+    ) -> inbox.LookupPersonResponse:
+        """Look a person up."""
+        out = await self._call(self._stub.LookupPerson, request, timeout)
+        assert isinstance(out, inbox.LookupPersonResponse)
+        return out
+
+    async def lookup_enterprise(
+        self, request: inbox.LookupEnterpriseRequest, timeout: float
+    ) -> inbox.LookupEnterpriseResponse:
+        """Look an enterprise up."""
+        out = await self._call(self._stub.LookupEnterprise, request, timeout)
+        assert isinstance(out, inbox.LookupEnterpriseResponse)
+        return out
+
     async def close(self) -> None:
         """Close the channel."""
         await self._channel.close()

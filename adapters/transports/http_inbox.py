@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 from google.protobuf import json_format
 
+from tongban.v1 import common_pb2
 from tongban.v1 import partner_inbox_pb2 as inbox
 
 from .base import TransportError
@@ -20,6 +21,13 @@ from .base import TransportError
 __all__ = ["HttpInboxTransport"]
 
 _RETRYABLE = {408, 429, 500, 502, 503, 504}
+
+
+def _foreign(data: dict[str, Any]) -> common_pb2.ForeignRecord:
+    return common_pb2.ForeignRecord(
+        schema=str(data.get("schema", "")),
+        json=json.dumps(data.get("record", {}), ensure_ascii=False).encode(),
+    )
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -100,6 +108,49 @@ class HttpInboxTransport:
         body = json_format.MessageToDict(request, preserving_proto_field_name=True)
         data = await self._post("/statuses", request.idempotency_key, body, timeout)
         return inbox.DeliverStatusResponse(duplicate=bool(data.get("duplicate", False)))
+
+    async def _get(self, path: str, params: dict[str, str], timeout: float) -> dict[str, Any]:
+        try:
+            resp = await self._client.get(f"{self.base_url}{path}", params=params, timeout=timeout)
+        except httpx.TimeoutException:
+            raise TransportError("timeout", retryable=True, code="TIMEOUT") from None
+        except httpx.TransportError as exc:
+            raise TransportError(
+                f"connection failed: {type(exc).__name__}", retryable=True, code="CONNECT"
+            ) from None
+        if resp.status_code == 404:
+            raise TransportError("not found", retryable=False, code="NOT_FOUND")
+        if not resp.is_success:
+            raise TransportError(
+                f"HTTP {resp.status_code}: {resp.text[:300]}",
+                retryable=resp.status_code in _RETRYABLE,
+                code=f"HTTP_{resp.status_code}",
+                retry_after=_retry_after(resp),
+            )
+        data = resp.json()
+        return data if isinstance(data, dict) else {}
+
+    async def lookup_person(
+        self, request: inbox.LookupPersonRequest, timeout: float
+    ) -> inbox.LookupPersonResponse:
+        """GET {base}/persons/{number}: answers {"schema": ..., "record": {...}}."""
+        data = await self._get(
+            f"/persons/{request.certificate_number}",
+            {"purpose": request.purpose, "requesting_city": request.requesting_city},
+            timeout,
+        )
+        return inbox.LookupPersonResponse(foreign=_foreign(data))
+
+    async def lookup_enterprise(
+        self, request: inbox.LookupEnterpriseRequest, timeout: float
+    ) -> inbox.LookupEnterpriseResponse:
+        """GET {base}/enterprises/{credit_code}."""
+        data = await self._get(
+            f"/enterprises/{request.credit_code}",
+            {"purpose": request.purpose, "requesting_city": request.requesting_city},
+            timeout,
+        )
+        return inbox.LookupEnterpriseResponse(foreign=_foreign(data))
 
     async def close(self) -> None:
         """Close the client."""

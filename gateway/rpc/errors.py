@@ -38,6 +38,10 @@ _TABLE: list[tuple[type[Exception], grpc.StatusCode, str]] = [
     (e.RecordTooLarge, grpc.StatusCode.INVALID_ARGUMENT, "RECORD_TOO_LARGE"),
     (e.UnknownCity, grpc.StatusCode.INVALID_ARGUMENT, "UNKNOWN_CITY"),
     (e.CaseNotFound, grpc.StatusCode.NOT_FOUND, "CASE_NOT_FOUND"),
+    (e.InvalidIdentifier, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ID_NUMBER"),
+    (e.HomeCityNotServed, grpc.StatusCode.NOT_FOUND, "HOME_CITY_NOT_SERVED"),
+    (e.RecordNotFound, grpc.StatusCode.NOT_FOUND, "RECORD_NOT_FOUND"),
+    (e.PartnerRefused, grpc.StatusCode.FAILED_PRECONDITION, "PARTNER_REFUSED"),
     (e.DeadLetterNotFound, grpc.StatusCode.NOT_FOUND, "DEAD_LETTER_NOT_FOUND"),
     (e.RequestIdReused, grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED"),
     (e.IllegalTransition, grpc.StatusCode.FAILED_PRECONDITION, "ILLEGAL_TRANSITION"),
@@ -116,6 +120,8 @@ def status_for(
             details.append(br)
     elif isinstance(exc, e.GatewayError):
         message = exc.message
+        if isinstance(exc, e.InvalidIdentifier):
+            info.reason = exc.reason
         if exc.field:
             br = error_details_pb2.BadRequest()
             br.field_violations.add(field=exc.field, description=exc.message, reason=reason)

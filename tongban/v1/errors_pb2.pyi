@@ -72,6 +72,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """INVALID_ARGUMENT: the page token is malformed or belongs to another query."""
     ERROR_REASON_DEAD_LETTER_NOT_FOUND: _ErrorReason.ValueType  # 19
     """NOT_FOUND: the dead letter does not exist."""
+    ERROR_REASON_RECORD_NOT_FOUND: _ErrorReason.ValueType  # 20
+    """NOT_FOUND: the home city's system does not know the person or enterprise."""
+    ERROR_REASON_PARTNER_REFUSED: _ErrorReason.ValueType  # 21
+    """FAILED_PRECONDITION: the partner system refused the query (its message is included)."""
+    ERROR_REASON_HOME_CITY_NOT_SERVED: _ErrorReason.ValueType  # 22
+    """NOT_FOUND: the home city of the identity is not served by this gateway."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Reasons found in google.rpc.ErrorInfo.reason (without the ERROR_REASON_ prefix)."""
@@ -118,4 +124,10 @@ ERROR_REASON_INVALID_PAGE_TOKEN: ErrorReason.ValueType  # 18
 """INVALID_ARGUMENT: the page token is malformed or belongs to another query."""
 ERROR_REASON_DEAD_LETTER_NOT_FOUND: ErrorReason.ValueType  # 19
 """NOT_FOUND: the dead letter does not exist."""
+ERROR_REASON_RECORD_NOT_FOUND: ErrorReason.ValueType  # 20
+"""NOT_FOUND: the home city's system does not know the person or enterprise."""
+ERROR_REASON_PARTNER_REFUSED: ErrorReason.ValueType  # 21
+"""FAILED_PRECONDITION: the partner system refused the query (its message is included)."""
+ERROR_REASON_HOME_CITY_NOT_SERVED: ErrorReason.ValueType  # 22
+"""NOT_FOUND: the home city of the identity is not served by this gateway."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
