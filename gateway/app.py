@@ -176,7 +176,18 @@ def create_server(
     services.metrics.initialise(
         [*SERVICE_DESCRIPTORS.values(), health_pb2.DESCRIPTOR.services_by_name["Health"]]
     )
-    port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+    tls = settings.tls
+    if tls.enabled:
+        assert tls.cert is not None
+        assert tls.key is not None
+        creds = grpc.ssl_server_credentials(
+            [(tls.key.read_bytes(), tls.cert.read_bytes())],
+            root_certificates=tls.client_ca.read_bytes() if tls.client_ca else None,
+            require_client_auth=tls.client_ca is not None,
+        )
+        port = server.add_secure_port(f"{cfg.host}:{cfg.port}", creds)
+    else:
+        port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
     if port == 0:
         raise OSError(f"cannot bind {cfg.host}:{cfg.port}")
     return server, port, health

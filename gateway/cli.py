@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from . import __version__
+from .certs import add_certs_command
 from .cli_mapping import add_mapping_commands
 from .cli_ops import add_ops_commands
 from .cli_serve import add_serve_command
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_command(sub)
     add_mapping_commands(sub)
     add_ops_commands(sub)
+    add_certs_command(sub)
     return parser
 
 
