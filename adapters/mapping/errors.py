@@ -86,7 +86,8 @@ class UnknownSchemaError(MappingError):
     def __init__(self, schema: str, field: str = "") -> None:
         self.schema = schema
         self.field = field
-        super().__init__(f"unknown schema {schema!r}")
+        shown = schema if len(schema) <= 64 else schema[:64] + "..."
+        super().__init__(f"unknown schema {shown!r}")
 
 
 class KindMismatchError(MappingError):

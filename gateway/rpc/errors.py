@@ -66,18 +66,39 @@ _ISSUE_REASONS = {
 }
 
 
+# Whatever a caller sent may come back in an error; bound it so that a hostile value can never
+# overflow gRPC's metadata limit (status details travel in trailers).
+_MAX_MESSAGE, _MAX_FIELD, _MAX_META = 500, 80, 128
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _pack(message: object) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)  # type: ignore[arg-type]
     return packed
 
 
+_MAX_VIOLATIONS = 20
+
+
 def _violations(issues: Iterable[Issue], prefix: str) -> error_details_pb2.BadRequest:
     br = error_details_pb2.BadRequest()
-    for i in issues:
+    items = list(issues)
+    if len(items) > _MAX_VIOLATIONS:
+        rest = len(items) - _MAX_VIOLATIONS + 1
+        items = items[: _MAX_VIOLATIONS - 1]
+        br.field_violations.add(
+            field="", description=f"... and {rest} more problems", reason="MORE_PROBLEMS"
+        )
+    for i in items:
         v = br.field_violations.add()
-        v.field = f"{prefix}{i.pointer}" if i.pointer else prefix.rstrip(":") or i.canonical
-        v.description = f"{i.code}: {i.message}"
+        v.field = _clip(
+            f"{prefix}{i.pointer}" if i.pointer else prefix.rstrip(":") or i.canonical, _MAX_FIELD
+        )
+        v.description = _clip(f"{i.code}: {i.message}", _MAX_MESSAGE)
         v.reason = i.code
     return br
 
@@ -107,33 +128,40 @@ def status_for(
         codes = {i.code for i in errs}
         if len(codes) == 1 and next(iter(codes)) in _ISSUE_REASONS:
             info.reason = _ISSUE_REASONS[next(iter(codes))]
-        info.metadata["schema"] = exc.schema
+        info.metadata["schema"] = _clip(exc.schema, _MAX_META)
         info.metadata["errors"] = str(len(errs))
-        message = f"record in schema {exc.schema!r} is invalid: {exc.summary()}"
+        message = _clip(
+            f"record in schema {exc.schema!r} is invalid: {exc.summary()}", _MAX_MESSAGE
+        )
         details.append(_violations(errs, record_field))
     elif isinstance(exc, UnknownSchemaError):
-        info.metadata["schema"] = exc.schema
-        message = str(exc)
+        info.metadata["schema"] = _clip(exc.schema, _MAX_META)
+        message = _clip(str(exc), _MAX_MESSAGE)
         if exc.field:
             br = error_details_pb2.BadRequest()
-            br.field_violations.add(field=exc.field, description=message, reason=reason)
+            br.field_violations.add(
+                field=_clip(exc.field, _MAX_FIELD), description=message, reason=reason
+            )
             details.append(br)
     elif isinstance(exc, e.GatewayError):
-        message = exc.message
+        message = _clip(exc.message, _MAX_MESSAGE)
         if isinstance(exc, e.InvalidIdentifier):
             info.reason = exc.reason
         if exc.field:
             br = error_details_pb2.BadRequest()
-            br.field_violations.add(field=exc.field, description=exc.message, reason=reason)
+            br.field_violations.add(
+                field=_clip(exc.field, _MAX_FIELD), description=message, reason=reason
+            )
             details.append(br)
         if isinstance(exc, e.RateLimited | e.BackendUnavailable):
             secs = max(exc.retry_after, 0.0)
             delay = duration_pb2.Duration(seconds=int(secs), nanos=int((secs % 1) * 1e9))
             details.append(error_details_pb2.RetryInfo(retry_delay=delay))
     elif isinstance(exc, MappingError):
-        message = str(exc)
+        message = _clip(str(exc), _MAX_MESSAGE)
     else:  # pragma: no cover - the table covers every class above
         message = str(exc)
+    message = _clip(message, _MAX_MESSAGE)
     st = status_pb2.Status(code=code.value[0], message=message)
     st.details.append(_pack(info))
     for d in details:

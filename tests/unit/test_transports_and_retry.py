@@ -85,3 +85,28 @@ async def test_breaker_opens_waits_and_closes() -> None:
     await b.before_call()
     b.record_success()
     assert [s for _, s in b.transitions] == ["open", "half_open", "open", "half_open", "closed"]
+
+
+def test_error_details_stay_bounded_for_hostile_records() -> None:
+    from adapters.mapping import Issue, RecordInvalidError
+    from gateway.errors import UnknownCity
+    from gateway.rpc.errors import status_for
+
+    many = RecordInvalidError(
+        "zhongshan.case",
+        [
+            Issue(
+                "UNKNOWN_FIELD",
+                "/" + "号" * 300 + str(i),
+                "",
+                "r",
+                "field is not in the city schema",
+            )
+            for i in range(5000)
+        ],
+    )
+    _, message, st = status_for(many)
+    assert st.ByteSize() < 12_000  # base64 in a trailer: stays under gRPC's 16 KiB limit
+    assert len(message) <= 500
+    _, _, st2 = status_for(UnknownCity("号" * 50_000, "target_city"))
+    assert st2.ByteSize() < 4_000
