@@ -71,7 +71,8 @@ class UnknownCity(GatewayError):
     """A city region code that this gateway does not serve."""
 
     def __init__(self, city: str, field: str) -> None:
-        super().__init__(f"city {city!r} is not served by this gateway", field)
+        shown = repr(city) if len(city) == 6 and city.isascii() and city.isdigit() else "that value"
+        super().__init__(f"{field}: {shown} is not a city served by this gateway", field)
         self.city = city
 
 

@@ -86,8 +86,15 @@ class UnknownSchemaError(MappingError):
     def __init__(self, schema: str, field: str = "") -> None:
         self.schema = schema
         self.field = field
-        shown = schema if len(schema) <= 64 else schema[:64] + "..."
-        super().__init__(f"unknown schema {shown!r}")
+        # Echo only what looks like a schema name; never free text (it could be personal data).
+        looks = (
+            0 < len(schema) <= 64
+            and schema.isascii()
+            and all(c.isalnum() or c in "._-" for c in schema)
+        )
+        super().__init__(
+            f"unknown schema {schema!r}" if looks else "unknown schema (not a schema name)"
+        )
 
 
 class KindMismatchError(MappingError):

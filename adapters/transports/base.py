@@ -17,7 +17,7 @@ class TransportError(Exception):
         self, message: str, *, retryable: bool, code: str = "", retry_after: float | None = None
     ) -> None:
         super().__init__(message)
-        self.message = message
+        self.message = message  # may quote the partner; gateway.privacy.scrub before storing
         self.retryable = retryable
         self.code = code
         self.retry_after = retry_after

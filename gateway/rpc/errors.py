@@ -26,6 +26,7 @@ from adapters.mapping import (
     UnknownSchemaError,
 )
 from gateway import errors as e
+from gateway.privacy import scrub
 
 __all__ = ["DOMAIN", "status_for"]
 
@@ -72,6 +73,8 @@ _MAX_MESSAGE, _MAX_FIELD, _MAX_META = 500, 80, 128
 
 
 def _clip(text: str, limit: int) -> str:
+    # Also masks ID numbers, credit codes and phones a caller may have put anywhere.
+    text = scrub(text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -34,6 +34,7 @@ from tongban.v1 import partner_inbox_pb2 as inbox
 
 from ..domain.breaker import CircuitBreaker
 from ..mappings import MappingRegistry
+from ..privacy import scrub
 from ..settings import RetryPolicy, Settings
 from ..store.intents import (
     ClaimedRow,
@@ -286,7 +287,7 @@ class DeliveryService:
                         else:
                             await transport.deliver_status(request, policy.attempt_timeout_seconds)
                     except TransportError as exc:
-                        last_error = exc.message
+                        last_error = scrub(exc.message)  # partner text: may quote personal data
                         if exc.retryable:
                             breaker.record_failure()
                             self.observer.attempt(row.target_city, "retryable")
