@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from adapters.transports import GrpcInboxTransport, HttpInboxTransport, PartnerTransport
 from tongban.v1 import (
@@ -33,14 +33,13 @@ from .mappings import MappingRegistry
 from .metrics import (
     GatewayMetrics,
     MetricsDeliveryObserver,
-    MetricsInterceptor,
     call_observer,
     serve_metrics,
 )
 from .rpc.case_exchange import CaseExchangeServicer
 from .rpc.identity import IdentityServicer
 from .rpc.operations import OperationsServicer
-from .rpc.registration import CallObserver, register_service
+from .rpc.registration import CallObserver, DeadlineWatchdog, register_service
 from .rpc.translation import TranslationServicer
 from .services.cases import CaseService
 from .services.dead_letters import DeadLetterService
@@ -75,6 +74,7 @@ class Services:
     delivery: DeliveryService
     metrics: GatewayMetrics
     guard: AccessGuard
+    watchdog: DeadlineWatchdog
     servicers: dict[str, Any] = field(default_factory=dict)
     observer: CallObserver | None = None
 
@@ -124,7 +124,15 @@ def bootstrap(
         observer=delivery_observer or MetricsDeliveryObserver(metrics),
     )
     services = Services(
-        settings, mappings, store, auth, cases, delivery, metrics, AccessGuard(settings, auth)
+        settings,
+        mappings,
+        store,
+        auth,
+        cases,
+        delivery,
+        metrics,
+        AccessGuard(settings, auth),
+        DeadlineWatchdog(settings.server.max_deadline_seconds),
     )
     services.observer = call_observer(metrics)
     services.servicers["TranslationService"] = TranslationServicer(
@@ -157,24 +165,32 @@ def create_server(
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ]
-    interceptors: list[Any] = []
-    if services.observer is not None:
-        interceptors.append(MetricsInterceptor(services.observer))
-    server = grpc.aio.server(options=options, interceptors=interceptors)
+    # No interceptors: every method is wrapped once at registration (see rpc/registration.py).
+    server = grpc.aio.server(options=options)
     served = []
     for name, servicer in services.servicers.items():
         desc = SERVICE_DESCRIPTORS[name]
         register_service(
-            server, desc, servicer, services.observer, services.guard, cfg.max_deadline_seconds
+            server, desc, servicer, services.observer, services.guard, services.watchdog
         )
         served.append(desc.full_name)
     health = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    health_desc = health_pb2.DESCRIPTOR.services_by_name["Health"]
+    register_service(server, health_desc, health, services.observer)
     names = [d.full_name for d in SERVICE_DESCRIPTORS.values()]
-    names += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
-    reflection.enable_server_reflection(names, server)
+    names += [health_desc.full_name, reflection.SERVICE_NAME]
+    register_service(
+        server,
+        reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+        reflection.aio.ReflectionServicer(names),
+        services.observer,
+    )
     services.metrics.initialise(
-        [*SERVICE_DESCRIPTORS.values(), health_pb2.DESCRIPTOR.services_by_name["Health"]]
+        [
+            *SERVICE_DESCRIPTORS.values(),
+            health_desc,
+            reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+        ]
     )
     tls = settings.tls
     if tls.enabled:
@@ -223,6 +239,7 @@ class Gateway:
             self._metrics_server = serve_metrics(self.services.metrics, m.host, m.port)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self._tasks.append(asyncio.create_task(self._probe_store()))
+        self._tasks.append(asyncio.create_task(self.services.watchdog.run(self._stop)))
         log.info("gateway serving", extra={"address": self.address})
 
     async def _probe_store(self, interval: float = 1.0) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -27,13 +26,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client import multiprocess as prom_mp
 
 from . import __version__
-from .rpc.registration import CallObserver, wrap_handler
+from .rpc.registration import CallObserver, MethodObserver
 from .services.delivery import DeliveryObserver
 
 __all__ = [
     "GatewayMetrics",
     "MetricsDeliveryObserver",
-    "MetricsInterceptor",
     "call_observer",
     "serve_metrics",
 ]
@@ -169,6 +167,7 @@ class GatewayMetrics:
             multiprocess_mode="max",
         )
         self.build.labels(__version__, platform.python_version()).set(1)
+        self._translation_children: dict[tuple[str, str], Any] = {}
 
     # -- gRPC ------------------------------------------------------------------------------
 
@@ -190,7 +189,12 @@ class GatewayMetrics:
     def translation(self, schema: str, direction: str, code: str | None) -> None:
         """One record translated (``code`` is the first error code when it failed)."""
         if code is None:
-            self.translations.labels(schema, direction).inc()
+            child = self._translation_children.get((schema, direction))
+            if child is None:
+                child = self._translation_children[(schema, direction)] = self.translations.labels(
+                    schema, direction
+                )
+            child.inc()
         else:
             self.translation_failures.labels(schema, direction, code).inc()
 
@@ -228,44 +232,45 @@ def _kind(client_streaming: bool, server_streaming: bool) -> str:
     }[(client_streaming, server_streaming)]
 
 
+class _Bound:
+    """The metric children of one method, resolved once."""
+
+    __slots__ = ("_handled", "_labels", "_latency", "_m", "_received", "_sent", "_started")
+
+    def __init__(self, m: GatewayMetrics, kind: str, service: str, method: str) -> None:
+        self._m = m
+        self._labels = (kind, service, method)
+        self._started = m.started.labels(kind, service, method)
+        self._received = m.received.labels(kind, service, method)
+        self._sent = m.sent.labels(kind, service, method)
+        self._latency = m.latency.labels(kind, service, method)
+        self._handled = {code: m.handled.labels(kind, service, method, code) for code in _CODES}
+
+    def started(self) -> None:
+        self._started.inc()
+
+    def received(self) -> None:
+        self._received.inc()
+
+    def sent(self) -> None:
+        self._sent.inc()
+
+    def handled(self, code: str, seconds: float) -> None:
+        child = self._handled.get(code)
+        if child is None:
+            child = self._m.handled.labels(*self._labels, code)
+        child.inc()
+        self._latency.observe(seconds)
+
+
 class _Observer(CallObserver):
     """Adapts GatewayMetrics to the CallObserver protocol used by the method wrappers."""
 
     def __init__(self, m: GatewayMetrics) -> None:
         self.m = m
 
-    def started(self, service: str, method: str, kind: str) -> None:
-        self.m.started.labels(kind, service, method).inc()
-
-    def message_received(self, service: str, method: str, kind: str) -> None:
-        self.m.received.labels(kind, service, method).inc()
-
-    def message_sent(self, service: str, method: str, kind: str) -> None:
-        self.m.sent.labels(kind, service, method).inc()
-
-    def handled(self, service: str, method: str, kind: str, code: str, seconds: float) -> None:
-        self.m.handled.labels(kind, service, method, code).inc()
-        self.m.latency.labels(kind, service, method).observe(seconds)
-
-
-class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Counts the RPCs that are not registered through the wrappers (health, reflection)."""
-
-    def __init__(self, observer: CallObserver, skip_prefix: str = "/tongban.v1.") -> None:
-        self.observer = observer
-        self.skip_prefix = skip_prefix
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[Any], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        method: str = details.method
-        if handler is None or method.startswith(self.skip_prefix):
-            return handler
-        service, _, name = method.lstrip("/").partition("/")
-        return wrap_handler(handler, service, name, self.observer)
+    def bind(self, service: str, method: str, kind: str) -> MethodObserver:
+        return _Bound(self.m, kind, service, method)
 
 
 def call_observer(m: GatewayMetrics) -> CallObserver:

@@ -12,11 +12,12 @@ each mapping's coverage policy; any problem fails the whole set.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from .canonical import CANONICAL_KINDS, canonical_leaf_paths
 from .canonical_io import parse_canonical
@@ -288,14 +289,12 @@ class MappingSet:
 
 
 def parse_json(data: bytes | str) -> Any:
-    """Parse one JSON document; MalformedRecordError (without the content) when it is not."""
+    """Parse one JSON document; MalformedRecordError (without the content) when it is not.
+
+    orjson: strict (no NaN), UTF-8 checked, nesting limited; integers beyond 64 bits come back
+    as floats, which the schema's type checks then refuse rather than pass on changed.
+    """
     try:
-        return json.loads(data)
-    except UnicodeDecodeError:
-        raise MalformedRecordError("record is not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise MalformedRecordError(
-            f"record is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from None
-    except RecursionError:
-        raise MalformedRecordError("record is nested too deeply") from None
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedRecordError(f"record is not valid JSON: {str(exc)[:120]}") from None

@@ -7,6 +7,7 @@ import binascii
 import json
 
 import grpc
+import orjson
 
 from adapters.mapping import UnknownSchemaError
 from gateway.auth import Authenticator
@@ -51,16 +52,16 @@ class TranslationServicer:
             raise RecordTooLarge(
                 f"record is larger than {self.max_record_bytes} bytes", "record.json"
             )
+        caller = self.auth.optional(context) if self.auth else None
         for name, field in ((source, "record.schema"), (target, "target_schema")):
             try:
                 kind = ms.kind_of(name)
             except UnknownSchemaError:
                 raise UnknownSchemaError(name, field) from None
-            caller = self.auth.optional(context) if self.auth else None
             if caller is not None:
                 caller.check_kind(kind, field)
         result = ms.translate_json(source, target, request.record.json)
-        body = json.dumps(result.record, ensure_ascii=False, separators=(",", ":")).encode()
+        body = orjson.dumps(result.record)
         return translation_pb2.TranslateResponse(
             record=common_pb2.ForeignRecord(schema=target, json=body),
             mapping_versions=list(result.versions),

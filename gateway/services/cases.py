@@ -17,6 +17,8 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import orjson
+
 from adapters.mapping import MappingSet, RecordInvalidError, UnknownSchemaError
 from adapters.mapping.canonical_io import case_message, message_to_canonical
 from tongban.v1 import case_exchange_pb2 as cx
@@ -181,7 +183,7 @@ class CaseService:
                 receiving_city=caller.city,
                 handling_city=target,
                 case_number=str(case_number)[:64],
-                canonical=json.dumps(canonical, ensure_ascii=False, separators=(",", ":")),
+                canonical=orjson.dumps(canonical).decode(),
                 mapping_versions=",".join(result.versions),
                 target_partner=target_partner,
                 response=response.SerializeToString(),
@@ -218,7 +220,7 @@ class CaseService:
         )
         if schema == "none":
             return view
-        record = json.loads(row.canonical)
+        record = orjson.loads(row.canonical)
         record["status"] = row.status
         if events is not None:
             record["status_history"] = [
@@ -243,7 +245,7 @@ class CaseService:
         view.foreign.CopyFrom(
             common_pb2.ForeignRecord(
                 schema=schema,
-                json=json.dumps(out.record, ensure_ascii=False, separators=(",", ":")).encode(),
+                json=orjson.dumps(out.record),
             )
         )
         return view

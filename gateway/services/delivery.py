@@ -15,7 +15,6 @@ the count. Permanent errors and exhausted retries go to the dead-letter queue wi
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -23,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_exponential_jitter
 
@@ -181,7 +181,7 @@ class DeliveryService:
             raise _Permanent("CASE_MISSING: the case row does not exist")
         schema = ms.schema_for(row.target_city, "case")
         if row.kind == "case":
-            record = json.loads(case.canonical)
+            record = orjson.loads(case.canonical)
             record["status"] = (
                 case.status if case.status != "CASE_STATUS_RECEIVED" else "CASE_STATUS_SUBMITTED"
             )
@@ -196,9 +196,7 @@ class DeliveryService:
                     req.foreign.CopyFrom(
                         common_pb2.ForeignRecord(
                             schema=schema,
-                            json=json.dumps(
-                                out.record, ensure_ascii=False, separators=(",", ":")
-                            ).encode(),
+                            json=orjson.dumps(out.record),
                         )
                     )
             except RecordInvalidError as exc:

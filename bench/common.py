@@ -1,0 +1,275 @@
+"""Shared benchmark harness: a bare grpc.aio echo server, a gateway process, a load client.
+
+Every figure is measured side by side in one run with the same client (a separate process,
+same concurrency), and reported as a ratio: absolute numbers on shared machines are noise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+ECHO_SERVICE = "bench.Echo"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- the bare echo server (bytes in, same bytes out), in its own process -----------------------
+
+
+async def _echo_main(port: int, ready: Any) -> None:
+    def unary(request: bytes, context: Any) -> bytes:
+        return request
+
+    async def client_stream(requests: Any, context: Any) -> bytes:
+        n = 0
+        last = b""
+        async for r in requests:
+            n += 1
+            last = r
+        return last + n.to_bytes(4, "big")
+
+    async def bidi(requests: Any, context: Any) -> Any:
+        async for r in requests:
+            yield r
+
+    handlers = {
+        "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
+        "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
+    }
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ECHO_SERVICE, handlers),))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    ready.set()
+    await server.wait_for_termination()
+
+
+def _echo_process(port: int, ready: Any) -> None:
+    asyncio.run(_echo_main(port, ready))
+
+
+class EchoServer:
+    """A bare grpc.aio echo server in a child process."""
+
+    def __enter__(self) -> EchoServer:
+        self.port = free_port()
+        ctx = mp.get_context("spawn")
+        ready = ctx.Event()
+        self.proc = ctx.Process(target=_echo_process, args=(self.port, ready), daemon=True)
+        self.proc.start()
+        ready.wait(20)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        self.proc.join(10)
+
+
+class GatewayProcess:
+    """`tongban serve` in a child process, configured by environment variables."""
+
+    def __init__(self, env: dict[str, str], data_dir: Path) -> None:
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.env = {
+            **os.environ,
+            "TONGBAN_SERVER__PORT": str(self.port),
+            "TONGBAN_STORE__DATA_DIR": str(data_dir),
+            "TONGBAN_MAPPINGS__PATH": str(ROOT / "mappings"),
+            "TONGBAN_MAPPINGS__WATCH": "false",
+            "TONGBAN_METRICS__PORT": str(self.metrics_port),
+            "TONGBAN_LOG__LEVEL": "WARNING",
+            **env,
+        }
+        self.log = data_dir / "gateway.log"
+
+    def __enter__(self) -> GatewayProcess:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self._out = self.log.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._out,
+            stderr=self._out,
+        )
+        deadline = time.monotonic() + 60
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(self.log.read_text()[-2000:])
+                try:
+                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                        return self
+                except grpc.RpcError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._out.close()
+
+
+# -- the load client, in its own process ---------------------------------------------------------
+
+
+def _client_process(
+    kind: str,
+    target: str,
+    method: str,
+    payloads: list[bytes],
+    concurrency: int,
+    seconds: float,
+    metadata: list[tuple[str, str]],
+    out: Any,
+) -> None:
+    out.put(asyncio.run(_drive(kind, target, method, payloads, concurrency, seconds, metadata)))
+
+
+async def _drive(
+    kind: str,
+    target: str,
+    method: str,
+    payloads: list[bytes],
+    concurrency: int,
+    seconds: float,
+    metadata: list[tuple[str, str]],
+) -> dict[str, Any]:
+    errors: dict[str, int] = {}
+    latencies: list[float] = []
+    async with grpc.aio.insecure_channel(target) as ch:
+        done = 0
+        stop_at = 0.0
+
+        if kind == "unary":
+            call = ch.unary_unary(method)
+
+            async def worker(w: int) -> None:
+                nonlocal done
+                i = w
+                while time.perf_counter() < stop_at:
+                    t = time.perf_counter()
+                    try:
+                        await call(payloads[i % len(payloads)], metadata=metadata)
+                        done += 1
+                        latencies.append(time.perf_counter() - t)
+                    except grpc.aio.AioRpcError as err:
+                        errors[err.code().name] = errors.get(err.code().name, 0) + 1
+                    i += concurrency
+
+            warm = [
+                call(payloads[i % len(payloads)], metadata=metadata) for i in range(concurrency)
+            ]
+            await asyncio.gather(*warm, return_exceptions=True)
+            start = time.perf_counter()
+            stop_at = start + seconds
+            await asyncio.gather(*(worker(w) for w in range(concurrency)))
+            elapsed = time.perf_counter() - start
+            return {
+                "rate": done / elapsed,
+                "errors": errors,
+                "p50_ms": 1000 * statistics.median(latencies) if latencies else None,
+            }
+
+        # Streams: `concurrency` parallel streams, each sending messages as fast as it can;
+        # each stream carries `per_stream` messages (client stream) or echoes them back (bidi).
+        per_stream = 200
+        call = ch.stream_unary(method) if kind == "client_stream" else ch.stream_stream(method)
+        counter = [0]
+
+        async def stream_worker(w: int) -> None:
+            base = w * 1_000_000
+            while time.perf_counter() < stop_at:
+                msgs = [payloads[(base + k) % len(payloads)] for k in range(per_stream)]
+                base += per_stream
+                try:
+                    if kind == "client_stream":
+                        await call(_items(msgs), metadata=metadata)
+                        counter[0] += per_stream
+                    else:
+                        stream = call(metadata=metadata)
+                        for m in msgs:
+                            await stream.write(m)
+                        await stream.done_writing()
+                        async for _ in stream:
+                            counter[0] += 1
+                except grpc.aio.AioRpcError as err:
+                    errors[err.code().name] = errors.get(err.code().name, 0) + 1
+
+        start = time.perf_counter()
+        stop_at = start + seconds
+        await asyncio.gather(*(stream_worker(w) for w in range(concurrency)))
+        elapsed = time.perf_counter() - start
+        return {"rate": counter[0] / elapsed, "errors": errors}
+
+
+async def _items(msgs: list[bytes]) -> Any:
+    for m in msgs:
+        yield m
+
+
+def drive(
+    kind: str,
+    target: str,
+    method: str,
+    payloads: list[bytes],
+    *,
+    concurrency: int = 64,
+    seconds: float = 5.0,
+    metadata: list[tuple[str, str]] | None = None,
+) -> dict[str, Any]:
+    """Run the load client in a separate process; return its rate (calls or messages per s)."""
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    proc = ctx.Process(
+        target=_client_process,
+        args=(kind, target, method, payloads, concurrency, seconds, metadata or [], out),
+    )
+    proc.start()
+    result = out.get(timeout=seconds + 120)
+    proc.join(30)
+    return dict(result)
+
+
+def report(figures: dict[str, Any]) -> None:
+    """Print the figures, the last line being one JSON object."""
+    print(json.dumps(figures, ensure_ascii=False))
+
+
+def case_payloads(n: int, serialize: Callable[[int, bytes], bytes]) -> list[bytes]:
+    """``n`` distinct Zhongshan case records, serialized by ``serialize(i, json_bytes)``."""
+    base = json.loads((ROOT / "mappings/zhongshan/samples/case/01-case.json").read_text("utf-8"))
+    out = []
+    for i in range(n):
+        rec = dict(base, SBLSH=f"442000-2026-b{i:07d}")
+        out.append(serialize(i, json.dumps(rec, ensure_ascii=False).encode()))
+    return out

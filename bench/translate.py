@@ -1,0 +1,82 @@
+"""Translate RPC vs a bare grpc.aio echo, unary, 64 in flight, same client, one run.
+
+The gateway translates a Zhongshan case into Shenzhen's schema (full validation); the echo
+server returns a message of the same size. Last line: JSON with ``vs_echo``.
+
+Usage: python bench/translate.py [--seconds 5] [--concurrency 64] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+from common import ECHO_SERVICE, EchoServer, GatewayProcess, case_payloads, drive, report
+
+from tongban.v1 import common_pb2, translation_pb2
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=3)
+    args = p.parse_args()
+    requests = case_payloads(
+        64,
+        lambda i, body: translation_pb2.TranslateRequest(
+            record=common_pb2.ForeignRecord(schema="zhongshan.case", json=body),
+            target_schema="shenzhen.case",
+        ).SerializeToString(),
+    )
+    size = len(requests[0])
+    echo_payloads = [b"x" * size]
+    gw_rates, echo_rates = [], []
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        EchoServer() as echo,
+        GatewayProcess(
+            {"TONGBAN_AUTH__MODE": "none", "TONGBAN_DELIVERY__ENABLED": "false"}, Path(tmp)
+        ) as gw,
+    ):
+        for _ in range(args.rounds):
+            e = drive(
+                "unary",
+                f"127.0.0.1:{echo.port}",
+                f"/{ECHO_SERVICE}/Unary",
+                echo_payloads,
+                concurrency=args.concurrency,
+                seconds=args.seconds,
+            )
+            g = drive(
+                "unary",
+                f"127.0.0.1:{gw.port}",
+                "/tongban.v1.TranslationService/Translate",
+                requests,
+                concurrency=args.concurrency,
+                seconds=args.seconds,
+            )
+            assert not g["errors"], g["errors"]
+            echo_rates.append(e["rate"])
+            gw_rates.append(g["rate"])
+            print(
+                f"round: echo {e['rate']:,.0f}/s  translate {g['rate']:,.0f}/s  "
+                f"ratio {g['rate'] / e['rate']:.3f}"
+            )
+    echo_rate, gw_rate = statistics.median(echo_rates), statistics.median(gw_rates)
+    report(
+        {
+            "bench": "translate",
+            "message_bytes": size,
+            "concurrency": args.concurrency,
+            "echo_rps": round(echo_rate),
+            "translate_rps": round(gw_rate),
+            "vs_echo": round(gw_rate / echo_rate, 3),
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()
