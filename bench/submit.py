@@ -1,0 +1,135 @@
+"""Durable SubmitCase on SQLite vs bare echo (unary), and SubmitCases vs a bare client stream.
+
+The gateway runs as configured in production (token auth, audit, outbox, metrics; delivery off
+so that only submission is measured) on the embedded SQLite store, fsync on commit. Same client
+process and concurrency for both sides. Last line: JSON with ``vs_echo`` and
+``stream_vs_stream_echo``.
+
+Usage: python bench/submit.py [--seconds 5] [--concurrency 64] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import tempfile
+from pathlib import Path
+
+from common import ECHO_SERVICE, EchoServer, GatewayProcess, case_payloads, drive, report
+
+from tongban.v1 import case_exchange_pb2 as cx
+from tongban.v1 import common_pb2
+
+ENV = {
+    "TONGBAN_AUTH__MODE": "token",
+    "TONGBAN_DELIVERY__ENABLED": "false",
+    "TONGBAN_PARTNERS__ZS__CITY": "442000",
+    "TONGBAN_PARTNERS__ZS__TOKEN": "bench",
+    "TONGBAN_PARTNERS__ZS__RATE_LIMIT__RATE_PER_SECOND": "1000000",
+    "TONGBAN_PARTNERS__ZS__RATE_LIMIT__BURST": "1000000",
+    "TONGBAN_PARTNERS__SZ__CITY": "440300",
+    "TONGBAN_PARTNERS__SZ__INBOX__TRANSPORT": "grpc",
+    "TONGBAN_PARTNERS__SZ__INBOX__TARGET": "127.0.0.1:9",
+}
+META = [("authorization", "Bearer bench")]
+_ids = itertools.count()
+
+
+def submit_payloads(n: int, tag: str) -> list[bytes]:
+    return case_payloads(
+        n,
+        lambda i, body: cx.SubmitCaseRequest(
+            request_id=f"{tag}-{i}",
+            target_city="440300",
+            foreign=common_pb2.ForeignRecord(schema="zhongshan.case", json=body),
+        ).SerializeToString(),
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=3)
+    args = p.parse_args()
+    unary_g, unary_e, stream_g, stream_e = [], [], [], []
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        EchoServer() as echo,
+        GatewayProcess(ENV, Path(tmp)) as gw,
+    ):
+        for r in range(args.rounds):
+            # Enough distinct request ids that no submission is an idempotent replay.
+            reqs = submit_payloads(60_000, f"u{r}")
+            size = len(reqs[0])
+            e = drive(
+                "unary",
+                f"127.0.0.1:{echo.port}",
+                f"/{ECHO_SERVICE}/Unary",
+                [b"x" * size],
+                concurrency=args.concurrency,
+                seconds=args.seconds,
+            )
+            g = drive(
+                "unary",
+                f"127.0.0.1:{gw.port}",
+                "/tongban.v1.CaseExchangeService/SubmitCase",
+                reqs,
+                concurrency=args.concurrency,
+                seconds=args.seconds,
+                metadata=META,
+            )
+            assert not g["errors"], g["errors"]
+            unary_e.append(e["rate"])
+            unary_g.append(g["rate"])
+            items = [
+                cx.SubmitCasesRequest(
+                    case_request=cx.SubmitCaseRequest.FromString(b)
+                ).SerializeToString()
+                for b in submit_payloads(60_000, f"s{r}")
+            ]
+            se = drive(
+                "client_stream",
+                f"127.0.0.1:{echo.port}",
+                f"/{ECHO_SERVICE}/ClientStream",
+                [b"x" * len(items[0])],
+                concurrency=8,
+                seconds=args.seconds,
+            )
+            sg = drive(
+                "client_stream",
+                f"127.0.0.1:{gw.port}",
+                "/tongban.v1.CaseExchangeService/SubmitCases",
+                items,
+                concurrency=8,
+                seconds=args.seconds,
+                metadata=META,
+            )
+            assert not sg["errors"], sg["errors"]
+            stream_e.append(se["rate"])
+            stream_g.append(sg["rate"])
+            print(
+                f"round {r}: unary echo {e['rate']:,.0f}/s submit {g['rate']:,.0f}/s "
+                f"({g['rate'] / e['rate']:.3f}); stream echo {se['rate']:,.0f} msg/s "
+                f"submit {sg['rate']:,.0f} msg/s ({sg['rate'] / se['rate']:.3f})"
+            )
+    ue, ug = statistics.median(unary_e), statistics.median(unary_g)
+    se_, sg_ = statistics.median(stream_e), statistics.median(stream_g)
+    report(
+        {
+            "bench": "submit",
+            "store": "sqlite",
+            "concurrency": args.concurrency,
+            "echo_rps": round(ue),
+            "submit_rps": round(ug),
+            "vs_echo": round(ug / ue, 3),
+            "stream_echo_mps": round(se_),
+            "stream_submit_mps": round(sg_),
+            "stream_vs_stream_echo": round(sg_ / se_, 3),
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()
