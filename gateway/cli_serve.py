@@ -52,12 +52,106 @@ async def _serve(settings: Settings) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run the gateway."""
+    """Run the gateway (in ``--workers`` processes sharing the port)."""
     settings = read_settings(args.config)
     if settings is None:
         return 2
     configure_logging(settings.log.level, settings.log.format)
+    workers = args.workers or settings.server.workers
+    if workers > 1:
+        return _serve_workers(settings, workers)
     return asyncio.run(_serve(settings))
+
+
+def _serve_workers(settings: Settings, n: int) -> int:
+    """Fork ``n`` worker processes (before any gRPC object exists) on one SO_REUSEPORT port.
+
+    The parent migrates an SQLite store once, serves the aggregated /metrics (prometheus_client
+    multiprocess mode), forwards SIGTERM/SIGINT to the workers and exits 0 once all drained.
+    """
+    import os
+    import shutil
+    import tempfile
+    import time
+
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import multiprocess as prom_mp
+
+    from .store.store import Store
+
+    if settings.server.port == 0:
+        print("error: --workers needs a fixed server.port", file=sys.stderr)
+        return 2
+    store = Store(settings.store.effective_url)
+    if store.is_sqlite:
+        store.migrate()
+    store.engine.dispose()
+    store.read_engine.dispose()
+    metrics_dir = tempfile.mkdtemp(prefix="tongban-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    worker_settings = settings.model_copy(
+        update={
+            "server": settings.server.model_copy(update={"workers": n}),
+            "metrics": settings.metrics.model_copy(update={"enabled": False}),
+        }
+    )
+    children: list[int] = []
+    for _ in range(n):
+        pid = os.fork()
+        if pid == 0:  # worker
+            from prometheus_client import values
+
+            values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+            code = 1
+            try:
+                code = asyncio.run(_serve(worker_settings))
+            finally:
+                os._exit(code)
+        children.append(pid)
+    server = None
+    if settings.metrics.enabled:
+        registry = CollectorRegistry()
+        prom_mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        server, _ = start_http_server(
+            settings.metrics.port, addr=settings.metrics.host, registry=registry
+        )
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    print(
+        f"tongban serving on {settings.server.host}:{settings.server.port} with {n} workers",
+        file=sys.stderr,
+        flush=True,
+    )
+    status = 0
+    alive = set(children)
+    while alive:
+        try:
+            pid, code = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        alive.discard(pid)
+        if os.waitstatus_to_exitcode(code) != 0:
+            status = 1
+            if not stopping:  # a worker died on its own: stop the others too
+                forward(signal.SIGTERM, None)
+        time.sleep(0)
+    if server is not None:
+        server.shutdown()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    return status
 
 
 def add_serve_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -69,4 +163,10 @@ def add_serve_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "SIGHUP reloads the mapping set (only a set that passes every check replaces the old).",
     )
     p.add_argument("--config", help="TOML settings file (environment TONGBAN_* overrides it)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes sharing the port (SO_REUSEPORT); default server.workers",
+    )
     p.set_defaults(func=cmd_serve)

@@ -1,0 +1,106 @@
+"""`tongban serve --workers 2`: two processes on one port, one store, aggregated metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tongban.v1 import case_exchange_pb2 as cx
+from tongban.v1 import case_exchange_pb2_grpc as cx_grpc
+from tongban.v1 import common_pb2
+
+from .conftest import ROOT, TONGBAN, free_port
+
+ZS_CASE = json.loads((ROOT / "mappings/zhongshan/samples/case/01-case.json").read_text("utf-8"))
+
+
+def test_two_workers_share_port_store_and_metrics(tmp_path) -> None:
+    port, mport = free_port(), free_port()
+    env = {
+        **os.environ,
+        "TONGBAN_SERVER__PORT": str(port),
+        "TONGBAN_METRICS__PORT": str(mport),
+        "TONGBAN_STORE__DATA_DIR": str(tmp_path),
+        "TONGBAN_DELIVERY__ENABLED": "false",
+        "TONGBAN_MAPPINGS__WATCH": "false",
+        "TONGBAN_PARTNERS__SHENZHEN__INBOX__TRANSPORT": "grpc",
+        "TONGBAN_PARTNERS__SHENZHEN__INBOX__TARGET": "127.0.0.1:9",
+        "TONGBAN_LOG__LEVEL": "WARNING",
+    }
+    log = (tmp_path / "gw.log").open("wb")
+    proc = subprocess.Popen(
+        [*TONGBAN, "serve", "--config", "tongban.toml", "--workers", "2"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=log,
+    )
+    try:
+        deadline = time.monotonic() + 40
+        while True:
+            assert proc.poll() is None, (tmp_path / "gw.log").read_text()
+            try:
+                with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+                    if (
+                        health_pb2_grpc.HealthStub(ch)
+                        .Check(health_pb2.HealthCheckRequest(), timeout=1)
+                        .status
+                        == 1
+                    ):
+                        break
+            except grpc.RpcError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        time.sleep(1.0)  # let the second worker bind too
+        for i in range(40):  # a new connection each time: the kernel spreads them
+            with grpc.insecure_channel(
+                f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]
+            ) as ch:
+                cx_grpc.CaseExchangeServiceStub(ch).SubmitCase(
+                    cx.SubmitCaseRequest(
+                        request_id=f"w{i}",
+                        target_city="440300",
+                        foreign=common_pb2.ForeignRecord(
+                            schema="zhongshan.case",
+                            json=json.dumps(dict(ZS_CASE, SBLSH=f"442000-2026-w{i:04d}")).encode(),
+                        ),
+                    ),
+                    metadata=[("authorization", "Bearer dev-token-zhongshan")],
+                    timeout=10,
+                )
+        text = (
+            urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
+        )
+        handled = [
+            line
+            for line in text.splitlines()
+            if line.startswith("grpc_server_handled_total")
+            and 'grpc_method="SubmitCase"' in line
+            and 'grpc_code="OK"' in line
+        ]
+        assert handled
+        assert float(handled[0].rsplit(" ", 1)[1]) == 40.0  # summed over both workers
+        started = [
+            line
+            for line in text.splitlines()
+            if line.startswith("grpc_server_started_total") and 'grpc_method="SubmitCase"' in line
+        ]
+        assert started
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+        log.close()
+    assert code == 0
+    out = (tmp_path / "gw.log").read_text()
+    assert out.count("tongban serving on") == 3  # the parent and both workers, on one port
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "tongban.db") as conn:
+        assert conn.execute("SELECT count(*) FROM cases").fetchone()[0] == 40
