@@ -97,23 +97,35 @@ class StoreReader:
         handling_city: str = "",
         delivery_state: str = "",
     ) -> list[CaseRecord]:
-        """Cases received or handled by one of ``cities``, newest first, keyset on seq."""
-        conds: list[Any] = [
-            or_(CASES.c.receiving_city.in_(cities), CASES.c.handling_city.in_(cities))
-        ]
+        """Cases received or handled by one of ``cities``, newest first, keyset on seq.
+
+        One query per side, each walking its ``(city, seq)`` index backwards for at most
+        ``limit`` rows, merged here: an ``OR`` of the two would make the database collect and
+        sort every matching row (O(n) per page instead of O(log n + page)).
+        """
+        common: list[Any] = []
         if before_seq is not None:
-            conds.append(CASES.c.seq < before_seq)
+            common.append(CASES.c.seq < before_seq)
         if status:
-            conds.append(CASES.c.status == status)
+            common.append(CASES.c.status == status)
         if receiving_city:
-            conds.append(CASES.c.receiving_city == receiving_city)
+            common.append(CASES.c.receiving_city == receiving_city)
         if handling_city:
-            conds.append(CASES.c.handling_city == handling_city)
+            common.append(CASES.c.handling_city == handling_city)
         if delivery_state:
-            conds.append(CASES.c.delivery_state == delivery_state)
-        stmt = select(*_CASE_COLS).where(and_(*conds)).order_by(CASES.c.seq.desc()).limit(limit)
+            common.append(CASES.c.delivery_state == delivery_state)
+        found: dict[int, CaseRecord] = {}
         with self.engine.connect() as conn:
-            return [CaseRecord(*r) for r in conn.execute(stmt)]
+            for side in (CASES.c.receiving_city, CASES.c.handling_city):
+                stmt = (
+                    select(*_CASE_COLS)
+                    .where(and_(side.in_(cities), *common))
+                    .order_by(CASES.c.seq.desc())
+                    .limit(limit)
+                )
+                for r in conn.execute(stmt):
+                    found[r.seq] = CaseRecord(*r)
+        return [found[k] for k in sorted(found, reverse=True)[:limit]]
 
     def events(self, exchange_id: str) -> list[EventRecord]:
         """The history of one case, oldest first."""
