@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -36,21 +35,20 @@ class CaseExchangeServicer:
     ) -> cx.SubmitCasesResponse:
         """Submit a stream of cases; one result each, in order, concurrently committed."""
         caller = self.auth.caller(context)
-        tasks: list[asyncio.Task[cx.SubmitCaseResponse]] = []
-        ids: list[str] = []
+        batch: list[cx.SubmitCaseRequest] = []
         async for item in requests:
-            if len(tasks) >= 10_000:
+            if len(batch) >= 10_000:
                 raise InvalidRequest("at most 10000 cases per stream", "case_request")
-            ids.append(item.case_request.request_id)
-            tasks.append(asyncio.create_task(self.cases.submit(caller, item.case_request)))
+            batch.append(item.case_request)
+        answers = await self.cases.submit_many(caller, batch)
         resp = cx.SubmitCasesResponse()
-        for index, (rid, task) in enumerate(zip(ids, tasks, strict=True)):
-            result = cx.SubmitCaseResult(index=index, request_id=rid)
-            try:
-                result.response.CopyFrom(await task)
+        for index, (request, answer) in enumerate(zip(batch, answers, strict=True)):
+            result = cx.SubmitCaseResult(index=index, request_id=request.request_id)
+            if not isinstance(answer, Exception):
+                result.response.CopyFrom(answer)
                 resp.accepted_count += 1
-            except Exception as exc:  # noqa: BLE001 - reported per case, like a unary call
-                code, message, st = status_for(exc)
+            else:
+                code, message, st = status_for(answer)
                 result.error_code = code.value[0]
                 result.error_message = message
                 for detail in st.details:

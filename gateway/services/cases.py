@@ -120,6 +120,58 @@ class CaseService:
     async def submit(self, caller: Caller, request: cx.SubmitCaseRequest) -> cx.SubmitCaseResponse:
         """Validate, translate and durably store one case; the answer means 'will be delivered'."""
         started = time.perf_counter()
+        intent = self.prepare(caller, request)
+        stored, replayed = await self.store.write(intent)
+        return self._accepted(caller, intent, stored, replayed, started)
+
+    async def submit_many(
+        self, caller: Caller, requests: list[cx.SubmitCaseRequest]
+    ) -> list[cx.SubmitCaseResponse | Exception]:
+        """Submit many cases: prepared one after the other, committed together by the writer."""
+        started = time.perf_counter()
+        prepared: list[SubmitCaseIntent | Exception] = []
+        for request in requests:
+            try:
+                prepared.append(self.prepare(caller, request))
+            except Exception as exc:  # noqa: BLE001 - reported per case, like a unary call
+                prepared.append(exc)
+        intents = [p for p in prepared if isinstance(p, SubmitCaseIntent)]
+        stored = iter(await self.store.write_many(intents))
+        out: list[cx.SubmitCaseResponse | Exception] = []
+        for p in prepared:
+            if isinstance(p, Exception):
+                out.append(p)
+                continue
+            result = next(stored)
+            if isinstance(result, Exception):
+                out.append(result)
+            else:
+                out.append(self._accepted(caller, p, result[0], result[1], started))
+        return out
+
+    def _accepted(
+        self,
+        caller: Caller,
+        intent: SubmitCaseIntent,
+        stored: bytes,
+        replayed: bool,
+        started: float,
+    ) -> cx.SubmitCaseResponse:
+        answer = cx.SubmitCaseResponse.FromString(stored)
+        log.info(
+            "case accepted",
+            extra={
+                "exchange_id": answer.exchange_id,
+                "partner": caller.partner,
+                "target_city": intent.handling_city,
+                "replayed": replayed,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+            },
+        )
+        return answer
+
+    def prepare(self, caller: Caller, request: cx.SubmitCaseRequest) -> SubmitCaseIntent:
+        """Validate and translate one case into the intent that stores it (raises when bad)."""
         ms = self.mappings.current
         _check_id(request.request_id, "request_id")
         target = request.target_city
@@ -182,33 +234,19 @@ class CaseService:
             accepted_at=_ts(self.clock()),
             warnings=warnings_to_proto(result.warnings),
         )
-        stored, _replayed = await self.store.write(
-            SubmitCaseIntent(
-                partner=caller.partner,
-                request_id=request.request_id,
-                body_hash=body_hash,
-                exchange_id=exchange_id,
-                receiving_city=caller.city,
-                handling_city=target,
-                case_number=str(case_number)[:64],
-                canonical=orjson.dumps(canonical).decode(),
-                mapping_versions=",".join(result.versions),
-                target_partner=target_partner,
-                response=response.SerializeToString(),
-            )
+        return SubmitCaseIntent(
+            partner=caller.partner,
+            request_id=request.request_id,
+            body_hash=body_hash,
+            exchange_id=exchange_id,
+            receiving_city=caller.city,
+            handling_city=target,
+            case_number=str(case_number)[:64],
+            canonical=orjson.dumps(canonical).decode(),
+            mapping_versions=",".join(result.versions),
+            target_partner=target_partner,
+            response=response.SerializeToString(),
         )
-        answer = cx.SubmitCaseResponse.FromString(stored)
-        log.info(
-            "case accepted",
-            extra={
-                "exchange_id": answer.exchange_id,
-                "partner": caller.partner,
-                "target_city": target,
-                "replayed": _replayed,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-            },
-        )
-        return answer
 
     # -- read --------------------------------------------------------------------------------
 

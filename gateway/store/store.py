@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 from .engine import make_engine, upgrade
@@ -67,6 +67,14 @@ class Store:
         self.notify.set()
         self.outbox_ready.set()
         return result
+
+    async def write_many(self, intents: Sequence[Intent]) -> list[Any]:
+        """Commit ``intents`` (in as few batches as the writer takes); results or exceptions."""
+        futures = [self.writer.enqueue(i) for i in intents]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        self.notify.set()
+        self.outbox_ready.set()
+        return list(results)
 
     async def read(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a read query in a worker thread."""

@@ -217,13 +217,17 @@ class StoreWriter:
             pass
         self._task = None
 
-    async def submit(self, intent: Intent) -> Any:
-        """Queue ``intent`` and wait until its batch committed; return its result."""
+    def enqueue(self, intent: Intent) -> asyncio.Future[Any]:
+        """Queue ``intent``; the future resolves when its batch committed."""
         if self._queue is None:
             raise RuntimeError("StoreWriter.start() was not called")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Pending(intent, fut))
-        return await fut
+        return fut
+
+    async def submit(self, intent: Intent) -> Any:
+        """Queue ``intent`` and wait until its batch committed; return its result."""
+        return await self.enqueue(intent)
 
     async def _loop(self) -> None:
         assert self._queue is not None
