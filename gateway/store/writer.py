@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, and_, or_, select, update
+from sqlalchemy import Connection, Engine, Table, select, update
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ..errors import BackendUnavailable, GatewayError
@@ -132,19 +132,21 @@ class Batch:
         """Stored (hash, response) of idempotency keys, including this batch's."""
         found = {k: v for k, v in self.seen_requests.items() if k in set(keys)}
         missing = [k for k in keys if k not in found]
-        if missing:
-            cond = or_(
-                *(and_(REQUESTS.c.partner == p, REQUESTS.c.request_id == r) for p, r in missing)
-            )
-            for row in self.conn.execute(
-                select(
-                    REQUESTS.c.partner,
-                    REQUESTS.c.request_id,
-                    REQUESTS.c.body_hash,
-                    REQUESTS.c.response,
-                ).where(cond)
-            ):
-                found[(row.partner, row.request_id)] = (row.body_hash, bytes(row.response))
+        by_partner: dict[str, list[str]] = {}
+        for partner, request_id in missing:
+            by_partner.setdefault(partner, []).append(request_id)
+        # One indexed IN-list per partner (chunks of 500): an OR of (partner, id) pairs grows an
+        # expression tree SQLite refuses past ~1000 terms and is slow to plan well before that.
+        for partner, ids in by_partner.items():
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                rows = self.conn.execute(
+                    select(REQUESTS.c.request_id, REQUESTS.c.body_hash, REQUESTS.c.response).where(
+                        REQUESTS.c.partner == partner, REQUESTS.c.request_id.in_(chunk)
+                    )
+                )
+                for row in rows:
+                    found[(partner, row.request_id)] = (row.body_hash, bytes(row.response))
         return found
 
     def remember_request(
