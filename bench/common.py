@@ -260,6 +260,23 @@ def drive(
     return dict(result)
 
 
+BENCH_TOKEN = [("authorization", "Bearer bench")]
+
+
+def partner_env(inbox_port: int) -> dict[str, str]:
+    """Gateway settings for benchmarks: Zhongshan submits (no rate limit), Shenzhen's inbox."""
+    return {
+        "TONGBAN_AUTH__MODE": "token",
+        "TONGBAN_PARTNERS__ZS__CITY": "442000",
+        "TONGBAN_PARTNERS__ZS__TOKEN": "bench",
+        "TONGBAN_PARTNERS__ZS__RATE_LIMIT__RATE_PER_SECOND": "1000000",
+        "TONGBAN_PARTNERS__ZS__RATE_LIMIT__BURST": "1000000",
+        "TONGBAN_PARTNERS__SZ__CITY": "440300",
+        "TONGBAN_PARTNERS__SZ__INBOX__TRANSPORT": "grpc",
+        "TONGBAN_PARTNERS__SZ__INBOX__TARGET": f"127.0.0.1:{inbox_port}",
+    }
+
+
 def report(figures: dict[str, Any]) -> None:
     """Print the figures, the last line being one JSON object."""
     print(json.dumps(figures, ensure_ascii=False))

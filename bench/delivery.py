@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from common import GatewayProcess, case_payloads, report
+from common import BENCH_TOKEN, GatewayProcess, case_payloads, partner_env, report
 
 from gateway.partner_sim import InboxSimulator, start_simulator
 from tongban.v1 import case_exchange_pb2 as cx
 from tongban.v1 import case_exchange_pb2_grpc as cx_grpc
 from tongban.v1 import common_pb2
 
-META = [("authorization", "Bearer bench")]
+META = BENCH_TOKEN
 
 
 class TimedInbox(InboxSimulator):
@@ -43,14 +43,7 @@ class TimedInbox(InboxSimulator):
 
 def env_for(port: int, store: dict[str, str]) -> dict[str, str]:
     return {
-        "TONGBAN_AUTH__MODE": "token",
-        "TONGBAN_PARTNERS__ZS__CITY": "442000",
-        "TONGBAN_PARTNERS__ZS__TOKEN": "bench",
-        "TONGBAN_PARTNERS__ZS__RATE_LIMIT__RATE_PER_SECOND": "1000000",
-        "TONGBAN_PARTNERS__ZS__RATE_LIMIT__BURST": "1000000",
-        "TONGBAN_PARTNERS__SZ__CITY": "440300",
-        "TONGBAN_PARTNERS__SZ__INBOX__TRANSPORT": "grpc",
-        "TONGBAN_PARTNERS__SZ__INBOX__TARGET": f"127.0.0.1:{port}",
+        **partner_env(port),
         "TONGBAN_DELIVERY__WORKERS": "32",
         "TONGBAN_DELIVERY__BATCH_SIZE": "128",
         "TONGBAN_DELIVERY__POLL_INTERVAL_SECONDS": "0.05",

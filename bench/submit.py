@@ -16,23 +16,22 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from common import ECHO_SERVICE, EchoServer, GatewayProcess, case_payloads, drive, report
+from common import (
+    BENCH_TOKEN,
+    ECHO_SERVICE,
+    EchoServer,
+    GatewayProcess,
+    case_payloads,
+    drive,
+    partner_env,
+    report,
+)
 
 from tongban.v1 import case_exchange_pb2 as cx
 from tongban.v1 import common_pb2
 
-ENV = {
-    "TONGBAN_AUTH__MODE": "token",
-    "TONGBAN_DELIVERY__ENABLED": "false",
-    "TONGBAN_PARTNERS__ZS__CITY": "442000",
-    "TONGBAN_PARTNERS__ZS__TOKEN": "bench",
-    "TONGBAN_PARTNERS__ZS__RATE_LIMIT__RATE_PER_SECOND": "1000000",
-    "TONGBAN_PARTNERS__ZS__RATE_LIMIT__BURST": "1000000",
-    "TONGBAN_PARTNERS__SZ__CITY": "440300",
-    "TONGBAN_PARTNERS__SZ__INBOX__TRANSPORT": "grpc",
-    "TONGBAN_PARTNERS__SZ__INBOX__TARGET": "127.0.0.1:9",
-}
-META = [("authorization", "Bearer bench")]
+ENV = {**partner_env(9), "TONGBAN_DELIVERY__ENABLED": "false"}
+META = BENCH_TOKEN
 _ids = itertools.count()
 
 

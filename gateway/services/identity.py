@@ -184,6 +184,20 @@ class IdentityService:
             )
         )
 
+    async def _fetch_person(
+        self, caller: Caller, number: str, home: str, purpose: str, ttl: float
+    ) -> dict[str, Any]:
+        """A person's canonical record from the home city (or the cache)."""
+        request = inbox.LookupPersonRequest(
+            certificate_type=records_pb2.CERTIFICATE_TYPE_RESIDENT_ID_CARD,
+            certificate_number=number,
+            purpose=purpose,
+            requesting_city=caller.city,
+        )
+        return await self._fetch(
+            "person", number, home, ttl, lambda t: lambda timeout: t.lookup_person(request, timeout)
+        )
+
     # -- RPCs --------------------------------------------------------------------------------
 
     async def resolve_person(
@@ -194,22 +208,8 @@ class IdentityService:
         number = _id_number(req.certificate_number, req.certificate_type)
         home = home_city_of_id_number(number)
         try:
-            record = await self._fetch(
-                "person",
-                number,
-                home,
-                purpose.cache_ttl_seconds,
-                lambda t: (
-                    lambda timeout: t.lookup_person(
-                        inbox.LookupPersonRequest(
-                            certificate_type=records_pb2.CERTIFICATE_TYPE_RESIDENT_ID_CARD,
-                            certificate_number=number,
-                            purpose=req.purpose,
-                            requesting_city=caller.city,
-                        ),
-                        timeout,
-                    )
-                ),
+            record = await self._fetch_person(
+                caller, number, home, req.purpose, purpose.cache_ttl_seconds
             )
         except RecordNotFound:
             await self._audit(caller, "identity.resolve_person", home, req.purpose, "not_found")
@@ -269,22 +269,8 @@ class IdentityService:
             raise InvalidRequest("birth_date must be YYYY-MM-DD", "birth_date")
         home = home_city_of_id_number(number)
         try:
-            record = await self._fetch(
-                "person",
-                number,
-                home,
-                purpose.cache_ttl_seconds,
-                lambda t: (
-                    lambda timeout: t.lookup_person(
-                        inbox.LookupPersonRequest(
-                            certificate_type=records_pb2.CERTIFICATE_TYPE_RESIDENT_ID_CARD,
-                            certificate_number=number,
-                            purpose=req.purpose,
-                            requesting_city=caller.city,
-                        ),
-                        timeout,
-                    )
-                ),
+            record = await self._fetch_person(
+                caller, number, home, req.purpose, purpose.cache_ttl_seconds
             )
             match = _same(record.get("name", ""), req.name) and (
                 not req.birth_date or record.get("birth_date") == req.birth_date
