@@ -494,17 +494,38 @@ def _rev_rule(g: _Gen, sc: _Scope, r: Rule, ind: int) -> None:
         return
     g.emit(ind, "if v is not None:")
     body = ind + 1
-    _rev_convert(g, r, k, ix, body)
-    if sn.type == "string" and sn.max_length:
-        g.emit(body, f"if type(r) is str and len(r) > {sn.max_length}:")
-        g.emit(
-            body + 1,
-            f"issues.append(_mk({k}, 'TOO_LONG', "
-            f"{'longer than ' + str(sn.max_length) + ' characters allowed in ' + city_ptr!r}, {ix}))",
-        )
-        g.emit(body, f"elif r is not _MISS: {out}[{key}] = r")
+    tf = r.target_field
+    plain = (
+        r.codes is None
+        and r.datetime is None
+        and r.date is None
+        and not (sn.type == "integer" and tf.kind == "string")
+        and not (sn.type == "string" and tf.kind == "int")
+    )
+    if plain:
+        # A plain copy: no sentinel, no temporary.
+        if sn.type == "string" and sn.max_length:
+            g.emit(body, f"if type(v) is str and len(v) > {sn.max_length}:")
+            g.emit(
+                body + 1,
+                f"issues.append(_mk({k}, 'TOO_LONG', "
+                f"{'longer than ' + str(sn.max_length) + ' characters allowed in ' + city_ptr!r}, {ix}))",
+            )
+            g.emit(body, f"else: {out}[{key}] = v")
+        else:
+            g.emit(body, f"{out}[{key}] = v")
     else:
-        g.emit(body, f"if r is not _MISS: {out}[{key}] = r")
+        _rev_convert(g, r, k, ix, body)
+        if sn.type == "string" and sn.max_length:
+            g.emit(body, f"if type(r) is str and len(r) > {sn.max_length}:")
+            g.emit(
+                body + 1,
+                f"issues.append(_mk({k}, 'TOO_LONG', "
+                f"{'longer than ' + str(sn.max_length) + ' characters allowed in ' + city_ptr!r}, {ix}))",
+            )
+            g.emit(body, f"elif r is not _MISS: {out}[{key}] = r")
+        else:
+            g.emit(body, f"if r is not _MISS: {out}[{key}] = r")
     if required:
         msg = f"the city schema requires {city_ptr}"
         if len(r.source) == 1:

@@ -243,14 +243,26 @@ def _offset(text: str) -> tzinfo:
     )
 
 
+def _offset_text(dt: datetime) -> str:
+    """``Z`` or ``+08:00``: the ISO 8601 offset of an aware datetime (no strftime: it is slow)."""
+    off = dt.utcoffset()
+    secs = int(off.total_seconds()) if off is not None else 0
+    if secs == 0:
+        return "Z"
+    sign = "+" if secs > 0 else "-"
+    secs = abs(secs)
+    return f"{sign}{secs // 3600:02d}:{secs % 3600 // 60:02d}"
+
+
 def make_datetime_formatter(pattern: DatePattern, tz: tzinfo) -> Callable[[str], str]:
     """A function turning a canonical timestamp string into the city's date-time text."""
     fmt = pattern.format
 
+    wants_offset = "tz" in pattern.fields
+
     def fmt_dt(value: str) -> str:
         local = parse_timestamp(value).astimezone(tz)
-        off = local.strftime("%z")
-        tzs = "Z" if off == "+0000" else f"{off[:3]}:{off[3:]}"
+        tzs = _offset_text(local) if wants_offset else ""
         return fmt.format(
             y=local.year,
             mo=local.month,

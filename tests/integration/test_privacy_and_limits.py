@@ -201,7 +201,7 @@ async def test_message_size_and_deadline_cap(tmp_path: Path) -> None:
                 9,
                 TONGBAN_DELIVERY__ENABLED="false",
                 TONGBAN_SERVER__MAX_MESSAGE_BYTES="4096",
-                TONGBAN_SERVER__MAX_DEADLINE_SECONDS="0.000001",
+                TONGBAN_SERVER__MAX_DEADLINE_SECONDS="0.2",
             ),
         )
     )
@@ -219,17 +219,29 @@ async def test_message_size_and_deadline_cap(tmp_path: Path) -> None:
                     metadata=ZS,
                 )
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            with pytest.raises(grpc.aio.AioRpcError) as info:
-                await stub.SubmitCase(
-                    cx.SubmitCaseRequest(
-                        request_id="y",
-                        target_city="440300",
-                        foreign=common_pb2.ForeignRecord(
-                            schema="zhongshan.case", json=json.dumps(CASE).encode()
+            # A stalled store: another connection holds the write lock, so the submission
+            # cannot commit; the server's 0.2 s cap answers instead of the caller waiting.
+            lock = sqlite3.connect(tmp_path / "data/tongban.db", isolation_level=None)
+            lock.execute("BEGIN IMMEDIATE")
+            try:
+                started = asyncio.get_running_loop().time()
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await stub.SubmitCase(
+                        cx.SubmitCaseRequest(
+                            request_id="y",
+                            target_city="440300",
+                            foreign=common_pb2.ForeignRecord(
+                                schema="zhongshan.case", json=json.dumps(CASE).encode()
+                            ),
                         ),
-                    ),
-                    metadata=ZS,
-                )
+                        metadata=ZS,
+                        timeout=10,
+                    )
+                waited = asyncio.get_running_loop().time() - started
+            finally:
+                lock.execute("ROLLBACK")
+                lock.close()
             assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert 0.2 <= waited < 5
     finally:
         await gw.stop(grace=0)
