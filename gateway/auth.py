@@ -108,9 +108,7 @@ class Authenticator:
 
     def caller(self, context: grpc.aio.ServicerContext) -> Caller:
         """The caller of this RPC (set by the guard); UNAUTHENTICATED when there is none."""
-        found = _CURRENT.get() or self.identify(
-            context.invocation_metadata(), context.auth_context()
-        )
+        found = self.optional(context)
         if found is None:
             raise Unauthenticated("a partner identity is required")
         return found

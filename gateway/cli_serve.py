@@ -74,9 +74,7 @@ def _serve_workers(settings: Settings, n: int) -> int:
     import tempfile
     import time
 
-    from prometheus_client import CollectorRegistry, start_http_server
-    from prometheus_client import multiprocess as prom_mp
-
+    from .metrics import serve_metrics
     from .store.store import Store
 
     if settings.server.port == 0:
@@ -110,14 +108,10 @@ def _serve_workers(settings: Settings, n: int) -> int:
         children.append(pid)
     server = None
     if settings.metrics.enabled:
-        registry = CollectorRegistry()
-        prom_mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        server, _ = start_http_server(
-            settings.metrics.port, addr=settings.metrics.host, registry=registry
-        )
+        server = serve_metrics(None, settings.metrics.host, settings.metrics.port)
     stopping = False
 
-    def forward(signum: int, _frame: object) -> None:
+    def forward(_signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
         for pid in children:

@@ -278,10 +278,15 @@ def call_observer(m: GatewayMetrics) -> CallObserver:
     return _Observer(m)
 
 
-def serve_metrics(m: GatewayMetrics, host: str, port: int) -> Any:
-    """Serve /metrics on host:port in a thread; multi-process aware. Returns the server."""
-    registry = m.registry
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+def serve_metrics(m: GatewayMetrics | None, host: str, port: int) -> Any:
+    """Serve /metrics on host:port in a thread; returns the server.
+
+    With ``PROMETHEUS_MULTIPROC_DIR`` set (``--workers``), it serves the values every worker
+    process wrote there, aggregated; ``m`` may then be None (the parent process has no metrics).
+    """
+    if m is not None and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = m.registry
+    else:
         registry = CollectorRegistry()
         prom_mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     server, _thread = start_http_server(port, addr=host, registry=registry)

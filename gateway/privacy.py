@@ -2,8 +2,6 @@
 
 >>> mask_id("440305199103150249")
 '4403************49'
->>> mask_name("陈嘉怡")
-'陈**'
 >>> mask_phone("13800138000")
 '138****8000'
 """
@@ -12,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["mask_id", "mask_name", "mask_phone", "scrub"]
+__all__ = ["mask_id", "mask_phone", "scrub"]
 
 _ID = re.compile(r"(?<![0-9A-Za-z])[1-9]\d{5}(?:19|20)\d{2}[01]\d[0-3]\d\d{3}[\dXx](?![0-9A-Za-z])")
 _USCC = re.compile(r"(?<![0-9A-Z])[0-9A-HJ-NPQRTUWXY]{2}\d{6}[0-9A-HJ-NPQRTUWXY]{10}(?![0-9A-Z])")
@@ -24,11 +22,6 @@ def mask_id(value: str) -> str:
     if len(value) <= 6:
         return "*" * len(value)
     return value[:4] + "*" * (len(value) - 6) + value[-2:]
-
-
-def mask_name(value: str) -> str:
-    """Keep the first character of a name."""
-    return value[:1] + "*" * (len(value) - 1) if value else value
 
 
 def mask_phone(value: str) -> str:

@@ -153,7 +153,6 @@ class DatePattern:
             raise ValueError(f"pattern {self.pattern!r} must contain yyyy, MM and dd")
         self.regex = re.compile("".join(rx))
         self.format = "".join(fmt)
-        self.has_time = bool(self.fields & {"h", "mi", "s"})
 
     @property
     def lossless_time(self) -> bool:

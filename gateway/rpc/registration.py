@@ -9,6 +9,7 @@ observed (metrics) — with no per-call interceptor dispatch on the hot path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
@@ -68,10 +69,8 @@ class DeadlineWatchdog:
                 if started < limit and task not in self._expired:
                     self._expired.add(task)
                     task.cancel()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.interval)
-            except TimeoutError:
-                pass
 
 
 class _Malformed:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import logging
@@ -456,10 +457,8 @@ class CaseService:
                     cursor=str(event.seq),
                 )
             if not found:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.store.notify.wait(), poll_seconds)
-                except TimeoutError:
-                    pass
 
 
 def _encode_page(seq: int, query: str) -> str:

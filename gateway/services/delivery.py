@@ -15,6 +15,7 @@ the count. Permanent errors and exhausted retries go to the dead-letter queue wi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -151,12 +152,10 @@ class DeliveryService:
                 if not claimed:
                     # Woken at once by a new outbox row in this process; polling covers others.
                     self.store.outbox_ready.clear()
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(
                             self.store.outbox_ready.wait(), cfg.poll_interval_seconds
                         )
-                    except TimeoutError:
-                        pass
         finally:
             for w in workers:
                 w.cancel()

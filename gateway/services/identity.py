@@ -14,14 +14,12 @@ import json
 import time
 import unicodedata
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from google.protobuf import json_format
-
 from adapters.mapping import MappingError, RecordInvalidError, UnknownSchemaError
-from adapters.mapping.canonical_io import MESSAGE_CLASSES, message_to_canonical
+from adapters.mapping.canonical_io import canonical_to_message, message_to_canonical
 from adapters.mapping.convert import (
     ValueProblem,
     check_credit_code,
@@ -104,7 +102,12 @@ class IdentityService:
         return found[0], self.transports[found[0]]
 
     async def _fetch(
-        self, kind: str, key: str, home: str, ttl: float, ask: Callable[[PartnerTransport], Any]
+        self,
+        kind: str,
+        key: str,
+        home: str,
+        ttl: float,
+        ask: Callable[[PartnerTransport, float], Awaitable[Any]],
     ) -> dict[str, Any]:
         cached = self._cache.get((kind, key))
         now = self.clock()
@@ -114,7 +117,7 @@ class IdentityService:
         partner, transport = self._home_partner(home)
         timeout = self.settings.partners[partner].retry or self.settings.delivery.retry
         try:
-            answer = await ask(transport)(timeout.attempt_timeout_seconds)
+            answer = await ask(transport, timeout.attempt_timeout_seconds)
         except TransportError as exc:
             if exc.code in ("NOT_FOUND", "HTTP_404"):
                 raise RecordNotFound(f"the home city does not know this {kind}") from None
@@ -154,7 +157,7 @@ class IdentityService:
         canonical_name = f"tongban.v1.{kind.capitalize()}"
         schema = requested or ms.schema_for(caller.city, kind) or canonical_name
         if schema == canonical_name:
-            target.canonical.CopyFrom(json_format.ParseDict(record, MESSAGE_CLASSES[kind]()))
+            target.canonical.CopyFrom(canonical_to_message(kind, record))
             return
         try:
             if ms.kind_of(schema) != kind:
@@ -195,7 +198,7 @@ class IdentityService:
             requesting_city=caller.city,
         )
         return await self._fetch(
-            "person", number, home, ttl, lambda t: lambda timeout: t.lookup_person(request, timeout)
+            "person", number, home, ttl, lambda t, timeout: t.lookup_person(request, timeout)
         )
 
     # -- RPCs --------------------------------------------------------------------------------
@@ -237,13 +240,11 @@ class IdentityService:
                 code,
                 home,
                 purpose.cache_ttl_seconds,
-                lambda t: (
-                    lambda timeout: t.lookup_enterprise(
-                        inbox.LookupEnterpriseRequest(
-                            credit_code=code, purpose=req.purpose, requesting_city=caller.city
-                        ),
-                        timeout,
-                    )
+                lambda t, timeout: t.lookup_enterprise(
+                    inbox.LookupEnterpriseRequest(
+                        credit_code=code, purpose=req.purpose, requesting_city=caller.city
+                    ),
+                    timeout,
                 ),
             )
         except RecordNotFound:

@@ -15,6 +15,7 @@ its audit entry are committed together, before the caller's reply.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -213,10 +214,8 @@ class StoreWriter:
             return
         await self._queue.join()
         self._task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        except asyncio.CancelledError:
-            pass
         self._task = None
 
     def enqueue(self, intent: Intent) -> asyncio.Future[Any]:
