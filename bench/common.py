@@ -37,7 +37,10 @@ def free_port() -> int:
 
 
 async def _echo_main(port: int, ready: Any) -> None:
-    def unary(request: bytes, context: Any) -> bytes:
+    # Coroutine handlers, registered as generated code registers them: a plain `def` handler
+    # would run in grpc.aio's thread pool, which makes the echo ~20% slower and every ratio
+    # against it flattering.
+    async def unary(request: bytes, context: Any) -> bytes:
         return request
 
     async def client_stream(requests: Any, context: Any) -> bytes:
@@ -59,6 +62,7 @@ async def _echo_main(port: int, ready: Any) -> None:
     }
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ECHO_SERVICE, handlers),))
+    server.add_registered_method_handlers(ECHO_SERVICE, handlers)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     ready.set()

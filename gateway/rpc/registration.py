@@ -186,7 +186,10 @@ def register_service(
             request_deserializer=_safe(req_cls.FromString),
             response_serializer=resp_cls.SerializeToString,
         )
+    # As generated code does: the generic handler for reflection-style lookups, and the methods
+    # registered with the core, which then finds them by path without asking each service.
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
 
 
 def wrap_handler(
