@@ -110,6 +110,8 @@ def bootstrap(
         clock=clock,
         pool_size=settings.store.pool_size,
         group_commit_max=settings.store.group_commit_max,
+        writer=settings.store.writer,
+        log_level=settings.log.level,
     )
     if store.is_sqlite:
         store.migrate()

@@ -24,6 +24,8 @@ both into gRPC status with rich details in one table.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "BackendUnavailable",
     "CaseNotFound",
@@ -57,6 +59,18 @@ class GatewayError(Exception):
         self.message = message
         if field:
             self.field = field
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled whole (the store's writer process sends errors back): subclasses take other
+        # constructor arguments, so rebuild from the attributes instead of calling __init__.
+        return (_restore, (type(self), self.args, dict(self.__dict__)))
+
+
+def _restore(cls: type[GatewayError], args: tuple[Any, ...], state: dict[str, Any]) -> GatewayError:
+    exc = cls.__new__(cls)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
 
 
 class InvalidRequest(GatewayError):

@@ -61,6 +61,9 @@ class StoreSettings(_Model):
     data_dir: Path = Path("data")
     pool_size: Annotated[int, Field(ge=1, le=100)] = 5
     group_commit_max: Annotated[int, Field(ge=1, le=10000)] = 256
+    # "process": the group-commit writer's SQL runs in a child process with its own GIL;
+    # "thread": in a worker thread of the gateway process (an in-memory SQLite store always).
+    writer: Literal["process", "thread"] = "process"
 
     @property
     def effective_url(self) -> str:

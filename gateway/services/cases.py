@@ -53,6 +53,13 @@ log = logging.getLogger("tongban.cases")
 CANONICAL_CASE = "tongban.v1.Case"
 
 
+def report_response(status: str, seq: int) -> bytes:
+    """The answer to an accepted status report (built where the event's seq is known)."""
+    return cx.ReportStatusResponse(
+        status=records_pb2.CaseStatus.Value(status), event_cursor=str(seq)
+    ).SerializeToString()
+
+
 def _check_id(value: str, field: str) -> None:
     if not value:
         raise InvalidRequest(f"{field} is required", field)
@@ -392,11 +399,6 @@ class CaseService:
         )
         body_hash = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
 
-        def response(status: str, seq: int) -> bytes:
-            return cx.ReportStatusResponse(
-                status=records_pb2.CaseStatus.Value(status), event_cursor=str(seq)
-            ).SerializeToString()
-
         stored, _ = await self.store.write(
             ReportStatusIntent(
                 partner=caller.partner,
@@ -409,7 +411,7 @@ class CaseService:
                 note=request.note,
                 canonical_update=update,
                 notify=notify,
-                make_response=response,
+                make_response=report_response,
             )
         )
         return cx.ReportStatusResponse.FromString(stored)

@@ -195,7 +195,8 @@ class ReportStatusIntent(Intent):
     note: str
     canonical_update: dict[str, Any] | None
     notify: tuple[str, str] | None  # (partner, city) of the receiving city's inbox
-    make_response: Any = field(repr=False, default=None)  # (status, seq) -> bytes
+    # (status, seq) -> bytes; a module-level function, so that the intent pickles
+    make_response: Any = field(repr=False, default=None)
 
     def prefetch_keys(self) -> Sequence[tuple[str, str]]:
         return [(self.partner, self.request_id)]

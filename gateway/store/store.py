@@ -10,6 +10,7 @@ from typing import Any, ParamSpec, TypeVar
 from .engine import make_engine, upgrade
 from .reads import StoreReader
 from .writer import Intent, StoreWriter
+from .writer_process import WriterProcess
 
 __all__ = ["Store"]
 
@@ -27,6 +28,8 @@ class Store:
         clock: Callable[[], float] = time.time,
         pool_size: int = 5,
         group_commit_max: int = 256,
+        writer: str = "thread",
+        log_level: str = "WARNING",
     ) -> None:
         self.url = url
         self.clock = clock
@@ -34,7 +37,23 @@ class Store:
         self.read_engine = (
             make_engine(url, write=False) if self.engine.dialect.name == "sqlite" else self.engine
         )
-        self.writer = StoreWriter(self.engine, clock, group_commit_max)
+        # An in-memory SQLite database exists in one process only.
+        in_memory = self.engine.dialect.name == "sqlite" and self.engine.url.database in (
+            None,
+            "",
+            ":memory:",
+        )
+        self.writer_process = (
+            WriterProcess(url, pool_size=pool_size, log_level=log_level)
+            if writer == "process" and not in_memory
+            else None
+        )
+        self.writer = StoreWriter(
+            self.engine,
+            clock,
+            group_commit_max,
+            executor=self.writer_process.run if self.writer_process else None,
+        )
         self.reader = StoreReader(self.read_engine)
         self.notify = asyncio.Event()  # set after writes (WatchCases wakes up)
         self.outbox_ready = asyncio.Event()  # set after writes (delivery claimer wakes up)
@@ -52,11 +71,15 @@ class Store:
         """Start the writer (in the running loop)."""
         self.notify = asyncio.Event()
         self.outbox_ready = asyncio.Event()
+        if self.writer_process is not None:
+            self.writer_process.start()
         self.writer.start()
 
     async def stop(self) -> None:
         """Drain the writer and close connections."""
         await self.writer.stop()
+        if self.writer_process is not None:
+            await asyncio.to_thread(self.writer_process.close)
         self.engine.dispose()
         if self.read_engine is not self.engine:
             self.read_engine.dispose()

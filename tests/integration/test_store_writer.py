@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
+import pytest
+
 from gateway.app import bootstrap
+from gateway.store.writer import run_intents
 from tongban.v1 import case_exchange_pb2 as cx
 from tongban.v1 import common_pb2
 
@@ -14,7 +18,9 @@ from .conftest import ROOT, make_settings
 CASE = json.loads((ROOT / "mappings/zhongshan/samples/case/01-case.json").read_text("utf-8"))
 
 
-async def test_large_batch_commits_once_and_replays_idempotently(tmp_path: Path) -> None:
+async def test_large_batch_commits_once_and_replays_idempotently(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     services = bootstrap(
         make_settings(
             tmp_path,
@@ -40,10 +46,13 @@ async def test_large_batch_commits_once_and_replays_idempotently(tmp_path: Path)
         for i in range(1500)
     ]
     intents = [services.cases.prepare(caller, r) for r in requests]
-    writer = services.store.writer
-    first = writer._run_batch(intents)  # one transaction for all 1500
-    assert all(replayed is False for _, replayed in first)
-    again = writer._run_batch([services.cases.prepare(caller, r) for r in requests])
+    engine = services.store.engine
+    with caplog.at_level(logging.WARNING, logger="tongban.store"):
+        first = run_intents(engine, intents, 1.0)  # one transaction for all 1500
+        assert all(replayed is False for _, replayed in first)
+        again = run_intents(engine, [services.cases.prepare(caller, r) for r in requests], 2.0)
+    # Neither batch fell back to one transaction per intent.
+    assert not [r for r in caplog.records if "one by one" in r.getMessage()]
     assert [replayed for _, replayed in again] == [True] * 1500
     assert [stored for stored, _ in again] == [stored for stored, _ in first]
-    services.store.engine.dispose()
+    engine.dispose()

@@ -1,0 +1,135 @@
+"""The store's writer process: typed errors across the pipe, a dead child, a clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pickle
+import signal
+from pathlib import Path
+
+import pytest
+
+from gateway.app import bootstrap
+from gateway.errors import BackendUnavailable, GatewayError, IllegalTransition, RequestIdReused
+from gateway.store.writer_process import WriterProcess
+from tongban.v1 import case_exchange_pb2 as cx
+from tongban.v1 import common_pb2
+
+from .conftest import ROOT, make_settings
+
+CASE = json.loads((ROOT / "mappings/zhongshan/samples/case/01-case.json").read_text("utf-8"))
+ENV = {
+    "TONGBAN_AUTH__MODE": "token",
+    "TONGBAN_PARTNERS__ZS__CITY": "442000",
+    "TONGBAN_PARTNERS__ZS__TOKEN": "t",
+    "TONGBAN_PARTNERS__SZ__CITY": "440300",
+    "TONGBAN_PARTNERS__SZ__INBOX__TRANSPORT": "grpc",
+    "TONGBAN_PARTNERS__SZ__INBOX__TARGET": "127.0.0.1:9",
+    "TONGBAN_STORE__WRITER": "process",
+}
+
+
+def _request(i: int, number: str | None = None) -> cx.SubmitCaseRequest:
+    return cx.SubmitCaseRequest(
+        request_id=f"wp-{i}",
+        target_city="440300",
+        foreign=common_pb2.ForeignRecord(
+            schema="zhongshan.case",
+            json=json.dumps(dict(CASE, SBLSH=number or f"442000-2026-w{i:05d}")).encode(),
+        ),
+    )
+
+
+def test_gateway_errors_survive_pickling() -> None:
+    for exc in (
+        RequestIdReused("request_id was already used", "request_id"),
+        IllegalTransition("CASE_STATUS_SUBMITTED", "CASE_STATUS_COMPLETED"),
+        BackendUnavailable("down", 2.5),
+    ):
+        back = pickle.loads(pickle.dumps(exc))
+        assert type(back) is type(exc)
+        assert isinstance(back, GatewayError)
+        assert (back.message, back.field, back.args) == (exc.message, exc.field, exc.args)
+        assert back.__dict__ == exc.__dict__
+
+
+async def test_writes_go_through_the_child_and_errors_come_back_typed(tmp_path: Path) -> None:
+    services = bootstrap(make_settings(tmp_path, **ENV))
+    store = services.store
+    assert store.writer_process is not None
+    caller = services.auth.identify([("authorization", "Bearer t")])
+    assert caller is not None
+    store.start()
+    try:
+        first = await services.cases.submit(caller, _request(1))
+        child = store.writer_process.pid
+        assert child is not None
+        assert child != os.getpid()
+        # The same request id with another body: refused in the child, typed here.
+        with pytest.raises(RequestIdReused) as err:
+            await services.cases.submit(caller, _request(1, number="442000-2026-other"))
+        assert err.value.field == "request_id"
+        # A retry with the same body gets the first answer back.
+        again = await services.cases.submit(caller, _request(1))
+        assert again.exchange_id == first.exchange_id
+        row = await store.read(store.reader.case, first.exchange_id)
+        assert row is not None
+        assert row.case_number == "442000-2026-w00001"
+    finally:
+        await store.stop()
+    # Stopping the store stops the child.
+    assert store.writer_process.pid is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
+
+
+async def test_a_killed_child_fails_its_batch_and_the_next_write_starts_a_new_one(
+    tmp_path: Path,
+) -> None:
+    services = bootstrap(make_settings(tmp_path, **ENV))
+    store = services.store
+    wp = store.writer_process
+    assert wp is not None
+    caller = services.auth.identify([("authorization", "Bearer t")])
+    assert caller is not None
+    store.start()
+    try:
+        await services.cases.submit(caller, _request(1))
+        old = wp.pid
+        assert old is not None
+        os.kill(old, signal.SIGKILL)
+        await asyncio.sleep(0.2)
+        # The child died between batches: the next write starts a new one and succeeds.
+        answer = await services.cases.submit(caller, _request(2))
+        assert answer.exchange_id
+        assert wp.restarts == 1
+        assert wp.pid not in (None, old)
+
+        # The child dies during a batch: its callers get UNAVAILABLE, nothing half-written,
+        # and the retry (same request id) is accepted exactly once.
+        real = WriterProcess.run
+
+        def die_mid_batch(self: WriterProcess, intents: list[object], now: float) -> object:
+            assert self.pid is not None
+            os.kill(self.pid, signal.SIGKILL)
+            return real(self, intents, now)  # type: ignore[arg-type]
+
+        wp.run = die_mid_batch.__get__(wp)  # type: ignore[method-assign]
+        store.writer.executor = wp.run
+        with pytest.raises(BackendUnavailable):
+            await services.cases.submit(caller, _request(3))
+        wp.run = real.__get__(wp)  # type: ignore[method-assign]
+        store.writer.executor = wp.run
+        retried = await services.cases.submit(caller, _request(3))
+        replay = await services.cases.submit(caller, _request(3))
+        assert replay.exchange_id == retried.exchange_id
+        rows = await store.read(store.reader.cases, ["442000"], before_seq=None, limit=10)
+        assert sorted(r.case_number for r in rows) == [
+            "442000-2026-w00001",
+            "442000-2026-w00002",
+            "442000-2026-w00003",
+        ]
+    finally:
+        await store.stop()
