@@ -112,6 +112,7 @@ def bootstrap(
         group_commit_max=settings.store.group_commit_max,
         writer=settings.store.writer,
         log_level=settings.log.level,
+        commit_delay=settings.store.commit_delay_ms / 1000,
     )
     if store.is_sqlite:
         store.migrate()

@@ -64,6 +64,8 @@ class StoreSettings(_Model):
     # "process": the group-commit writer's SQL runs in a child process with its own GIL;
     # "thread": in a worker thread of the gateway process (an in-memory SQLite store always).
     writer: Literal["process", "thread"] = "process"
+    # Under concurrent load, how long a commit waits for more writes to join it (0: never).
+    commit_delay_ms: Annotated[float, Field(ge=0, le=100)] = 3.0
 
     @property
     def effective_url(self) -> str:

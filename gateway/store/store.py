@@ -30,6 +30,7 @@ class Store:
         group_commit_max: int = 256,
         writer: str = "thread",
         log_level: str = "WARNING",
+        commit_delay: float = 0.0,
     ) -> None:
         self.url = url
         self.clock = clock
@@ -53,6 +54,7 @@ class Store:
             clock,
             group_commit_max,
             executor=self.writer_process.run if self.writer_process else None,
+            commit_delay=commit_delay,
         )
         self.reader = StoreReader(self.read_engine)
         self.notify = asyncio.Event()  # set after writes (WatchCases wakes up)
@@ -79,7 +81,7 @@ class Store:
         """Drain the writer and close connections."""
         await self.writer.stop()
         if self.writer_process is not None:
-            await asyncio.to_thread(self.writer_process.close)
+            await self.writer_process.close()
         self.engine.dispose()
         if self.read_engine is not self.engine:
             self.read_engine.dispose()

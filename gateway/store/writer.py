@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import inspect
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -246,17 +247,18 @@ def _run_batch(engine: Engine, intents: list[Intent], now: float) -> list[Any]:
     return results
 
 
-#: Runs a batch of intents stamped with a time, blocking: :func:`run_intents` on an engine, or a
-#: writer process (:class:`gateway.store.writer_process.WriterProcess`).
-Executor = Callable[[list[Intent], float], list[Any]]
+#: Runs a batch of intents stamped with a time: :func:`run_intents` on an engine (blocking, run
+#: in a worker thread), or a writer process (:meth:`WriterProcess.run`, a coroutine).
+Executor = Callable[[list[Intent], float], Any]
 
 
 class StoreWriter:
     """Runs intents in batches, one transaction per batch, off the event loop.
 
-    The batch's SQL runs in ``executor`` (by default :func:`run_intents` in a worker thread;
+    The batch's SQL runs in ``executor``: by default :func:`run_intents` in a worker thread;
     the gateway uses a writer process, so that SQLite's work does not share the event loop's
-    GIL). The time of a batch is taken here, from ``clock``.
+    GIL. The time of a batch is taken here, from ``clock``. With ``commit_delay`` (seconds),
+    a batch that follows a batch of several writes waits that long for more to join it.
     """
 
     def __init__(
@@ -265,11 +267,14 @@ class StoreWriter:
         clock: Callable[[], float],
         max_batch: int = 256,
         executor: Executor | None = None,
+        commit_delay: float = 0.0,
     ) -> None:
         self.engine = engine
         self.clock = clock
         self.max_batch = max_batch
         self.executor: Executor = executor or functools.partial(run_intents, engine)
+        self.commit_delay = commit_delay
+        self._last_size = 0
         self._queue: asyncio.Queue[_Pending] | None = None
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
@@ -307,12 +312,24 @@ class StoreWriter:
         q = self._queue
         while True:
             first = await q.get()
+            if self.commit_delay > 0 and self._last_size > 1 and q.qsize() + 1 < self.max_batch:
+                # Under concurrent load, wait a moment for more writes: fewer, larger
+                # transactions (SQLite writes every touched page per commit). A lone write
+                # (the previous batch held one) never waits.
+                await asyncio.sleep(self.commit_delay)
             batch = [first]
             while len(batch) < self.max_batch and not q.empty():
                 batch.append(q.get_nowait())
             intents = [p.intent for p in batch]
             try:
-                results = await asyncio.to_thread(self.executor, intents, self.clock())
+                if inspect.iscoroutinefunction(self.executor) or inspect.iscoroutinefunction(
+                    type(self.executor).__call__
+                ):
+                    results = await self.executor(intents, self.clock())
+                else:
+                    results = await asyncio.to_thread(self.executor, intents, self.clock())
+                if not isinstance(results, list) or len(results) != len(batch):
+                    raise RuntimeError("the store executor returned no result per intent")
             except Exception as exc:  # noqa: BLE001 - the store is down: fail the callers
                 log.error("store write failed", extra={"error": type(exc).__name__})
                 err = (
@@ -323,6 +340,7 @@ class StoreWriter:
                 results = [err] * len(batch)
             self.batches += 1
             self.committed += len(batch)
+            self._last_size = len(batch)
             for p, r in zip(batch, results, strict=True):
                 if not p.future.done():
                     if isinstance(r, BaseException):

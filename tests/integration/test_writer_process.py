@@ -8,6 +8,7 @@ import os
 import pickle
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -111,10 +112,10 @@ async def test_a_killed_child_fails_its_batch_and_the_next_write_starts_a_new_on
         # and the retry (same request id) is accepted exactly once.
         real = WriterProcess.run
 
-        def die_mid_batch(self: WriterProcess, intents: list[object], now: float) -> object:
+        async def die_mid_batch(self: WriterProcess, intents: list[Any], now: float) -> Any:
             assert self.pid is not None
             os.kill(self.pid, signal.SIGKILL)
-            return real(self, intents, now)  # type: ignore[arg-type]
+            return await real(self, intents, now)
 
         wp.run = die_mid_batch.__get__(wp)  # type: ignore[method-assign]
         store.writer.executor = wp.run

@@ -1,0 +1,76 @@
+"""The writer's commit delay: concurrent writes wait to share a commit, a lone write never."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from gateway.errors import BackendUnavailable
+from gateway.store.writer import Intent, StoreWriter
+
+
+class _Write(Intent):
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+
+class _Recorder:
+    """An executor that commits instantly and remembers each batch."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    async def __call__(self, intents: list[Intent], now: float) -> list[Any]:
+        self.batches.append([i.n for i in intents])  # type: ignore[attr-defined]
+        return [i.n for i in intents]  # type: ignore[attr-defined]
+
+
+async def test_writes_arriving_during_the_delay_share_one_commit() -> None:
+    rec = _Recorder()
+    writer = StoreWriter(None, lambda: 0.0, executor=rec, commit_delay=0.2)  # type: ignore[arg-type]
+    writer.start()
+    try:
+        # Five at once: one batch (nothing before it, so no delay).
+        assert await asyncio.gather(*(writer.submit(_Write(i)) for i in range(5))) == list(range(5))
+        # The previous batch held several writes: the next one waits for company.
+        first = writer.enqueue(_Write(10))
+        await asyncio.sleep(0.05)  # well inside the writer's 0.2 s wait
+        late = [writer.enqueue(_Write(n)) for n in (11, 12, 13)]
+        assert await asyncio.gather(first, *late) == [10, 11, 12, 13]
+        assert rec.batches == [[0, 1, 2, 3, 4], [10, 11, 12, 13]]
+    finally:
+        await writer.stop()
+
+
+async def test_a_lone_write_does_not_wait() -> None:
+    rec = _Recorder()
+    writer = StoreWriter(None, lambda: 0.0, executor=rec, commit_delay=30.0)  # type: ignore[arg-type]
+    writer.start()
+    try:
+        for n in range(3):
+            # Would take 30 s if the delay applied; the previous batch held one write.
+            assert await asyncio.wait_for(writer.submit(_Write(n)), 5) == n
+        assert rec.batches == [[0], [1], [2]]
+    finally:
+        await writer.stop()
+
+
+async def test_a_broken_executor_fails_its_batch_and_the_writer_goes_on() -> None:
+    calls = []
+
+    async def executor(intents: list[Intent], now: float) -> list[Any]:
+        calls.append(len(intents))
+        if len(calls) == 1:
+            return []  # a bug: no result per intent
+        return [i.n for i in intents]  # type: ignore[attr-defined]
+
+    writer = StoreWriter(None, lambda: 0.0, executor=executor)  # type: ignore[arg-type]
+    writer.start()
+    try:
+        with pytest.raises(BackendUnavailable):
+            await asyncio.wait_for(writer.submit(_Write(1)), 5)
+        assert await asyncio.wait_for(writer.submit(_Write(2)), 5) == 2
+    finally:
+        await writer.stop()
