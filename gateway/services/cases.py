@@ -85,6 +85,7 @@ class CaseService:
         # per id costs ~20 us here). Ids need to be unique, not secret: visibility checks guard
         # every read.
         self._rng = random.Random(os.urandom(32))  # noqa: S311 - unique ids, not secrets
+        self._inboxes: dict[str, str | None] = {}
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -92,10 +93,14 @@ class CaseService:
         return f"{self._rng.getrandbits(128):032x}"
 
     def _inbox_partner(self, city: str) -> str | None:
+        try:
+            return self._inboxes[city]
+        except KeyError:
+            pass
         found = self.settings.partner_for_city(city)
-        if found is None or found[1].inbox.transport == "none":
-            return None
-        return found[0]
+        partner = None if found is None or found[1].inbox.transport == "none" else found[0]
+        self._inboxes[city] = partner  # settings do not change while the process runs
+        return partner
 
     def _own_schema(self, ms: MappingSet, caller: Caller) -> str:
         return ms.schema_for(caller.city, "case") or CANONICAL_CASE
@@ -166,6 +171,8 @@ class CaseService:
         started: float,
     ) -> cx.SubmitCaseResponse:
         answer = cx.SubmitCaseResponse.FromString(stored)
+        if not log.isEnabledFor(logging.INFO):
+            return answer
         log.info(
             "case accepted",
             extra={

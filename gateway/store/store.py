@@ -95,8 +95,7 @@ class Store:
 
     async def write_many(self, intents: Sequence[Intent]) -> list[Any]:
         """Commit ``intents`` (in as few batches as the writer takes); results or exceptions."""
-        futures = [self.writer.enqueue(i) for i in intents]
-        results = await asyncio.gather(*futures, return_exceptions=True)
+        results = await self.writer.submit_many(list(intents))
         self.notify.set()
         self.outbox_ready.set()
         return list(results)

@@ -202,8 +202,11 @@ class Intent:
 
 @dataclass
 class _Pending:
-    intent: Intent
+    """Intents queued together: one (``submit``), or a group (``submit_many``) with one future."""
+
+    intents: list[Intent]
     future: asyncio.Future[Any]
+    group: bool = False
 
 
 def run_intents(engine: Engine, intents: list[Intent], now: float) -> list[Any]:
@@ -300,27 +303,50 @@ class StoreWriter:
         if self._queue is None:
             raise RuntimeError("StoreWriter.start() was not called")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(intent, fut))
+        self._queue.put_nowait(_Pending([intent], fut))
         return fut
 
     async def submit(self, intent: Intent) -> Any:
         """Queue ``intent`` and wait until its batch committed; return its result."""
         return await self.enqueue(intent)
 
+    async def submit_many(self, intents: list[Intent]) -> list[Any]:
+        """Queue ``intents`` in groups of at most ``max_batch`` (one future each, not one per
+        intent); return one result or exception per intent, in order."""
+        if self._queue is None:
+            raise RuntimeError("StoreWriter.start() was not called")
+        loop = asyncio.get_running_loop()
+        futures = []
+        for start in range(0, len(intents), self.max_batch):
+            fut: asyncio.Future[Any] = loop.create_future()
+            self._queue.put_nowait(_Pending(intents[start : start + self.max_batch], fut, True))
+            futures.append(fut)
+        out: list[Any] = []
+        for part in await asyncio.gather(*futures):
+            out.extend(part)
+        return out
+
     async def _loop(self) -> None:
         assert self._queue is not None
         q = self._queue
         while True:
             first = await q.get()
-            if self.commit_delay > 0 and self._last_size > 1 and q.qsize() + 1 < self.max_batch:
+            if (
+                self.commit_delay > 0
+                and self._last_size > 1
+                and len(first.intents) + q.qsize() < self.max_batch
+            ):
                 # Under concurrent load, wait a moment for more writes: fewer, larger
                 # transactions (SQLite writes every touched page per commit). A lone write
                 # (the previous batch held one) never waits.
                 await asyncio.sleep(self.commit_delay)
             batch = [first]
-            while len(batch) < self.max_batch and not q.empty():
-                batch.append(q.get_nowait())
-            intents = [p.intent for p in batch]
+            size = len(first.intents)
+            while size < self.max_batch and not q.empty():
+                p = q.get_nowait()
+                batch.append(p)
+                size += len(p.intents)
+            intents = [i for p in batch for i in p.intents]
             try:
                 if inspect.iscoroutinefunction(self.executor) or inspect.iscoroutinefunction(
                     type(self.executor).__call__
@@ -328,7 +354,7 @@ class StoreWriter:
                     results = await self.executor(intents, self.clock())
                 else:
                     results = await asyncio.to_thread(self.executor, intents, self.clock())
-                if not isinstance(results, list) or len(results) != len(batch):
+                if not isinstance(results, list) or len(results) != len(intents):
                     raise RuntimeError("the store executor returned no result per intent")
             except Exception as exc:  # noqa: BLE001 - the store is down: fail the callers
                 log.error("store write failed", extra={"error": type(exc).__name__})
@@ -337,14 +363,19 @@ class StoreWriter:
                     if isinstance(exc, BackendUnavailable)
                     else BackendUnavailable("the store is unavailable; retry later", 1.0)
                 )
-                results = [err] * len(batch)
+                results = [err] * len(intents)
             self.batches += 1
-            self.committed += len(batch)
-            self._last_size = len(batch)
-            for p, r in zip(batch, results, strict=True):
+            self.committed += len(intents)
+            self._last_size = len(intents)
+            at = 0
+            for p in batch:
+                part = results[at : at + len(p.intents)]
+                at += len(p.intents)
                 if not p.future.done():
-                    if isinstance(r, BaseException):
-                        p.future.set_exception(r)
+                    if p.group:
+                        p.future.set_result(part)
+                    elif isinstance(part[0], BaseException):
+                        p.future.set_exception(part[0])
                     else:
-                        p.future.set_result(r)
+                        p.future.set_result(part[0])
                 q.task_done()

@@ -74,3 +74,34 @@ async def test_a_broken_executor_fails_its_batch_and_the_writer_goes_on() -> Non
         assert await asyncio.wait_for(writer.submit(_Write(2)), 5) == 2
     finally:
         await writer.stop()
+
+
+async def test_submit_many_queues_groups_and_keeps_each_result_in_order() -> None:
+    rec = _Recorder()
+    writer = StoreWriter(None, lambda: 0.0, max_batch=4, executor=rec)  # type: ignore[arg-type]
+
+    async def executor(intents: list[Intent], now: float) -> list[Any]:
+        out = await rec(intents, now)
+        return [ValueError(n) if n == 5 else n for n in out]
+
+    writer.executor = executor
+    writer.start()
+    try:
+        results = await writer.submit_many([_Write(n) for n in range(10)])
+        assert [r if not isinstance(r, Exception) else "error" for r in results] == [
+            0,
+            1,
+            2,
+            3,
+            4,
+            "error",
+            6,
+            7,
+            8,
+            9,
+        ]
+        # Groups of at most max_batch; the first transaction took the first group only.
+        assert rec.batches[0] == [0, 1, 2, 3]
+        assert sorted(n for b in rec.batches for n in b) == list(range(10))
+    finally:
+        await writer.stop()
