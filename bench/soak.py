@@ -1,8 +1,8 @@
 """Soak: many cases through the whole path; memory flat; per-operation cost flat in store size.
 
 Part 1 pushes ``--cases`` cases (default 100k) through a gateway process delivering to a real
-partner inbox, sampling the gateway's resident memory (VmRSS) at the start, middle and end:
-``rss_growth_ratio`` = end / middle (1.0 = flat). Part 2 measures SubmitCase, ListCases (a
+partner inbox, sampling the gateway's resident memory (VmRSS, its writer process included) at
+the start, middle and end: ``rss_growth_ratio`` = end / middle (1.0 = flat). Part 2 measures SubmitCase, ListCases (a
 keyset page) and an outbox claim against a store holding 1k rows, then 1M rows (bulk-loaded),
 and reports the worst of the three cost ratios as ``cost_1m_vs_1k``. Last line: JSON.
 
@@ -33,10 +33,15 @@ META = BENCH_TOKEN
 
 
 def rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` and its children (the gateway's writer process included)."""
+    total = 0.0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+            total += int(line.split()[1]) / 1024
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            total += rss_mb(int(child))
+    return total
 
 
 def env_for(port: int) -> dict[str, str]:

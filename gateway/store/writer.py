@@ -7,9 +7,10 @@ request id, an illegal transition) fails only that intent and leaves no row behi
 database itself fails the batch, each intent is retried alone so one bad apple cannot sink the
 rest.
 
-Rows are added with batched ``executemany`` statements (SQLAlchemy Core) per table, and the audit
-hash chain is extended in the same transaction: the case, its status event, its outbox row and
-its audit entry are committed together, before the caller's reply.
+Rows are added with one ``executemany`` per table on the driver's cursor, and the audit hash
+chain is extended in the same transaction: the case, its status event, its outbox row and its
+audit entry are committed together, before the caller's reply. The transaction runs in a worker
+thread or, in the gateway, in a writer process (:mod:`gateway.store.writer_process`).
 """
 
 from __future__ import annotations
