@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import inspect
@@ -196,9 +197,24 @@ class Intent:
         """Idempotency keys this intent will look up (fetched for the whole batch at once)."""
         return ()
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Intents are dataclasses that cross to the writer process: pickled as the class and
+        # its field values (half the cost of pickle's default instance state).
+        return (type(self), tuple(getattr(self, name) for name in _init_fields(type(self))))
+
     def run(self, batch: Batch) -> Any:  # pragma: no cover - interface
         """Validate and write; return the result."""
         raise NotImplementedError
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _init_fields(cls: type) -> tuple[str, ...]:
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = tuple(f.name for f in dataclasses.fields(cls) if f.init)
+    return names
 
 
 @dataclass

@@ -14,6 +14,17 @@ import pytest
 
 from gateway.app import bootstrap
 from gateway.errors import BackendUnavailable, GatewayError, IllegalTransition, RequestIdReused
+from gateway.services.cases import report_response
+from gateway.store.intents import (
+    ClaimedRow,
+    ClaimIntent,
+    DeliveredIntent,
+    ExtendLeaseIntent,
+    FailedIntent,
+    ReplayIntent,
+    ReportStatusIntent,
+    SubmitCaseIntent,
+)
 from gateway.store.writer_process import WriterProcess
 from tongban.v1 import case_exchange_pb2 as cx
 from tongban.v1 import common_pb2
@@ -134,3 +145,34 @@ async def test_a_killed_child_fails_its_batch_and_the_next_write_starts_a_new_on
         ]
     finally:
         await store.stop()
+
+
+def test_every_intent_pickles_to_an_equal_intent() -> None:
+    row = ClaimedRow(7, "e" * 32, "case", None, "sz", "440300", 2)
+    intents = [
+        SubmitCaseIntent(
+            "zs", "r1", "h" * 64, "e" * 32, "442000", "440300", "N-1", "{}", "zs@1", "sz", b"\x01"
+        ),
+        ReportStatusIntent(
+            "sz",
+            "440300",
+            "r2",
+            "h",
+            "e" * 32,
+            "CASE_STATUS_ACCEPTED",
+            1.5,
+            "note",
+            None,
+            ("zs", "442000"),
+            report_response,
+        ),
+        ClaimIntent("worker-1", 32, 30.0),
+        ExtendLeaseIntent(7, "worker-1", 99.0, 3),
+        DeliveredIntent(row, "worker-1", 3, ("zs", "442000")),
+        FailedIntent(row, "worker-1", 3, "UNAVAILABLE", dead=False, next_attempt_at=12.0),
+        ReplayIntent("ops", [1, 2]),
+    ]
+    for intent in intents:
+        back = pickle.loads(pickle.dumps(intent, protocol=pickle.HIGHEST_PROTOCOL))
+        assert type(back) is type(intent)
+        assert back == intent
