@@ -81,16 +81,19 @@ class CaseService:
         self.mappings = mappings
         self.store = store
         self.clock = clock
-        # Exchange ids: 128 random bits from a generator seeded once from os.urandom (a syscall
-        # per id costs ~20 us here). Ids need to be unique, not secret: visibility checks guard
-        # every read.
+        # Exchange ids: time then random bits from a generator seeded once from os.urandom (a
+        # syscall per id costs ~20 us here). Ids need to be unique, not secret: visibility
+        # checks guard every read.
         self._rng = random.Random(os.urandom(32))  # noqa: S311 - unique ids, not secrets
         self._inboxes: dict[str, str | None] = {}
 
     # -- helpers -----------------------------------------------------------------------------
 
     def _new_id(self) -> str:
-        return f"{self._rng.getrandbits(128):032x}"
+        # 48 bits of milliseconds, then 80 random bits (the layout of a UUIDv7): ids sort by
+        # time, so the store's unique index on them grows at its right edge instead of taking
+        # a random page per case, which made commits slower as the store grew.
+        return f"{int(self.clock() * 1000) & 0xFFFFFFFFFFFF:012x}{self._rng.getrandbits(80):020x}"
 
     def _inbox_partner(self, city: str) -> str | None:
         try:

@@ -278,7 +278,7 @@ class StoreWriter:
     The batch's SQL runs in ``executor``: by default :func:`run_intents` in a worker thread;
     the gateway uses a writer process, so that SQLite's work does not share the event loop's
     GIL. The time of a batch is taken here, from ``clock``. With ``commit_delay`` (seconds),
-    a batch that follows a batch of several writes waits that long for more to join it.
+    a batch that follows a batch serving several callers waits that long for more to join it.
     """
 
     def __init__(
@@ -294,7 +294,7 @@ class StoreWriter:
         self.max_batch = max_batch
         self.executor: Executor = executor or functools.partial(run_intents, engine)
         self.commit_delay = commit_delay
-        self._last_size = 0
+        self._last_callers = 0
         self._queue: asyncio.Queue[_Pending] | None = None
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
@@ -350,12 +350,12 @@ class StoreWriter:
             first = await q.get()
             if (
                 self.commit_delay > 0
-                and self._last_size > 1
+                and self._last_callers > 1
                 and len(first.intents) + q.qsize() < self.max_batch
             ):
-                # Under concurrent load, wait a moment for more writes: fewer, larger
-                # transactions (SQLite writes every touched page per commit). A lone write
-                # (the previous batch held one) never waits.
+                # Under concurrent load (the previous batch served several callers), wait a
+                # moment for more writes: fewer, larger transactions (SQLite writes every
+                # touched page per commit). A lone caller, even with a stream, never waits.
                 await asyncio.sleep(self.commit_delay)
             batch = [first]
             size = len(first.intents)
@@ -383,7 +383,7 @@ class StoreWriter:
                 results = [err] * len(intents)
             self.batches += 1
             self.committed += len(intents)
-            self._last_size = len(intents)
+            self._last_callers = len(batch)
             at = 0
             for p in batch:
                 part = results[at : at + len(p.intents)]

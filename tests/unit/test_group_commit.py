@@ -105,3 +105,16 @@ async def test_submit_many_queues_groups_and_keeps_each_result_in_order() -> Non
         assert sorted(n for b in rec.batches for n in b) == list(range(10))
     finally:
         await writer.stop()
+
+
+async def test_a_lone_stream_does_not_wait_between_its_groups() -> None:
+    rec = _Recorder()
+    writer = StoreWriter(None, lambda: 0.0, max_batch=4, executor=rec, commit_delay=30.0)  # type: ignore[arg-type]
+    writer.start()
+    try:
+        # One caller's stream of 10 cases: three groups, each committed without waiting.
+        results = await asyncio.wait_for(writer.submit_many([_Write(n) for n in range(10)]), 5)
+        assert results == list(range(10))
+        assert await asyncio.wait_for(writer.submit(_Write(10)), 5) == 10
+    finally:
+        await writer.stop()
