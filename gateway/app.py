@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,13 +81,28 @@ class Services:
 
 
 def make_transports(settings: Settings) -> dict[str, PartnerTransport]:
-    """One transport per partner that has an inbox."""
+    """One transport per partner that has an inbox (over TLS, with the gateway's client
+    certificate, when its settings say so)."""
     out: dict[str, PartnerTransport] = {}
     for pid, p in settings.partners.items():
-        if p.inbox.transport == "grpc":
-            out[pid] = GrpcInboxTransport(p.inbox.target)
-        elif p.inbox.transport == "http":
-            out[pid] = HttpInboxTransport(p.inbox.target)
+        ib = p.inbox
+        if ib.transport == "grpc":
+            if ib.uses_tls:
+                creds = grpc.ssl_channel_credentials(
+                    root_certificates=ib.ca.read_bytes() if ib.ca else None,
+                    private_key=ib.client_key.read_bytes() if ib.client_key else None,
+                    certificate_chain=ib.client_cert.read_bytes() if ib.client_cert else None,
+                )
+                out[pid] = GrpcInboxTransport(ib.target, creds, server_name=ib.server_name)
+            else:
+                out[pid] = GrpcInboxTransport(ib.target)
+        elif ib.transport == "http":
+            ctx = None
+            if ib.uses_tls:
+                ctx = ssl.create_default_context(cafile=str(ib.ca) if ib.ca else None)
+                if ib.client_cert and ib.client_key:
+                    ctx.load_cert_chain(str(ib.client_cert), str(ib.client_key))
+            out[pid] = HttpInboxTransport(ib.target, ssl_context=ctx, server_name=ib.server_name)
     return out
 
 

@@ -172,12 +172,21 @@ class InboxSimulator(inbox_grpc.PartnerInboxServiceServicer):
 
 
 async def start_simulator(
-    sim: InboxSimulator, port: int = 0, host: str = "127.0.0.1"
+    sim: InboxSimulator,
+    port: int = 0,
+    host: str = "127.0.0.1",
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.aio.Server, int]:
-    """Serve ``sim`` on ``host:port``; return the started server and its port."""
+    """Serve ``sim`` on ``host:port`` (over TLS with ``credentials``); return the started
+    server and its port."""
     server = grpc.aio.server()
     inbox_grpc.add_PartnerInboxServiceServicer_to_server(sim, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    bound = (
+        server.add_secure_port(address, credentials)
+        if credentials is not None
+        else server.add_insecure_port(address)
+    )
     await server.start()
     return server, bound
 

@@ -112,15 +112,40 @@ class CircuitPolicy(_Model):
 
 
 class InboxSettings(_Model):
-    """How the gateway reaches a partner system."""
+    """How the gateway reaches a partner system, and how the two authenticate each other."""
 
     transport: Literal["grpc", "http", "none"] = "none"
     target: str = ""  # host:port for grpc, base URL for http
+    # TLS to the partner (gRPC: a TLS channel; HTTP: implied by an https:// target).
+    tls: bool = False
+    ca: Path | None = None  # trust anchors for the partner's certificate; default: system roots
+    client_cert: Path | None = None  # the gateway's certificate, presented to the partner (mTLS)
+    client_key: Path | None = None
+    server_name: str = ""  # name expected in the partner's certificate, if not the target's host
+
+    @property
+    def uses_tls(self) -> bool:
+        """True when calls to the partner go over TLS."""
+        return self.tls or self.target.startswith("https://")
 
     @model_validator(mode="after")
     def _target_given(self) -> InboxSettings:
         if self.transport != "none" and not self.target:
             raise ValueError(f"'target' is required for transport {self.transport!r}")
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("'client_cert' and 'client_key' go together")
+        uses_tls_options = self.ca or self.client_cert or self.server_name
+        if self.transport == "http":
+            if self.tls and not self.target.startswith("https://"):
+                raise ValueError("'tls' needs an https:// target")
+            if uses_tls_options and not self.target.startswith("https://"):
+                raise ValueError("'ca', 'client_cert' and 'server_name' need an https:// target")
+        elif uses_tls_options and not self.tls:
+            raise ValueError("'ca', 'client_cert' and 'server_name' need 'tls = true'")
+        for key in ("ca", "client_cert", "client_key"):
+            path = getattr(self, key)
+            if path is not None and not path.is_file():
+                raise ValueError(f"'{key}': no such file: {path}")
         return self
 
 

@@ -43,16 +43,16 @@ class CompiledMapping:
     reverse: Translate
     forward_source: str = field(repr=False, default="")
     reverse_source: str = field(repr=False, default="")
+    #: ``zhongshan.case@3``, computed once (every translation carries it).
+    ref: str = field(init=False, default="")
+
+    def __post_init__(self) -> None:
+        self.ref = self.mapping.ref
 
     @property
     def name(self) -> str:
         """Schema name, e.g. ``zhongshan.case``."""
         return self.mapping.name
-
-    @property
-    def ref(self) -> str:
-        """``zhongshan.case@3``."""
-        return self.mapping.ref
 
 
 def _ptr_key(key: str) -> str:

@@ -246,6 +246,9 @@ class MappingSet:
         """Translate ``record`` from ``source`` to ``target`` through the canonical model."""
         if self.kind_of(source) != self.kind_of(target):
             raise KindMismatchError(source, target)
+        return self._translate(source, target, record)
+
+    def _translate(self, source: str, target: str, record: Any) -> TranslationResult:
         first = self.to_canonical(source, record)
         second = self.from_canonical(target, first.record)
         return TranslationResult(
@@ -254,9 +257,9 @@ class MappingSet:
 
     def translate_json(self, source: str, target: str, data: bytes | str) -> TranslationResult:
         """Like :meth:`translate`, from JSON text; MalformedRecordError on bad JSON."""
-        self.kind_of(source)
-        self.kind_of(target)
-        return self.translate(source, target, parse_json(data))
+        if self.kind_of(source) != self.kind_of(target):  # before parsing: unknown names first
+            raise KindMismatchError(source, target)
+        return self._translate(source, target, parse_json(data))
 
     def _rule_for(self, schema: str, canonical_path: tuple[str, ...]) -> Rule | None:
         cm = self.compiled.get(schema)

@@ -39,10 +39,18 @@ def _retry_after(err: grpc.aio.AioRpcError) -> float | None:
 class GrpcInboxTransport:
     """A grpc.aio client of PartnerInboxService (one channel, reused)."""
 
-    def __init__(self, target: str, credentials: grpc.ChannelCredentials | None = None) -> None:
+    def __init__(
+        self,
+        target: str,
+        credentials: grpc.ChannelCredentials | None = None,
+        *,
+        server_name: str = "",
+    ) -> None:
         self.target = target
+        # The name the partner's certificate must carry, when the target is an address.
+        options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
         self._channel = (
-            grpc.aio.secure_channel(target, credentials)
+            grpc.aio.secure_channel(target, credentials, options=options)
             if credentials
             else grpc.aio.insecure_channel(target)
         )

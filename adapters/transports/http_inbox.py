@@ -8,6 +8,7 @@ seconds); anything else is permanent, with the partner's reason kept.
 from __future__ import annotations
 
 import json
+import ssl
 from typing import Any
 
 import httpx
@@ -43,9 +44,23 @@ def _retry_after(response: httpx.Response) -> float | None:
 class HttpInboxTransport:
     """An httpx client of a partner's JSON API."""
 
-    def __init__(self, base_url: str, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        client: httpx.AsyncClient | None = None,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        server_name: str = "",
+    ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._client = client or httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=2.0))
+        # ``ssl_context``: trust anchors and the gateway's client certificate (mutual TLS);
+        # ``server_name``: the name the partner's certificate must carry (and SNI), when the
+        # URL's host is an address.
+        self._client = client or httpx.AsyncClient(
+            timeout=httpx.Timeout(5.0, connect=2.0),
+            verify=ssl_context if ssl_context is not None else True,
+        )
+        self._extensions = {"sni_hostname": server_name} if server_name else None
 
     async def _post(
         self, path: str, key: str, body: dict[str, Any], timeout: float
@@ -56,6 +71,7 @@ class HttpInboxTransport:
                 json=body,
                 headers={"Idempotency-Key": key},
                 timeout=timeout,
+                extensions=self._extensions,
             )
         except httpx.TimeoutException as exc:
             raise TransportError(
@@ -111,7 +127,12 @@ class HttpInboxTransport:
 
     async def _get(self, path: str, params: dict[str, str], timeout: float) -> dict[str, Any]:
         try:
-            resp = await self._client.get(f"{self.base_url}{path}", params=params, timeout=timeout)
+            resp = await self._client.get(
+                f"{self.base_url}{path}",
+                params=params,
+                timeout=timeout,
+                extensions=self._extensions,
+            )
         except httpx.TimeoutException:
             raise TransportError("timeout", retryable=True, code="TIMEOUT") from None
         except httpx.TransportError as exc:
