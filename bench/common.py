@@ -93,7 +93,10 @@ class EchoServer:
 class GatewayProcess:
     """`tongban serve` in a child process, configured by environment variables."""
 
-    def __init__(self, env: dict[str, str], data_dir: Path) -> None:
+    def __init__(
+        self, env: dict[str, str], data_dir: Path, command: list[str] | None = None
+    ) -> None:
+        self.command = command or ["-m", "gateway.cli", "serve"]
         self.port = free_port()
         self.metrics_port = free_port()
         self.env = {
@@ -112,7 +115,7 @@ class GatewayProcess:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self._out = self.log.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve"],
+            [sys.executable, *self.command],
             cwd=ROOT,
             env=self.env,
             stdout=self._out,

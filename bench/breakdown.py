@@ -1,0 +1,110 @@
+"""Where a Translate call's cost goes: the gateway with parts of its work taken away.
+
+Side by side with the bare echo, in each round: the gateway as shipped; with a Translate
+handler that returns a constant (no translation); that, with metrics off; and that, with the
+method wrapper (metrics, access guard, deadline watchdog) taken away too. Variants are the
+real `tongban serve` with one function replaced at start (see ``_variant_main``); they exist
+to explain figures, not to be run in production. Last line: JSON with each variant's ratio.
+
+Usage: python bench/breakdown.py [--seconds 4] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from common import ECHO_SERVICE, EchoServer, GatewayProcess, case_payloads, drive, report
+
+from tongban.v1 import common_pb2, translation_pb2
+
+VARIANTS = {
+    "gateway": {},
+    "constant_handler": {"BENCH_VARIANT": "constant"},
+    "constant_no_metrics": {"BENCH_VARIANT": "constant", "TONGBAN_METRICS__ENABLED": "false"},
+    "constant_no_wrapper": {"BENCH_VARIANT": "constant,nowrap"},
+}
+
+
+def _variant_main() -> None:
+    """`tongban serve` with the parts named in BENCH_VARIANT taken away."""
+    parts = set(os.environ.get("BENCH_VARIANT", "").split(","))
+    if "constant" in parts:
+        from gateway.rpc import translation
+
+        answer = translation_pb2.TranslateResponse(
+            record=common_pb2.ForeignRecord(schema="shenzhen.case", json=b"x" * 700)
+        )
+
+        async def constant(self: Any, request: Any, context: Any) -> Any:
+            return answer
+
+        translation.TranslationServicer.Translate = constant  # type: ignore[method-assign]
+    if "nowrap" in parts:
+        from gateway.rpc import registration
+
+        registration._wrap = lambda impl, *args, **kwargs: impl  # type: ignore[assignment]
+    from gateway.cli import main
+
+    sys.argv = ["tongban", "serve"]
+    main()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--rounds", type=int, default=3)
+    args = p.parse_args()
+    requests = case_payloads(
+        64,
+        lambda i, body: translation_pb2.TranslateRequest(
+            record=common_pb2.ForeignRecord(schema="zhongshan.case", json=body),
+            target_schema="shenzhen.case",
+        ).SerializeToString(),
+    )
+    ratios: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    base = {"TONGBAN_AUTH__MODE": "none", "TONGBAN_DELIVERY__ENABLED": "false"}
+    with EchoServer() as echo:
+        for r in range(args.rounds):
+            line = []
+            for name, env in VARIANTS.items():
+                with (
+                    tempfile.TemporaryDirectory() as tmp,
+                    GatewayProcess(
+                        {**base, **env}, Path(tmp), command=[__file__, "--variant"]
+                    ) as gw,
+                ):
+                    e = drive(
+                        "unary",
+                        f"127.0.0.1:{echo.port}",
+                        f"/{ECHO_SERVICE}/Unary",
+                        [b"x" * len(requests[0])],
+                        seconds=args.seconds,
+                    )
+                    g = drive(
+                        "unary",
+                        f"127.0.0.1:{gw.port}",
+                        "/tongban.v1.TranslationService/Translate",
+                        requests,
+                        seconds=args.seconds,
+                    )
+                    assert not g["errors"], g["errors"]
+                ratios[name].append(g["rate"] / e["rate"])
+                line.append(f"{name} {g['rate'] / e['rate']:.3f}")
+            print(f"round {r}: " + "  ".join(line))
+    report(
+        {"bench": "breakdown"}
+        | {name: round(statistics.median(v), 3) for name, v in ratios.items()}
+    )
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--variant"]:
+        _variant_main()
+    else:
+        main()
