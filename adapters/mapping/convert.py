@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import UTC, date, datetime, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -165,14 +165,18 @@ class DatePattern:
 
 def format_timestamp(dt: datetime) -> str:
     """Canonical RFC 3339 UTC form, as protobuf JSON writes a Timestamp."""
-    u = dt.astimezone(UTC)
-    base = f"{u.year:04d}-{u.month:02d}-{u.day:02d}T{u.hour:02d}:{u.minute:02d}:{u.second:02d}"
+    return _format_utc(dt.astimezone(UTC).replace(tzinfo=None))
+
+
+def _format_utc(u: datetime) -> str:
+    """:func:`format_timestamp` of a naive datetime that holds UTC: whole seconds, else
+    milliseconds, else microseconds (``isoformat`` pads the year to four digits)."""
     us = u.microsecond
     if not us:
-        return base + "Z"
+        return u.isoformat() + "Z"
     if us % 1000 == 0:
-        return f"{base}.{us // 1000:03d}Z"
-    return f"{base}.{us:06d}Z"
+        return u.isoformat(timespec="milliseconds") + "Z"
+    return u.isoformat(timespec="microseconds") + "Z"
 
 
 def parse_timestamp(value: str) -> datetime:
@@ -202,7 +206,10 @@ def make_datetime_parser(pattern: DatePattern, tz: tzinfo) -> Callable[[str], st
                 ) from None
             if dt.tzinfo is None:
                 raise ValueProblem("BAD_DATETIME", "ISO 8601 date-time lacks its UTC offset")
-            return format_timestamp(dt)
+            try:
+                return format_timestamp(dt)
+            except OverflowError:
+                raise ValueProblem("BAD_DATETIME", "date-time out of range") from None
 
         return parse_iso
 
@@ -230,7 +237,10 @@ def make_datetime_parser(pattern: DatePattern, tz: tzinfo) -> Callable[[str], st
             )
         except ValueError:
             raise ValueProblem("BAD_DATETIME", "impossible date or time") from None
-        return format_timestamp(dt)
+        try:
+            return format_timestamp(dt)
+        except OverflowError:
+            raise ValueProblem("BAD_DATETIME", "date-time out of range") from None
 
     return parse
 
@@ -260,7 +270,10 @@ def make_datetime_formatter(pattern: DatePattern, tz: tzinfo) -> Callable[[str],
     wants_offset = "tz" in pattern.fields
 
     def fmt_dt(value: str) -> str:
-        local = parse_timestamp(value).astimezone(tz)
+        try:
+            local = parse_timestamp(value).astimezone(tz)
+        except OverflowError:
+            raise ValueProblem("BAD_TIMESTAMP", "timestamp out of range in this zone") from None
         tzs = _offset_text(local) if wants_offset else ""
         return fmt.format(
             y=local.year,
@@ -274,6 +287,34 @@ def make_datetime_formatter(pattern: DatePattern, tz: tzinfo) -> Callable[[str],
         )
 
     return fmt_dt
+
+
+class WallClock:
+    """Local wall time in one zone -> canonical UTC text, as ``format_timestamp`` of the aware
+    datetime (``fold=0`` for ambiguous or skipped times) would give it.
+
+    The zone's UTC offset is looked up once per local hour and remembered, unless it changes
+    within that hour (a transition), in which case every such time is converted exactly.
+    """
+
+    __slots__ = ("_hours", "tz")
+
+    def __init__(self, tz: tzinfo) -> None:
+        self.tz = tz
+        self._hours: dict[tuple[int, int, int, int], timedelta] = {}
+
+    def __call__(self, y: int, mo: int, d: int, h: int, mi: int, s: int, us: int) -> str:
+        local = datetime(y, mo, d, h, mi, s, us)  # ValueError for an impossible date or time
+        off = self._hours.get((y, mo, d, h))
+        if off is None:
+            start = datetime(y, mo, d, h, tzinfo=self.tz).utcoffset()
+            end = datetime(y, mo, d, h, 59, 59, 999999, tzinfo=self.tz).utcoffset()
+            if start is None or start != end:
+                return format_timestamp(local.replace(tzinfo=self.tz))
+            if len(self._hours) >= 4096:
+                self._hours.clear()
+            off = self._hours[(y, mo, d, h)] = start
+        return _format_utc(local - off)  # OverflowError at the ends of the calendar
 
 
 def _fixed_parser(
@@ -307,8 +348,8 @@ def _fixed_parser(
         impossible = "impossible date"
     else:
         build = (
-            f"_fmt(_datetime({part('y')}, {part('mo')}, {part('d')}, {part('h')}, "
-            f"{part('mi')}, {part('s')}, {part('ms')} * 1000, tzinfo=_tz))"
+            f"_wall({part('y')}, {part('mo')}, {part('d')}, {part('h')}, "
+            f"{part('mi')}, {part('s')}, {part('ms')} * 1000)"
         )
         impossible = "impossible date or time"
     src = (
@@ -318,13 +359,14 @@ def _fixed_parser(
         f"            return {build}\n"
         "        except ValueError:\n"
         f"            raise _VP({code!r}, {impossible!r}) from None\n"
+        "        except OverflowError:\n"
+        f"            raise _VP({code!r}, 'out of range') from None\n"
         f"    raise _VP({code!r}, {want!r})\n"
     )
     ns: dict[str, Any] = {
         "_date": date,
         "_datetime": datetime,
-        "_fmt": format_timestamp,
-        "_tz": tz,
+        "_wall": WallClock(tz) if tz is not None else None,
         "_VP": ValueProblem,
     }
     exec(compile(src, f"<date pattern {pattern.pattern!r}>", "exec"), ns)  # noqa: S102

@@ -1,0 +1,87 @@
+"""The cached local-to-UTC conversion equals the exact one, transitions included."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from adapters.mapping.convert import (
+    DatePattern,
+    ValueProblem,
+    WallClock,
+    format_timestamp,
+    make_datetime_formatter,
+    make_datetime_parser,
+    zone,
+)
+
+ZONES = [
+    "Asia/Shanghai",  # summer time 1986-1991
+    "America/New_York",
+    "Europe/London",
+    "Australia/Lord_Howe",  # 30-minute shifts
+    "Asia/Kathmandu",  # +05:45
+    "Pacific/Apia",  # skipped 2011-12-30 entirely
+    "America/Sao_Paulo",
+]
+
+
+def exact(tz_name: str, dt: datetime) -> str:
+    return format_timestamp(dt.replace(tzinfo=zone(tz_name)))
+
+
+def fast(clock: WallClock, dt: datetime) -> str:
+    return clock(dt.year, dt.month, dt.day, dt.hour, dt.minute, dt.second, dt.microsecond)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    tz_name=st.sampled_from(ZONES),
+    dt=st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2100, 12, 31)),
+)
+def test_random_wall_times(tz_name: str, dt: datetime) -> None:
+    clock = WallClock(zone(tz_name))
+    assert fast(clock, dt) == exact(tz_name, dt)
+    assert fast(clock, dt) == exact(tz_name, dt)  # now from the hour's remembered offset
+
+
+@pytest.mark.parametrize("tz_name", ZONES)
+def test_every_minute_of_every_transition_day(tz_name: str) -> None:
+    tz = zone(tz_name)
+    clock = WallClock(tz)
+    days = []
+    for year in (1986, 1990, 2011, 2026):
+        d = date(year, 1, 1)
+        while d.year == year:
+            a = datetime(d.year, d.month, d.day, tzinfo=tz).utcoffset()
+            b = datetime(d.year, d.month, d.day, 23, 59, 59, tzinfo=tz).utcoffset()
+            if a != b:
+                days.append(d)
+            d += timedelta(days=1)
+    for d in days:
+        for minute in range(24 * 60):
+            for second, us in ((0, 0), (59, 999_000)):
+                dt = datetime(d.year, d.month, d.day, minute // 60, minute % 60, second, us)
+                assert fast(clock, dt) == exact(tz_name, dt), (tz_name, dt)
+    if tz_name != "Asia/Kathmandu":
+        assert days, "the sweep found no transition day to check"
+
+
+def test_times_at_the_ends_of_the_calendar_are_refused_not_crashed() -> None:
+    tz = zone("Asia/Shanghai")
+    parse = make_datetime_parser(DatePattern("yyyyMMddHHmmss"), tz)
+    with pytest.raises(ValueProblem) as err:
+        parse("00010101000000")  # before 0001-01-01T00:00Z once moved to UTC
+    assert err.value.code == "BAD_DATETIME"
+    assert parse("99991231235959") == "9999-12-31T15:59:59Z"
+    fmt = make_datetime_formatter(DatePattern("yyyyMMddHHmmss"), tz)
+    with pytest.raises(ValueProblem) as err:
+        fmt("9999-12-31T23:00:00Z")  # past 9999-12-31 in Shanghai
+    assert err.value.code == "BAD_TIMESTAMP"
+    iso = make_datetime_parser(DatePattern("iso8601"), tz)
+    with pytest.raises(ValueProblem) as err:
+        iso("0001-01-01T00:00:00+08:00")
+    assert err.value.code == "BAD_DATETIME"
