@@ -9,9 +9,8 @@ __all__ = ["rfc3339", "timestamp"]
 
 def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     """A Timestamp for UNIX ``seconds``."""
-    t = timestamp_pb2.Timestamp()
-    t.FromNanoseconds(int(seconds * 1e9))
-    return t
+    whole, nanos = divmod(int(seconds * 1e9), 1_000_000_000)
+    return timestamp_pb2.Timestamp(seconds=whole, nanos=nanos)
 
 
 def rfc3339(seconds: float) -> str:

@@ -93,7 +93,8 @@ class CaseService:
         # 48 bits of milliseconds, then 80 random bits (the layout of a UUIDv7): ids sort by
         # time, so the store's unique index on them grows at its right edge instead of taking
         # a random page per case, which made commits slower as the store grew.
-        return f"{int(self.clock() * 1000) & 0xFFFFFFFFFFFF:012x}{self._rng.getrandbits(80):020x}"
+        ms = int(self.clock() * 1000) & 0xFFFFFFFFFFFF
+        return ((ms << 80) | self._rng.getrandbits(80)).to_bytes(16, "big").hex()
 
     def _inbox_partner(self, city: str) -> str | None:
         try:
@@ -250,7 +251,7 @@ class CaseService:
             exchange_id=exchange_id,
             status=records_pb2.CASE_STATUS_SUBMITTED,
             accepted_at=_ts(self.clock()),
-            warnings=warnings_to_proto(result.warnings),
+            warnings=warnings_to_proto(result.warnings) if result.warnings else None,
         )
         return SubmitCaseIntent(
             partner=caller.partner,

@@ -23,6 +23,7 @@ import hashlib
 import inspect
 import json
 import logging
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -200,21 +201,31 @@ class Intent:
     def __reduce__(self) -> tuple[Any, ...]:
         # Intents are dataclasses that cross to the writer process: pickled as the class and
         # its field values (half the cost of pickle's default instance state).
-        return (type(self), tuple(getattr(self, name) for name in _init_fields(type(self))))
+        return (type(self), _fields_of(type(self))(self))
 
     def run(self, batch: Batch) -> Any:  # pragma: no cover - interface
         """Validate and write; return the result."""
         raise NotImplementedError
 
 
-_FIELDS: dict[type, tuple[str, ...]] = {}
+_FIELDS: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
 
 
-def _init_fields(cls: type) -> tuple[str, ...]:
-    names = _FIELDS.get(cls)
-    if names is None:
-        names = _FIELDS[cls] = tuple(f.name for f in dataclasses.fields(cls) if f.init)
-    return names
+def _fields_of(cls: type) -> Callable[[Any], tuple[Any, ...]]:
+    """A function giving an intent's constructor arguments, in order, as a tuple."""
+    get = _FIELDS.get(cls)
+    if get is None:
+        names = [f.name for f in dataclasses.fields(cls) if f.init]
+        if len(names) == 1:
+            one = operator.attrgetter(names[0])
+
+            def get(obj: Any) -> tuple[Any, ...]:
+                return (one(obj),)
+
+        else:
+            get = operator.attrgetter(*names)
+        _FIELDS[cls] = get
+    return get
 
 
 @dataclass
