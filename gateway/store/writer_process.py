@@ -124,6 +124,10 @@ class WriterProcess:
             if size == -1:
                 (size,) = _LONG.unpack(await reader.readexactly(_LONG.size))
             reply = await reader.readexactly(size)
+        except asyncio.CancelledError:
+            # A reply may still be on its way: a new child keeps the next batch from reading it.
+            self._reap()
+            raise
         except (asyncio.IncompleteReadError, OSError) as exc:
             code = self._proc.poll() if self._proc is not None else None
             self._reap()

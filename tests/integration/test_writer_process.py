@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import signal
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -176,3 +177,34 @@ def test_every_intent_pickles_to_an_equal_intent() -> None:
         back = pickle.loads(pickle.dumps(intent, protocol=pickle.HIGHEST_PROTOCOL))
         assert type(back) is type(intent)
         assert back == intent
+
+
+async def test_a_batch_cancelled_in_flight_does_not_leave_its_reply_to_the_next(
+    tmp_path: Path,
+) -> None:
+    services = bootstrap(make_settings(tmp_path, **ENV))
+    wp = services.store.writer_process
+    assert wp is not None
+    caller = services.auth.identify([("authorization", "Bearer t")])
+    assert caller is not None
+    first = services.cases.prepare(caller, _request(1))
+    second = services.cases.prepare(caller, _request(2))
+    wp.start()
+    # Hold the database's write lock so that the child is stuck in the first batch.
+    lock = sqlite3.connect(tmp_path / "data" / "tongban.db", isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+    try:
+        task = asyncio.create_task(wp.run([first], 1.0))
+        await asyncio.sleep(0.5)  # the batch is with the child, waiting for the lock
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        lock.execute("ROLLBACK")
+        # The next batch gets its own answer, not the cancelled one's.
+        [(stored, replayed)] = await wp.run([second], 2.0)
+        assert replayed is False
+        assert stored == second.response
+    finally:
+        lock.close()
+        await wp.close()
