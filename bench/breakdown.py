@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import ECHO_SERVICE, EchoServer, GatewayProcess, case_payloads, drive, report
+from common import ECHO_SERVICE, EchoServer, GatewayProcess, drive, report, translate_payloads
 
 from tongban.v1 import common_pb2, translation_pb2
 
@@ -60,13 +60,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
-    requests = case_payloads(
-        64,
-        lambda i, body: translation_pb2.TranslateRequest(
-            record=common_pb2.ForeignRecord(schema="zhongshan.case", json=body),
-            target_schema="shenzhen.case",
-        ).SerializeToString(),
-    )
+    requests = translate_payloads()
     ratios: dict[str, list[float]] = {name: [] for name in VARIANTS}
     base = {"TONGBAN_AUTH__MODE": "none", "TONGBAN_DELIVERY__ENABLED": "false"}
     with EchoServer() as echo:

@@ -297,3 +297,16 @@ def case_payloads(n: int, serialize: Callable[[int, bytes], bytes]) -> list[byte
         rec = dict(base, SBLSH=f"442000-2026-b{i:07d}")
         out.append(serialize(i, json.dumps(rec, ensure_ascii=False).encode()))
     return out
+
+
+def translate_payloads(n: int = 64) -> list[bytes]:
+    """``n`` TranslateRequests: a Zhongshan case to Shenzhen's schema."""
+    from tongban.v1 import common_pb2, translation_pb2
+
+    return case_payloads(
+        n,
+        lambda i, body: translation_pb2.TranslateRequest(
+            record=common_pb2.ForeignRecord(schema="zhongshan.case", json=body),
+            target_schema="shenzhen.case",
+        ).SerializeToString(),
+    )

@@ -13,9 +13,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from common import ECHO_SERVICE, EchoServer, GatewayProcess, case_payloads, drive, report
-
-from tongban.v1 import common_pb2, translation_pb2
+from common import ECHO_SERVICE, EchoServer, GatewayProcess, drive, report, translate_payloads
 
 
 def main() -> None:
@@ -24,13 +22,7 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
-    requests = case_payloads(
-        64,
-        lambda i, body: translation_pb2.TranslateRequest(
-            record=common_pb2.ForeignRecord(schema="zhongshan.case", json=body),
-            target_schema="shenzhen.case",
-        ).SerializeToString(),
-    )
+    requests = translate_payloads()
     size = len(requests[0])
     echo_payloads = [b"x" * size]
     gw_rates, echo_rates = [], []
