@@ -136,9 +136,10 @@ class InboxSettings(_Model):
             raise ValueError("'client_cert' and 'client_key' go together")
         uses_tls_options = self.ca or self.client_cert or self.server_name
         if self.transport == "http":
-            if self.tls and not self.target.startswith("https://"):
+            https = self.target.startswith("https://")
+            if self.tls and not https:
                 raise ValueError("'tls' needs an https:// target")
-            if uses_tls_options and not self.target.startswith("https://"):
+            if uses_tls_options and not https:
                 raise ValueError("'ca', 'client_cert' and 'server_name' need an https:// target")
         elif uses_tls_options and not self.tls:
             raise ValueError("'ca', 'client_cert' and 'server_name' need 'tls = true'")

@@ -190,6 +190,14 @@ def parse_timestamp(value: str) -> datetime:
     return dt
 
 
+def _canonical_datetime(dt: datetime) -> str:
+    """:func:`format_timestamp` of a city's date-time; BAD_DATETIME past the calendar's ends."""
+    try:
+        return format_timestamp(dt)
+    except OverflowError:
+        raise ValueProblem("BAD_DATETIME", "date-time out of range") from None
+
+
 def make_datetime_parser(pattern: DatePattern, tz: tzinfo) -> Callable[[str], str]:
     """A function turning a city's date-time text into a canonical timestamp string."""
     fullmatch = pattern.regex.fullmatch
@@ -206,10 +214,7 @@ def make_datetime_parser(pattern: DatePattern, tz: tzinfo) -> Callable[[str], st
                 ) from None
             if dt.tzinfo is None:
                 raise ValueProblem("BAD_DATETIME", "ISO 8601 date-time lacks its UTC offset")
-            try:
-                return format_timestamp(dt)
-            except OverflowError:
-                raise ValueProblem("BAD_DATETIME", "date-time out of range") from None
+            return _canonical_datetime(dt)
 
         return parse_iso
 
@@ -237,10 +242,7 @@ def make_datetime_parser(pattern: DatePattern, tz: tzinfo) -> Callable[[str], st
             )
         except ValueError:
             raise ValueProblem("BAD_DATETIME", "impossible date or time") from None
-        try:
-            return format_timestamp(dt)
-        except OverflowError:
-            raise ValueProblem("BAD_DATETIME", "date-time out of range") from None
+        return _canonical_datetime(dt)
 
     return parse
 
@@ -365,7 +367,6 @@ def _fixed_parser(
     )
     ns: dict[str, Any] = {
         "_date": date,
-        "_datetime": datetime,
         "_wall": WallClock(tz) if tz is not None else None,
         "_VP": ValueProblem,
     }

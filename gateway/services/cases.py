@@ -97,10 +97,8 @@ class CaseService:
         return ((ms << 80) | self._rng.getrandbits(80)).to_bytes(16, "big").hex()
 
     def _inbox_partner(self, city: str) -> str | None:
-        try:
+        if city in self._inboxes:
             return self._inboxes[city]
-        except KeyError:
-            pass
         found = self.settings.partner_for_city(city)
         partner = None if found is None or found[1].inbox.transport == "none" else found[0]
         self._inboxes[city] = partner  # settings do not change while the process runs

@@ -98,7 +98,7 @@ class Store:
         results = await self.writer.submit_many(list(intents))
         self.notify.set()
         self.outbox_ready.set()
-        return list(results)
+        return results
 
     async def read(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a read query in a worker thread."""

@@ -300,10 +300,9 @@ class StoreWriter:
         executor: Executor | None = None,
         commit_delay: float = 0.0,
     ) -> None:
-        self.engine = engine
         self.clock = clock
         self.max_batch = max_batch
-        self.executor: Executor = executor or functools.partial(run_intents, engine)
+        self.executor = executor or functools.partial(run_intents, engine)
         self.commit_delay = commit_delay
         self._last_callers = 0
         self._queue: asyncio.Queue[_Pending] | None = None
@@ -325,6 +324,18 @@ class StoreWriter:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
+
+    @property
+    def executor(self) -> Executor:
+        """Where a batch's SQL runs (a coroutine function is awaited, else run in a thread)."""
+        return self._executor
+
+    @executor.setter
+    def executor(self, executor: Executor) -> None:
+        self._executor = executor
+        self._executor_is_async = inspect.iscoroutinefunction(
+            executor
+        ) or inspect.iscoroutinefunction(type(executor).__call__)
 
     def enqueue(self, intent: Intent) -> asyncio.Future[Any]:
         """Queue ``intent``; the future resolves when its batch committed."""
@@ -376,12 +387,10 @@ class StoreWriter:
                 size += len(p.intents)
             intents = [i for p in batch for i in p.intents]
             try:
-                if inspect.iscoroutinefunction(self.executor) or inspect.iscoroutinefunction(
-                    type(self.executor).__call__
-                ):
-                    results = await self.executor(intents, self.clock())
+                if self._executor_is_async:
+                    results = await self._executor(intents, self.clock())
                 else:
-                    results = await asyncio.to_thread(self.executor, intents, self.clock())
+                    results = await asyncio.to_thread(self._executor, intents, self.clock())
                 if not isinstance(results, list) or len(results) != len(intents):
                     raise RuntimeError("the store executor returned no result per intent")
             except Exception as exc:  # noqa: BLE001 - the store is down: fail the callers

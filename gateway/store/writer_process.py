@@ -146,12 +146,10 @@ class WriterProcess:
         proc = self._proc
         if proc is None:
             return
-        try:
+        with contextlib.suppress(OSError):
             _, writer = await self._connect()
             writer.write(_frame(_STOP))
             await writer.drain()
-        except OSError:
-            pass
         with contextlib.suppress(subprocess.TimeoutExpired):
             await asyncio.to_thread(proc.wait, 10)
         self._reap()
