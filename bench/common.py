@@ -267,6 +267,50 @@ def drive(
     return dict(result)
 
 
+def server_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) used so far by process ``pid`` and its child processes (the
+    gateway's writer process); None where /proc is not available."""
+    try:
+        total = 0.0
+        pending = [pid]
+        while pending:
+            p = pending.pop()
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            for task in Path(f"/proc/{p}/task").iterdir():
+                pending.extend(int(c) for c in (task / "children").read_text().split())
+        return total
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def drive_measured(
+    pid: int, kind: str, target: str, method: str, payloads: list[bytes], **kw: Any
+) -> dict[str, Any]:
+    """:func:`drive`, adding ``cpu_us``: the server's CPU microseconds per call or message
+    (all its threads and child processes). Rates swing with the machine's other load; the CPU
+    a call costs swings much less, and shows where a ratio comes from."""
+    before = server_cpu(pid)
+    result = drive(kind, target, method, payloads, **kw)
+    after = server_cpu(pid)
+    seconds = kw.get("seconds", 5.0)
+    calls = result["rate"] * seconds
+    result["cpu_us"] = (
+        round(1e6 * (after - before) / calls, 1)
+        if before is not None and after is not None and calls
+        else None
+    )
+    return result
+
+
+def cpu_figures(echo: list[float | None], gateway: list[float | None]) -> dict[str, Any]:
+    """Median server CPU per call of the echo and of the gateway, and echo / gateway."""
+    if any(v is None for v in echo + gateway) or not echo:
+        return {}
+    e, g = statistics.median(echo), statistics.median(gateway)  # type: ignore[type-var]
+    return {"echo_cpu_us": e, "gateway_cpu_us": g, "cpu_vs_echo": round(e / g, 3)}
+
+
 BENCH_TOKEN = [("authorization", "Bearer bench")]
 
 

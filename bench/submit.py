@@ -22,7 +22,8 @@ from common import (
     EchoServer,
     GatewayProcess,
     case_payloads,
-    drive,
+    cpu_figures,
+    drive_measured,
     partner_env,
     report,
 )
@@ -53,6 +54,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
     unary_g, unary_e, stream_g, stream_e = [], [], [], []
+    cpu: dict[str, list[float | None]] = {k: [] for k in ("ue", "ug", "se", "sg")}
     with (
         tempfile.TemporaryDirectory() as tmp,
         EchoServer() as echo,
@@ -62,7 +64,8 @@ def main() -> None:
             # Enough distinct request ids that no submission is an idempotent replay.
             reqs = submit_payloads(60_000, f"u{r}")
             size = len(reqs[0])
-            e = drive(
+            e = drive_measured(
+                echo.proc.pid,
                 "unary",
                 f"127.0.0.1:{echo.port}",
                 f"/{ECHO_SERVICE}/Unary",
@@ -70,7 +73,8 @@ def main() -> None:
                 concurrency=args.concurrency,
                 seconds=args.seconds,
             )
-            g = drive(
+            g = drive_measured(
+                gw.proc.pid,
                 "unary",
                 f"127.0.0.1:{gw.port}",
                 "/tongban.v1.CaseExchangeService/SubmitCase",
@@ -88,7 +92,8 @@ def main() -> None:
                 ).SerializeToString()
                 for b in submit_payloads(60_000, f"s{r}")
             ]
-            se = drive(
+            se = drive_measured(
+                echo.proc.pid,
                 "client_stream",
                 f"127.0.0.1:{echo.port}",
                 f"/{ECHO_SERVICE}/ClientStream",
@@ -96,7 +101,8 @@ def main() -> None:
                 concurrency=8,
                 seconds=args.seconds,
             )
-            sg = drive(
+            sg = drive_measured(
+                gw.proc.pid,
                 "client_stream",
                 f"127.0.0.1:{gw.port}",
                 "/tongban.v1.CaseExchangeService/SubmitCases",
@@ -108,10 +114,13 @@ def main() -> None:
             assert not sg["errors"], sg["errors"]
             stream_e.append(se["rate"])
             stream_g.append(sg["rate"])
+            for key, res in (("ue", e), ("ug", g), ("se", se), ("sg", sg)):
+                cpu[key].append(res["cpu_us"])
             print(
                 f"round {r}: unary echo {e['rate']:,.0f}/s submit {g['rate']:,.0f}/s "
                 f"({g['rate'] / e['rate']:.3f}); stream echo {se['rate']:,.0f} msg/s "
-                f"submit {sg['rate']:,.0f} msg/s ({sg['rate'] / se['rate']:.3f})"
+                f"submit {sg['rate']:,.0f} msg/s ({sg['rate'] / se['rate']:.3f}); server CPU us "
+                f"per call {e['cpu_us']} / {g['cpu_us']}, per message {se['cpu_us']} / {sg['cpu_us']}"
             )
     ue, ug = statistics.median(unary_e), statistics.median(unary_g)
     se_, sg_ = statistics.median(stream_e), statistics.median(stream_g)
@@ -131,6 +140,9 @@ def main() -> None:
             "stream_vs_stream_echo": round(
                 statistics.median(g / e for g, e in zip(stream_g, stream_e, strict=True)), 3
             ),
+            # Server CPU (all threads and the writer process) per call / per streamed message.
+            **{f"unary_{k}": v for k, v in cpu_figures(cpu["ue"], cpu["ug"]).items()},
+            **{f"stream_{k}": v for k, v in cpu_figures(cpu["se"], cpu["sg"]).items()},
         }
     )
 

@@ -13,7 +13,15 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from common import ECHO_SERVICE, EchoServer, GatewayProcess, drive, report, translate_payloads
+from common import (
+    ECHO_SERVICE,
+    EchoServer,
+    GatewayProcess,
+    cpu_figures,
+    drive_measured,
+    report,
+    translate_payloads,
+)
 
 
 def main() -> None:
@@ -26,6 +34,7 @@ def main() -> None:
     size = len(requests[0])
     echo_payloads = [b"x" * size]
     gw_rates, echo_rates = [], []
+    gw_cpu, echo_cpu = [], []
     with (
         tempfile.TemporaryDirectory() as tmp,
         EchoServer() as echo,
@@ -34,7 +43,8 @@ def main() -> None:
         ) as gw,
     ):
         for _ in range(args.rounds):
-            e = drive(
+            e = drive_measured(
+                echo.proc.pid,
                 "unary",
                 f"127.0.0.1:{echo.port}",
                 f"/{ECHO_SERVICE}/Unary",
@@ -42,7 +52,8 @@ def main() -> None:
                 concurrency=args.concurrency,
                 seconds=args.seconds,
             )
-            g = drive(
+            g = drive_measured(
+                gw.proc.pid,
                 "unary",
                 f"127.0.0.1:{gw.port}",
                 "/tongban.v1.TranslationService/Translate",
@@ -53,9 +64,12 @@ def main() -> None:
             assert not g["errors"], g["errors"]
             echo_rates.append(e["rate"])
             gw_rates.append(g["rate"])
+            echo_cpu.append(e["cpu_us"])
+            gw_cpu.append(g["cpu_us"])
             print(
                 f"round: echo {e['rate']:,.0f}/s  translate {g['rate']:,.0f}/s  "
-                f"ratio {g['rate'] / e['rate']:.3f}"
+                f"ratio {g['rate'] / e['rate']:.3f}; server CPU per call: echo {e['cpu_us']} us, "
+                f"gateway {g['cpu_us']} us"
             )
     echo_rate, gw_rate = statistics.median(echo_rates), statistics.median(gw_rates)
     report(
@@ -69,6 +83,8 @@ def main() -> None:
             "vs_echo": round(
                 statistics.median(g / e for g, e in zip(gw_rates, echo_rates, strict=True)), 3
             ),
+            # What a call costs the server (all threads and child processes), in CPU us.
+            **cpu_figures(echo_cpu, gw_cpu),
         }
     )
 

@@ -102,9 +102,12 @@ class Authenticator:
 
     def optional(self, context: grpc.aio.ServicerContext) -> Caller | None:
         """The caller of this RPC, if there is one."""
-        return _CURRENT.get() or self.identify(
-            context.invocation_metadata(), context.auth_context()
-        )
+        found = _CURRENT.get()
+        if found is not None or self.mode == "none":
+            return found
+        if self.mode == "token":
+            return self.identify(context.invocation_metadata())
+        return self.identify(None, context.auth_context())
 
     def caller(self, context: grpc.aio.ServicerContext) -> Caller:
         """The caller of this RPC (set by the guard); UNAUTHENTICATED when there is none."""
