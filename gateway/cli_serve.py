@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -39,6 +40,10 @@ async def _serve(settings: Settings) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     await gateway.start()
+    # Everything built so far (settings, compiled mappings, SQLAlchemy, gRPC) lives as long as
+    # the process: keep it out of the cyclic collector's generations, so that collections
+    # under load only walk the objects of calls in flight (~5% of a streamed case's CPU).
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

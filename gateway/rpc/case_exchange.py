@@ -42,10 +42,11 @@ class CaseExchangeServicer:
             batch.append(item.case_request)
         answers = await self.cases.submit_many(caller, batch)
         resp = cx.SubmitCasesResponse()
+        add = resp.results.add
         for index, (request, answer) in enumerate(zip(batch, answers, strict=True)):
-            result = cx.SubmitCaseResult(index=index, request_id=request.request_id)
+            result = add(index=index, request_id=request.request_id)
             if not isinstance(answer, Exception):
-                result.response.CopyFrom(answer)
+                result.response.MergeFromString(answer)  # the stored answer, as stored
                 resp.accepted_count += 1
             else:
                 code, message, st = status_for(answer)
@@ -61,7 +62,6 @@ class CaseExchangeServicer:
                         detail.Unpack(br)
                         result.error_fields.extend(v.field for v in br.field_violations)
                 resp.rejected_count += 1
-            resp.results.append(result)
         return resp
 
     async def GetCase(

@@ -94,7 +94,7 @@ class CaseService:
         # time, so the store's unique index on them grows at its right edge instead of taking
         # a random page per case, which made commits slower as the store grew.
         ms = int(self.clock() * 1000) & 0xFFFFFFFFFFFF
-        return ((ms << 80) | self._rng.getrandbits(80)).to_bytes(16, "big").hex()
+        return f"{ms:012x}{self._rng.getrandbits(80):020x}"
 
     def _inbox_partner(self, city: str) -> str | None:
         if city in self._inboxes:
@@ -137,12 +137,17 @@ class CaseService:
         started = time.perf_counter()
         intent = self.prepare(caller, request)
         stored, replayed = await self.store.write(intent)
-        return self._accepted(caller, intent, stored, replayed, started)
+        self._log_accepted(caller, intent, stored, replayed, started)
+        return cx.SubmitCaseResponse.FromString(stored)
 
     async def submit_many(
         self, caller: Caller, requests: list[cx.SubmitCaseRequest]
-    ) -> list[cx.SubmitCaseResponse | Exception]:
-        """Submit many cases: prepared one after the other, committed together by the writer."""
+    ) -> list[bytes | Exception]:
+        """Submit many cases: prepared one after the other, committed together by the writer.
+
+        One result per request, in order: the serialized SubmitCaseResponse of an accepted case
+        (the stored one for a replay), or the exception that refused it.
+        """
         started = time.perf_counter()
         prepared: list[SubmitCaseIntent | Exception] = []
         for request in requests:
@@ -152,7 +157,7 @@ class CaseService:
                 prepared.append(exc)
         intents = [p for p in prepared if isinstance(p, SubmitCaseIntent)]
         stored = iter(await self.store.write_many(intents))
-        out: list[cx.SubmitCaseResponse | Exception] = []
+        out: list[bytes | Exception] = []
         for p in prepared:
             if isinstance(p, Exception):
                 out.append(p)
@@ -161,31 +166,30 @@ class CaseService:
             if isinstance(result, Exception):
                 out.append(result)
             else:
-                out.append(self._accepted(caller, p, result[0], result[1], started))
+                self._log_accepted(caller, p, result[0], result[1], started)
+                out.append(result[0])
         return out
 
-    def _accepted(
+    def _log_accepted(
         self,
         caller: Caller,
         intent: SubmitCaseIntent,
         stored: bytes,
         replayed: bool,
         started: float,
-    ) -> cx.SubmitCaseResponse:
-        answer = cx.SubmitCaseResponse.FromString(stored)
+    ) -> None:
         if not log.isEnabledFor(logging.INFO):
-            return answer
+            return
         log.info(
             "case accepted",
             extra={
-                "exchange_id": answer.exchange_id,
+                "exchange_id": cx.SubmitCaseResponse.FromString(stored).exchange_id,
                 "partner": caller.partner,
                 "target_city": intent.handling_city,
                 "replayed": replayed,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 2),
             },
         )
-        return answer
 
     def prepare(self, caller: Caller, request: cx.SubmitCaseRequest) -> SubmitCaseIntent:
         """Validate and translate one case into the intent that stores it (raises when bad)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import pickle
@@ -178,6 +179,7 @@ def _child_main(conn: Connection) -> None:
     url, pool_size, log_level = pickle.loads(conn.recv_bytes())  # noqa: S301 - our parent
     configure_logging(log_level)
     engine = make_engine(url, pool_size=pool_size, write=True)
+    gc.freeze()  # start-up objects stay: collections walk only each batch's
     try:
         while True:
             try:
