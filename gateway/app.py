@@ -129,6 +129,7 @@ def bootstrap(
         writer=settings.store.writer,
         log_level=settings.log.level,
         commit_delay=settings.store.commit_delay_ms / 1000,
+        commit_delay_per_caller=settings.store.commit_delay_per_caller_ms / 1000,
     )
     if store.is_sqlite:
         store.migrate()

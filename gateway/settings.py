@@ -64,8 +64,11 @@ class StoreSettings(_Model):
     # "process": the group-commit writer's SQL runs in a child process with its own GIL;
     # "thread": in a worker thread of the gateway process (an in-memory SQLite store always).
     writer: Literal["process", "thread"] = "process"
-    # Under concurrent load, how long a commit waits for more writes to join it (0: never).
-    commit_delay_ms: Annotated[float, Field(ge=0, le=100)] = 3.0
+    # Under concurrent load (the previous commit served several callers), a commit waits for
+    # more writes to join it: commit_delay_per_caller_ms for each caller the previous commit
+    # served, at most commit_delay_ms (0: never).
+    commit_delay_ms: Annotated[float, Field(ge=0, le=100)] = 15.0
+    commit_delay_per_caller_ms: Annotated[float, Field(ge=0, le=100)] = 0.5
 
     @property
     def effective_url(self) -> str:

@@ -31,6 +31,7 @@ class Store:
         writer: str = "thread",
         log_level: str = "WARNING",
         commit_delay: float = 0.0,
+        commit_delay_per_caller: float = 0.0005,
     ) -> None:
         self.url = url
         self.clock = clock
@@ -55,6 +56,7 @@ class Store:
             group_commit_max,
             executor=self.writer_process.run if self.writer_process else None,
             commit_delay=commit_delay,
+            commit_delay_per_caller=commit_delay_per_caller,
         )
         self.reader = StoreReader(self.read_engine)
         self.notify = asyncio.Event()  # set after writes (WatchCases wakes up)

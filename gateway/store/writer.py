@@ -288,8 +288,13 @@ class StoreWriter:
 
     The batch's SQL runs in ``executor``: by default :func:`run_intents` in a worker thread;
     the gateway uses a writer process, so that SQLite's work does not share the event loop's
-    GIL. The time of a batch is taken here, from ``clock``. With ``commit_delay`` (seconds),
-    a batch that follows a batch serving several callers waits that long for more to join it.
+    GIL. The time of a batch is taken here, from ``clock``.
+
+    A batch that follows a batch serving several callers waits for more writes to join it:
+    ``commit_delay_per_caller`` (seconds) for each caller the previous batch served, at most
+    ``commit_delay``. The more callers write at once, the longer a commit gathers them (fewer,
+    larger transactions: less CPU per case under load); a few callers wait little; a lone
+    caller never waits.
     """
 
     def __init__(
@@ -299,11 +304,13 @@ class StoreWriter:
         max_batch: int = 256,
         executor: Executor | None = None,
         commit_delay: float = 0.0,
+        commit_delay_per_caller: float = 0.0005,
     ) -> None:
         self.clock = clock
         self.max_batch = max_batch
         self.executor = executor or functools.partial(run_intents, engine)
         self.commit_delay = commit_delay
+        self.commit_delay_per_caller = commit_delay_per_caller
         self._last_callers = 0
         self._queue: asyncio.Queue[_Pending] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -378,7 +385,9 @@ class StoreWriter:
                 # Under concurrent load (the previous batch served several callers), wait a
                 # moment for more writes: fewer, larger transactions (SQLite writes every
                 # touched page per commit). A lone caller, even with a stream, never waits.
-                await asyncio.sleep(self.commit_delay)
+                await asyncio.sleep(
+                    min(self.commit_delay, self.commit_delay_per_caller * self._last_callers)
+                )
             batch = [first]
             size = len(first.intents)
             while size < self.max_batch and not q.empty():

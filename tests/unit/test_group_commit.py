@@ -1,4 +1,5 @@
-"""The writer's commit delay: concurrent writes wait to share a commit, a lone write never."""
+"""The writer's commit delay: concurrent writes wait to share a commit (the longer, the more
+callers the previous commit served, up to a cap), a lone write never."""
 
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ class _Recorder:
 
 async def test_writes_arriving_during_the_delay_share_one_commit() -> None:
     rec = _Recorder()
-    writer = StoreWriter(None, lambda: 0.0, executor=rec, commit_delay=0.2)  # type: ignore[arg-type]
+    writer = StoreWriter(
+        None, lambda: 0.0, executor=rec, commit_delay=0.2, commit_delay_per_caller=1.0
+    )  # type: ignore[arg-type]
     writer.start()
     try:
         # Five at once: one batch (nothing before it, so no delay).
@@ -44,9 +47,55 @@ async def test_writes_arriving_during_the_delay_share_one_commit() -> None:
         await writer.stop()
 
 
+async def _after_batch_of(writer: StoreWriter, callers: int, late_after: float) -> None:
+    """A batch of ``callers`` writes, then one write and, ``late_after`` seconds later, another."""
+    await asyncio.gather(*(writer.submit(_Write(i)) for i in range(callers)))
+    first = writer.enqueue(_Write(100))
+    await asyncio.sleep(late_after)
+    await asyncio.wait_for(asyncio.gather(first, writer.enqueue(_Write(101))), 5)
+
+
+@pytest.mark.parametrize(
+    ("callers", "shared"),
+    [
+        (2, False),  # waits 2 x 0.05 s: the write 0.3 s later comes too late
+        (10, True),  # waits 10 x 0.05 s: the write 0.3 s later joins the same commit
+    ],
+)
+async def test_the_delay_grows_with_the_callers_of_the_previous_commit(
+    callers: int, shared: bool
+) -> None:
+    rec = _Recorder()
+    writer = StoreWriter(
+        None, lambda: 0.0, executor=rec, commit_delay=5.0, commit_delay_per_caller=0.05
+    )  # type: ignore[arg-type]
+    writer.start()
+    try:
+        await _after_batch_of(writer, callers, 0.3)
+        assert rec.batches[1:] == ([[100, 101]] if shared else [[100], [101]])
+    finally:
+        await writer.stop()
+
+
+async def test_the_delay_is_capped() -> None:
+    rec = _Recorder()
+    # 10 callers x 1 s would be 10 s; the cap is 0.1 s.
+    writer = StoreWriter(
+        None, lambda: 0.0, executor=rec, commit_delay=0.1, commit_delay_per_caller=1.0
+    )  # type: ignore[arg-type]
+    writer.start()
+    try:
+        await _after_batch_of(writer, 10, 0.5)
+        assert rec.batches[1:] == [[100], [101]]
+    finally:
+        await writer.stop()
+
+
 async def test_a_lone_write_does_not_wait() -> None:
     rec = _Recorder()
-    writer = StoreWriter(None, lambda: 0.0, executor=rec, commit_delay=30.0)  # type: ignore[arg-type]
+    writer = StoreWriter(
+        None, lambda: 0.0, executor=rec, commit_delay=30.0, commit_delay_per_caller=30.0
+    )  # type: ignore[arg-type]
     writer.start()
     try:
         for n in range(3):
@@ -109,7 +158,14 @@ async def test_submit_many_queues_groups_and_keeps_each_result_in_order() -> Non
 
 async def test_a_lone_stream_does_not_wait_between_its_groups() -> None:
     rec = _Recorder()
-    writer = StoreWriter(None, lambda: 0.0, max_batch=4, executor=rec, commit_delay=30.0)  # type: ignore[arg-type]
+    writer = StoreWriter(
+        None,
+        lambda: 0.0,
+        max_batch=4,
+        executor=rec,
+        commit_delay=30.0,
+        commit_delay_per_caller=30.0,
+    )  # type: ignore[arg-type]
     writer.start()
     try:
         # One caller's stream of 10 cases: three groups, each committed without waiting.

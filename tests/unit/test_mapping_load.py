@@ -152,3 +152,21 @@ def test_yaml_keeps_codes_as_written(mappings_copy: Path) -> None:
         c for c in ms.compiled["zhongshan.case"].mapping.code_lists if c.name == "case_status"
     )
     assert table.forward["01"] == "CASE_STATUS_RECEIVED"
+
+
+def test_a_set_frozen_at_start_up_is_freed_after_a_reload(mappings_copy: Path) -> None:
+    # `tongban serve` calls gc.freeze() once started; the collector then never looks at the
+    # start-up mapping set again, so a reload must free it by reference counting alone.
+    import gc
+    import weakref
+
+    from gateway.mappings import MappingRegistry
+
+    registry = MappingRegistry(mappings_copy, run_golden_on_reload=False)
+    first = weakref.ref(registry.current)
+    gc.freeze()
+    try:
+        assert registry.reload().ok
+        assert first() is None
+    finally:
+        gc.unfreeze()
