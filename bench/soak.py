@@ -2,11 +2,14 @@
 
 Part 1 pushes ``--cases`` cases (default 100k) through a gateway process delivering to a real
 partner inbox, sampling the gateway's resident memory (VmRSS, its writer process included) at
-the start, middle and end: ``rss_growth_ratio`` = end / middle (1.0 = flat). Part 2 measures SubmitCase, ListCases (a
-keyset page) and an outbox claim against a store holding 1k rows, then 1M rows (bulk-loaded),
-and reports the worst of the three cost ratios as ``cost_1m_vs_1k``. Last line: JSON.
+the start, middle and end: ``rss_growth_ratio`` = end / middle (1.0 = flat). Part 2 measures
+SubmitCase, ListCases (a keyset page) and an outbox claim against a store holding 1k rows and
+one holding 1M rows (bulk-loaded), side by side: each round measures the small store, then the
+big one (the other way round in odd rounds), so that the machine's other load moves both.
+``cost_1m_vs_1k`` is the worst of the three operations' ratios (each the median of the
+per-round ratios). Last line: JSON.
 
-Usage: python bench/soak.py [--cases 100000] [--big 1000000]
+Usage: python bench/soak.py [--cases 100000] [--big 1000000] [--rounds 3] [--calls 150]
 """
 
 from __future__ import annotations
@@ -186,20 +189,36 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", type=int, default=100_000)
     p.add_argument("--big", type=int, default=1_000_000)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--calls", type=int, default=150, help="calls of each kind per round")
     args = p.parse_args()
     s = asyncio.run(soak(args.cases))
+    per_round: list[tuple[dict[str, float], dict[str, float]]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        d = Path(tmp)
-        Store(f"sqlite:///{d / 'tongban.db'}").migrate()
-        bulk_load(d / "tongban.db", 1000, 0)
-        small = asyncio.run(costs(d))
-        bulk_load(d / "tongban.db", args.big - 1000, 1000)
-        big = asyncio.run(costs(d))
-    ratios = {k: big[k] / small[k] for k in small}
-    for k in small:
+        small_dir, big_dir = Path(tmp) / "small", Path(tmp) / "big"
+        for d, rows in ((small_dir, 1000), (big_dir, args.big)):
+            d.mkdir()
+            Store(f"sqlite:///{d / 'tongban.db'}").migrate()
+            bulk_load(d / "tongban.db", rows, 0)
+        for r in range(args.rounds):
+            # Alternate which store goes first, so that neither always follows a gateway's
+            # shutdown or always starts on a cold machine.
+            if r % 2 == 0:
+                small = asyncio.run(costs(small_dir, args.calls))
+                big = asyncio.run(costs(big_dir, args.calls))
+            else:
+                big = asyncio.run(costs(big_dir, args.calls))
+                small = asyncio.run(costs(small_dir, args.calls))
+            per_round.append((small, big))
+            print(f"round {r}: " + ", ".join(f"{k} {big[k] / small[k]:.2f}x" for k in small))
+    ops = list(per_round[0][0])
+    ratios = {k: statistics.median(b[k] / sm[k] for sm, b in per_round) for k in ops}
+    for k in ops:
+        sm_ms = 1e3 * statistics.median(sm[k] for sm, _ in per_round)
+        big_ms = 1e3 * statistics.median(b[k] for _, b in per_round)
         print(
-            f"{k}: {small[k] * 1e3:.2f} ms at 1k rows, {big[k] * 1e3:.2f} ms at {args.big:,} rows "
-            f"({ratios[k]:.2f}x)"
+            f"{k}: {sm_ms:.2f} ms at 1k rows, {big_ms:.2f} ms at {args.big:,} rows "
+            f"(median of the rounds' ratios {ratios[k]:.2f}x)"
         )
     report(
         {
