@@ -81,6 +81,13 @@ class HttpInboxTransport:
             raise TransportError(
                 f"connection failed: {type(exc).__name__}", retryable=True, code="CONNECT"
             ) from None
+        except ssl.SSLError as exc:
+            # httpcore maps TLS failures during the handshake to ConnectError, but not a TLS
+            # alert that arrives with the first read (TLS 1.3: the partner refuses our client
+            # certificate after the handshake completed), which escapes as ssl.SSLError.
+            raise TransportError(
+                f"TLS failed: {exc.reason or type(exc).__name__}", retryable=True, code="TLS"
+            ) from None
         if resp.is_success:
             try:
                 data = resp.json() if resp.content else {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ssl
+
 import httpx
 import pytest
 
@@ -59,6 +61,21 @@ async def test_http_connection_error_is_retryable() -> None:
     with pytest.raises(TransportError) as info:
         await transport(handler).deliver_case(REQ, 1.0)
     assert info.value.retryable
+
+
+async def test_a_tls_alert_after_the_handshake_is_a_transport_error() -> None:
+    # TLS 1.3: a partner that refuses our client certificate says so after the handshake, with
+    # the first read; httpx lets that ssl.SSLError through unmapped.
+    def handler(request: httpx.Request) -> httpx.Response:
+        err = ssl.SSLError(1, "tlsv13 alert certificate required")
+        err.reason = "TLSV13_ALERT_CERTIFICATE_REQUIRED"
+        raise err
+
+    with pytest.raises(TransportError) as info:
+        await transport(handler).deliver_case(REQ, 1.0)
+    assert info.value.retryable
+    assert info.value.code == "TLS"
+    assert "CERTIFICATE_REQUIRED" in info.value.message
 
 
 async def test_breaker_opens_waits_and_closes() -> None:
