@@ -100,14 +100,18 @@ class Authenticator:
                     return self._by_cert[name]
         return None
 
-    def optional(self, context: grpc.aio.ServicerContext) -> Caller | None:
-        """The caller of this RPC, if there is one."""
-        found = _CURRENT.get()
-        if found is not None or self.mode == "none":
-            return found
+    def identify_call(self, context: grpc.aio.ServicerContext) -> Caller | None:
+        """The caller named by this call's token or client certificate, as the mode says
+        (none in mode ``none``: neither metadata nor the auth context is read)."""
         if self.mode == "token":
             return self.identify(context.invocation_metadata())
-        return self.identify(None, context.auth_context())
+        if self.mode == "mtls":
+            return self.identify(None, context.auth_context())
+        return None
+
+    def optional(self, context: grpc.aio.ServicerContext) -> Caller | None:
+        """The caller of this RPC, if there is one."""
+        return _CURRENT.get() or self.identify_call(context)
 
     def caller(self, context: grpc.aio.ServicerContext) -> Caller:
         """The caller of this RPC (set by the guard); UNAUTHENTICATED when there is none."""
@@ -132,15 +136,9 @@ class AccessGuard:
     def __call__(self, service: str, method: str, context: grpc.aio.ServicerContext) -> None:
         if not service.startswith("tongban.v1."):
             return
-        mode = self.auth.mode
-        if mode == "none":
-            caller = None
-        elif mode == "token":
-            caller = self.auth.identify(context.invocation_metadata())
-        else:
-            caller = self.auth.identify(None, context.auth_context())
+        caller = self.auth.identify_call(context)
         if caller is None:
-            if mode == "none" and service == _OPEN_WITHOUT_AUTH:
+            if self.auth.mode == "none" and service == _OPEN_WITHOUT_AUTH:
                 return
             raise Unauthenticated("a valid partner identity is required")
         wait = self.buckets[caller.partner].take()

@@ -41,6 +41,16 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
+def _refused(resp: httpx.Response) -> TransportError:
+    """The partner's refusal, retryable for the codes in _RETRYABLE, with its Retry-After."""
+    return TransportError(
+        f"HTTP {resp.status_code}: {resp.text[:300]}",
+        retryable=resp.status_code in _RETRYABLE,
+        code=f"HTTP_{resp.status_code}",
+        retry_after=_retry_after(resp),
+    )
+
+
 class HttpInboxTransport:
     """An httpx client of a partner's JSON API."""
 
@@ -62,16 +72,15 @@ class HttpInboxTransport:
         )
         self._extensions = {"sni_hostname": server_name} if server_name else None
 
-    async def _post(
-        self, path: str, key: str, body: dict[str, Any], timeout: float
-    ) -> dict[str, Any]:
+    async def _send(self, method: str, path: str, timeout: float, **kwargs: Any) -> httpx.Response:
+        """One request to the partner; a failure to get an answer as a retryable TransportError."""
         try:
-            resp = await self._client.post(
+            return await self._client.request(
+                method,
                 f"{self.base_url}{path}",
-                json=body,
-                headers={"Idempotency-Key": key},
                 timeout=timeout,
                 extensions=self._extensions,
+                **kwargs,
             )
         except httpx.TimeoutException as exc:
             raise TransportError(
@@ -88,18 +97,18 @@ class HttpInboxTransport:
             raise TransportError(
                 f"TLS failed: {exc.reason or type(exc).__name__}", retryable=True, code="TLS"
             ) from None
-        if resp.is_success:
-            try:
-                data = resp.json() if resp.content else {}
-            except json.JSONDecodeError:
-                data = {}
-            return data if isinstance(data, dict) else {}
-        raise TransportError(
-            f"HTTP {resp.status_code}: {resp.text[:300]}",
-            retryable=resp.status_code in _RETRYABLE,
-            code=f"HTTP_{resp.status_code}",
-            retry_after=_retry_after(resp),
-        )
+
+    async def _post(
+        self, path: str, key: str, body: dict[str, Any], timeout: float
+    ) -> dict[str, Any]:
+        resp = await self._send("POST", path, timeout, json=body, headers={"Idempotency-Key": key})
+        if not resp.is_success:
+            raise _refused(resp)
+        try:
+            data = resp.json() if resp.content else {}
+        except json.JSONDecodeError:
+            data = {}
+        return data if isinstance(data, dict) else {}
 
     async def deliver_case(
         self, request: inbox.DeliverCaseRequest, timeout: float
@@ -133,28 +142,11 @@ class HttpInboxTransport:
         return inbox.DeliverStatusResponse(duplicate=bool(data.get("duplicate", False)))
 
     async def _get(self, path: str, params: dict[str, str], timeout: float) -> dict[str, Any]:
-        try:
-            resp = await self._client.get(
-                f"{self.base_url}{path}",
-                params=params,
-                timeout=timeout,
-                extensions=self._extensions,
-            )
-        except httpx.TimeoutException:
-            raise TransportError("timeout", retryable=True, code="TIMEOUT") from None
-        except httpx.TransportError as exc:
-            raise TransportError(
-                f"connection failed: {type(exc).__name__}", retryable=True, code="CONNECT"
-            ) from None
+        resp = await self._send("GET", path, timeout, params=params)
         if resp.status_code == 404:
             raise TransportError("not found", retryable=False, code="NOT_FOUND")
         if not resp.is_success:
-            raise TransportError(
-                f"HTTP {resp.status_code}: {resp.text[:300]}",
-                retryable=resp.status_code in _RETRYABLE,
-                code=f"HTTP_{resp.status_code}",
-                retry_after=_retry_after(resp),
-            )
+            raise _refused(resp)
         data = resp.json()
         return data if isinstance(data, dict) else {}
 

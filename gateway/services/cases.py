@@ -183,7 +183,13 @@ class CaseService:
         log.info(
             "case accepted",
             extra={
-                "exchange_id": cx.SubmitCaseResponse.FromString(stored).exchange_id,
+                # A replay answers with the first submission's id, which only the stored
+                # answer holds.
+                "exchange_id": (
+                    cx.SubmitCaseResponse.FromString(stored).exchange_id
+                    if replayed
+                    else intent.exchange_id
+                ),
                 "partner": caller.partner,
                 "target_city": intent.handling_city,
                 "replayed": replayed,

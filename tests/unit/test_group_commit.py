@@ -4,12 +4,14 @@ callers the previous commit served, up to a cap), a lone write never."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from gateway.errors import BackendUnavailable
-from gateway.store.writer import Intent, StoreWriter
+from gateway.store.writer import Executor, Intent, StoreWriter
 
 
 class _Write(Intent):
@@ -28,13 +30,22 @@ class _Recorder:
         return [i.n for i in intents]  # type: ignore[attr-defined]
 
 
-async def test_writes_arriving_during_the_delay_share_one_commit() -> None:
+@contextlib.asynccontextmanager
+async def running(
+    executor: Executor | None = None, **options: Any
+) -> AsyncIterator[tuple[StoreWriter, _Recorder]]:
+    """A started writer (on ``executor``, else a recorder) and the recorder; stopped after."""
     rec = _Recorder()
-    writer = StoreWriter(
-        None, lambda: 0.0, executor=rec, commit_delay=0.2, commit_delay_per_caller=1.0
-    )  # type: ignore[arg-type]
+    writer = StoreWriter(None, lambda: 0.0, executor=executor or rec, **options)  # type: ignore[arg-type]
     writer.start()
     try:
+        yield writer, rec
+    finally:
+        await writer.stop()
+
+
+async def test_writes_arriving_during_the_delay_share_one_commit() -> None:
+    async with running(commit_delay=0.2, commit_delay_per_caller=1.0) as (writer, rec):
         # Five at once: one batch (nothing before it, so no delay).
         assert await asyncio.gather(*(writer.submit(_Write(i)) for i in range(5))) == list(range(5))
         # The previous batch held several writes: the next one waits for company.
@@ -43,8 +54,6 @@ async def test_writes_arriving_during_the_delay_share_one_commit() -> None:
         late = [writer.enqueue(_Write(n)) for n in (11, 12, 13)]
         assert await asyncio.gather(first, *late) == [10, 11, 12, 13]
         assert rec.batches == [[0, 1, 2, 3, 4], [10, 11, 12, 13]]
-    finally:
-        await writer.stop()
 
 
 async def _after_batch_of(writer: StoreWriter, callers: int, late_after: float) -> None:
@@ -65,45 +74,24 @@ async def _after_batch_of(writer: StoreWriter, callers: int, late_after: float) 
 async def test_the_delay_grows_with_the_callers_of_the_previous_commit(
     callers: int, shared: bool
 ) -> None:
-    rec = _Recorder()
-    writer = StoreWriter(
-        None, lambda: 0.0, executor=rec, commit_delay=5.0, commit_delay_per_caller=0.05
-    )  # type: ignore[arg-type]
-    writer.start()
-    try:
+    async with running(commit_delay=5.0, commit_delay_per_caller=0.05) as (writer, rec):
         await _after_batch_of(writer, callers, 0.3)
         assert rec.batches[1:] == ([[100, 101]] if shared else [[100], [101]])
-    finally:
-        await writer.stop()
 
 
 async def test_the_delay_is_capped() -> None:
-    rec = _Recorder()
     # 10 callers x 1 s would be 10 s; the cap is 0.1 s.
-    writer = StoreWriter(
-        None, lambda: 0.0, executor=rec, commit_delay=0.1, commit_delay_per_caller=1.0
-    )  # type: ignore[arg-type]
-    writer.start()
-    try:
+    async with running(commit_delay=0.1, commit_delay_per_caller=1.0) as (writer, rec):
         await _after_batch_of(writer, 10, 0.5)
         assert rec.batches[1:] == [[100], [101]]
-    finally:
-        await writer.stop()
 
 
 async def test_a_lone_write_does_not_wait() -> None:
-    rec = _Recorder()
-    writer = StoreWriter(
-        None, lambda: 0.0, executor=rec, commit_delay=30.0, commit_delay_per_caller=30.0
-    )  # type: ignore[arg-type]
-    writer.start()
-    try:
+    async with running(commit_delay=30.0, commit_delay_per_caller=30.0) as (writer, rec):
         for n in range(3):
             # Would take 30 s if the delay applied; the previous batch held one write.
             assert await asyncio.wait_for(writer.submit(_Write(n)), 5) == n
         assert rec.batches == [[0], [1], [2]]
-    finally:
-        await writer.stop()
 
 
 async def test_a_broken_executor_fails_its_batch_and_the_writer_goes_on() -> None:
@@ -115,27 +103,20 @@ async def test_a_broken_executor_fails_its_batch_and_the_writer_goes_on() -> Non
             return []  # a bug: no result per intent
         return [i.n for i in intents]  # type: ignore[attr-defined]
 
-    writer = StoreWriter(None, lambda: 0.0, executor=executor)  # type: ignore[arg-type]
-    writer.start()
-    try:
+    async with running(executor) as (writer, _):
         with pytest.raises(BackendUnavailable):
             await asyncio.wait_for(writer.submit(_Write(1)), 5)
         assert await asyncio.wait_for(writer.submit(_Write(2)), 5) == 2
-    finally:
-        await writer.stop()
 
 
 async def test_submit_many_queues_groups_and_keeps_each_result_in_order() -> None:
     rec = _Recorder()
-    writer = StoreWriter(None, lambda: 0.0, max_batch=4, executor=rec)  # type: ignore[arg-type]
 
     async def executor(intents: list[Intent], now: float) -> list[Any]:
         out = await rec(intents, now)
         return [ValueError(n) if n == 5 else n for n in out]
 
-    writer.executor = executor
-    writer.start()
-    try:
+    async with running(executor, max_batch=4) as (writer, _):
         results = await writer.submit_many([_Write(n) for n in range(10)])
         assert [r if not isinstance(r, Exception) else "error" for r in results] == [
             0,
@@ -152,25 +133,12 @@ async def test_submit_many_queues_groups_and_keeps_each_result_in_order() -> Non
         # Groups of at most max_batch; the first transaction took the first group only.
         assert rec.batches[0] == [0, 1, 2, 3]
         assert sorted(n for b in rec.batches for n in b) == list(range(10))
-    finally:
-        await writer.stop()
 
 
 async def test_a_lone_stream_does_not_wait_between_its_groups() -> None:
-    rec = _Recorder()
-    writer = StoreWriter(
-        None,
-        lambda: 0.0,
-        max_batch=4,
-        executor=rec,
-        commit_delay=30.0,
-        commit_delay_per_caller=30.0,
-    )  # type: ignore[arg-type]
-    writer.start()
-    try:
+    options = {"max_batch": 4, "commit_delay": 30.0, "commit_delay_per_caller": 30.0}
+    async with running(**options) as (writer, _):
         # One caller's stream of 10 cases: three groups, each committed without waiting.
         results = await asyncio.wait_for(writer.submit_many([_Write(n) for n in range(10)]), 5)
         assert results == list(range(10))
         assert await asyncio.wait_for(writer.submit(_Write(10)), 5) == 10
-    finally:
-        await writer.stop()
