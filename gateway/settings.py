@@ -65,8 +65,9 @@ class StoreSettings(_Model):
     # "thread": in a worker thread of the gateway process (an in-memory SQLite store always).
     writer: Literal["process", "thread"] = "process"
     # Under concurrent load (the previous commit served several callers), a commit waits for
-    # more writes to join it: commit_delay_per_caller_ms for each caller the previous commit
-    # served, at most commit_delay_ms (0: never).
+    # more writes to join it, until as many callers are queued as the previous commit served:
+    # at most commit_delay_per_caller_ms for each of them, and never more than commit_delay_ms
+    # (0: never wait).
     commit_delay_ms: Annotated[float, Field(ge=0, le=100)] = 15.0
     commit_delay_per_caller_ms: Annotated[float, Field(ge=0, le=100)] = 0.5
 

@@ -291,10 +291,11 @@ class StoreWriter:
     GIL. The time of a batch is taken here, from ``clock``.
 
     A batch that follows a batch serving several callers waits for more writes to join it:
-    ``commit_delay_per_caller`` (seconds) for each caller the previous batch served, at most
-    ``commit_delay``. The more callers write at once, the longer a commit gathers them (fewer,
-    larger transactions: less CPU per case under load); a few callers wait little; a lone
-    caller never waits.
+    until as many callers are queued as the previous batch served, for at most
+    ``commit_delay_per_caller`` (seconds) per caller of that batch and never more than
+    ``commit_delay``. Under load a commit gathers the callers that are writing (fewer, larger
+    transactions: less CPU per case) and starts as soon as they are all there, so a fast
+    machine is not held to the timer; a few callers wait little; a lone caller never waits.
     """
 
     def __init__(
@@ -312,6 +313,9 @@ class StoreWriter:
         self.commit_delay = commit_delay
         self.commit_delay_per_caller = commit_delay_per_caller
         self._last_callers = 0
+        # While the writer gathers a batch: the queue length that ends the wait, and the wait.
+        self._gather_until = 0
+        self._gathered: asyncio.Future[None] | None = None
         self._queue: asyncio.Queue[_Pending] | None = None
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
@@ -350,7 +354,19 @@ class StoreWriter:
             raise RuntimeError("StoreWriter.start() was not called")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Pending([intent], fut))
+        self._arrived()
         return fut
+
+    def _arrived(self) -> None:
+        # Ends the batch's wait once the callers it waits for are all queued.
+        gathered, q = self._gathered, self._queue
+        if (
+            gathered is not None
+            and q is not None
+            and q.qsize() >= self._gather_until
+            and not gathered.done()
+        ):
+            gathered.set_result(None)
 
     async def submit(self, intent: Intent) -> Any:
         """Queue ``intent`` and wait until its batch committed; return its result."""
@@ -367,10 +383,23 @@ class StoreWriter:
             fut: asyncio.Future[Any] = loop.create_future()
             self._queue.put_nowait(_Pending(intents[start : start + self.max_batch], fut, True))
             futures.append(fut)
+        self._arrived()
         out: list[Any] = []
         for part in await asyncio.gather(*futures):
             out.extend(part)
         return out
+
+    async def _gather(self, queued: int, timeout: float) -> None:
+        """Wait until ``queued`` writes wait in the queue, or ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        self._gathered = gathered = loop.create_future()
+        self._gather_until = queued
+        timer = loop.call_later(timeout, _resolve, gathered)
+        try:
+            await gathered
+        finally:
+            timer.cancel()
+            self._gathered = None
 
     async def _loop(self) -> None:
         assert self._queue is not None
@@ -379,14 +408,15 @@ class StoreWriter:
             first = await q.get()
             if (
                 self.commit_delay > 0
-                and self._last_callers > 1
+                and 1 + q.qsize() < self._last_callers
                 and len(first.intents) + q.qsize() < self.max_batch
             ):
-                # Under concurrent load (the previous batch served several callers), wait a
-                # moment for more writes: fewer, larger transactions (SQLite writes every
-                # touched page per commit). A lone caller, even with a stream, never waits.
-                await asyncio.sleep(
-                    min(self.commit_delay, self.commit_delay_per_caller * self._last_callers)
+                # Under concurrent load (the previous batch served several callers), wait for
+                # them to write again: fewer, larger transactions (SQLite writes every touched
+                # page per commit). A lone caller, even with a stream, never waits.
+                await self._gather(
+                    self._last_callers - 1,
+                    min(self.commit_delay, self.commit_delay_per_caller * self._last_callers),
                 )
             batch = [first]
             size = len(first.intents)
@@ -425,3 +455,8 @@ class StoreWriter:
                     else:
                         p.future.set_result(part[0])
                 q.task_done()
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

@@ -1,5 +1,6 @@
-"""The writer's commit delay: concurrent writes wait to share a commit (the longer, the more
-callers the previous commit served, up to a cap), a lone write never."""
+"""The writer's commit delay: concurrent writes wait to share a commit (until the previous
+commit's callers are back; the longer, the more callers it served, up to a cap), a lone write
+never."""
 
 from __future__ import annotations
 
@@ -77,6 +78,18 @@ async def test_the_delay_grows_with_the_callers_of_the_previous_commit(
     async with running(commit_delay=5.0, commit_delay_per_caller=0.05) as (writer, rec):
         await _after_batch_of(writer, callers, 0.3)
         assert rec.batches[1:] == ([[100, 101]] if shared else [[100], [101]])
+
+
+async def test_the_wait_ends_once_the_previous_commits_callers_are_back() -> None:
+    # 5 callers x 10 s, capped at 30 s: the wait would outlast the test if it ran its course.
+    async with running(commit_delay=30.0, commit_delay_per_caller=10.0) as (writer, rec):
+        assert await asyncio.gather(*(writer.submit(_Write(i)) for i in range(5))) == list(range(5))
+        first = writer.enqueue(_Write(10))
+        await asyncio.sleep(0.05)
+        assert rec.batches == [[0, 1, 2, 3, 4]]  # the writer is waiting for company
+        late = [writer.enqueue(_Write(n)) for n in (11, 12, 13, 14)]
+        assert await asyncio.wait_for(asyncio.gather(first, *late), 5) == [10, 11, 12, 13, 14]
+        assert rec.batches == [[0, 1, 2, 3, 4], [10, 11, 12, 13, 14]]
 
 
 async def test_the_delay_is_capped() -> None:
