@@ -16,7 +16,7 @@ raised one by one, so a caller sees every problem of a record at once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = [
     "Issue",
@@ -69,6 +69,18 @@ class Problem:
 
 class MappingError(Exception):
     """Base class of every error raised by the mapping engine."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled whole (the gateway's store writer process translates and sends errors back):
+        # subclasses take other constructor arguments, so rebuild from the attributes.
+        return (_restore, (type(self), self.args, dict(self.__dict__)))
+
+
+def _restore(cls: type[MappingError], args: tuple[Any, ...], state: dict[str, Any]) -> MappingError:
+    exc = cls.__new__(cls)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
 
 
 class MappingLoadError(MappingError):

@@ -11,6 +11,7 @@ import base64
 import binascii
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from typing import Any
 import orjson
 
 from adapters.mapping import MappingSet, RecordInvalidError, UnknownSchemaError
-from adapters.mapping.canonical_io import case_message, message_to_canonical
+from adapters.mapping.canonical_io import case_message
 from tongban.v1 import case_exchange_pb2 as cx
 from tongban.v1 import common_pb2, records_pb2
 
@@ -32,25 +33,29 @@ from ..errors import (
     InvalidPageToken,
     InvalidRequest,
     NotRepresentable,
-    PermissionDenied,
     RecordTooLarge,
-    UnknownCity,
     UnknownStatusCode,
 )
 from ..mappings import MappingRegistry
-from ..rpc.translation import warnings_to_proto
 from ..settings import Settings
 from ..store.intents import ReportStatusIntent, SubmitCaseIntent
 from ..store.reads import CaseRecord, EventRecord
 from ..store.store import Store
 from ..timestamps import rfc3339 as _rfc3339
 from ..timestamps import timestamp as _ts
+from .submission import (
+    CANONICAL_CASE,
+    Completed,
+    SubmitContext,
+    SubmitRequestIntent,
+    SubmitRules,
+    prepare_case,
+)
+from .submission import check_id as _check_id
 
 __all__ = ["CaseService"]
 
 log = logging.getLogger("tongban.cases")
-
-CANONICAL_CASE = "tongban.v1.Case"
 
 
 def report_response(status: str, seq: int) -> bytes:
@@ -58,13 +63,6 @@ def report_response(status: str, seq: int) -> bytes:
     return cx.ReportStatusResponse(
         status=records_pb2.CaseStatus.Value(status), event_cursor=str(seq)
     ).SerializeToString()
-
-
-def _check_id(value: str, field: str) -> None:
-    if not value:
-        raise InvalidRequest(f"{field} is required", field)
-    if len(value) > 128 or not value.isprintable():
-        raise InvalidRequest(f"{field} must be 1-128 printable characters", field)
 
 
 class CaseService:
@@ -86,15 +84,13 @@ class CaseService:
         # checks guard every read.
         self._rng = random.Random(os.urandom(32))  # noqa: S311 - unique ids, not secrets
         self._inboxes: dict[str, str | None] = {}
+        # What the writer needs to prepare submissions: one context per serving mapping set.
+        self._rules = SubmitRules.of(settings)
+        self._tokens = itertools.count(1)
+        self._context: SubmitContext | None = None
+        self._context_of: MappingSet | None = None
 
     # -- helpers -----------------------------------------------------------------------------
-
-    def _new_id(self) -> str:
-        # 48 bits of milliseconds, then 80 random bits (the layout of a UUIDv7): ids sort by
-        # time, so the store's unique index on them grows at its right edge instead of taking
-        # a random page per case, which made commits slower as the store grew.
-        ms = int(self.clock() * 1000) & 0xFFFFFFFFFFFF
-        return f"{ms:012x}{self._rng.getrandbits(80):020x}"
 
     def _inbox_partner(self, city: str) -> str | None:
         if city in self._inboxes:
@@ -135,18 +131,22 @@ class CaseService:
     async def submit(self, caller: Caller, request: cx.SubmitCaseRequest) -> cx.SubmitCaseResponse:
         """Validate, translate and durably store one case; the answer means 'will be delivered'."""
         started = time.perf_counter()
-        intent = self.prepare(caller, request)
-        stored, replayed = await self.store.write(intent)
-        self._log_accepted(caller, intent, stored, replayed, started)
+        outcome = await self.store.write(self._deferred(caller, request))
+        stored, replayed = self._settle(outcome)
+        self._log_accepted(caller, request, stored, replayed, started)
         return cx.SubmitCaseResponse.FromString(stored)
 
     async def submit_many(
         self, caller: Caller, requests: list[cx.SubmitCaseRequest]
     ) -> list[bytes | Exception]:
-        """Submit many cases: prepared one after the other, committed together by the writer.
+        """Submit many cases: prepared here one after the other, committed together by the
+        writer.
 
         One result per request, in order: the serialized SubmitCaseResponse of an accepted case
-        (the stored one for a replay), or the exception that refused it.
+        (the stored one for a replay), or the exception that refused it. Unlike :meth:`submit`,
+        a stream's cases are prepared on the event loop, while the writer commits other
+        batches: deferred to the writer, a stream's hundreds of cases arrive at once and wait
+        in line behind its batches (measured: 0.42 against 0.45-0.47 × the bare stream).
         """
         started = time.perf_counter()
         prepared: list[SubmitCaseIntent | Exception] = []
@@ -158,7 +158,7 @@ class CaseService:
         intents = [p for p in prepared if isinstance(p, SubmitCaseIntent)]
         stored = iter(await self.store.write_many(intents))
         out: list[bytes | Exception] = []
-        for p in prepared:
+        for request, p in zip(requests, prepared, strict=True):
             if isinstance(p, Exception):
                 out.append(p)
                 continue
@@ -166,14 +166,40 @@ class CaseService:
             if isinstance(result, Exception):
                 out.append(result)
             else:
-                self._log_accepted(caller, p, result[0], result[1], started)
+                self._log_accepted(caller, request, result[0], result[1], started)
                 out.append(result[0])
         return out
+
+    def _deferred(self, caller: Caller, request: cx.SubmitCaseRequest) -> SubmitRequestIntent:
+        """The case as received, to be prepared where the writer runs its batch."""
+        ctx = self._context
+        ms = self.mappings.current
+        if ctx is None or self._context_of is not ms:
+            ctx = self._context = SubmitContext(next(self._tokens), ms, self._rules)
+            self._context_of = ms
+        intent = SubmitRequestIntent(
+            caller, request.SerializeToString(deterministic=True), ctx.token
+        )
+        intent.context = ctx
+        return intent
+
+    def _settle(self, outcome: Any) -> tuple[bytes, bool]:
+        """(stored answer, replayed?) of a prepared submission; raises the error refusing it."""
+        if isinstance(outcome, Completed):
+            observer = self.mappings.on_translation
+            if observer is not None:
+                for schema, direction, code in outcome.observed:
+                    observer(schema, direction, code)
+            outcome = outcome.result
+        if isinstance(outcome, BaseException):
+            raise outcome
+        stored, replayed = outcome
+        return stored, replayed
 
     def _log_accepted(
         self,
         caller: Caller,
-        intent: SubmitCaseIntent,
+        request: cx.SubmitCaseRequest,
         stored: bytes,
         replayed: bool,
         started: float,
@@ -183,96 +209,20 @@ class CaseService:
         log.info(
             "case accepted",
             extra={
-                # A replay answers with the first submission's id, which only the stored
-                # answer holds.
-                "exchange_id": (
-                    cx.SubmitCaseResponse.FromString(stored).exchange_id
-                    if replayed
-                    else intent.exchange_id
-                ),
+                # A replay answers with the first submission's id: the stored answer holds it.
+                "exchange_id": cx.SubmitCaseResponse.FromString(stored).exchange_id,
                 "partner": caller.partner,
-                "target_city": intent.handling_city,
+                "target_city": request.target_city,
                 "replayed": replayed,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 2),
             },
         )
 
     def prepare(self, caller: Caller, request: cx.SubmitCaseRequest) -> SubmitCaseIntent:
-        """Validate and translate one case into the intent that stores it (raises when bad)."""
-        ms = self.mappings.current
-        _check_id(request.request_id, "request_id")
-        target = request.target_city
-        if not target:
-            raise InvalidRequest("target_city is required", "target_city")
-        if ms.city(target) is None or self._inbox_partner(target) is None:
-            raise UnknownCity(target, "target_city")
-        if not caller.may_target(target):
-            raise PermissionDenied("this partner may not submit cases for that city", "target_city")
-        caller.check_kind("case", "target_city")
-        kind = request.WhichOneof("record")
-        if kind is None:
-            raise InvalidRequest("a case record (foreign or canonical) is required", "record")
-        if kind == "foreign":
-            schema = request.foreign.schema
-            if not schema:
-                raise InvalidRequest("foreign.schema is required", "foreign.schema")
-            if len(request.foreign.json) > self.settings.server.max_record_bytes:
-                raise RecordTooLarge(
-                    f"record is larger than {self.settings.server.max_record_bytes} bytes",
-                    "foreign.json",
-                )
-            try:
-                if ms.kind_of(schema) != "case":
-                    raise InvalidRequest(
-                        f"schema {schema!r} is not a case schema", "foreign.schema"
-                    )
-            except UnknownSchemaError:
-                raise UnknownSchemaError(schema, "foreign.schema") from None
-            result = ms.translate_json(schema, CANONICAL_CASE, request.foreign.json)
-        else:
-            schema = CANONICAL_CASE
-            if request.canonical.ByteSize() > self.settings.server.max_record_bytes:
-                raise RecordTooLarge("record is too large", "canonical")
-            result = ms.to_canonical(CANONICAL_CASE, message_to_canonical(request.canonical))
-        canonical = dict(result.record)
-        # The exchange owns routing: receiving city is the caller's, handling city the target.
-        for key, want in (("receiving_city", caller.city), ("handling_city", target)):
-            have = canonical.get(key)
-            if have and have != want:
-                raise InvalidRequest(
-                    f"{key} in the record ({have}) does not match {'the caller' if key == 'receiving_city' else 'target_city'} ({want})",
-                    ms.source_pointer(schema, (key,)),
-                )
-            canonical[key] = want
-        case_number = canonical.get("case_number", "")
-        if not case_number:
-            raise InvalidRequest(
-                "the case has no case number", ms.source_pointer(schema, ("case_number",))
-            )
-        canonical.pop("status", None)
-        canonical.pop("status_history", None)
-        target_partner = self._inbox_partner(target)
-        assert target_partner is not None
-        exchange_id = self._new_id()
-        body_hash = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
-        response = cx.SubmitCaseResponse(
-            exchange_id=exchange_id,
-            status=records_pb2.CASE_STATUS_SUBMITTED,
-            accepted_at=_ts(self.clock()),
-            warnings=warnings_to_proto(result.warnings) if result.warnings else None,
-        )
-        return SubmitCaseIntent(
-            partner=caller.partner,
-            request_id=request.request_id,
-            body_hash=body_hash,
-            exchange_id=exchange_id,
-            receiving_city=caller.city,
-            handling_city=target,
-            case_number=str(case_number)[:64],
-            canonical=orjson.dumps(canonical).decode(),
-            mapping_versions=",".join(result.versions),
-            target_partner=target_partner,
-            response=response.SerializeToString(),
+        """Validate and translate one case here, into the intent that stores it (raises when
+        bad). Submissions are prepared by the writer instead (:meth:`_deferred`)."""
+        return prepare_case(
+            self.mappings.current, self._rules, caller, request, self.clock(), self._rng
         )
 
     # -- read --------------------------------------------------------------------------------

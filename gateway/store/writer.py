@@ -34,7 +34,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..errors import BackendUnavailable, GatewayError
 from .tables import AuditHead, AuditRow, CaseRow, EventRow, OutboxRow, RequestRow
 
-__all__ = ["AuditEntry", "Batch", "Executor", "Intent", "StoreWriter", "run_intents"]
+__all__ = [
+    "AuditEntry",
+    "Batch",
+    "DeferredIntent",
+    "Executor",
+    "Intent",
+    "StoreWriter",
+    "run_intents",
+]
 
 log = logging.getLogger("tongban.store")
 
@@ -208,6 +216,32 @@ class Intent:
         raise NotImplementedError
 
 
+class DeferredIntent(Intent):
+    """An intent completed where its batch runs, just before the batch's transaction.
+
+    :meth:`complete` turns it into the intent to run, or raises to refuse it; :meth:`outcome`
+    wraps what its caller gets back (the result or error of the completed intent, or the
+    error that refused it). In the gateway the batch runs in the writer process: work done in
+    ``complete`` (translating a submitted case) leaves the event loop. ``context`` (what
+    completing needs, named by ``token``) travels to a writer process once, not with each
+    intent.
+    """
+
+    token: int
+    context: Any
+
+    def complete(self, now: float) -> Intent:  # pragma: no cover - interface
+        """The intent to run in the batch stamped ``now``; raise to refuse this one."""
+        raise NotImplementedError
+
+    def outcome(self, result: Any) -> Any:
+        """What the caller gets: ``result`` (a result or an exception), as is by default."""
+        return result
+
+    def run(self, batch: Batch) -> Any:  # pragma: no cover - completed before any run
+        raise RuntimeError("a deferred intent runs only once completed")
+
+
 _FIELDS: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
 
 
@@ -240,9 +274,37 @@ class _Pending:
 def run_intents(engine: Engine, intents: list[Intent], now: float) -> list[Any]:
     """Run ``intents`` in one transaction stamped ``now``; one result (or error) per intent.
 
-    Blocking. If the database fails the batch, each intent is retried alone so that one bad
-    apple cannot sink the rest. Runs in the writer thread, or in the writer process.
+    Blocking. Deferred intents are completed first (outside the transaction). If the database
+    fails the batch, each intent is retried alone so that one bad apple cannot sink the rest.
+    Runs in the writer thread, or in the writer process.
     """
+    if any(isinstance(i, DeferredIntent) for i in intents):
+        return _run_completing(engine, intents, now)
+    return _run_or_retry(engine, intents, now)
+
+
+def _run_completing(engine: Engine, intents: list[Intent], now: float) -> list[Any]:
+    out: list[Any] = [None] * len(intents)
+    ready: list[Intent] = []
+    where: list[tuple[int, DeferredIntent | None]] = []
+    for n, intent in enumerate(intents):
+        if isinstance(intent, DeferredIntent):
+            try:
+                ready.append(intent.complete(now))
+            except Exception as exc:  # noqa: BLE001 - refused: reported to its caller only
+                out[n] = intent.outcome(exc)
+                continue
+            where.append((n, intent))
+        else:
+            ready.append(intent)
+            where.append((n, None))
+    results = _run_or_retry(engine, ready, now) if ready else []
+    for (n, deferred), result in zip(where, results, strict=True):
+        out[n] = deferred.outcome(result) if deferred is not None else result
+    return out
+
+
+def _run_or_retry(engine: Engine, intents: list[Intent], now: float) -> list[Any]:
     try:
         return _run_batch(engine, intents, now)
     except Exception:

@@ -32,13 +32,19 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackendUnavailable
-from .writer import Intent
+from .writer import DeferredIntent, Intent
 
 __all__ = ["WriterProcess"]
 
 log = logging.getLogger("tongban.store")
 
 _STOP = b""
+#: Tags a frame that gives the child a deferred intents' context (a batch is (now, intents)).
+_CONTEXT = "context"
+
+#: Contexts of deferred intents a writer process keeps (the newest): a mapping reload makes a
+#: new one, and cases queued under the previous set are still prepared with it.
+_KEEP_CONTEXTS = 8
 
 
 class WriterProcess:
@@ -57,6 +63,7 @@ class WriterProcess:
         self._sock: socket.socket | None = None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._shipped: list[int] = []  # tokens of the contexts the child holds, oldest first
         self.restarts = 0
 
     @property
@@ -91,6 +98,7 @@ class WriterProcess:
         settings = pickle.dumps((self.url, self.pool_size, self.log_level))
         ours.sendall(_frame(settings))
         self._proc, self._sock = proc, ours
+        self._shipped = []
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self._reader is None or self._writer is None:
@@ -119,6 +127,8 @@ class WriterProcess:
             self._spawn()
         try:
             reader, writer = await self._connect()
+            for context in self._contexts_to_ship(intents):
+                writer.write(_frame(pickle.dumps((_CONTEXT, context), pickle.HIGHEST_PROTOCOL)))
             writer.write(_frame(data))
             await writer.drain()
             (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
@@ -141,6 +151,17 @@ class WriterProcess:
             ) from None
         results: list[Any] = pickle.loads(reply)  # noqa: S301 - our own child, over our own pipe
         return results
+
+    def _contexts_to_ship(self, intents: list[Intent]) -> list[Any]:
+        """Contexts the batch's deferred intents need that the child does not hold yet."""
+        out: dict[int, Any] = {}
+        for intent in intents:
+            if isinstance(intent, DeferredIntent) and intent.token not in self._shipped:
+                out.setdefault(intent.token, intent.context)
+        for token in out:
+            self._shipped.append(token)
+        del self._shipped[:-_KEEP_CONTEXTS]  # as the child forgets them: the oldest first
+        return list(out.values())
 
     async def close(self) -> None:
         """Stop the child (the writer has drained its queue before)."""
@@ -180,6 +201,7 @@ def _child_main(conn: Connection) -> None:
     configure_logging(log_level)
     engine = make_engine(url, pool_size=pool_size, write=True)
     gc.freeze()  # start-up objects stay: collections walk only each batch's
+    contexts: dict[int, Any] = {}
     try:
         while True:
             try:
@@ -188,7 +210,17 @@ def _child_main(conn: Connection) -> None:
                 break  # the gateway is gone
             if data == _STOP:
                 break
-            now, intents = pickle.loads(data)  # noqa: S301 - from our parent, over our own pipe
+            message = pickle.loads(data)  # noqa: S301 - from our parent, over our own pipe
+            if message[0] == _CONTEXT:
+                contexts[message[1].token] = message[1]
+                while len(contexts) > _KEEP_CONTEXTS:
+                    del contexts[next(iter(contexts))]
+                gc.collect()  # the replaced set's generated code is garbage now
+                continue
+            now, intents = message
+            for intent in intents:
+                if isinstance(intent, DeferredIntent):
+                    intent.context = contexts.get(intent.token)
             try:
                 results = run_intents(engine, intents, now)
             except Exception as exc:  # noqa: BLE001 - the store is down: fail the batch

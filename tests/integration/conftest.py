@@ -17,6 +17,19 @@ from gateway.settings import Settings, load_settings
 ROOT = Path(__file__).resolve().parents[2]
 
 
+#: Zhongshan submits with token "t"; Shenzhen has an inbox (never reached in these tests); the
+#: store's writer runs in its own process, as in production.
+WRITER_PROCESS_ENV = {
+    "TONGBAN_AUTH__MODE": "token",
+    "TONGBAN_PARTNERS__ZS__CITY": "442000",
+    "TONGBAN_PARTNERS__ZS__TOKEN": "t",
+    "TONGBAN_PARTNERS__SZ__CITY": "440300",
+    "TONGBAN_PARTNERS__SZ__INBOX__TRANSPORT": "grpc",
+    "TONGBAN_PARTNERS__SZ__INBOX__TARGET": "127.0.0.1:9",
+    "TONGBAN_STORE__WRITER": "process",
+}
+
+
 def make_settings(tmp_path: Path, **env: str) -> Settings:
     """Settings for a test gateway: port 0, data under tmp_path, no file watching."""
     base = {

@@ -30,18 +30,10 @@ from gateway.store.writer_process import WriterProcess
 from tongban.v1 import case_exchange_pb2 as cx
 from tongban.v1 import common_pb2
 
-from .conftest import ROOT, make_settings
+from .conftest import ROOT, WRITER_PROCESS_ENV, make_settings
 
 CASE = json.loads((ROOT / "mappings/zhongshan/samples/case/01-case.json").read_text("utf-8"))
-ENV = {
-    "TONGBAN_AUTH__MODE": "token",
-    "TONGBAN_PARTNERS__ZS__CITY": "442000",
-    "TONGBAN_PARTNERS__ZS__TOKEN": "t",
-    "TONGBAN_PARTNERS__SZ__CITY": "440300",
-    "TONGBAN_PARTNERS__SZ__INBOX__TRANSPORT": "grpc",
-    "TONGBAN_PARTNERS__SZ__INBOX__TARGET": "127.0.0.1:9",
-    "TONGBAN_STORE__WRITER": "process",
-}
+ENV = WRITER_PROCESS_ENV
 
 
 def _request(i: int, number: str | None = None) -> cx.SubmitCaseRequest:
