@@ -1,10 +1,12 @@
 """Where a Translate call's cost goes: the gateway with parts of its work taken away.
 
 Side by side with the bare echo, in each round: the gateway as shipped; with a Translate
-handler that returns a constant (no translation); that, with metrics off; and that, with the
-method wrapper (metrics, access guard, deadline watchdog) taken away too. Variants are the
-real `tongban serve` with one function replaced at start (see ``_variant_main``); they exist
-to explain figures, not to be run in production. Last line: JSON with each variant's ratio.
+handler that returns a constant (no translation); that, with calls observed by no metrics; and
+that, with the method wrapper (metrics, access guard, deadline watchdog) taken away too.
+Variants are the real `tongban serve` with one function replaced at start (see
+``_variant_main``); they exist to explain figures, not to be run in production. Each round
+prints each variant's rate ratio and its server CPU per call (the echo's in the same round /
+the variant's: rates swing more than CPU does). Last line: JSON with each variant's median ratio and CPU ratio.
 
 Usage: python bench/breakdown.py [--seconds 4] [--rounds 3]
 """
@@ -19,14 +21,21 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import ECHO_SERVICE, EchoServer, GatewayProcess, drive, report, translate_payloads
+from common import (
+    ECHO_SERVICE,
+    EchoServer,
+    GatewayProcess,
+    drive_measured,
+    report,
+    translate_payloads,
+)
 
 from tongban.v1 import common_pb2, translation_pb2
 
 VARIANTS = {
     "gateway": {},
     "constant_handler": {"BENCH_VARIANT": "constant"},
-    "constant_no_metrics": {"BENCH_VARIANT": "constant", "TONGBAN_METRICS__ENABLED": "false"},
+    "constant_no_metrics": {"BENCH_VARIANT": "constant,nometrics"},
     "constant_no_wrapper": {"BENCH_VARIANT": "constant,nowrap"},
 }
 
@@ -45,6 +54,12 @@ def _variant_main() -> None:
             return answer
 
         translation.TranslationServicer.Translate = constant  # type: ignore[method-assign]
+    if "nometrics" in parts:
+        # Calls observed by nothing (metrics.enabled = false only stops serving /metrics).
+        from gateway import app
+        from gateway.rpc import registration
+
+        app.call_observer = lambda metrics: registration._NullObserver()  # type: ignore[assignment]
     if "nowrap" in parts:
         from gateway.rpc import registration
 
@@ -62,6 +77,7 @@ def main() -> None:
     args = p.parse_args()
     requests = translate_payloads()
     ratios: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    cpu: dict[str, list[float]] = {name: [] for name in VARIANTS}
     base = {"TONGBAN_AUTH__MODE": "none", "TONGBAN_DELIVERY__ENABLED": "false"}
     with EchoServer() as echo:
         for r in range(args.rounds):
@@ -73,14 +89,16 @@ def main() -> None:
                         {**base, **env}, Path(tmp), command=[__file__, "--variant"]
                     ) as gw,
                 ):
-                    e = drive(
+                    e = drive_measured(
+                        echo.proc.pid,
                         "unary",
                         f"127.0.0.1:{echo.port}",
                         f"/{ECHO_SERVICE}/Unary",
                         [b"x" * len(requests[0])],
                         seconds=args.seconds,
                     )
-                    g = drive(
+                    g = drive_measured(
+                        gw.proc.pid,
                         "unary",
                         f"127.0.0.1:{gw.port}",
                         "/tongban.v1.TranslationService/Translate",
@@ -90,10 +108,14 @@ def main() -> None:
                     assert not g["errors"], g["errors"]
                 ratios[name].append(g["rate"] / e["rate"])
                 line.append(f"{name} {g['rate'] / e['rate']:.3f}")
+                if e["cpu_us"] and g["cpu_us"]:
+                    cpu[name].append(e["cpu_us"] / g["cpu_us"])
+                    line[-1] += f" (CPU {e['cpu_us']:.0f}/{g['cpu_us']:.0f} us)"
             print(f"round {r}: " + "  ".join(line))
     report(
         {"bench": "breakdown"}
         | {name: round(statistics.median(v), 3) for name, v in ratios.items()}
+        | {f"{name}_cpu": round(statistics.median(v), 3) for name, v in cpu.items() if v}
     )
 
 
