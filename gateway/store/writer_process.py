@@ -42,9 +42,10 @@ _STOP = b""
 #: Tags a frame that gives the child a deferred intents' context (a batch is (now, intents)).
 _CONTEXT = "context"
 
-#: Contexts of deferred intents a writer process keeps (the newest): a mapping reload makes a
-#: new one, and cases queued under the previous set are still prepared with it.
-_KEEP_CONTEXTS = 8
+#: Contexts of deferred intents a writer process keeps after a batch (the newest shipped): a
+#: mapping reload makes a new one, and cases queued under the previous set are still prepared
+#: with it. During a batch it holds every context shipped since, however many.
+_KEEP_CONTEXTS = 4
 
 
 class WriterProcess:
@@ -130,6 +131,7 @@ class WriterProcess:
             for context in self._contexts_to_ship(intents):
                 writer.write(_frame(pickle.dumps((_CONTEXT, context), pickle.HIGHEST_PROTOCOL)))
             writer.write(_frame(data))
+            del self._shipped[:-_KEEP_CONTEXTS]  # as the child forgets them after this batch
             await writer.drain()
             (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
             if size == -1:
@@ -158,9 +160,7 @@ class WriterProcess:
         for intent in intents:
             if isinstance(intent, DeferredIntent) and intent.token not in self._shipped:
                 out.setdefault(intent.token, intent.context)
-        for token in out:
-            self._shipped.append(token)
-        del self._shipped[:-_KEEP_CONTEXTS]  # as the child forgets them: the oldest first
+        self._shipped.extend(out)
         return list(out.values())
 
     async def close(self) -> None:
@@ -213,9 +213,6 @@ def _child_main(conn: Connection) -> None:
             message = pickle.loads(data)  # noqa: S301 - from our parent, over our own pipe
             if message[0] == _CONTEXT:
                 contexts[message[1].token] = message[1]
-                while len(contexts) > _KEEP_CONTEXTS:
-                    del contexts[next(iter(contexts))]
-                gc.collect()  # the replaced set's generated code is garbage now
                 continue
             now, intents = message
             for intent in intents:
@@ -234,6 +231,11 @@ def _child_main(conn: Connection) -> None:
                 conn.send_bytes(_dump(results))
             except OSError:
                 break
+            if len(contexts) > _KEEP_CONTEXTS:
+                for token in list(contexts)[:-_KEEP_CONTEXTS]:  # the oldest shipped, as the
+                    del contexts[token]  # gateway forgets them after this batch
+                del intents
+                gc.collect()  # the replaced sets' generated code is garbage now
     finally:
         engine.dispose()
         conn.close()

@@ -15,6 +15,7 @@ from adapters.mapping import RecordInvalidError
 from gateway.app import Services, bootstrap
 from gateway.auth import Caller
 from gateway.rpc.errors import status_for
+from gateway.services.submission import SubmitRequestIntent
 from tongban.v1 import case_exchange_pb2 as cx
 from tongban.v1 import common_pb2, records_pb2
 
@@ -194,5 +195,43 @@ async def test_a_reload_gives_the_writer_the_new_set_and_queued_cases_keep_their
             "zhongshan.case@2",
             "zhongshan.case@2",
         ]
+    finally:
+        await store.stop()
+
+
+async def test_one_batch_may_need_more_mapping_sets_than_the_writer_keeps(
+    tmp_path: Path,
+) -> None:
+    services, caller = await _started(tmp_path)
+    store = services.store
+    try:
+        queued = []
+        for n in range(7):  # seven sets, each with a case queued under it
+            queued.append(
+                services.cases._deferred(caller, _foreign(f"k-{n}", dict(CASE, SBLSH=f"N-k{n}")))
+            )
+            assert services.mappings.reload().ok
+        assert len({intent.token for intent in queued}) == 7
+        outcomes = await store.write_many(queued)
+        answers = [services.cases._settle(outcome) for outcome in outcomes]
+        assert [replayed for _, replayed in answers] == [False] * 7
+        # Then the writer keeps only the newest sets, and the gateway knows which.
+        wp = store.writer_process
+        assert wp is not None
+        assert len(wp._shipped) == 4
+        again = await services.cases.submit(caller, _foreign("k-7", dict(CASE, SBLSH="N-k7")))
+        assert again.exchange_id
+        # A set the writer forgot is shipped again when a case still needs it.
+        first = queued[0]
+        assert first.token not in wp._shipped
+        late = SubmitRequestIntent(
+            caller,
+            _foreign("k-8", dict(CASE, SBLSH="N-k8")).SerializeToString(deterministic=True),
+            first.token,
+        )
+        late.context = first.context
+        stored, replayed = services.cases._settle(await store.write(late))
+        assert replayed is False
+        assert cx.SubmitCaseResponse.FromString(stored).exchange_id
     finally:
         await store.stop()
