@@ -298,7 +298,12 @@ def _run_completing(engine: Engine, intents: list[Intent], now: float) -> list[A
         else:
             ready.append(intent)
             where.append((n, None))
-    results = _run_or_retry(engine, ready, now) if ready else []
+    try:
+        results = _run_or_retry(engine, ready, now) if ready else []
+    except Exception as exc:  # noqa: BLE001 - the store is down: its intents fail, not the refused
+        log.error("store write failed", extra={"error": type(exc).__name__})
+        down = BackendUnavailable("the store is unavailable; retry later", 1.0)
+        results = [down] * len(ready)
     for (n, deferred), result in zip(where, results, strict=True):
         out[n] = deferred.outcome(result) if deferred is not None else result
     return out

@@ -11,11 +11,14 @@ from typing import Any
 
 import pytest
 
-from adapters.mapping import RecordInvalidError
+from adapters.mapping import MalformedRecordError, RecordInvalidError
 from gateway.app import Services, bootstrap
 from gateway.auth import Caller
+from gateway.errors import BackendUnavailable
 from gateway.rpc.errors import status_for
-from gateway.services.submission import SubmitRequestIntent
+from gateway.services.submission import Completed, SubmitRequestIntent
+from gateway.store.engine import make_engine
+from gateway.store.writer import run_intents
 from tongban.v1 import case_exchange_pb2 as cx
 from tongban.v1 import common_pb2, records_pb2
 
@@ -235,3 +238,21 @@ async def test_one_batch_may_need_more_mapping_sets_than_the_writer_keeps(
         assert cx.SubmitCaseResponse.FromString(stored).exchange_id
     finally:
         await store.stop()
+
+
+async def test_with_the_store_down_a_refused_case_keeps_its_own_error(tmp_path: Path) -> None:
+    services = bootstrap(make_settings(tmp_path, **ENV))
+    caller = services.auth.identify([("authorization", "Bearer t")])
+    assert caller is not None
+    good = services.cases._deferred(caller, _foreign("d-1", CASE))
+    bad = services.cases._deferred(caller, _foreign("d-2", b"[1, 2]"))
+    # A database without the gateway's tables: every statement fails.
+    empty = make_engine(f"sqlite:///{tmp_path / 'empty.db'}", write=True)
+    try:
+        first, second = run_intents(empty, [good, bad], 1.0)
+    finally:
+        empty.dispose()
+    assert isinstance(first, Completed)
+    assert isinstance(first.result, BackendUnavailable)  # retry later
+    assert isinstance(second, Completed)
+    assert isinstance(second.result, MalformedRecordError)  # not worth a retry
