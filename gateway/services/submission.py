@@ -1,11 +1,13 @@
 """Preparing a submitted case: validate, translate, build the intent that stores it.
 
 Preparation is pure (no I/O): the mapping set, the submission rules and the batch's time are all
-it reads. That lets it run where the batch runs instead of on the event loop: a submission is
-queued as a :class:`SubmitRequestIntent` holding the request as bytes, and the store's writer
-process (its own interpreter and GIL) prepares it just before the transaction that stores it.
-The event loop then only reads requests and writes answers; translation (~20-50 µs of loop time
-per case under load, the largest part of a submission) runs beside it.
+it reads. That lets it run where the batch runs instead of on the event loop: a unary
+submission is queued as a :class:`SubmitRequestIntent` holding the request as bytes, and the
+store's writer process (its own interpreter and GIL) prepares it just before the transaction
+that stores it. The event loop then only reads requests and writes answers; the translation
+(~50 µs of loop time per call under load, the largest part of a submission) runs beside it.
+A SubmitCases stream's cases are prepared on the loop with :func:`prepare_case` (see
+``CaseService.submit_many`` for why).
 
 The writer process receives each mapping set once, as its parsed models (a
 :class:`SubmitContext`, compiled again there), then only a token with each case; a mapping

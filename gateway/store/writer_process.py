@@ -4,7 +4,9 @@ In one process, the writer thread and the event loop share one GIL: under load a
 cases took ~10 ms of wall time for ~1 ms of SQLite work, because every statement waited for the
 loop to let go of the lock, and the loop waited for the batch. Here the batch is pickled to a
 child process that owns the write engine and runs :func:`~gateway.store.writer.run_intents`;
-the event loop only pickles intents and unpickles results.
+the event loop only pickles intents and unpickles results. Deferred intents (a unary case to
+prepare) are completed here; the context they need (a mapping set) is sent once, in a frame of
+its own before the first batch that needs it, and kept until newer ones replace it.
 
 Nothing changes for durability: a caller is answered after the child committed. If the child
 dies mid-batch, the batch's callers get ``UNAVAILABLE`` (the batch may or may not have been
