@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from adapters.mapping import MappingSet, UnknownSchemaError
+from adapters.mapping import MappingSet, UnknownSchemaError, parse_json
 from adapters.mapping.canonical_io import message_to_canonical
 from adapters.mapping.compiler import compile_mapping
 from tongban.v1 import case_exchange_pb2 as cx
@@ -124,7 +124,9 @@ def prepare_case(
                 raise InvalidRequest(f"schema {schema!r} is not a case schema", "foreign.schema")
         except UnknownSchemaError:
             raise UnknownSchemaError(schema, "foreign.schema") from None
-        result = ms.translate_json(schema, CANONICAL_CASE, request.foreign.json)
+        # Into the canonical model only: what translate_json(schema, CANONICAL_CASE) gives,
+        # without its second, identity step (~1 µs of 13 per case).
+        result = ms.to_canonical(schema, parse_json(request.foreign.json))
     else:
         schema = CANONICAL_CASE
         if request.canonical.ByteSize() > rules.max_record_bytes:
