@@ -83,7 +83,6 @@ class CaseService:
         # syscall per id costs ~20 us here). Ids need to be unique, not secret: visibility
         # checks guard every read.
         self._rng = random.Random(os.urandom(32))  # noqa: S311 - unique ids, not secrets
-        self._inboxes: dict[str, str | None] = {}
         # What the writer needs to prepare submissions: one context per serving mapping set.
         self._rules = SubmitRules.of(settings)
         self._tokens = itertools.count(1)
@@ -93,12 +92,7 @@ class CaseService:
     # -- helpers -----------------------------------------------------------------------------
 
     def _inbox_partner(self, city: str) -> str | None:
-        if city in self._inboxes:
-            return self._inboxes[city]
-        found = self.settings.partner_for_city(city)
-        partner = None if found is None or found[1].inbox.transport == "none" else found[0]
-        self._inboxes[city] = partner  # settings do not change while the process runs
-        return partner
+        return self._rules.inboxes.get(city)
 
     def _own_schema(self, ms: MappingSet, caller: Caller) -> str:
         return ms.schema_for(caller.city, "case") or CANONICAL_CASE
@@ -133,8 +127,9 @@ class CaseService:
         started = time.perf_counter()
         outcome = await self.store.write(self._deferred(caller, request))
         stored, replayed = self._settle(outcome)
-        self._log_accepted(caller, request, stored, replayed, started)
-        return cx.SubmitCaseResponse.FromString(stored)
+        answer = cx.SubmitCaseResponse.FromString(stored)
+        self._log_accepted(caller, request, answer, replayed, started)
+        return answer
 
     async def submit_many(
         self, caller: Caller, requests: list[cx.SubmitCaseRequest]
@@ -200,17 +195,19 @@ class CaseService:
         self,
         caller: Caller,
         request: cx.SubmitCaseRequest,
-        stored: bytes,
+        answer: bytes | cx.SubmitCaseResponse,
         replayed: bool,
         started: float,
     ) -> None:
         if not log.isEnabledFor(logging.INFO):
             return
+        if isinstance(answer, bytes):
+            answer = cx.SubmitCaseResponse.FromString(answer)
         log.info(
             "case accepted",
             extra={
                 # A replay answers with the first submission's id: the stored answer holds it.
-                "exchange_id": cx.SubmitCaseResponse.FromString(stored).exchange_id,
+                "exchange_id": answer.exchange_id,
                 "partner": caller.partner,
                 "target_city": request.target_city,
                 "replayed": replayed,
@@ -220,7 +217,8 @@ class CaseService:
 
     def prepare(self, caller: Caller, request: cx.SubmitCaseRequest) -> SubmitCaseIntent:
         """Validate and translate one case here, into the intent that stores it (raises when
-        bad). Submissions are prepared by the writer instead (:meth:`_deferred`)."""
+        bad): a stream's cases. A unary submission is prepared by the writer
+        (:meth:`_deferred`)."""
         return prepare_case(
             self.mappings.current, self._rules, caller, request, self.clock(), self._rng
         )

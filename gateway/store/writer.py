@@ -274,9 +274,10 @@ class _Pending:
 def run_intents(engine: Engine, intents: list[Intent], now: float) -> list[Any]:
     """Run ``intents`` in one transaction stamped ``now``; one result (or error) per intent.
 
-    Blocking. Deferred intents are completed first (outside the transaction). If the database
-    fails the batch, each intent is retried alone so that one bad apple cannot sink the rest.
-    Runs in the writer thread, or in the writer process.
+    Blocking; never raises. Deferred intents are completed first (outside the transaction). If
+    the database fails the batch, each intent is retried alone so that one bad apple cannot
+    sink the rest; if it fails a lone intent, that one gets :class:`BackendUnavailable`. Runs
+    in the writer thread, or in the writer process.
     """
     if any(isinstance(i, DeferredIntent) for i in intents):
         return _run_completing(engine, intents, now)
@@ -298,12 +299,8 @@ def _run_completing(engine: Engine, intents: list[Intent], now: float) -> list[A
         else:
             ready.append(intent)
             where.append((n, None))
-    try:
-        results = _run_or_retry(engine, ready, now) if ready else []
-    except Exception as exc:  # noqa: BLE001 - the store is down: its intents fail, not the refused
-        log.error("store write failed", extra={"error": type(exc).__name__})
-        down = BackendUnavailable("the store is unavailable; retry later", 1.0)
-        results = [down] * len(ready)
+    # The store down fails the completed intents; the refused keep their own errors.
+    results = _run_or_retry(engine, ready, now) if ready else []
     for (n, deferred), result in zip(where, results, strict=True):
         out[n] = deferred.outcome(result) if deferred is not None else result
     return out
@@ -312,9 +309,10 @@ def _run_completing(engine: Engine, intents: list[Intent], now: float) -> list[A
 def _run_or_retry(engine: Engine, intents: list[Intent], now: float) -> list[Any]:
     try:
         return _run_batch(engine, intents, now)
-    except Exception:
+    except Exception as exc:  # noqa: BLE001 - the store down fails the batch, not the writer
         if len(intents) == 1:
-            raise
+            log.error("store write failed", extra={"error": type(exc).__name__})
+            return [BackendUnavailable("the store is unavailable; retry later", 1.0)]
         log.warning("batch failed; retrying its intents one by one", extra={"size": len(intents)})
         results: list[Any] = []
         # The hot path speaks to the driver directly: its own errors are store errors too.

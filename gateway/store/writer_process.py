@@ -220,15 +220,7 @@ def _child_main(conn: Connection) -> None:
             for intent in intents:
                 if isinstance(intent, DeferredIntent):
                     intent.context = contexts.get(intent.token)
-            try:
-                results = run_intents(engine, intents, now)
-            except Exception as exc:  # noqa: BLE001 - the store is down: fail the batch
-                logging.getLogger("tongban.store").error(
-                    "store write failed", extra={"error": type(exc).__name__}
-                )
-                results = [BackendUnavailable("the store is unavailable; retry later", 1.0)] * len(
-                    intents
-                )
+            results = run_intents(engine, intents, now)  # the store down: BackendUnavailable
             try:
                 conn.send_bytes(_dump(results))
             except OSError:
