@@ -106,7 +106,8 @@ class GatewayProcess:
             "TONGBAN_MAPPINGS__PATH": str(ROOT / "mappings"),
             "TONGBAN_MAPPINGS__WATCH": "false",
             "TONGBAN_METRICS__PORT": str(self.metrics_port),
-            "TONGBAN_LOG__LEVEL": "WARNING",
+            # Logging as in production (the default INFO level, JSON lines): a line per unary
+            # call, per stream, per delivery, written to `gateway.log` in the data directory.
             **env,
         }
         self.log = data_dir / "gateway.log"

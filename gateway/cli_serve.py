@@ -61,7 +61,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = read_settings(args.config)
     if settings is None:
         return 2
-    configure_logging(settings.log.level, settings.log.format)
+    configure_logging(settings.log.level, settings.log.format, background=True)
     workers = args.workers or settings.server.workers
     if workers > 1:
         return _serve_workers(settings, workers)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -280,9 +281,36 @@ async def test_submit_cases_stream_reports_each(exchange: Exchange) -> None:
         for i, rec in enumerate([good, bad, ZS_CASE]):
             yield cx.SubmitCasesRequest(case_request=submit_req(f"b{i}", rec))
 
-    resp = await exchange.stub.SubmitCases(gen(), metadata=ZS)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("tongban")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        resp = await exchange.stub.SubmitCases(gen(), metadata=ZS)
+        logger.setLevel(logging.DEBUG)
+        again = await exchange.stub.SubmitCases(gen(), metadata=ZS)  # retried: replays
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
     assert (resp.accepted_count, resp.rejected_count) == (2, 1)
     assert [r.index for r in resp.results] == [0, 1, 2]
     assert resp.results[1].error_reason == "MAPPING_FAILED"
     assert list(resp.results[1].error_fields) == ["/SQSJ"]
     assert exchange.rows("cases") == 2
+    assert (again.accepted_count, again.rejected_count) == (2, 1)
+    assert [r.response.exchange_id for r in again.results] == [
+        r.response.exchange_id for r in resp.results
+    ]
+    # At INFO one line per stream with its counts; at DEBUG also one line per accepted case.
+    lines = [(r.getMessage(), r.levelno, vars(r)) for r in records]
+    summaries = [
+        (v["accepted"], v["replayed"], v["refused"]) for m, _, v in lines if m == "cases accepted"
+    ]
+    assert summaries == [(2, 0, 1), (2, 2, 1)]
+    each = [
+        v["exchange_id"] for m, lvl, v in lines if m == "case accepted" and lvl == logging.DEBUG
+    ]
+    assert each == [resp.results[0].response.exchange_id, resp.results[2].response.exchange_id]
