@@ -37,7 +37,7 @@ QUEUE_LIMIT = 10_000
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, event, then the extra fields."""
+    """One JSON object per line: ts, level, logger, pid, event, then the extra fields."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -58,6 +58,7 @@ class JsonFormatter(logging.Formatter):
             "ts": self._ts(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
+            "pid": record.process,  # which worker of `serve --workers`
             "event": record.getMessage(),
         }
         for key, value in record.__dict__.items():

@@ -32,7 +32,8 @@ def test_two_workers_share_port_store_and_metrics(tmp_path) -> None:
         "TONGBAN_MAPPINGS__WATCH": "false",
         "TONGBAN_PARTNERS__SHENZHEN__INBOX__TRANSPORT": "grpc",
         "TONGBAN_PARTNERS__SHENZHEN__INBOX__TARGET": "127.0.0.1:9",
-        "TONGBAN_LOG__LEVEL": "WARNING",
+        "TONGBAN_LOG__LEVEL": "INFO",
+        "TONGBAN_LOG__FORMAT": "json",
     }
     log = (tmp_path / "gw.log").open("wb")
     proc = subprocess.Popen(
@@ -100,6 +101,15 @@ def test_two_workers_share_port_store_and_metrics(tmp_path) -> None:
     assert code == 0
     out = (tmp_path / "gw.log").read_text()
     assert out.count("tongban serving on") == 3  # the parent and both workers, on one port
+    # Each forked worker logs from its own background writer, flushed when it exits.
+    accepted = [
+        json.loads(line)
+        for line in out.splitlines()
+        if line.startswith("{") and '"case accepted"' in line
+    ]
+    assert len(accepted) == 40
+    assert len({a["exchange_id"] for a in accepted}) == 40
+    assert len({a["pid"] for a in accepted}) == 2  # both workers served and logged
     import sqlite3
 
     with sqlite3.connect(tmp_path / "tongban.db") as conn:
