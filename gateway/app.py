@@ -30,6 +30,7 @@ from tongban.v1 import (
 )
 
 from .auth import AccessGuard, Authenticator
+from .logs import observe_drops
 from .mappings import MappingRegistry
 from .metrics import (
     GatewayMetrics,
@@ -257,6 +258,7 @@ class Gateway:
         if self.settings.metrics.enabled:
             m = self.settings.metrics
             self._metrics_server = serve_metrics(self.services.metrics, m.host, m.port)
+        observe_drops(self.services.metrics.log_records_dropped.inc)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self._tasks.append(asyncio.create_task(self._probe_store()))
         self._tasks.append(asyncio.create_task(self.services.watchdog.run(self._stop)))
@@ -306,6 +308,7 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await transport.close()
         await self.services.store.stop()
+        observe_drops(None)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

@@ -24,11 +24,18 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
-__all__ = ["JsonFormatter", "TextFormatter", "configure_logging", "flush_logging"]
+__all__ = [
+    "JsonFormatter",
+    "TextFormatter",
+    "configure_logging",
+    "flush_logging",
+    "observe_drops",
+]
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -169,6 +176,8 @@ class _Background:
                 target.handleError(record)
         dropped = self.handler.take_dropped()
         if dropped:  # reported with the next write, after the records that were kept
+            for observer in _drop_observers:
+                observer(dropped)
             warning = logging.makeLogRecord(
                 {
                     "name": "tongban.logs",
@@ -202,6 +211,13 @@ class _Background:
 
 #: The background writer in use, if any (at most one).
 _active: list[_Background] = []
+#: Called (in the writer thread) with the number of records dropped since the last write.
+_drop_observers: list[Callable[[float], None]] = []
+
+
+def observe_drops(observer: Callable[[float], None] | None) -> None:
+    """Report dropped log records to ``observer`` (a metric's ``inc``); None stops reporting."""
+    _drop_observers[:] = [observer] if observer is not None else []
 
 
 def flush_logging() -> None:

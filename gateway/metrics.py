@@ -153,6 +153,11 @@ class GatewayMetrics:
             ("outcome",),
             registry=r,
         )
+        self.log_records_dropped = Counter(
+            "tongban_log_records_dropped_total",
+            "Log records dropped because stderr did not take them fast enough.",
+            registry=r,
+        )
         self.store_up = Gauge(
             "tongban_store_up",
             "1 when the store answers, 0 when it does not.",

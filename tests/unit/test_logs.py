@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from gateway import logs
-from gateway.logs import configure_logging, flush_logging
+from gateway.logs import configure_logging, flush_logging, observe_drops
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,6 +39,7 @@ def tongban_logger() -> Iterator[logging.Logger]:
     saved = (logger.handlers[:], logger.level, logger.propagate)
     yield logger
     flush_logging()
+    observe_drops(None)
     logger.handlers[:], logger.level, logger.propagate = saved
 
 
@@ -77,6 +78,8 @@ def test_a_blocked_stderr_does_not_block_the_caller_and_drops_are_counted(
     gate = _Gate()
     monkeypatch.setattr(sys, "stderr", gate)
     monkeypatch.setattr(logs, "QUEUE_LIMIT", 50)
+    counted: list[float] = []
+    observe_drops(counted.append)  # the gateway passes its tongban_log_records_dropped_total
     configure_logging("INFO", "json", background=True)
     log = logging.getLogger("tongban.test")
     log.info("first")
@@ -98,6 +101,7 @@ def test_a_blocked_stderr_does_not_block_the_caller_and_drops_are_counted(
     assert len(dropped) == 1
     assert dropped[0]["dropped"] == 150
     assert dropped[0]["level"] == "warning"
+    assert sum(counted) == 150
     assert events[-1] == "after"
 
 
