@@ -11,7 +11,8 @@ then never stalls the gateway, and the loop does not pay for formatting and ``wr
 SubmitCase at INFO: 533 -> 439 µs of CPU per call; docs/operations.md, "Logs"). The queue is
 bounded: when the writer cannot keep up, records are dropped and counted, and a ``log records
 dropped`` warning with the count follows the records that were kept. Records still queued are
-written at exit; a forked worker (``serve --workers``) starts its own queue and thread.
+written at exit; a forked worker (``serve --workers``) starts its own queue and thread, and a
+fork waits (up to 5 s) for a write in progress.
 """
 
 from __future__ import annotations
@@ -189,11 +190,12 @@ class _Background:
             )
             lines.append(target.format(warning))
         if lines:
-            try:
-                target.stream.write(target.terminator.join(lines) + target.terminator)
-                target.stream.flush()
-            except Exception:  # noqa: BLE001 - stderr gone: as the stdlib handler does
-                target.handleError(logging.makeLogRecord({"msg": "log write failed"}))
+            with _writing:  # a fork waits: the child must not inherit a half-written stream
+                try:
+                    target.stream.write(target.terminator.join(lines) + target.terminator)
+                    target.stream.flush()
+                except Exception:  # noqa: BLE001 - stderr gone: as the stdlib handler does
+                    target.handleError(logging.makeLogRecord({"msg": "log write failed"}))
 
     def stop(self) -> None:
         """Write what is queued, then end the thread."""
@@ -226,13 +228,35 @@ def flush_logging() -> None:
         _active.pop().stop()
 
 
+#: Held by a writer thread while it writes, and by a thread that forks while it forks: the
+#: stream's own buffer lock, taken in the middle of a write, would stay taken in the child.
+_writing = threading.Lock()
+#: Whether the forking thread got ``_writing`` (it waits at most 5 s for a blocked stderr).
+_fork_holds: list[bool] = [False]
+
+
+def _before_fork() -> None:
+    _fork_holds[0] = _writing.acquire(timeout=5.0)
+
+
+def _after_fork_in_parent() -> None:
+    if _fork_holds[0]:
+        _writing.release()
+
+
 def _after_fork_in_child() -> None:
+    if _fork_holds[0]:
+        _writing.release()
     for background in _active:
         background.after_fork()
 
 
 atexit.register(flush_logging)
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)
 
 
 def configure_logging(level: str = "INFO", fmt: str = "auto", *, background: bool = False) -> None:

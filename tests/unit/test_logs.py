@@ -134,3 +134,36 @@ def test_queued_records_are_written_at_exit_and_by_a_forked_child() -> None:
     assert parent == list(range(1000))  # written once (not again by the child), in order
     assert [line["event"] for line in lines].count("child") == 1
     assert lines[-1]["event"] == "last"
+
+
+def test_a_fork_waits_for_a_write_in_progress() -> None:
+    # A child forked in the middle of a write would inherit the stream's buffer lock taken.
+    script = (
+        "import io, logging, os, sys, threading, time\n"
+        "from gateway.logs import configure_logging\n"
+        "started, ended = threading.Event(), []\n"
+        "class Slow(io.StringIO):\n"
+        "    def write(self, s):\n"
+        "        started.set(); time.sleep(0.5); ended.append(time.monotonic())\n"
+        "        return len(s)\n"
+        "sys.stderr = Slow()\n"
+        "configure_logging('INFO', 'json', background=True)\n"
+        "logging.getLogger('tongban.t').info('slow')\n"
+        "started.wait(5)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    os._exit(0)\n"
+        "forked = time.monotonic()\n"
+        "os.waitpid(pid, 0)\n"
+        "print(forked >= ended[0] if ended else 'no write ended', file=sys.__stdout__)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"
