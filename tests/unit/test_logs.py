@@ -105,6 +105,20 @@ def test_a_blocked_stderr_does_not_block_the_caller_and_drops_are_counted(
     assert events[-1] == "after"
 
 
+def _python(script: str) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a fresh interpreter (forks stay out of the test process)."""
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return out
+
+
 def test_queued_records_are_written_at_exit_and_by_a_forked_child() -> None:
     script = (
         "import logging, os, sys\n"
@@ -120,15 +134,7 @@ def test_queued_records_are_written_at_exit_and_by_a_forked_child() -> None:
         "os.waitpid(pid, 0)\n"
         "log.info('last')\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        check=False,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
+    out = _python(script)
     lines = _lines(out.stderr)
     parent = [line["i"] for line in lines if line["event"] == "parent"]
     assert parent == list(range(1000))  # written once (not again by the child), in order
@@ -157,13 +163,5 @@ def test_a_fork_waits_for_a_write_in_progress() -> None:
         "os.waitpid(pid, 0)\n"
         "print(forked >= ended[0] if ended else 'no write ended', file=sys.__stdout__)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        check=False,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
+    out = _python(script)
     assert out.stdout.strip() == "True"
