@@ -219,7 +219,7 @@ class MappingSet:
             except RecursionError:
                 raise MalformedRecordError("record is nested too deeply") from None
             versions = (cm.ref,)
-        errors = [i for i in issues if i.severity == "error"]
+        errors = [i for i in issues if i.severity == "error"] if issues else issues
         if self.observer is not None:
             self.observer(schema, "inbound", errors[0].code if errors else None)
         if errors:
@@ -235,7 +235,7 @@ class MappingSet:
             raise UnknownSchemaError(schema)
         issues: list[Issue] = []
         out = cm.reverse(canonical, issues)
-        errors = [i for i in issues if i.severity == "error"]
+        errors = [i for i in issues if i.severity == "error"] if issues else issues
         if self.observer is not None:
             self.observer(schema, "outbound", errors[0].code if errors else None)
         if errors:

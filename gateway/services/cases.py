@@ -45,11 +45,11 @@ from ..timestamps import rfc3339 as _rfc3339
 from ..timestamps import timestamp as _ts
 from .submission import (
     CANONICAL_CASE,
+    CasePreparer,
     Completed,
     SubmitContext,
     SubmitRequestIntent,
     SubmitRules,
-    prepare_case,
 )
 from .submission import check_id as _check_id
 
@@ -149,9 +149,11 @@ class CaseService:
         """
         started = time.perf_counter()
         prepared: list[SubmitCaseIntent | Exception] = []
+        # One preparer for the stream: its cases share the time they were accepted at.
+        prepare = self.preparer(caller)
         for request in requests:
             try:
-                prepared.append(self.prepare(caller, request))
+                prepared.append(prepare(request))
             except Exception as exc:  # noqa: BLE001 - reported per case, like a unary call
                 prepared.append(exc)
         intents = [p for p in prepared if isinstance(p, SubmitCaseIntent)]
@@ -239,13 +241,15 @@ class CaseService:
             },
         )
 
+    def preparer(self, caller: Caller) -> CasePreparer:
+        """Prepares cases here, now, on the serving mapping set: a stream's cases. A unary
+        submission is prepared by the writer (:meth:`_deferred`)."""
+        return CasePreparer(self.mappings.current, self._rules, caller, self.clock(), self._rng)
+
     def prepare(self, caller: Caller, request: cx.SubmitCaseRequest) -> SubmitCaseIntent:
         """Validate and translate one case here, into the intent that stores it (raises when
-        bad): a stream's cases. A unary submission is prepared by the writer
-        (:meth:`_deferred`)."""
-        return prepare_case(
-            self.mappings.current, self._rules, caller, request, self.clock(), self._rng
-        )
+        bad)."""
+        return self.preparer(caller)(request)
 
     # -- read --------------------------------------------------------------------------------
 
