@@ -1,7 +1,11 @@
 """Translate RPC vs a bare grpc.aio echo, unary, 64 in flight, same client, one run.
 
 The gateway translates a Zhongshan case into Shenzhen's schema (full validation); the echo
-server returns a message of the same size. Last line: JSON with ``vs_echo``.
+server returns a message of the same size. Two gateways run side by side: as configured by
+default, and with `server.translate_batch_window_ms = 2` (concurrent calls run together, see
+docs/configuration.md). A last round at 4 calls in flight shows what the window costs a client
+with few calls at a time. Last line: JSON with ``vs_echo`` (default configuration) and
+``vs_echo_batched``.
 
 Usage: python bench/translate.py [--seconds 5] [--concurrency 64] [--rounds 3]
 """
@@ -23,6 +27,10 @@ from common import (
     translate_payloads,
 )
 
+ENV = {"TONGBAN_AUTH__MODE": "none", "TONGBAN_DELIVERY__ENABLED": "false"}
+BATCHED = {**ENV, "TONGBAN_SERVER__TRANSLATE_BATCH_WINDOW_MS": "2"}
+METHOD = "/tongban.v1.TranslationService/Translate"
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -33,58 +41,77 @@ def main() -> None:
     requests = translate_payloads()
     size = len(requests[0])
     echo_payloads = [b"x" * size]
-    gw_rates, echo_rates = [], []
-    gw_cpu, echo_cpu = [], []
+    rates: dict[str, list[float]] = {"echo": [], "gateway": [], "batched": []}
+    cpu: dict[str, list[float | None]] = {"echo": [], "gateway": [], "batched": []}
     with (
         tempfile.TemporaryDirectory() as tmp,
         EchoServer() as echo,
-        GatewayProcess(
-            {"TONGBAN_AUTH__MODE": "none", "TONGBAN_DELIVERY__ENABLED": "false"}, Path(tmp)
-        ) as gw,
+        GatewayProcess(ENV, Path(tmp) / "default") as gw,
+        GatewayProcess(BATCHED, Path(tmp) / "batched") as bgw,
     ):
-        for _ in range(args.rounds):
-            e = drive_measured(
-                echo.proc.pid,
+        targets = {
+            "echo": (echo.proc.pid, echo.port, f"/{ECHO_SERVICE}/Unary", echo_payloads),
+            "gateway": (gw.proc.pid, gw.port, METHOD, requests),
+            "batched": (bgw.proc.pid, bgw.port, METHOD, requests),
+        }
+
+        def measure(name: str, concurrency: int) -> dict[str, object]:
+            pid, port, method, payloads = targets[name]
+            result = drive_measured(
+                pid,
                 "unary",
-                f"127.0.0.1:{echo.port}",
-                f"/{ECHO_SERVICE}/Unary",
-                echo_payloads,
-                concurrency=args.concurrency,
+                f"127.0.0.1:{port}",
+                method,
+                payloads,
+                concurrency=concurrency,
                 seconds=args.seconds,
             )
-            g = drive_measured(
-                gw.proc.pid,
-                "unary",
-                f"127.0.0.1:{gw.port}",
-                "/tongban.v1.TranslationService/Translate",
-                requests,
-                concurrency=args.concurrency,
-                seconds=args.seconds,
-            )
-            assert not g["errors"], g["errors"]
-            echo_rates.append(e["rate"])
-            gw_rates.append(g["rate"])
-            echo_cpu.append(e["cpu_us"])
-            gw_cpu.append(g["cpu_us"])
+            assert not result["errors"], result["errors"]
+            return result
+
+        for r in range(args.rounds):
+            # The two gateways take turns going first after the echo.
+            order = ["echo", "gateway", "batched"] if r % 2 == 0 else ["echo", "batched", "gateway"]
+            got = {name: measure(name, args.concurrency) for name in order}
+            for name, g in got.items():
+                rates[name].append(float(g["rate"]))  # type: ignore[arg-type]
+                cpu[name].append(g["cpu_us"])  # type: ignore[arg-type]
+            e = got["echo"]["rate"]
             print(
-                f"round: echo {e['rate']:,.0f}/s  translate {g['rate']:,.0f}/s  "
-                f"ratio {g['rate'] / e['rate']:.3f}; server CPU per call: echo {e['cpu_us']} us, "
-                f"gateway {g['cpu_us']} us"
+                f"round: echo {e:,.0f}/s  translate {got['gateway']['rate']:,.0f}/s "
+                f"({got['gateway']['rate'] / e:.3f})  batched {got['batched']['rate']:,.0f}/s "
+                f"({got['batched']['rate'] / e:.3f}); server CPU per call: echo "
+                f"{got['echo']['cpu_us']} us, gateway {got['gateway']['cpu_us']} us, batched "
+                f"{got['batched']['cpu_us']} us"
             )
-    echo_rate, gw_rate = statistics.median(echo_rates), statistics.median(gw_rates)
+        few = {name: measure(name, 4) for name in ("echo", "gateway", "batched")}
+        print(
+            f"4 in flight: echo {few['echo']['rate']:,.0f}/s  translate "
+            f"{few['gateway']['rate'] / few['echo']['rate']:.3f}  batched "
+            f"{few['batched']['rate'] / few['echo']['rate']:.3f}"
+        )
+
+    def ratio(name: str) -> float:
+        return round(
+            statistics.median(g / e for g, e in zip(rates[name], rates["echo"], strict=True)), 3
+        )
+
+    batched_cpu = cpu_figures(cpu["echo"], cpu["batched"])
     report(
         {
             "bench": "translate",
             "message_bytes": size,
             "concurrency": args.concurrency,
-            "echo_rps": round(echo_rate),
-            "translate_rps": round(gw_rate),
-            # The median of the per-round ratios: each round measures both side by side.
-            "vs_echo": round(
-                statistics.median(g / e for g, e in zip(gw_rates, echo_rates, strict=True)), 3
-            ),
+            "echo_rps": round(statistics.median(rates["echo"])),
+            "translate_rps": round(statistics.median(rates["gateway"])),
+            # The median of the per-round ratios: each round measures all side by side.
+            "vs_echo": ratio("gateway"),
             # What a call costs the server (all threads and child processes), in CPU us.
-            **cpu_figures(echo_cpu, gw_cpu),
+            **cpu_figures(cpu["echo"], cpu["gateway"]),
+            "vs_echo_batched": ratio("batched"),
+            "batched_cpu_us": batched_cpu.get("gateway_cpu_us"),
+            "vs_echo_at_4": round(few["gateway"]["rate"] / few["echo"]["rate"], 3),  # type: ignore[operator]
+            "vs_echo_batched_at_4": round(few["batched"]["rate"] / few["echo"]["rate"], 3),  # type: ignore[operator]
         }
     )
 

@@ -157,7 +157,11 @@ def bootstrap(
     )
     services.observer = call_observer(metrics)
     services.servicers["TranslationService"] = TranslationServicer(
-        mappings, settings.server.max_record_bytes, auth
+        mappings,
+        settings.server.max_record_bytes,
+        auth,
+        batch_window=settings.server.translate_batch_window_ms / 1000,
+        batch_max=settings.server.translate_batch_max,
     )
     services.servicers["CaseExchangeService"] = CaseExchangeServicer(cases, auth)
     services.servicers["IdentityService"] = IdentityServicer(

@@ -5,14 +5,16 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from typing import Any
 
 import grpc
 import orjson
 
-from adapters.mapping import UnknownSchemaError
+from adapters.mapping import MappingSet, TranslationResult, UnknownSchemaError
 from gateway.auth import Authenticator
 from gateway.errors import InvalidPageToken, InvalidRequest, RecordTooLarge
 from gateway.mappings import MappingRegistry
+from gateway.rpc.batching import CallBatcher
 from tongban.v1 import common_pb2, translation_pb2
 
 __all__ = ["TranslationServicer", "warnings_to_proto"]
@@ -30,11 +32,21 @@ class TranslationServicer:
     """Implements ``tongban.v1.TranslationService`` on the serving mapping set."""
 
     def __init__(
-        self, mappings: MappingRegistry, max_record_bytes: int, auth: Authenticator | None = None
+        self,
+        mappings: MappingRegistry,
+        max_record_bytes: int,
+        auth: Authenticator | None = None,
+        *,
+        batch_window: float = 0.0,
+        batch_max: int = 64,
     ) -> None:
         self.mappings = mappings
         self.max_record_bytes = max_record_bytes
         self.auth = auth
+        # server.translate_batch_window_ms: translations of concurrent calls run together.
+        self.batcher: CallBatcher[tuple[TranslationResult, bytes]] | None = (
+            CallBatcher(batch_window, batch_max) if batch_window > 0 else None
+        )
 
     async def Translate(
         self, request: translation_pb2.TranslateRequest, context: grpc.aio.ServicerContext
@@ -60,8 +72,11 @@ class TranslationServicer:
                 raise UnknownSchemaError(name, field) from None
             if caller is not None:
                 caller.check_kind(kind, field)
-        result = ms.translate_json(source, target, request.record.json)
-        body = orjson.dumps(result.record)
+        data = request.record.json
+        if self.batcher is None:
+            result, body = _translate(ms, source, target, data)
+        else:
+            result, body = await self.batcher.run(lambda: _translate(ms, source, target, data))
         return translation_pb2.TranslateResponse(
             record=common_pb2.ForeignRecord(schema=target, json=body),
             mapping_versions=list(result.versions),
@@ -117,6 +132,13 @@ class TranslationServicer:
         more = len([i for i in infos if i.name > after]) > size
         token = _encode_token(page[-1].name, request.city) if more and page else ""
         return translation_pb2.ListSchemasResponse(schemas=page, next_page_token=token)
+
+
+def _translate(
+    ms: MappingSet, source: str, target: str, data: Any
+) -> tuple[TranslationResult, bytes]:
+    result = ms.translate_json(source, target, data)
+    return result, orjson.dumps(result.record)
 
 
 def _encode_token(after: str, city: str) -> str:
