@@ -162,6 +162,7 @@ def bootstrap(
         auth,
         batch_window=settings.server.translate_batch_window_ms / 1000,
         batch_max=settings.server.translate_batch_max,
+        on_batch=metrics.translate_batch_calls.observe,
     )
     services.servicers["CaseExchangeService"] = CaseExchangeServicer(cases, auth)
     services.servicers["IdentityService"] = IdentityServicer(

@@ -153,6 +153,12 @@ class GatewayMetrics:
             ("outcome",),
             registry=r,
         )
+        self.translate_batch_calls = Histogram(
+            "tongban_translate_batch_calls",
+            "Translate calls run together per batch window (server.translate_batch_window_ms).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=r,
+        )
         self.log_records_dropped = Counter(
             "tongban_log_records_dropped_total",
             "Log records dropped because stderr did not take them fast enough.",

@@ -30,11 +30,18 @@ class CallBatcher(Generic[T]):
     in arrival order. Each caller gets its own result or its own exception; the work of a call
     cancelled while waiting (its client went away, its deadline passed) is not run."""
 
-    def __init__(self, window: float, max_calls: int) -> None:
+    def __init__(
+        self,
+        window: float,
+        max_calls: int,
+        on_close: Callable[[int], None] | None = None,
+    ) -> None:
         if window <= 0 or max_calls < 1:
             raise ValueError("a batch window must be positive and hold at least one call")
         self.window = window
         self.max_calls = max_calls
+        #: Told how many calls each window held (the gateway's tongban_translate_batch_calls).
+        self.on_close = on_close
         self._pending: list[tuple[asyncio.Future[T], Callable[[], T]]] = []
         self._timer: asyncio.TimerHandle | None = None
         #: Windows closed and calls run so far (for the benchmark and the tests).
@@ -58,6 +65,8 @@ class CallBatcher(Generic[T]):
             self._timer = None
         batch, self._pending = self._pending, []
         self.batches += 1
+        if self.on_close is not None:
+            self.on_close(len(batch))
         for fut, work in batch:
             if fut.done():  # cancelled while waiting
                 continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -39,13 +40,14 @@ class TranslationServicer:
         *,
         batch_window: float = 0.0,
         batch_max: int = 64,
+        on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self.mappings = mappings
         self.max_record_bytes = max_record_bytes
         self.auth = auth
         # server.translate_batch_window_ms: translations of concurrent calls run together.
         self.batcher: CallBatcher[tuple[TranslationResult, bytes]] | None = (
-            CallBatcher(batch_window, batch_max) if batch_window > 0 else None
+            CallBatcher(batch_window, batch_max, on_batch) if batch_window > 0 else None
         )
 
     async def Translate(

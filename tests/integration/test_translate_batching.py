@@ -64,6 +64,13 @@ async def test_batched_answers_are_those_of_one_by_one(tmp_path: Path) -> None:
         # 24 concurrent calls, at most 8 per window: they ran together, not one by one.
         assert servicer.batcher.calls == 24
         assert 3 <= servicer.batcher.batches < 24
+        # What each window held reaches the histogram operators tune the window with.
+        registry = batched.services.metrics.registry
+        assert registry.get_sample_value("tongban_translate_batch_calls_sum") == 24
+        assert (
+            registry.get_sample_value("tongban_translate_batch_calls_count")
+            == servicer.batcher.batches
+        )
         assert plain.services.servicers["TranslationService"].batcher is None  # type: ignore[attr-defined]
     finally:
         await plain.stop(grace=0)
