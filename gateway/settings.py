@@ -52,9 +52,9 @@ class ServerSettings(_Model):
     max_record_bytes: Annotated[int, Field(ge=256, le=16 * 1024 * 1024)] = 256 * 1024
     max_deadline_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
     workers: Annotated[int, Field(ge=1, le=64)] = 1
-    # Translate calls wait up to this long to run together (0: each runs at once); see
-    # docs/configuration.md for when it pays.
-    translate_batch_window_ms: Annotated[float, Field(ge=0, le=50)] = 0.0
+    # Under many concurrent Translate calls, they wait up to this long to run together
+    # (gateway/rpc/batching.py; 0: never); see docs/configuration.md.
+    translate_batch_window_ms: Annotated[float, Field(ge=0, le=50)] = 2.0
     translate_batch_max: Annotated[int, Field(ge=1, le=1024)] = 64
 
 

@@ -1,5 +1,5 @@
-"""Translate with ``server.translate_batch_window_ms``: concurrent calls run in windows and get
-exactly the answers and errors they get one by one."""
+"""Translate with ``server.translate_batch_window_ms`` (on by default): concurrent calls run in
+windows and get exactly the answers and errors they get one by one (window 0)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,9 @@ async def _answers(gw: Gateway) -> list[object]:
 
 
 async def test_batched_answers_are_those_of_one_by_one(tmp_path: Path) -> None:
-    plain = Gateway(make_settings(tmp_path / "plain"))
+    plain = Gateway(
+        make_settings(tmp_path / "plain", TONGBAN_SERVER__TRANSLATE_BATCH_WINDOW_MS="0")
+    )
     batched = Gateway(
         make_settings(
             tmp_path / "batched",
@@ -61,7 +63,8 @@ async def test_batched_answers_are_those_of_one_by_one(tmp_path: Path) -> None:
         servicer = batched.services.servicers["TranslationService"]
         assert isinstance(servicer, TranslationServicer)
         assert servicer.batcher is not None
-        # 24 concurrent calls, at most 8 per window: they ran together, not one by one.
+        # 24 concurrent calls, at most 8 per window: the first window (a probe) filled up,
+        # which turned batching on; they ran together, not one by one.
         assert servicer.batcher.calls == 24
         assert 3 <= servicer.batcher.batches < 24
         # What each window held reaches the histogram operators tune the window with.
