@@ -62,7 +62,7 @@ class CallBatcher(Generic[T]):
         self._timer: asyncio.TimerHandle | None = None
         self._batching = False
         self._target = max_calls  # the open window closes when it holds this many calls
-        self._learned = max_calls  # calls the last measured window held
+        self._learned = max_calls  # calls the last measured window held (at most max_calls)
         self._small = 0  # measured windows in a row under min_calls
         self._next_probe = 0.0
         #: Windows closed, and calls run (in windows or at once), so far.
@@ -86,10 +86,12 @@ class CallBatcher(Generic[T]):
             self.calls += 1
             return work()
         fut: asyncio.Future[T] = loop.create_future()
-        if not self._pending and not self._batching:
-            self._target = self.max_calls  # a probe: the whole window
+        if not self._pending:
+            # A probe, and every remeasure_every-th window, run their whole length (or fill up).
+            full = not self._batching or self.batches % self.remeasure_every == 0
+            self._target = self.max_calls if full else self._learned
         self._pending.append((fut, work))
-        if len(self._pending) >= min(self._target, self.max_calls):
+        if len(self._pending) >= self._target:
             self._close(loop, expired=False)
         elif self._timer is None:
             self._timer = loop.call_later(self.window, self._close, loop, True)
@@ -104,7 +106,6 @@ class CallBatcher(Generic[T]):
         self.batches += 1
         if expired or n >= self.max_calls:
             self._measured(loop, n)
-        self._target = self.max_calls if self.batches % self.remeasure_every == 0 else self._learned
         if self.on_close is not None:
             self.on_close(n)
         for fut, work in batch:

@@ -13,9 +13,8 @@ from gateway.rpc.translation import TranslationServicer
 from tongban.v1 import translation_pb2_grpc
 
 from .conftest import ROOT, make_settings, rich_error
-from .test_translation_rpc import req
+from .test_translation_rpc import ZS_CASE, req
 
-ZS_CASE = (ROOT / "mappings/zhongshan/samples/case/01-case.json").read_bytes()
 ZS_PERSON = (ROOT / "mappings/zhongshan/samples/person/02-person.json").read_bytes()
 
 REQUESTS = [
