@@ -158,9 +158,58 @@ def _client_process(
     concurrency: int,
     seconds: float,
     metadata: list[tuple[str, str]],
+    server_pid: int | None,
     out: Any,
 ) -> None:
-    out.put(asyncio.run(_drive(kind, target, method, payloads, concurrency, seconds, metadata)))
+    out.put(
+        asyncio.run(
+            _drive(kind, target, method, payloads, concurrency, seconds, metadata, server_pid)
+        )
+    )
+
+
+class _Snapshot:
+    """The machine's CPU counters and the server's per-thread CPU time at one instant (taken
+    by the client at the start and the end of its measured seconds)."""
+
+    def __init__(self, server_pid: int | None) -> None:
+        self.at = time.perf_counter()
+        self.total = self.idle = 0
+        self.threads: dict[tuple[int, int], float] = {}
+        try:
+            line = Path("/proc/stat").read_text().split("\n", 1)[0]
+            fields = [int(v) for v in line.split()[1:]]
+            self.total, self.idle = sum(fields), fields[3] + fields[4]
+            if server_pid is not None:
+                self.threads = _thread_cpu(server_pid)
+        except (OSError, ValueError, IndexError):
+            pass  # no /proc: no load figures
+
+    def load(self, start: _Snapshot) -> dict[str, float]:
+        """``busy``: share of the machine's CPU time in use between ``start`` and now (every
+        core, client included); ``busiest_thread``: CPU time of the server's busiest thread
+        (its event loop, in practice) over the elapsed time, 1.0 = one core all the time."""
+        total = self.total - start.total
+        out = {"busy": round(1 - (self.idle - start.idle) / total, 3) if total else 0.0}
+        if self.threads:
+            wall = self.at - start.at
+            top = max(v - start.threads.get(k, 0.0) for k, v in self.threads.items())
+            out["busiest_thread"] = round(top / wall, 3)
+        return out
+
+
+def _thread_cpu(pid: int) -> dict[tuple[int, int], float]:
+    """CPU seconds of every thread of ``pid`` and of its child processes."""
+    out: dict[tuple[int, int], float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    pending = [pid]
+    while pending:
+        p = pending.pop()
+        for task in Path(f"/proc/{p}/task").iterdir():
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            out[(p, int(task.name))] = (int(fields[11]) + int(fields[12])) / tick
+            pending.extend(int(c) for c in (task / "children").read_text().split())
+    return out
 
 
 async def _drive(
@@ -171,6 +220,7 @@ async def _drive(
     concurrency: int,
     seconds: float,
     metadata: list[tuple[str, str]],
+    server_pid: int | None = None,
 ) -> dict[str, Any]:
     errors: dict[str, int] = {}
     latencies: list[float] = []
@@ -198,11 +248,13 @@ async def _drive(
                 call(payloads[i % len(payloads)], metadata=metadata) for i in range(concurrency)
             ]
             await asyncio.gather(*warm, return_exceptions=True)
+            first = _Snapshot(server_pid)
             start = time.perf_counter()
             stop_at = start + seconds
             await asyncio.gather(*(worker(w) for w in range(concurrency)))
             elapsed = time.perf_counter() - start
             return {
+                **_Snapshot(server_pid).load(first),
                 "rate": done / elapsed,
                 "errors": errors,
                 "p50_ms": 1000 * statistics.median(latencies) if latencies else None,
@@ -233,11 +285,12 @@ async def _drive(
                 except grpc.aio.AioRpcError as err:
                     errors[err.code().name] = errors.get(err.code().name, 0) + 1
 
+        first = _Snapshot(server_pid)
         start = time.perf_counter()
         stop_at = start + seconds
         await asyncio.gather(*(stream_worker(w) for w in range(concurrency)))
         elapsed = time.perf_counter() - start
-        return {"rate": counter[0] / elapsed, "errors": errors}
+        return {**_Snapshot(server_pid).load(first), "rate": counter[0] / elapsed, "errors": errors}
 
 
 async def _items(msgs: list[bytes]) -> Any:
@@ -254,13 +307,26 @@ def drive(
     concurrency: int = 64,
     seconds: float = 5.0,
     metadata: list[tuple[str, str]] | None = None,
+    server_pid: int | None = None,
 ) -> dict[str, Any]:
-    """Run the load client in a separate process; return its rate (calls or messages per s)."""
+    """Run the load client in a separate process; return its rate (calls or messages per s),
+    and how busy the machine (``busy``) and the server's busiest thread (``busiest_thread``,
+    given ``server_pid``) were during its measured seconds, where /proc tells."""
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     proc = ctx.Process(
         target=_client_process,
-        args=(kind, target, method, payloads, concurrency, seconds, metadata or [], out),
+        args=(
+            kind,
+            target,
+            method,
+            payloads,
+            concurrency,
+            seconds,
+            metadata or [],
+            server_pid,
+            out,
+        ),
     )
     proc.start()
     result = out.get(timeout=seconds + 120)
@@ -292,7 +358,7 @@ def drive_measured(
     (all its threads and child processes). Rates swing with the machine's other load; the CPU
     a call costs swings much less, and shows where a ratio comes from."""
     before = server_cpu(pid)
-    result = drive(kind, target, method, payloads, **kw)
+    result = drive(kind, target, method, payloads, server_pid=pid, **kw)
     after = server_cpu(pid)
     seconds = kw.get("seconds", 5.0)
     calls = result["rate"] * seconds
@@ -302,6 +368,27 @@ def drive_measured(
         else None
     )
     return result
+
+
+def load_figures(results: list[dict[str, Any]], prefix: str) -> dict[str, Any]:
+    """Medians of the runs' ``busy`` and ``busiest_thread``, as ``{prefix}_busy`` and
+    ``{prefix}_busiest_thread`` (absent where /proc did not tell)."""
+    out: dict[str, Any] = {}
+    for key in ("busy", "busiest_thread"):
+        values = [r[key] for r in results if r.get(key) is not None]
+        if values:
+            out[f"{prefix}_{key}"] = round(statistics.median(values), 3)
+    return out
+
+
+def load_text(result: dict[str, Any]) -> str:
+    """``busy 0.93, loop 0.85``: how busy the machine and the server's busiest thread were."""
+    parts = []
+    if "busy" in result:
+        parts.append(f"busy {result['busy']:.2f}")
+    if "busiest_thread" in result:
+        parts.append(f"loop {result['busiest_thread']:.2f}")
+    return ", ".join(parts)
 
 
 def cpu_figures(echo: list[float | None], gateway: list[float | None]) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 The gateway runs as configured in production (token auth, audit, outbox, metrics; delivery off
 so that only submission is measured) on the embedded SQLite store, fsync on commit. Same client
-process and concurrency for both sides. Last line: JSON with ``vs_echo`` and
-``stream_vs_stream_echo``.
+process and concurrency for both sides. Each round also prints the load while it was measured
+(how busy the machine and the server's event loop were: which of them bounds the ratio). Last
+line: JSON with ``vs_echo`` and ``stream_vs_stream_echo``.
 
 Usage: python bench/submit.py [--seconds 5] [--concurrency 64] [--rounds 3]
 """
@@ -15,6 +16,7 @@ import itertools
 import statistics
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from common import (
     BENCH_TOKEN,
@@ -24,6 +26,8 @@ from common import (
     case_payloads,
     cpu_figures,
     drive_measured,
+    load_figures,
+    load_text,
     partner_env,
     report,
 )
@@ -55,6 +59,7 @@ def main() -> None:
     args = p.parse_args()
     unary_g, unary_e, stream_g, stream_e = [], [], [], []
     cpu: dict[str, list[float | None]] = {k: [] for k in ("ue", "ug", "se", "sg")}
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in ("ue", "ug", "se", "sg")}
     with (
         tempfile.TemporaryDirectory() as tmp,
         EchoServer() as echo,
@@ -116,11 +121,14 @@ def main() -> None:
             stream_g.append(sg["rate"])
             for key, res in (("ue", e), ("ug", g), ("se", se), ("sg", sg)):
                 cpu[key].append(res["cpu_us"])
+                runs[key].append(res)
             print(
                 f"round {r}: unary echo {e['rate']:,.0f}/s submit {g['rate']:,.0f}/s "
                 f"({g['rate'] / e['rate']:.3f}); stream echo {se['rate']:,.0f} msg/s "
                 f"submit {sg['rate']:,.0f} msg/s ({sg['rate'] / se['rate']:.3f}); server CPU us "
-                f"per call {e['cpu_us']} / {g['cpu_us']}, per message {se['cpu_us']} / {sg['cpu_us']}"
+                f"per call {e['cpu_us']} / {g['cpu_us']}, per message {se['cpu_us']} / {sg['cpu_us']}; "
+                f"load: unary {load_text(e)} / {load_text(g)}, stream {load_text(se)} / "
+                f"{load_text(sg)}"
             )
     ue, ug = statistics.median(unary_e), statistics.median(unary_g)
     se_, sg_ = statistics.median(stream_e), statistics.median(stream_g)
@@ -143,6 +151,11 @@ def main() -> None:
             # Server CPU (all threads and the writer process) per call / per streamed message.
             **{f"unary_{k}": v for k, v in cpu_figures(cpu["ue"], cpu["ug"]).items()},
             **{f"stream_{k}": v for k, v in cpu_figures(cpu["se"], cpu["sg"]).items()},
+            # How busy the machine and each server's busiest thread (its event loop) were.
+            **load_figures(runs["ue"], "unary_echo"),
+            **load_figures(runs["ug"], "unary_gateway"),
+            **load_figures(runs["se"], "stream_echo"),
+            **load_figures(runs["sg"], "stream_gateway"),
         }
     )
 

@@ -4,8 +4,10 @@ The gateway translates a Zhongshan case into Shenzhen's schema (full validation)
 server returns a message of the same size. Two gateways run side by side: as configured by
 default (concurrent calls run together in windows once enough arrive together,
 `server.translate_batch_window_ms = 2`), and with that window off (`0`). A last round at 4
-calls in flight shows what the window's probes cost a client with few calls at a time. Last
-line: JSON with ``vs_echo`` (default configuration) and ``vs_echo_unbatched``.
+calls in flight shows what the window's probes cost a client with few calls at a time. Each
+round also prints the load while it was measured (how busy the machine and each server's event
+loop were: which of them bounds the ratio). Last line: JSON with ``vs_echo`` (default
+configuration) and ``vs_echo_unbatched``.
 
 Usage: python bench/translate.py [--seconds 5] [--concurrency 64] [--rounds 3]
 """
@@ -16,6 +18,7 @@ import argparse
 import statistics
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from common import (
     ECHO_SERVICE,
@@ -23,6 +26,8 @@ from common import (
     GatewayProcess,
     cpu_figures,
     drive_measured,
+    load_figures,
+    load_text,
     report,
     translate_payloads,
 )
@@ -43,6 +48,7 @@ def main() -> None:
     echo_payloads = [b"x" * size]
     rates: dict[str, list[float]] = {"echo": [], "gateway": [], "unbatched": []}
     cpu: dict[str, list[float | None]] = {"echo": [], "gateway": [], "unbatched": []}
+    runs: dict[str, list[dict[str, Any]]] = {"echo": [], "gateway": [], "unbatched": []}
     with (
         tempfile.TemporaryDirectory() as tmp,
         EchoServer() as echo,
@@ -78,13 +84,15 @@ def main() -> None:
             for name, g in got.items():
                 rates[name].append(float(g["rate"]))  # type: ignore[arg-type]
                 cpu[name].append(g["cpu_us"])  # type: ignore[arg-type]
+                runs[name].append(g)
             e = got["echo"]["rate"]
             print(
                 f"round: echo {e:,.0f}/s  translate {got['gateway']['rate']:,.0f}/s "
                 f"({got['gateway']['rate'] / e:.3f})  window off {got['unbatched']['rate']:,.0f}/s "
                 f"({got['unbatched']['rate'] / e:.3f}); server CPU per call: echo "
                 f"{got['echo']['cpu_us']} us, gateway {got['gateway']['cpu_us']} us, window off "
-                f"{got['unbatched']['cpu_us']} us"
+                f"{got['unbatched']['cpu_us']} us; load: echo {load_text(got['echo'])}, gateway "
+                f"{load_text(got['gateway'])}, window off {load_text(got['unbatched'])}"
             )
         few = {name: measure(name, 4) for name in ("echo", "gateway", "unbatched")}
         print(
@@ -114,6 +122,11 @@ def main() -> None:
             "unbatched_cpu_us": unbatched_cpu.get("gateway_cpu_us"),
             "vs_echo_at_4": round(few["gateway"]["rate"] / few["echo"]["rate"], 3),  # type: ignore[operator]
             "vs_echo_unbatched_at_4": round(few["unbatched"]["rate"] / few["echo"]["rate"], 3),  # type: ignore[operator]
+            # How busy the machine, and each server's busiest thread (its event loop), were:
+            # a ratio is bounded by the machine's cores or by that one thread.
+            **load_figures(runs["echo"], "echo"),
+            **load_figures(runs["gateway"], "gateway"),
+            **load_figures(runs["unbatched"], "unbatched"),
         }
     )
 
