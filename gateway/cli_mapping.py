@@ -72,16 +72,25 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 
 def cmd_coverage(args: argparse.Namespace) -> int:
-    """Print unread source fields and unfilled canonical fields of a city's mappings."""
+    """Print unread source fields and unfilled canonical fields of a city's mappings (or of
+    one mapping, given its schema name)."""
     ms = _load(Path(args.dir), sys.stderr)
     if ms is None:
         return EXIT_FAILED
-    city = ms.city(args.city)
-    if city is None:
-        print(f"error: unknown city {args.city!r} (known: {', '.join(ms.cities)})", file=sys.stderr)
-        return EXIT_USAGE
+    if args.city in ms.compiled:
+        schemas = [args.city]
+    else:
+        city = ms.city(args.city)
+        if city is None:
+            print(
+                f"error: unknown city or schema {args.city!r} (cities: {', '.join(ms.cities)}; "
+                f"schemas: {', '.join(sorted(ms.compiled))})",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        schemas = sorted(s for s in ms.compiled if s.startswith(city.name + "."))
     report = {}
-    for schema in sorted(s for s in ms.compiled if s.startswith(city.name + ".")):
+    for schema in schemas:
         cov = ms.coverage(schema)
         report[schema] = {
             "source_fields_never_read": cov.source_unread,
@@ -154,7 +163,11 @@ def add_mapping_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     test.add_argument("-v", "--verbose", action="store_true", help="also print warnings")
     test.set_defaults(func=cmd_test)
     cov = msub.add_parser("coverage", help="unread source fields and unfilled canonical fields")
-    cov.add_argument("city", help="city name or region code, e.g. zhongshan or 442000")
+    cov.add_argument(
+        "city",
+        help="city name or region code (every mapping of the city), e.g. zhongshan or 442000, "
+        "or one schema, e.g. zhongshan.case",
+    )
     cov.add_argument("--dir", default="mappings", help="mapping folder (default: mappings)")
     cov.add_argument("--json", action="store_true", help="print JSON")
     cov.set_defaults(func=cmd_coverage)

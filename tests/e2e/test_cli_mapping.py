@@ -61,7 +61,16 @@ def test_coverage_lists_unmapped_fields(tmp_path: Path) -> None:
     report = json.loads(out.stdout)["zhongshan.enterprise"]
     assert report["source_fields_never_read"] == ["LXDH"]
     assert report["canonical_fields_never_filled"] == ["phone"]
-    assert run("mapping", "coverage", "beijing").returncode == 2
+    bad = run("mapping", "coverage", "beijing")
+    assert bad.returncode == 2
+    assert "unknown city or schema 'beijing'" in bad.stderr
+    assert "zhongshan.enterprise" in bad.stderr  # the schemas it knows
+    # One schema: only that mapping's coverage.
+    one = run(
+        "mapping", "coverage", "zhongshan.enterprise", "--dir", str(tmp_path / "mappings"), "--json"
+    )
+    assert one.returncode == 0, one.stderr
+    assert json.loads(one.stdout) == {"zhongshan.enterprise": report}
 
 
 def test_translate_offline_file_and_stdin() -> None:
