@@ -60,7 +60,7 @@ def cmd_test(args: argparse.Namespace) -> int:
         print(f"{'PASS' if r.ok else 'FAIL'} {r.sample}")
         if args.verbose:
             for w in r.warnings:
-                print(f"     warning: {w}")
+                print(f"     {w}")
         if not r.ok:
             for line in r.detail.splitlines():
                 print(f"     {line}")
@@ -126,7 +126,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     except RecordInvalidError as exc:
         for issue in exc.issues:
-            print(f"{issue.severity}: {issue}", file=sys.stderr)
+            print(issue, file=sys.stderr)
         return EXIT_FAILED
     except MalformedRecordError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -135,7 +135,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     for w in result.warnings:
-        print(f"warning: {w}", file=sys.stderr)
+        print(w, file=sys.stderr)
     print(json.dumps(result.record, ensure_ascii=False, indent=None if args.compact else 2))
     return EXIT_OK
 

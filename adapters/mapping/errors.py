@@ -50,7 +50,7 @@ class Issue:
 
     def __str__(self) -> str:
         where = self.pointer or self.canonical or "/"
-        return f"{self.severity} {self.code} at {where} ({self.rule}): {self.message}"
+        return f"{self.severity}: {self.code} at {where} ({self.rule}): {self.message}"
 
 
 @dataclass(frozen=True, slots=True)
