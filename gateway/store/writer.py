@@ -269,6 +269,37 @@ def _fields_of(cls: type) -> Callable[[Any], tuple[Any, ...]]:
     return get
 
 
+#: A batch's intents as they cross to a writer process: runs of one class, each intent its
+#: constructor arguments (see :func:`pack_intents`).
+PackedIntents = list[tuple[type, list[tuple[Any, ...]]]]
+
+
+def pack_intents(intents: Sequence[Intent]) -> PackedIntents:
+    """``intents`` as runs of one class with each intent's constructor arguments.
+
+    Pickled this way, a batch names each class once per run and pickles plain tuples, instead
+    of calling every intent's ``__reduce__`` on the event loop: about half the loop's pickling
+    time per case (a stream of 200 cases is one run). :func:`unpack_intents` rebuilds them, in
+    order, as unpickling each one would.
+    """
+    runs: PackedIntents = []
+    cls: type | None = None
+    values: list[tuple[Any, ...]] = []
+    for intent in intents:
+        kind = type(intent)
+        if kind is not cls:
+            cls, values = kind, []
+            get = _fields_of(kind)
+            runs.append((kind, values))
+        values.append(get(intent))
+    return runs
+
+
+def unpack_intents(runs: PackedIntents) -> list[Intent]:
+    """The intents :func:`pack_intents` packed, in order."""
+    return [cls(*args) for cls, values in runs for args in values]
+
+
 @dataclass
 class _Pending:
     """Intents queued together: one (``submit``), or a group (``submit_many``) with one future."""

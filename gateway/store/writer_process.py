@@ -34,14 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackendUnavailable
-from .writer import DeferredIntent, Intent
+from .writer import DeferredIntent, Intent, pack_intents, unpack_intents
 
 __all__ = ["WriterProcess"]
 
 log = logging.getLogger("tongban.store")
 
 _STOP = b""
-#: Tags a frame that gives the child a deferred intents' context (a batch is (now, intents)).
+#: Tags a frame that gives the child a deferred intents' context (a batch is (now, packed intents)).
 _CONTEXT = "context"
 
 #: Contexts of deferred intents a writer process keeps after a batch (the newest shipped): a
@@ -121,7 +121,7 @@ class WriterProcess:
 
     async def run(self, intents: list[Intent], now: float) -> list[Any]:
         """Commit ``intents`` in the child; their results, as :func:`run_intents` gives them."""
-        data = pickle.dumps((now, intents), protocol=pickle.HIGHEST_PROTOCOL)
+        data = pickle.dumps((now, pack_intents(intents)), protocol=pickle.HIGHEST_PROTOCOL)
         if not self._alive():
             if self._proc is not None:
                 self._reap()
@@ -216,7 +216,8 @@ def _child_main(conn: Connection) -> None:
             if message[0] == _CONTEXT:
                 contexts[message[1].token] = message[1]
                 continue
-            now, intents = message
+            now, packed = message
+            intents = unpack_intents(packed)
             for intent in intents:
                 if isinstance(intent, DeferredIntent):
                     intent.context = contexts.get(intent.token)
