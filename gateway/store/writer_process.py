@@ -41,7 +41,7 @@ __all__ = ["WriterProcess"]
 log = logging.getLogger("tongban.store")
 
 _STOP = b""
-#: Tags a frame that gives the child a deferred intents' context (a batch is (now, packed intents)).
+#: Tags a frame that gives the child a deferred intents' context (a batch: now, packed intents).
 _CONTEXT = "context"
 
 #: Contexts of deferred intents a writer process keeps after a batch (the newest shipped): a

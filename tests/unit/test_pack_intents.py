@@ -4,6 +4,8 @@ are the same intents in the same order, as unpickling each one gives."""
 from __future__ import annotations
 
 import pickle
+from dataclasses import dataclass
+from typing import Any
 
 from gateway.auth import Caller
 from gateway.services.submission import SubmitRequestIntent
@@ -68,6 +70,24 @@ def test_a_deferred_intent_crosses_without_its_context() -> None:
         3,
         None,
     )
+
+
+@dataclass
+class _OwnWay(Intent):
+    """An intent that pickles itself its own way: kept as it is."""
+
+    n: int
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_OwnWay, (self.n * 10,))
+
+
+def test_an_intent_that_pickles_its_own_way_keeps_its_way() -> None:
+    intents: list[Intent] = [_case(1), _OwnWay(2), _OwnWay(3), _case(4)]
+    packed = pack_intents(intents)
+    assert [cls for cls, _ in packed] == [SubmitCaseIntent, None, SubmitCaseIntent]
+    back = _cross(intents)
+    assert back == [_case(1), _OwnWay(20), _OwnWay(30), _case(4)]
 
 
 def test_nothing_packs_to_nothing() -> None:
