@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
@@ -85,3 +85,48 @@ def test_times_at_the_ends_of_the_calendar_are_refused_not_crashed() -> None:
     with pytest.raises(ValueProblem) as err:
         iso("0001-01-01T00:00:00+08:00")
     assert err.value.code == "BAD_DATETIME"
+
+
+LAYOUTS = [
+    "iso8601",
+    "yyyyMMddHHmmss",
+    "yyyy-MM-dd'T'HH:mm:ss.SSSXXX",
+    "yyyy'年'MM'月'dd'日' HH时mm分",
+    "'{y}' dd/MM/yyyy 'at' HH'\\'mm\"ss",  # braces, a backslash and a quote as literal text
+    "'{y:04d}{{tz}}}' yyyyMMdd",  # literal text that looks like the layout's own fields
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    tz_name=st.sampled_from(ZONES),
+    layout=st.sampled_from(LAYOUTS),
+    dt=st.datetimes(min_value=datetime(1900, 1, 2), max_value=datetime(2100, 12, 30)),
+)
+def test_the_generated_layout_writes_what_str_format_writes(
+    tz_name: str, layout: str, dt: datetime
+) -> None:
+    pattern, tz = DatePattern(layout), zone(tz_name)
+    value = format_timestamp(dt.replace(tzinfo=UTC))
+    local = dt.replace(tzinfo=UTC).astimezone(tz)
+    off = local.utcoffset()
+    assert off is not None
+    secs = int(off.total_seconds())
+    tzs = (
+        "Z"
+        if secs == 0
+        else f"{'+' if secs > 0 else '-'}{abs(secs) // 3600:02d}:{abs(secs) % 3600 // 60:02d}"
+    )
+    want = pattern.format.format(
+        y=local.year,
+        mo=local.month,
+        d=local.day,
+        h=local.hour,
+        mi=local.minute,
+        s=local.second,
+        ms=local.microsecond // 1000,
+        tz=tzs if "tz" in pattern.fields else "",
+    )
+    fmt = make_datetime_formatter(pattern, tz)
+    assert fmt(value) == want
+    assert fmt(value) == want  # the offset's text now remembered
