@@ -7,6 +7,7 @@ same concurrency), and reported as a ratio: absolute numbers on shared machines 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -176,14 +177,12 @@ class _Snapshot:
         self.at = time.perf_counter()
         self.total = self.idle = 0
         self.threads: dict[tuple[int, int], float] = {}
-        try:
+        with contextlib.suppress(OSError, ValueError, IndexError):  # no /proc: no figures
             line = Path("/proc/stat").read_text().split("\n", 1)[0]
             fields = [int(v) for v in line.split()[1:]]
             self.total, self.idle = sum(fields), fields[3] + fields[4]
             if server_pid is not None:
                 self.threads = _thread_cpu(server_pid)
-        except (OSError, ValueError, IndexError):
-            pass  # no /proc: no load figures
 
     def load(self, start: _Snapshot) -> dict[str, float]:
         """``busy``: share of the machine's CPU time in use between ``start`` and now (every
@@ -200,16 +199,28 @@ class _Snapshot:
 
 def _thread_cpu(pid: int) -> dict[tuple[int, int], float]:
     """CPU seconds of every thread of ``pid`` and of its child processes."""
-    out: dict[tuple[int, int], float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    pending = [pid]
+    return {
+        (p, int(task.name)): _cpu_seconds(task / "stat")
+        for p in _process_tree(pid)
+        for task in Path(f"/proc/{p}/task").iterdir()
+    }
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and its child processes (the gateway's writer process), from /proc."""
+    tree, pending = [], [pid]
     while pending:
         p = pending.pop()
+        tree.append(p)
         for task in Path(f"/proc/{p}/task").iterdir():
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            out[(p, int(task.name))] = (int(fields[11]) + int(fields[12])) / tick
             pending.extend(int(c) for c in (task / "children").read_text().split())
-    return out
+    return tree
+
+
+def _cpu_seconds(stat: Path) -> float:
+    """User plus system CPU seconds in a /proc ``stat`` file (of a process or a thread)."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _drive(
@@ -338,15 +349,7 @@ def server_cpu(pid: int) -> float | None:
     """CPU seconds (user + system) used so far by process ``pid`` and its child processes (the
     gateway's writer process); None where /proc is not available."""
     try:
-        total = 0.0
-        pending = [pid]
-        while pending:
-            p = pending.pop()
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-            for task in Path(f"/proc/{p}/task").iterdir():
-                pending.extend(int(c) for c in (task / "children").read_text().split())
-        return total
+        return sum(_cpu_seconds(Path(f"/proc/{p}/stat")) for p in _process_tree(pid))
     except (OSError, ValueError, IndexError):
         return None
 
