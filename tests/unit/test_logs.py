@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -70,6 +71,26 @@ def test_json_lines_with_fields_and_traceback(
     assert str(first["ts"]).endswith("Z")
     assert second["event"] == "failed"
     assert "ValueError: boom" in str(second["exception"])
+
+
+def test_records_skip_what_no_formatter_prints(
+    tongban_logger: logging.Logger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The module-wide knobs are restored after the test, like everything monkeypatch sets.
+    for knob in ("_srcfile", "logThreads", "logMultiprocessing"):
+        monkeypatch.setattr(logging, knob, getattr(logging, knob))
+
+    def walk_the_stack(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the caller's file and line were looked up")
+
+    monkeypatch.setattr(logging.Logger, "findCaller", walk_the_stack)
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", out)
+    configure_logging("INFO", "json")
+    logging.getLogger("tongban.test").info("case accepted", extra={"exchange_id": "e1"})
+    (line,) = _lines(out.getvalue())
+    assert line["pid"] == os.getpid()  # the process id is still collected
+    assert line["exchange_id"] == "e1"
 
 
 def test_a_blocked_stderr_does_not_block_the_caller_and_drops_are_counted(
