@@ -162,6 +162,30 @@ def test_schema_errors(mapping_set: MappingSet) -> None:
         mapping_set.translate_json("zhongshan.case", "shenzhen.case", b"\xff\xfe")
 
 
+def test_each_step_names_the_schema_before_the_record(mapping_set: MappingSet) -> None:
+    # An unknown schema is the error even when the record is not an object either.
+    for step in (mapping_set.to_canonical, mapping_set.from_canonical):
+        with pytest.raises(UnknownSchemaError):
+            step("beijing.case", [])  # type: ignore[arg-type]
+    for schema in ("zhongshan.case", "tongban.v1.Case"):
+        with pytest.raises(MalformedRecordError):
+            mapping_set.to_canonical(schema, [1, 2])
+    record = {"case_number": "C1"}
+    same = mapping_set.from_canonical("tongban.v1.Case", record)
+    assert (same.record, same.versions, same.warnings) == (record, (), ())
+
+
+def test_a_translation_is_its_two_steps(mapping_set: MappingSet) -> None:
+    record = sample("zhongshan", "person", 1)
+    first = mapping_set.to_canonical("zhongshan.person", record)
+    second = mapping_set.from_canonical("shenzhen.person", first.record)
+    whole = mapping_set.translate("zhongshan.person", "shenzhen.person", record)
+    assert whole.record == second.record
+    assert whole.versions == first.versions + second.versions
+    assert whole.versions == ("zhongshan.person@1", "shenzhen.person@1")
+    assert whole.warnings == first.warnings + second.warnings
+
+
 def test_outbound_missing_required_field(mapping_set: MappingSet) -> None:
     canonical = mapping_set.to_canonical(
         "zhongshan.person", sample("zhongshan", "person", 1)
