@@ -1,0 +1,230 @@
+"""Instructions per call of the gateway's hot Python paths, counted by valgrind's callgrind.
+
+Rates on these shared machines swing by ±15% between rounds, and a change worth 5% hides in
+that. An instruction count does not swing: the same code, inputs and hash seed give the same
+count whatever else the machine is doing (``PYTHONHASHSEED=0`` here). So a change to the
+translation engine or to the preparation of a case is judged here, and two checkouts are
+compared side by side in one run with ``--against DIR``. Instructions are not time (a cache
+miss costs more than an add), which is why the rate benchmarks stay the judges of the targets.
+
+Workloads, each ``--calls`` warm calls minus a run of none (start-up, imports and loading the
+mapping set cancel out), with the cyclic garbage collector off while they are counted (its
+share depends on the rest of the heap, not on the code measured):
+
+* ``translate``  ``translate_json`` of the benchmarks' Zhongshan case into Shenzhen's schema:
+                 the work of one Translate call;
+* ``inbound``    the same case into the canonical model, JSON parsed;
+* ``prepare``    one case of a SubmitCases stream prepared for the store (checks, translation,
+                 exchange id, answer, idempotency hash, canonical JSON). Valgrind's CPU has
+                 no SHA extensions, so OpenSSL's SHA-256 of the request counts ~24k here
+                 that it does not cost on such hardware;
+* ``person_engine`` / ``person_handwritten``  the job of ``bench/mapping.py`` (Zhongshan's
+                 person samples into the canonical Person): the compiled mapping against the
+                 same mapping written by hand. This checkout only.
+
+Needs ``valgrind`` (Debian's package). About four minutes on two cores (eight minutes with
+``--against``). The last line is one JSON object.
+
+Usage: python bench/instructions.py [--calls 1000] [--against OTHER_CHECKOUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKLOADS = ("translate", "inbound", "prepare")
+PERSON = ("person_engine", "person_handwritten")
+_COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
+
+
+def collected(valgrind_output: str) -> int:
+    """The instruction count callgrind reports (``Collected : N``) in its output."""
+    found = _COLLECTED.findall(valgrind_output)
+    if not found:
+        raise RuntimeError(f"no instruction count in valgrind's output: {valgrind_output[-500:]}")
+    return int(found[-1])
+
+
+def per_call(none: int, many: int, calls: int) -> int:
+    """Instructions per call: a run of ``calls`` calls minus a run of none, divided."""
+    return round((many - none) / calls)
+
+
+# -- the worker: one workload, in a process valgrind counts ----------------------------------
+
+
+def _workload(name: str, root: Path) -> Callable[[int], Any]:
+    """``fn(i)`` running workload ``name`` once on input ``i``, with ``root``'s code."""
+    if name == "person_handwritten":
+        sys.path.insert(0, str(ROOT / "bench"))
+        from mapping import handwritten
+
+        persons = _persons(root)
+        return lambda i: handwritten(persons[i % len(persons)], [])
+    sys.path.insert(0, str(root))
+    import adapters
+
+    if not Path(adapters.__file__).resolve().is_relative_to(root.resolve()):
+        raise RuntimeError(f"adapters imported from {adapters.__file__}, not from {root}")
+    from adapters.mapping import MappingSet, parse_json
+
+    ms = MappingSet.load(root / "mappings")
+    if name == "person_engine":
+        persons = _persons(root)
+        cm = ms.compiled["zhongshan.person"]
+        return lambda i: cm.forward(persons[i % len(persons)], [])
+    bodies = _cases(root, 200)
+    if name == "translate":
+        return lambda i: ms.translate_json("zhongshan.case", "shenzhen.case", bodies[i % 200])
+    if name == "inbound":
+        return lambda i: ms.to_canonical("zhongshan.case", parse_json(bodies[i % 200]))
+    if name == "prepare":
+        from gateway.auth import Caller
+        from gateway.services.submission import CasePreparer, SubmitRules
+        from tongban.v1 import case_exchange_pb2 as cx
+        from tongban.v1 import common_pb2
+
+        requests = [
+            cx.SubmitCaseRequest(
+                request_id=f"ic-{n}",
+                target_city="440300",
+                foreign=common_pb2.ForeignRecord(schema="zhongshan.case", json=body),
+            )
+            for n, body in enumerate(bodies)
+        ]
+        prepare = CasePreparer(
+            ms,
+            SubmitRules(256 * 1024, {"440300": "sz"}),
+            Caller("zs", "442000"),
+            time.time(),
+            random.Random(1),
+        )
+        return lambda i: prepare(requests[i % 200])
+    raise ValueError(f"unknown workload {name!r}")
+
+
+def _cases(root: Path, n: int) -> list[bytes]:
+    """``n`` distinct Zhongshan cases (as ``bench/common.py`` makes them), as JSON bytes."""
+    base = json.loads((root / "mappings/zhongshan/samples/case/01-case.json").read_text("utf-8"))
+    return [
+        json.dumps(dict(base, SBLSH=f"442000-2026-b{i:07d}"), ensure_ascii=False).encode()
+        for i in range(n)
+    ]
+
+
+def _persons(root: Path) -> list[dict[str, Any]]:
+    folder = root / "mappings/zhongshan/samples/person"
+    return [json.loads(p.read_text("utf-8")) for p in sorted(folder.glob("[0-9][0-9]-person.json"))]
+
+
+def worker(name: str, calls: int, root: Path) -> None:
+    """Run workload ``name`` 300 times to warm up, then ``calls`` times."""
+    fn = _workload(name, root)
+    for i in range(300):
+        fn(i)
+    # The cyclic collector's share of a call depends on everything else the heap holds (two
+    # checkouts with the same code in these paths differed by ±5% with it on): off while
+    # counting, so a count is the code's own instructions. The rate benchmarks include it.
+    gc.collect()
+    gc.disable()
+    for i in range(calls):
+        fn(i)
+
+
+# -- the driver --------------------------------------------------------------------------------
+
+
+def count(name: str, calls: int, root: Path) -> int:
+    """Instructions of one worker run under callgrind."""
+    out = subprocess.run(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--worker",
+            name,
+            "--calls",
+            str(calls),
+            "--root",
+            str(root),
+        ],
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=1800,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"{name} under valgrind failed: {out.stderr[-2000:]}")
+    return collected(out.stderr)
+
+
+def measure(jobs: list[tuple[str, Path]], calls: int) -> dict[tuple[str, Path], int]:
+    """Instructions per call of each (workload, checkout), two valgrind runs at a time."""
+    runs = [(name, root, n) for name, root in jobs for n in (0, calls)]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        totals = dict(zip(runs, pool.map(lambda r: count(r[0], r[2], r[1]), runs), strict=True))
+    return {
+        (name, root): per_call(totals[(name, root, 0)], totals[(name, root, calls)], calls)
+        for name, root in jobs
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--calls", type=int, default=1000, help="warm calls counted per workload")
+    p.add_argument("--against", type=Path, help="another checkout, counted side by side")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        worker(args.worker, args.calls, args.root)
+        return
+    if shutil.which("valgrind") is None:
+        sys.exit("valgrind is not installed (Debian: apt-get install valgrind)")
+    jobs = [(name, ROOT) for name in (*WORKLOADS, *PERSON)]
+    if args.against is not None:
+        jobs += [(name, args.against.resolve()) for name in WORKLOADS]
+    counts = measure(jobs, args.calls)
+    figures: dict[str, Any] = {"bench": "instructions", "calls": args.calls}
+    for name in (*WORKLOADS, *PERSON):
+        figures[name] = counts[(name, ROOT)]
+        print(f"{name:<20} {counts[(name, ROOT)]:>10,} instructions per call")
+    figures["engine_vs_handwritten"] = round(
+        figures["person_handwritten"] / figures["person_engine"], 3
+    )
+    print(
+        f"engine / handwritten (instructions, inverted like a rate): {figures['engine_vs_handwritten']}"
+    )
+    if args.against is not None:
+        other = args.against.resolve()
+        figures["against"] = {name: counts[(name, other)] for name in WORKLOADS}
+        figures["vs_against"] = {
+            name: round(counts[(name, ROOT)] / counts[(name, other)], 4) for name in WORKLOADS
+        }
+        for name in WORKLOADS:
+            print(
+                f"{name:<20} {counts[(name, other)]:>10,} in {other}: this checkout "
+                f"{figures['vs_against'][name]:.4f}x"
+            )
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
