@@ -515,8 +515,8 @@ def _rev_rule(g: _Gen, sc: _Scope, r: Rule, ind: int) -> None:
         else:
             g.emit(body, f"{out}[{key}] = v")
     else:
-        _rev_convert(g, r, k, ix, body)
-        if sn.type == "string" and sn.max_length:
+        fits = _rev_convert(g, r, k, ix, body)
+        if sn.type == "string" and sn.max_length and not fits:
             g.emit(body, f"if type(r) is str and len(r) > {sn.max_length}:")
             g.emit(
                 body + 1,
@@ -534,8 +534,13 @@ def _rev_rule(g: _Gen, sc: _Scope, r: Rule, ind: int) -> None:
             sc.deferred.append((r.source[:-1], r.source[-1], k, msg))
 
 
-def _rev_convert(g: _Gen, r: Rule, k: int, ix: str, ind: int) -> None:
-    """Emit code that leaves the city value in ``r`` (or ``_MISS`` after an issue)."""
+def _rev_convert(g: _Gen, r: Rule, k: int, ix: str, ind: int) -> bool:
+    """Emit code that leaves the city value in ``r`` (or ``_MISS`` after an issue).
+
+    True when every string it can leave there is known, at compile time, to fit the city
+    field's ``maxLength`` (a code list whose codes all fit, and no pass-through): the length
+    check is then left out of the generated code.
+    """
     sn, tf = r.source_node, r.target_field
     assert sn is not None
     assert tf is not None
@@ -556,7 +561,10 @@ def _rev_convert(g: _Gen, r: Rule, k: int, ix: str, ind: int) -> None:
         else:
             msg = f"canonical value has no code in code list {cl.ref}"
             g.emit(ind + 1, f"issues.append(_mk({k}, 'UNKNOWN_CODE', {msg!r}, {ix}))")
-        return
+        left = [*rev.values(), *([pol.value] if pol.kind == "fixed" else [])]
+        return pol.kind != "pass" and all(
+            not isinstance(c, str) or sn.max_length is None or len(c) <= sn.max_length for c in left
+        )
     conv = None
     if r.datetime is not None:
         conv = convert.make_datetime_formatter(r.datetime, tz)
@@ -567,7 +575,7 @@ def _rev_convert(g: _Gen, r: Rule, k: int, ix: str, ind: int) -> None:
         g.emit(ind, f"try: r = {fn}(v)")
         g.emit(ind, "except _VP as e:")
         g.emit(ind + 1, f"issues.append(_mk({k}, e.code, e.message, {ix})); r = _MISS")
-        return
+        return False
     if sn.type == "integer" and tf.kind == "string":
         g.emit(ind, "if v.isascii() and v.isdigit(): r = int(v)")
         g.emit(
@@ -577,6 +585,7 @@ def _rev_convert(g: _Gen, r: Rule, k: int, ix: str, ind: int) -> None:
         g.emit(ind, "r = str(v)")
     else:
         g.emit(ind, "r = v")
+    return False
 
 
 # ---------------------------------------------------------------------------------------------

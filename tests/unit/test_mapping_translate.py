@@ -186,6 +186,25 @@ def test_a_translation_is_its_two_steps(mapping_set: MappingSet) -> None:
     assert whole.warnings == first.warnings + second.warnings
 
 
+def test_a_code_longer_than_the_city_field_is_still_refused(mappings_copy: Path) -> None:
+    # The generated code checks a code's length only when the code list holds one that does
+    # not fit the city field (caseType: maxLength 20); the shipped list fits, this one not.
+    shipped = MappingSet.load(mappings_copy)
+    canonical = shipped.to_canonical("zhongshan.case", sample("zhongshan", "case", 1)).record
+    canonical["case_type"] = "CASE_TYPE_OTHER"
+    assert shipped.from_canonical("shenzhen.case", canonical).record["caseType"] == "OTHER"
+    codes = mappings_copy / "shenzhen/codes/case_type.yaml"
+    codes.write_text(
+        codes.read_text("utf-8").replace('"OTHER":', '"OTHER-WITH-A-VERY-LONG-CODE":'), "utf-8"
+    )
+    edited = MappingSet.load(mappings_copy)
+    with pytest.raises(RecordInvalidError) as info:
+        edited.from_canonical("shenzhen.case", canonical)
+    assert [(i.code, i.pointer) for i in info.value.errors] == [("TOO_LONG", "/case_type")]
+    canonical["case_type"] = "CASE_TYPE_IMMEDIATE"  # a code that fits still passes
+    assert edited.from_canonical("shenzhen.case", canonical).record["caseType"] == "INSTANT"
+
+
 def test_outbound_missing_required_field(mapping_set: MappingSet) -> None:
     canonical = mapping_set.to_canonical(
         "zhongshan.person", sample("zhongshan", "person", 1)
