@@ -57,8 +57,7 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
-    unary_g, unary_e, stream_g, stream_e = [], [], [], []
-    cpu: dict[str, list[float | None]] = {k: [] for k in ("ue", "ug", "se", "sg")}
+    # Every measurement (unary/stream, echo/gateway): rates, CPU and load are read from these.
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in ("ue", "ug", "se", "sg")}
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -89,8 +88,6 @@ def main() -> None:
                 metadata=META,
             )
             assert not g["errors"], g["errors"]
-            unary_e.append(e["rate"])
-            unary_g.append(g["rate"])
             items = [
                 cx.SubmitCasesRequest(
                     case_request=cx.SubmitCaseRequest.FromString(b)
@@ -117,10 +114,7 @@ def main() -> None:
                 metadata=META,
             )
             assert not sg["errors"], sg["errors"]
-            stream_e.append(se["rate"])
-            stream_g.append(sg["rate"])
             for key, res in (("ue", e), ("ug", g), ("se", se), ("sg", sg)):
-                cpu[key].append(res["cpu_us"])
                 runs[key].append(res)
             print(
                 f"round {r}: unary echo {e['rate']:,.0f}/s submit {g['rate']:,.0f}/s "
@@ -130,24 +124,25 @@ def main() -> None:
                 f"load: unary {load_text(e)} / {load_text(g)}, stream {load_text(se)} / "
                 f"{load_text(sg)}"
             )
-    ue, ug = statistics.median(unary_e), statistics.median(unary_g)
-    se_, sg_ = statistics.median(stream_e), statistics.median(stream_g)
+    rates = {key: [res["rate"] for res in got] for key, got in runs.items()}
+    cpu = {key: [res["cpu_us"] for res in got] for key, got in runs.items()}
+
+    def ratio(gateway: str, echo: str) -> float:
+        pairs = zip(rates[gateway], rates[echo], strict=True)
+        return round(statistics.median(g / e for g, e in pairs), 3)
+
     report(
         {
             "bench": "submit",
             "store": "sqlite",
             "concurrency": args.concurrency,
-            "echo_rps": round(ue),
-            "submit_rps": round(ug),
+            "echo_rps": round(statistics.median(rates["ue"])),
+            "submit_rps": round(statistics.median(rates["ug"])),
             # Medians of the per-round ratios: each round measures both side by side.
-            "vs_echo": round(
-                statistics.median(g / e for g, e in zip(unary_g, unary_e, strict=True)), 3
-            ),
-            "stream_echo_mps": round(se_),
-            "stream_submit_mps": round(sg_),
-            "stream_vs_stream_echo": round(
-                statistics.median(g / e for g, e in zip(stream_g, stream_e, strict=True)), 3
-            ),
+            "vs_echo": ratio("ug", "ue"),
+            "stream_echo_mps": round(statistics.median(rates["se"])),
+            "stream_submit_mps": round(statistics.median(rates["sg"])),
+            "stream_vs_stream_echo": ratio("sg", "se"),
             # Server CPU (all threads and the writer process) per call / per streamed message.
             **{f"unary_{k}": v for k, v in cpu_figures(cpu["ue"], cpu["ug"]).items()},
             **{f"stream_{k}": v for k, v in cpu_figures(cpu["se"], cpu["sg"]).items()},

@@ -46,8 +46,7 @@ def main() -> None:
     requests = translate_payloads()
     size = len(requests[0])
     echo_payloads = [b"x" * size]
-    rates: dict[str, list[float]] = {"echo": [], "gateway": [], "unbatched": []}
-    cpu: dict[str, list[float | None]] = {"echo": [], "gateway": [], "unbatched": []}
+    # Every measurement, by server: rates, CPU per call and load are all read from these.
     runs: dict[str, list[dict[str, Any]]] = {"echo": [], "gateway": [], "unbatched": []}
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -61,7 +60,7 @@ def main() -> None:
             "unbatched": (ugw.proc.pid, ugw.port, METHOD, requests),
         }
 
-        def measure(name: str, concurrency: int) -> dict[str, object]:
+        def measure(name: str, concurrency: int) -> dict[str, Any]:
             pid, port, method, payloads = targets[name]
             result = drive_measured(
                 pid,
@@ -82,8 +81,6 @@ def main() -> None:
             )
             got = {name: measure(name, args.concurrency) for name in order}
             for name, g in got.items():
-                rates[name].append(float(g["rate"]))  # type: ignore[arg-type]
-                cpu[name].append(g["cpu_us"])  # type: ignore[arg-type]
                 runs[name].append(g)
             e = got["echo"]["rate"]
             print(
@@ -100,6 +97,9 @@ def main() -> None:
             f"{few['gateway']['rate'] / few['echo']['rate']:.3f}  window off "
             f"{few['unbatched']['rate'] / few['echo']['rate']:.3f}"
         )
+
+    rates = {name: [float(g["rate"]) for g in got] for name, got in runs.items()}
+    cpu = {name: [g["cpu_us"] for g in got] for name, got in runs.items()}
 
     def ratio(name: str) -> float:
         return round(
@@ -120,8 +120,8 @@ def main() -> None:
             **cpu_figures(cpu["echo"], cpu["gateway"]),
             "vs_echo_unbatched": ratio("unbatched"),
             "unbatched_cpu_us": unbatched_cpu.get("gateway_cpu_us"),
-            "vs_echo_at_4": round(few["gateway"]["rate"] / few["echo"]["rate"], 3),  # type: ignore[operator]
-            "vs_echo_unbatched_at_4": round(few["unbatched"]["rate"] / few["echo"]["rate"], 3),  # type: ignore[operator]
+            "vs_echo_at_4": round(few["gateway"]["rate"] / few["echo"]["rate"], 3),
+            "vs_echo_unbatched_at_4": round(few["unbatched"]["rate"] / few["echo"]["rate"], 3),
             # How busy the machine, and each server's busiest thread (its event loop), were:
             # a ratio is bounded by the machine's cores or by that one thread.
             **load_figures(runs["echo"], "echo"),
