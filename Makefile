@@ -6,7 +6,7 @@ PYTHON ?= python3
 
 .PHONY: demo test check proto install clean system-deps
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml adapters/mapping/_native.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'

@@ -13,6 +13,7 @@ returns the output dict.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -28,6 +29,17 @@ __all__ = ["CompiledMapping", "compile_mapping"]
 
 Translate = Callable[[dict[str, Any], list[Issue]], dict[str, Any]]
 _MISS = object()
+
+try:  # built by `pip install` where a C compiler is available (optional extension)
+    from . import _native
+except ImportError:  # pragma: no cover - the pure-Python code does the same work
+    _native = None  # type: ignore[assignment]
+
+#: Whether compiled mappings run simple rules through the C fast path by default
+#: (``TONGBAN_NATIVE=0`` turns it off; the generated Python alone gives the same results).
+NATIVE_AVAILABLE = _native is not None
+#: Consecutive simple rules below this many stay plain Python (a call costs about one rule).
+_MIN_RUN = 2
 _EMPTY: MappingProxyType[str, Any] = MappingProxyType({})
 # Built-in validators that depend on nothing but the value (and never return warnings).
 _INLINE_VALIDATORS = frozenset({"phone", "region", "credit_code", "sha256"})
@@ -77,18 +89,53 @@ def _issue_factory(table: list[tuple[str, str, str]]) -> Callable[..., Issue]:
     return mk
 
 
+#: JSON types of a city field, as the C fast path names them; reverse steps take any value.
+_NATIVE_TYPES = {"string": 0, "integer": 1, "number": 2, "boolean": 3}
+_T_ANY = 4
+_NATIVE_POLICIES = {"error": 0, "fixed": 1, "pass": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class _Conv:
+    """What a rule's conversion uses: a code list (with its policy for an unknown value) or a
+    converter function, or neither; and whether the value is stored as its ``str()``."""
+
+    table: dict[Any, Any] | None = None
+    policy: str = "error"
+    fixed: Any = None
+    convert: Callable[[Any], Any] | None = None
+    to_str: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One simple rule as a step of a native run (see ``_native.c`` for the meaning)."""
+
+    key: str
+    required: bool
+    type: int
+    max_len: int
+    check_result: bool
+    conv: _Conv
+    validate: Callable[[Any], Any] | None
+    out_key: str
+
+
 class _Gen:
     """Accumulates generated lines and the namespace they refer to."""
 
-    def __init__(self, mapping: Mapping, direction: str) -> None:
+    def __init__(self, mapping: Mapping, direction: str, native: bool = False) -> None:
         self.mapping = mapping
         self.direction = direction
+        self.native = native
         self.lines: list[str] = []
         self.ns: dict[str, Any] = {
             "_MISS": _MISS,
             "_EMPTY": _EMPTY,
             "_VP": convert.ValueProblem,
         }
+        if native:
+            self.ns["_run"] = _native.run
         self.table: list[tuple[str, str, str]] = []
         self.ns["_mk"] = _issue_factory(self.table)
         for fname, (fn, *_rest) in FUNCTIONS.items():
@@ -129,6 +176,8 @@ class _Scope:
     validated: set[tuple[str, ...]] = field(default_factory=set)
     # (output prefix, key, issue entry, message): required only when that object is written.
     deferred: list[tuple[tuple[str, ...], str, int, str]] = field(default_factory=list)
+    # Simple rules not emitted yet, for one native run: (step, source var, output var, lines).
+    run: list[tuple[_Step, str, str, list[str]]] = field(default_factory=list)
 
     @property
     def idx_expr(self) -> str:
@@ -150,6 +199,73 @@ def _type_check(node: SchemaNode, v: str) -> str:
     if node.type == "number":
         return f"type({v}) in (int, float)"
     return f"type({v}) is {_PY_TYPE[node.type]}"
+
+
+def _fwd_simple(r: Rule) -> bool:
+    """Whether the C fast path can run ``r`` inbound (else it stays Python only)."""
+    sn, tf = r.source_node, r.target_field
+    if sn is None or tf is None or r.source is None or r.target is None:
+        return False
+    converts = r.codes is not None or r.datetime is not None or r.date is not None
+    return (
+        not r.has_const
+        and r.expr is None
+        and r.each is None
+        and r.default is None
+        and not r.validate
+        and sn.type in _NATIVE_TYPES
+        and (converts or not (tf.kind == "int" and sn.type == "string"))
+    )
+
+
+def _rev_simple(r: Rule) -> bool:
+    """Whether the C fast path can run ``r`` outbound."""
+    sn, tf = r.source_node, r.target_field
+    if sn is None or tf is None or r.source is None or r.target is None:
+        return False
+    converts = r.codes is not None or r.datetime is not None or r.date is not None
+    return (
+        not r.has_const
+        and r.expr is None
+        and r.each is None
+        and (converts or not (sn.type == "integer" and tf.kind == "string"))
+    )
+
+
+def _flush(g: _Gen, sc: _Scope, ind: int) -> None:
+    """Emit the scope's pending simple rules: one native run with their Python code as the
+    fallback, which runs (and reports) exactly as before when the run finds anything but a
+    simple copy. Runs shorter than ``_MIN_RUN`` stay plain Python."""
+    run, sc.run = sc.run, []
+    if len(run) < _MIN_RUN:
+        for *_, lines in run:
+            g.lines.extend(lines)
+        return
+    srcs = list(dict.fromkeys(src for _, src, _, _ in run))
+    outs = list(dict.fromkeys(out for _, _, out, _ in run))
+    steps = tuple(
+        (
+            srcs.index(src),
+            st.key,
+            st.required,
+            st.type,
+            st.max_len,
+            st.check_result,
+            st.conv.to_str,
+            st.conv.table,
+            _NATIVE_POLICIES[st.conv.policy],
+            st.conv.fixed,
+            st.conv.convert,
+            st.validate,
+            outs.index(out),
+            st.out_key,
+        )
+        for st, src, out, _ in run
+    )
+    plan = g.const(_native.plan(steps), "_plan")
+    g.emit(ind, f"if not _run({plan}, ({', '.join(srcs)},), ({', '.join(outs)},)):")
+    for *_, lines in run:
+        g.lines.extend("    " + line for line in lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,7 +354,10 @@ def _compile_forward_scope(g: _Gen, sc: _Scope, rules: list[Rule], ind: int) -> 
     filled: dict[tuple[str, ...], tuple[Rule, int]] = {}
     for r in rules:
         if r.inbound:
+            if not (g.native and _fwd_simple(r)):
+                _flush(g, sc, ind)
             _fwd_rule(g, sc, r, ind, filled)
+    _flush(g, sc, ind)
     # Built-in validators on the canonical fields this scope filled.
     for target, (r, k) in filled.items():
         tf = r.target_field
@@ -272,12 +391,42 @@ def _fwd_rule(
     k = g.entry(ptr, _can(sc.in_can, r.target), r.where)
     out = _out_obj(g, sc, r.target[:-1], ind)
     key = repr(r.target[-1])
-    ix = sc.idx_expr
     filled.setdefault(r.target, (r, k))
+    if g.native and _fwd_simple(r):
+        assert r.source is not None
+        parent = _fwd_in_obj(g, sc, r.source[:-1], ind, r.where)
+        saved, g.lines = g.lines, []  # this rule's code becomes a native run's fallback
+        conv, validate = _fwd_rule_code(g, sc, r, ind, out, key, k)
+        sn = r.source_node
+        assert sn is not None
+        max_len = (sn.max_length or 0) if sn.type == "string" else 0
+        step = _Step(
+            r.source[-1],
+            r.required,
+            _NATIVE_TYPES[sn.type],
+            max_len,
+            False,
+            conv,
+            validate,
+            r.target[-1],
+        )
+        sc.run.append((step, parent, out, g.lines))
+        g.lines = saved
+        return
+    _fwd_rule_code(g, sc, r, ind, out, key, k)
+
+
+def _fwd_rule_code(
+    g: _Gen, sc: _Scope, r: Rule, ind: int, out: str, key: str, k: int
+) -> tuple[_Conv, Callable[[Any], Any] | None]:
+    """Emit one inbound rule; for a simple rule, what its native step converts and checks."""
+    assert r.target is not None
+    ptr = _ptr(sc.in_ptr, r.source) if r.source else sc.in_ptr
+    ix = sc.idx_expr
     g.emit(ind, f"# {r.label} ({r.where})")
     if r.has_const:
         g.emit(ind, f"{out}[{key}] = {g.const(r.const)}")
-        return
+        return _Conv(), None
     if r.expr is not None:
         text = r.expr.python
         for p in sorted(r.expr.paths, key=len, reverse=True):
@@ -287,7 +436,7 @@ def _fwd_rule(
         g.emit(ind, f"except _VP as e: issues.append(_mk({k}, e.code, e.message, {ix}))")
         g.emit(ind, "else:")
         g.emit(ind + 1, f"if v is not None and v != '': {out}[{key}] = v")
-        return
+        return _Conv(), None
     assert r.source is not None
     assert r.source_node is not None
     assert r.target_field is not None
@@ -324,7 +473,7 @@ def _fwd_rule(
                 ind,
                 f"else: issues.append(_mk({k}, 'REQUIRED_MISSING', 'required field is missing', {ix}))",
             )
-        return
+        return _Conv(), None
     # Common case first: a present value of the declared type.
     present = f"{_type_check(sn, 'v')} and v" if sn.type == "string" else _type_check(sn, "v")
     g.emit(ind, f"if {present}:")
@@ -337,7 +486,8 @@ def _fwd_rule(
         )
         g.emit(body, "else:")
         body += 1
-    _fwd_convert(g, r, out, key, k, ix, body)
+    conv = _fwd_convert(g, r, out, key, k, ix, body)
+    validate = None
     if (
         tf.validator in _INLINE_VALIDATORS
         and r.codes is None
@@ -347,7 +497,8 @@ def _fwd_rule(
     ):
         # A plain copy: check the local value now instead of re-reading it after all rules.
         # These validators never warn; they raise or pass.
-        fn = g.const(convert.CANONICAL_VALIDATORS[tf.validator], "_val")
+        validate = convert.CANONICAL_VALIDATORS[tf.validator]
+        fn = g.const(validate, "_val")
         g.emit(body, f"try: {fn}(v)")
         g.emit(body, f"except _VP as e: issues.append(_mk({k}, e.code, e.message, {ix}))")
         sc.validated.add(r.target)
@@ -373,9 +524,10 @@ def _fwd_rule(
         "boolean": "true or false",
     }[sn.type]
     g.emit(ind + 1, f"issues.append(_mk({k}, 'WRONG_TYPE', 'expected {want}', {ix}))")
+    return conv, validate
 
 
-def _fwd_convert(g: _Gen, r: Rule, out: str, key: str, k: int, ix: str, ind: int) -> None:
+def _fwd_convert(g: _Gen, r: Rule, out: str, key: str, k: int, ix: str, ind: int) -> _Conv:
     sn, tf = r.source_node, r.target_field
     assert sn is not None
     assert tf is not None
@@ -395,7 +547,7 @@ def _fwd_convert(g: _Gen, r: Rule, out: str, key: str, k: int, ix: str, ind: int
             msg = f"code is not in code list {cl.ref}"
             g.emit(ind + 1, f"issues.append(_mk({k}, 'UNKNOWN_CODE', {msg!r}, {ix}))")
         g.emit(ind, f"else: {out}[{key}] = r")
-        return
+        return _Conv(g.ns[table], pol.kind, pol.value if pol.kind == "fixed" else None)
     conv = None
     if r.datetime is not None:
         conv = convert.make_datetime_parser(r.datetime, tz)
@@ -405,14 +557,16 @@ def _fwd_convert(g: _Gen, r: Rule, out: str, key: str, k: int, ix: str, ind: int
         fn = g.const(conv, "_cv")
         g.emit(ind, f"try: {out}[{key}] = {fn}(v)")
         g.emit(ind, f"except _VP as e: issues.append(_mk({k}, e.code, e.message, {ix}))")
-        return
-    if tf.kind == "int" and sn.type == "string":
+        return _Conv(convert=conv)
+    if tf.kind == "int" and sn.type == "string":  # never a native step (_fwd_simple)
         g.emit(ind, f"if v.isascii() and v.isdigit(): {out}[{key}] = int(v)")
         g.emit(ind, f"else: issues.append(_mk({k}, 'WRONG_TYPE', 'expected digits', {ix}))")
     elif tf.kind == "string" and sn.type == "integer":
         g.emit(ind, f"{out}[{key}] = str(v)")
+        return _Conv(to_str=True)
     else:
         g.emit(ind, f"{out}[{key}] = v")
+    return _Conv()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -434,7 +588,10 @@ def _rev_in_obj(g: _Gen, sc: _Scope, prefix: tuple[str, ...], ind: int) -> str:
 def _compile_reverse_scope(g: _Gen, sc: _Scope, rules: list[Rule], ind: int) -> None:
     for r in rules:
         if r.outbound:
+            if not (g.native and _rev_simple(r)):
+                _flush(g, sc, ind)
             _rev_rule(g, sc, r, ind)
+    _flush(g, sc, ind)
     _close_out(g, sc, ind)
 
 
@@ -449,16 +606,35 @@ def _required_in_city(schema: SchemaNode, path: tuple[str, ...]) -> bool:
 
 def _rev_rule(g: _Gen, sc: _Scope, r: Rule, ind: int) -> None:
     assert r.source is not None
-    city_ptr = _ptr("", r.source).replace("{", "").replace("}", "")
     can_ptr = _ptr(sc.in_ptr, r.target) if r.target else sc.in_ptr
     k = g.entry(can_ptr, _can(sc.in_can, r.target or ()), r.where)
     out = _out_obj(g, sc, r.source[:-1], ind)
+    if g.native and _rev_simple(r):
+        assert r.target is not None
+        assert r.source_node is not None
+        parent = _rev_in_obj(g, sc, r.target[:-1], ind)
+        saved, g.lines = g.lines, []  # this rule's code becomes a native run's fallback
+        conv, max_len, required = _rev_rule_code(g, sc, r, ind, out, k, can_ptr)
+        step = _Step(r.target[-1], required, _T_ANY, max_len, True, conv, None, r.source[-1])
+        sc.run.append((step, parent, out, g.lines))
+        g.lines = saved
+        return
+    _rev_rule_code(g, sc, r, ind, out, k, can_ptr)
+
+
+def _rev_rule_code(
+    g: _Gen, sc: _Scope, r: Rule, ind: int, out: str, k: int, can_ptr: str
+) -> tuple[_Conv, int, bool]:
+    """Emit one outbound rule; for a simple rule, what its native step converts, the length
+    its result is checked against (0: none) and whether a missing value is reported."""
+    assert r.source is not None
+    city_ptr = _ptr("", r.source).replace("{", "").replace("}", "")
     key = repr(r.source[-1])
     ix = sc.idx_expr
     g.emit(ind, f"# {r.label} ({r.where})")
     if r.has_const:
         g.emit(ind, f"{out}[{key}] = {g.const(r.const)}")
-        return
+        return _Conv(), 0, False
     if r.expr is not None:
         text = r.expr.python
         for p in sorted(r.expr.paths, key=len, reverse=True):
@@ -468,7 +644,7 @@ def _rev_rule(g: _Gen, sc: _Scope, r: Rule, ind: int) -> None:
         g.emit(ind, f"except _VP as e: issues.append(_mk({k}, e.code, e.message, {ix}))")
         g.emit(ind, "else:")
         g.emit(ind + 1, f"if v is not None and v != '': {out}[{key}] = v")
-        return
+        return _Conv(), 0, False
     assert r.target is not None
     assert r.source_node is not None
     assert r.target_field is not None
@@ -491,7 +667,7 @@ def _rev_rule(g: _Gen, sc: _Scope, r: Rule, ind: int) -> None:
         g.emit(ind + 1, f"{out}[{key}] = {lst}")
         if required:
             g.emit(ind, f"else: {out}[{key}] = []")
-        return
+        return _Conv(), 0, False
     g.emit(ind, "if v is not None:")
     body = ind + 1
     tf = r.target_field
@@ -502,9 +678,11 @@ def _rev_rule(g: _Gen, sc: _Scope, r: Rule, ind: int) -> None:
         and not (sn.type == "integer" and tf.kind == "string")
         and not (sn.type == "string" and tf.kind == "int")
     )
+    conv, max_len = _Conv(), 0
     if plain:
         # A plain copy: no sentinel, no temporary.
         if sn.type == "string" and sn.max_length:
+            max_len = sn.max_length
             g.emit(body, f"if type(v) is str and len(v) > {sn.max_length}:")
             g.emit(
                 body + 1,
@@ -515,8 +693,9 @@ def _rev_rule(g: _Gen, sc: _Scope, r: Rule, ind: int) -> None:
         else:
             g.emit(body, f"{out}[{key}] = v")
     else:
-        fits = _rev_convert(g, r, k, ix, body)
+        conv, fits = _rev_convert(g, r, k, ix, body)
         if sn.type == "string" and sn.max_length and not fits:
+            max_len = sn.max_length
             g.emit(body, f"if type(r) is str and len(r) > {sn.max_length}:")
             g.emit(
                 body + 1,
@@ -532,14 +711,16 @@ def _rev_rule(g: _Gen, sc: _Scope, r: Rule, ind: int) -> None:
             g.emit(ind, f"else: issues.append(_mk({k}, 'REQUIRED_MISSING', {msg!r}, {ix}))")
         else:
             sc.deferred.append((r.source[:-1], r.source[-1], k, msg))
+    return conv, max_len, required and len(r.source) == 1
 
 
-def _rev_convert(g: _Gen, r: Rule, k: int, ix: str, ind: int) -> bool:
+def _rev_convert(g: _Gen, r: Rule, k: int, ix: str, ind: int) -> tuple[_Conv, bool]:
     """Emit code that leaves the city value in ``r`` (or ``_MISS`` after an issue).
 
-    True when every string it can leave there is known, at compile time, to fit the city
-    field's ``maxLength`` (a code list whose codes all fit, and no pass-through): the length
-    check is then left out of the generated code.
+    Gives what a native step converts with, and True when every string it can leave there
+    is known, at compile time, to fit the city field's ``maxLength`` (a code list whose
+    codes all fit, and no pass-through): the length check is then left out of the generated
+    code.
     """
     sn, tf = r.source_node, r.target_field
     assert sn is not None
@@ -562,9 +743,10 @@ def _rev_convert(g: _Gen, r: Rule, k: int, ix: str, ind: int) -> bool:
             msg = f"canonical value has no code in code list {cl.ref}"
             g.emit(ind + 1, f"issues.append(_mk({k}, 'UNKNOWN_CODE', {msg!r}, {ix}))")
         left = [*rev.values(), *([pol.value] if pol.kind == "fixed" else [])]
-        return pol.kind != "pass" and all(
+        fits = pol.kind != "pass" and all(
             not isinstance(c, str) or sn.max_length is None or len(c) <= sn.max_length for c in left
         )
+        return _Conv(rev, pol.kind, pol.value if pol.kind == "fixed" else None), fits
     conv = None
     if r.datetime is not None:
         conv = convert.make_datetime_formatter(r.datetime, tz)
@@ -575,17 +757,18 @@ def _rev_convert(g: _Gen, r: Rule, k: int, ix: str, ind: int) -> bool:
         g.emit(ind, f"try: r = {fn}(v)")
         g.emit(ind, "except _VP as e:")
         g.emit(ind + 1, f"issues.append(_mk({k}, e.code, e.message, {ix})); r = _MISS")
-        return False
-    if sn.type == "integer" and tf.kind == "string":
+        return _Conv(convert=conv), False
+    if sn.type == "integer" and tf.kind == "string":  # never a native step (_rev_simple)
         g.emit(ind, "if v.isascii() and v.isdigit(): r = int(v)")
         g.emit(
             ind, f"else: issues.append(_mk({k}, 'WRONG_TYPE', 'expected digits', {ix})); r = _MISS"
         )
     elif sn.type == "string" and tf.kind == "int":
         g.emit(ind, "r = str(v)")
+        return _Conv(to_str=True), False
     else:
         g.emit(ind, "r = v")
-    return False
+    return _Conv(), False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -599,12 +782,17 @@ def _build(g: _Gen, name: str) -> tuple[Translate, str]:
     return fn, src
 
 
-def compile_mapping(mapping: Mapping) -> CompiledMapping:
-    """Compile ``mapping`` both ways."""
-    fg = _Gen(mapping, "inbound")
+def compile_mapping(mapping: Mapping, native: bool | None = None) -> CompiledMapping:
+    """Compile ``mapping`` both ways; ``native``: runs of simple rules go through the C fast
+    path (default: when it is built, unless ``TONGBAN_NATIVE=0``)."""
+    if native is None:
+        native = NATIVE_AVAILABLE and os.environ.get("TONGBAN_NATIVE", "1") != "0"
+    elif native and not NATIVE_AVAILABLE:
+        raise RuntimeError("the native fast path (adapters.mapping._native) is not built")
+    fg = _Gen(mapping, "inbound", native)
     _compile_forward_scope(fg, _Scope("src", "out", [], "", "", mapping.schema), mapping.rules, 1)
     forward, fsrc = _build(fg, "forward")
-    rg = _Gen(mapping, "outbound")
+    rg = _Gen(mapping, "outbound", native)
     _compile_reverse_scope(rg, _Scope("src", "out", [], "", "", mapping.schema), mapping.rules, 1)
     reverse, rsrc = _build(rg, "reverse")
     return CompiledMapping(mapping, forward, reverse, fsrc, rsrc)
