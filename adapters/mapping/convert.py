@@ -345,6 +345,21 @@ class WallClock:
             off = self._hours[(y, mo, d, h)] = start
         return _format_utc(local - off)  # OverflowError at the ends of the calendar
 
+    def hour_text(self, y: int, mo: int, d: int, h: int) -> str | None:
+        """``YYYY-MM-DDTHH:`` of the UTC time of this local hour's start, once the hour is
+        remembered and its offset is a whole number of hours (so minutes and seconds are the
+        same in both zones); else None."""
+        off = self._hours.get((y, mo, d, h))
+        if off is None or off % _HOUR:
+            return None
+        try:
+            return (datetime(y, mo, d, h) - off).isoformat()[:14]
+        except OverflowError:
+            return None
+
+
+_HOUR = timedelta(hours=1)
+
 
 def _fixed_parser(
     pattern: DatePattern, kind: str, tz: tzinfo | None = None
@@ -355,12 +370,20 @@ def _fixed_parser(
     Literal characters enter the generated code only through ``repr()``.
     """
     assert pattern.slices is not None
-    checks = [f"len(t) == {pattern.width}", "t.isascii()"]
+    # Digits must be ASCII ("١" is a digit to str.isdigit). Literal text may not be: with
+    # 年/月/日 in the layout, each field is checked on its own.
+    ascii_layout = all(ch.isascii() for _, ch in pattern.literals)
+    checks = [f"len(t) == {pattern.width}"] + (["t.isascii()"] if ascii_layout else [])
     if not pattern.literals:
         checks.append("t.isdigit()")
     else:
         checks += [f"t[{pos}] == {ch!r}" for pos, ch in pattern.literals]
-        checks += [f"t[{a}:{b}].isdigit()" for a, b in pattern.slices.values()]
+        checks += [
+            f"t[{a}:{b}].isdigit()"
+            if ascii_layout
+            else f"t[{a}:{b}].isascii() and t[{a}:{b}].isdigit()"
+            for a, b in pattern.slices.values()
+        ]
 
     slices = pattern.slices
 
@@ -381,25 +404,88 @@ def _fixed_parser(
             f"{part('mi')}, {part('s')}, {part('ms')} * 1000)"
         )
         impossible = "impossible date or time"
+    fast, learn = _hour_texts(slices) if kind == "datetime" else ("", "")
     src = (
         "def parse(t):\n"
         f"    if {' and '.join(checks)}:\n"
+        f"{fast}"
         "        try:\n"
-        f"            return {build}\n"
+        f"            r = {build}\n"
         "        except ValueError:\n"
         f"            raise _VP({code!r}, {impossible!r}) from None\n"
         "        except OverflowError:\n"
         f"            raise _VP({code!r}, 'out of range') from None\n"
+        f"{learn}"
+        "        return r\n"
         f"    raise _VP({code!r}, {want!r})\n"
     )
     ns: dict[str, Any] = {
         "_date": date,
         "_wall": WallClock(tz) if tz is not None else None,
         "_VP": ValueProblem,
+        "_hours": {},
     }
     exec(compile(src, f"<date pattern {pattern.pattern!r}>", "exec"), ns)  # noqa: S102
     parser: Callable[[str], str] = ns["parse"]
     return parser
+
+
+def _hour_texts(slices: dict[str, tuple[int, int]]) -> tuple[str, str]:
+    """Generated lines (the fast path, then the learning) that turn a local date-time into its
+    UTC text by its local hour: the hour's digits map to ``YYYY-MM-DDTHH:`` in UTC (see
+    :meth:`WallClock.hour_text`), and minutes, seconds and milliseconds are copied. Only for
+    layouts with two-digit hour, minute and second fields and three-digit milliseconds; a
+    minute or second from 60 up, or an hour not seen yet, takes the exact path.
+
+    >>> print(_hour_texts({"y": (0, 4), "mo": (4, 6), "d": (6, 8), "h": (8, 10)})[0].strip())
+    p = _hours.get(t[0:10])
+            if p is not None:
+                return p + '00' + ':' + '00' + 'Z'
+    """
+    widths = {"y": 4, "mo": 2, "d": 2, "h": 2, "mi": 2, "s": 2, "ms": 3}
+    if any(g not in slices for g in ("y", "mo", "d", "h")) or any(
+        b - a != widths[g] for g, (a, b) in slices.items()
+    ):
+        return "", ""
+    # The hour's key: its digits in y, mo, d, h order, adjacent slices joined.
+    spans: list[list[int]] = []
+    for g in ("y", "mo", "d", "h"):
+        a, b = slices[g]
+        if spans and spans[-1][1] == a:
+            spans[-1][1] = b
+        else:
+            spans.append([a, b])
+    key = " + ".join(f"t[{a}:{b}]" for a, b in spans)
+    checks = ["p is not None"]
+    text = ["p"]
+    for g, sep in (("mi", "':'"), ("s", "")):
+        if g in slices:
+            a, b = slices[g]
+            checks.append(f"t[{a}:{b}] < '60'")
+            text.append(f"t[{a}:{b}]")
+        else:
+            text.append("'00'")
+        if sep:
+            text.append(sep)
+    if "ms" in slices:
+        a, b = slices["ms"]
+        tail = f"('Z' if t[{a}:{b}] == '000' else '.' + t[{a}:{b}] + 'Z')"
+    else:
+        tail = "'Z'"
+    fast = (
+        f"        p = _hours.get({key})\n"
+        f"        if {' and '.join(checks)}:\n"
+        f"            return {' + '.join([*text, tail])}\n"
+    )
+    h = {g: f"int(t[{a}:{b}])" for g, (a, b) in slices.items()}
+    learn = (
+        f"        p = _wall.hour_text({h['y']}, {h['mo']}, {h['d']}, {h['h']})\n"
+        "        if p is not None:\n"
+        "            if len(_hours) >= 4096:\n"
+        "                _hours.clear()\n"
+        f"            _hours[{key}] = p\n"
+    )
+    return fast, learn
 
 
 def make_date_parser(pattern: DatePattern) -> Callable[[str], str]:

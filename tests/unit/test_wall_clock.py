@@ -13,6 +13,7 @@ from adapters.mapping.convert import (
     ValueProblem,
     WallClock,
     format_timestamp,
+    make_date_parser,
     make_datetime_formatter,
     make_datetime_parser,
     zone,
@@ -133,3 +134,77 @@ def test_the_generated_layout_writes_what_str_format_writes(
     fmt = make_datetime_formatter(pattern, tz)
     assert fmt(value) == want
     assert fmt(value) == want  # the offset's text now remembered
+
+
+PARSED_LAYOUTS = [
+    "yyyyMMddHHmmss",
+    "yyyy-MM-dd'T'HH:mm:ss.SSS",
+    "yyyy'年'MM'月'dd'日' HH时mm分",  # no seconds
+    "dd/MM/yyyy HH:mm:ss",  # the hour's digits are not adjacent
+]
+
+
+def _text(layout: str, dt: datetime) -> str:
+    pattern = DatePattern(layout)
+    return pattern.format.format(
+        y=dt.year, mo=dt.month, d=dt.day, h=dt.hour, mi=dt.minute, s=dt.second,
+        ms=dt.microsecond // 1000, tz="",
+    )  # fmt: skip
+
+
+def _expected(tz_name: str, layout: str, dt: datetime) -> datetime:
+    fields = DatePattern(layout).fields
+    return dt.replace(
+        second=dt.second if "s" in fields else 0,
+        microsecond=dt.microsecond // 1000 * 1000 if "ms" in fields else 0,
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    tz_name=st.sampled_from(ZONES),
+    layout=st.sampled_from(PARSED_LAYOUTS),
+    dt=st.datetimes(min_value=datetime(1900, 1, 2), max_value=datetime(2100, 12, 30)),
+)
+def test_parsing_by_the_local_hour_equals_the_exact_conversion(
+    tz_name: str, layout: str, dt: datetime
+) -> None:
+    parse = make_datetime_parser(DatePattern(layout), zone(tz_name))
+    text, want = _text(layout, dt), exact(tz_name, _expected(tz_name, layout, dt))
+    assert parse(text) == want
+    assert parse(text) == want  # now by the hour's UTC text, where its offset allows
+
+
+@pytest.mark.parametrize("tz_name", ZONES)
+def test_parsing_every_minute_of_transition_days(tz_name: str) -> None:
+    tz = zone(tz_name)
+    parse = make_datetime_parser(DatePattern("yyyyMMddHHmmss"), tz)
+    for d in (date(1986, 5, 4), date(1991, 9, 15), date(2026, 3, 8), date(2026, 3, 29),
+              date(2026, 10, 25), date(2026, 11, 1), date(2011, 12, 29), date(2011, 12, 31)):  # fmt: skip
+        for minute in range(24 * 60):
+            dt = datetime(d.year, d.month, d.day, minute // 60, minute % 60, 59)
+            text = f"{dt:%Y%m%d%H%M%S}"
+            assert parse(text) == exact(tz_name, dt), (tz_name, dt)
+            assert parse(text) == exact(tz_name, dt), (tz_name, dt)
+
+
+@pytest.mark.parametrize("text", ["20261120096000", "20261120093060", "20261120099999"])
+def test_a_minute_or_second_past_59_is_refused_once_the_hour_is_known(text: str) -> None:
+    parse = make_datetime_parser(DatePattern("yyyyMMddHHmmss"), zone("Asia/Shanghai"))
+    assert parse("20261120093000") == "2026-11-20T01:30:00Z"
+    assert parse("20261120093000") == "2026-11-20T01:30:00Z"
+    with pytest.raises(ValueProblem) as err:
+        parse(text)
+    assert err.value.code == "BAD_DATETIME"
+
+
+def test_layouts_with_chinese_literal_text_parse() -> None:
+    # Until 2026-11-26 every layout was checked with t.isascii(), which 年/月/日 fail.
+    layout = DatePattern("yyyy'年'MM'月'dd'日'")
+    assert make_date_parser(layout)("2026年11月20日") == "2026-11-20"
+    with pytest.raises(ValueProblem):
+        make_date_parser(layout)("2026年1١月20日")  # an Arabic-Indic digit
+    parse = make_datetime_parser(
+        DatePattern("yyyy'年'MM'月'dd'日' HH时mm分"), zone("Asia/Shanghai")
+    )
+    assert parse("2026年11月20日 09时30分") == "2026-11-20T01:30:00Z"
