@@ -124,6 +124,7 @@ class DatePattern:
         if self.iso:
             pattern = "yyyy-MM-dd'T'HH:mm:ssXXX"
         rx, fmt, src, fields = [], [], [], []
+        groups: list[str | None] = []  # the field of each piece of src (None: literal text)
         # Fixed-width layout (every token but XXX has a fixed width): parse by slicing.
         pos = 0
         slices: dict[str, tuple[int, int]] | None = {}
@@ -137,6 +138,7 @@ class DatePattern:
                 rx.append(_TOKEN_RX[tok])
                 fmt.append(_TOKEN_FMT[tok])
                 src.append(_TOKEN_SRC[tok])
+                groups.append(group)
                 if tok == "XXX" or slices is None:
                     slices = None
                 else:
@@ -147,6 +149,7 @@ class DatePattern:
                 rx.append(re.escape(lit))
                 fmt.append(lit.replace("{", "{{").replace("}", "}}"))
                 src.append(fmt[-1])
+                groups.append(None)
                 literals.extend((pos + i, ch) for i, ch in enumerate(lit))
                 pos += len(lit)
             elif _LETTERS.fullmatch(tok):
@@ -158,6 +161,7 @@ class DatePattern:
                 rx.append(re.escape(tok))
                 fmt.append(tok.replace("{", "{{").replace("}", "}}"))
                 src.append(fmt[-1])
+                groups.append(None)
                 literals.append((pos, tok))
                 pos += len(tok)
         self.slices = slices if not self.iso else None
@@ -170,6 +174,8 @@ class DatePattern:
         self.format = "".join(fmt)
         #: The layout as the body of an f-string over ``l`` and ``tz`` (see ``_renderer``).
         self.source = "".join(src)
+        #: That body piece by piece, each with its field (None for literal text).
+        self.pieces: tuple[tuple[str | None, str], ...] = tuple(zip(groups, src, strict=True))
 
     @property
     def lossless_time(self) -> bool:
@@ -293,7 +299,7 @@ def make_datetime_formatter(pattern: DatePattern, tz: tzinfo) -> Callable[[str],
     render = _renderer(pattern)
     offsets: dict[timedelta | None, str] = {}
 
-    def fmt_dt(value: str) -> str:
+    def exact(value: str) -> str:
         try:
             local = parse_timestamp(value).astimezone(tz)
         except OverflowError:
@@ -306,7 +312,69 @@ def make_datetime_formatter(pattern: DatePattern, tz: tzinfo) -> Callable[[str],
             tzs = offsets[off] = _offset_text(local)
         return render(local, tzs)
 
+    return _by_utc_hour(pattern, tz, exact)
+
+
+def _by_utc_hour(
+    pattern: DatePattern, tz: tzinfo, exact: Callable[[str], str]
+) -> Callable[[str], str]:
+    """``exact``, with a fast path for canonical timestamps of whole seconds
+    (``YYYY-MM-DDTHH:MM:SSZ``): per UTC hour whose offset in ``tz`` is one whole number of
+    hours throughout, the layout's text around its minute and second fields is rendered once,
+    and a value's minute and second digits are put in between. Any other value (fractions,
+    offsets, an hour not seen yet, anything malformed) takes ``exact``."""
+    sub = {"mi": "v[14:16]", "s": "v[17:19]", "ms": "'000'"}
+    hour_srcs, between = [""], []
+    for group, piece in pattern.pieces:
+        if group in sub:
+            between.append(sub[group])
+            hour_srcs.append("")
+        else:
+            hour_srcs[-1] += piece
+    fields = ", ".join(f"f{piece!r}" for piece in hour_srcs)
+    text = " + ".join(
+        part
+        for i, h in enumerate(hour_srcs)
+        for part in ((f"c[{i}]",) if i == 0 else (between[i - 1], f"c[{i}]"))
+    )
+    src = (
+        "def render_hour(l, tz):\n"
+        f"    return ({fields},)\n"
+        "def fmt_dt(v):\n"
+        "    if len(v) == 20 and v[19] == 'Z' and v[13] == ':' and v[16] == ':':\n"
+        "        c = _hours.get(v[:13])\n"
+        "        if (c is not None and v.isascii() and v[14:16].isdigit() and v[14:16] < '60'\n"
+        "                and v[17:19].isdigit() and v[17:19] < '60'):\n"
+        f"            return {text}\n"
+        "    r = _exact(v)\n"
+        "    if len(v) == 20 and v[19] == 'Z' and v[:13] not in _hours:\n"
+        "        _learn(v)\n"
+        "    return r\n"
+    )
+    hours: dict[str, tuple[str, ...]] = {}
+    ns: dict[str, Any] = {"_hours": hours, "_exact": exact}
+    exec(compile(src, f"<date layout {pattern.pattern!r} by hour>", "exec"), ns)  # noqa: S102
+    render_hour: Callable[[datetime, str], tuple[str, ...]] = ns["render_hour"]
+
+    def learn(value: str) -> None:
+        try:
+            u0 = parse_timestamp(value).replace(minute=0, second=0, microsecond=0)
+            first, last = u0.astimezone(tz), (u0 + _LAST_INSTANT).astimezone(tz)
+        except (ValueProblem, OverflowError):
+            return
+        off = first.utcoffset()
+        if off is None or off != last.utcoffset() or off % _HOUR:
+            return
+        if len(hours) >= 4096:
+            hours.clear()
+        hours[value[:13]] = render_hour(first, _offset_text(first))
+
+    ns["_learn"] = learn
+    fmt_dt: Callable[[str], str] = ns["fmt_dt"]
     return fmt_dt
+
+
+_LAST_INSTANT = timedelta(minutes=59, seconds=59, microseconds=999999)
 
 
 def _renderer(pattern: DatePattern) -> Callable[[datetime, str], str]:

@@ -12,6 +12,8 @@ from adapters.mapping.convert import (
     DatePattern,
     ValueProblem,
     WallClock,
+    _offset_text,
+    _renderer,
     format_timestamp,
     make_date_parser,
     make_datetime_formatter,
@@ -208,3 +210,36 @@ def test_layouts_with_chinese_literal_text_parse() -> None:
         DatePattern("yyyy'年'MM'月'dd'日' HH时mm分"), zone("Asia/Shanghai")
     )
     assert parse("2026年11月20日 09时30分") == "2026-11-20T01:30:00Z"
+
+
+@pytest.mark.parametrize("tz_name", ZONES)
+@pytest.mark.parametrize("layout", ["iso8601", "yyyyMMddHHmmss", "'{y}' dd/MM/yyyy HH:mm"])
+def test_formatting_every_minute_around_transitions(tz_name: str, layout: str) -> None:
+    """The formatter's per-UTC-hour texts against the exact rendering, twice per value."""
+    tz, pattern = zone(tz_name), DatePattern(layout)
+    fmt = make_datetime_formatter(pattern, tz)
+    render = _renderer(pattern)
+    for day in (datetime(1986, 5, 3, tzinfo=UTC), datetime(2026, 3, 7, tzinfo=UTC),
+                datetime(2026, 3, 28, tzinfo=UTC), datetime(2026, 10, 24, tzinfo=UTC),
+                datetime(2026, 10, 31, tzinfo=UTC), datetime(2011, 12, 29, tzinfo=UTC)):  # fmt: skip
+        for minute in range(0, 3 * 24 * 60, 7):
+            u = day + timedelta(minutes=minute, seconds=minute % 60)
+            value = format_timestamp(u)
+            local = u.astimezone(tz)
+            want = render(local, _offset_text(local) if "tz" in pattern.fields else "")
+            assert fmt(value) == want, (tz_name, value)
+            assert fmt(value) == want, (tz_name, value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["2026-11-20T01:60:00Z", "2026-11-20T01:30:60Z", "2026-11-20T01:3a:00Z", "2026-11-20T01:30:0١Z",
+     "2026-11-20T01-30-00Z"],
+)  # fmt: skip
+def test_a_malformed_timestamp_is_refused_once_its_hour_is_known(value: str) -> None:
+    fmt = make_datetime_formatter(DatePattern("yyyyMMddHHmmss"), zone("Asia/Shanghai"))
+    assert fmt("2026-11-20T01:30:00Z") == "20261120093000"
+    assert fmt("2026-11-20T01:30:00Z") == "20261120093000"
+    with pytest.raises(ValueProblem) as err:
+        fmt(value)
+    assert err.value.code == "BAD_TIMESTAMP"
