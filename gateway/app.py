@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
+from adapters.mapping.compiler import native_enabled
 from adapters.transports import GrpcInboxTransport, HttpInboxTransport, PartnerTransport
 from tongban.v1 import (
     case_exchange_pb2,
@@ -267,7 +268,10 @@ class Gateway:
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self._tasks.append(asyncio.create_task(self._probe_store()))
         self._tasks.append(asyncio.create_task(self.services.watchdog.run(self._stop)))
-        log.info("gateway serving", extra={"address": self.address})
+        log.info(
+            "gateway serving",
+            extra={"address": self.address, "mapping_fast_path": native_enabled()},
+        )
 
     async def _probe_store(self, interval: float = 1.0) -> None:
         """Ping the store; health follows it (NOT_SERVING while unreachable); refresh gauges."""

@@ -1,7 +1,7 @@
 """Run every check of the project, in order, and stop at the first failure.
 
 ruff (lint and format), mypy --strict on the packages, buf lint, buf breaking against the previous
-commit, the stale-stubs check, promtool (rules, config, alert unit tests), the mapping checks and
+commit, the stale-stubs check, the mapping engine's C extension (where a C compiler exists), promtool (rules, config, alert unit tests), the mapping checks and
 golden tests, then pytest (which includes a real Prometheus scrape test).
 
 Usage: python scripts/check.py [pytest arguments]
@@ -53,6 +53,12 @@ def main() -> None:
     else:
         print("==> buf breaking: skipped (no previous commit to compare with)")
     run("generated stubs up to date", [py, "scripts/genproto.py", "--check"])
+    # The mapping engine's C fast path is optional for an install, not here: where a C compiler
+    # exists, `pip install` must have built it (tests/unit/test_native.py skips without it).
+    if shutil.which("cc") or shutil.which("gcc"):
+        run("mapping fast path built", [py, "-c", "import adapters.mapping._native"])
+    else:
+        print("==> mapping fast path: no C compiler here; the generated Python does the work")
     promtool = shutil.which("promtool")
     if promtool is None:
         print("FAILED: promtool not found (Debian package prometheus; `make test` installs it)")

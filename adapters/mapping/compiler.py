@@ -25,7 +25,7 @@ from .expr import FUNCTIONS
 from .model import Mapping, Rule
 from .schema import SchemaNode
 
-__all__ = ["CompiledMapping", "compile_mapping"]
+__all__ = ["CompiledMapping", "compile_mapping", "native_enabled"]
 
 Translate = Callable[[dict[str, Any], list[Issue]], dict[str, Any]]
 _MISS = object()
@@ -782,11 +782,17 @@ def _build(g: _Gen, name: str) -> tuple[Translate, str]:
     return fn, src
 
 
+def native_enabled() -> bool:
+    """Whether :func:`compile_mapping` uses the C fast path by default: when it is built,
+    unless the environment says ``TONGBAN_NATIVE=0``."""
+    return NATIVE_AVAILABLE and os.environ.get("TONGBAN_NATIVE", "1") != "0"
+
+
 def compile_mapping(mapping: Mapping, native: bool | None = None) -> CompiledMapping:
     """Compile ``mapping`` both ways; ``native``: runs of simple rules go through the C fast
-    path (default: when it is built, unless ``TONGBAN_NATIVE=0``)."""
+    path (default: :func:`native_enabled`)."""
     if native is None:
-        native = NATIVE_AVAILABLE and os.environ.get("TONGBAN_NATIVE", "1") != "0"
+        native = native_enabled()
     elif native and not NATIVE_AVAILABLE:
         raise RuntimeError("the native fast path (adapters.mapping._native) is not built")
     fg = _Gen(mapping, "inbound", native)

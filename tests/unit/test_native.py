@@ -287,3 +287,16 @@ def test_run_checks_its_arguments() -> None:
         _native.run(plan, [{}, {}], ({}, {}))
     with pytest.raises((TypeError, ValueError)):
         _native.run("not a plan", ({}, {}), ({}, {}))
+
+
+def test_tongban_native_0_compiles_without_the_fast_path(
+    mapping_set: MappingSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from adapters.mapping.compiler import native_enabled
+
+    mapping = mapping_set.compiled["zhongshan.case"].mapping
+    assert native_enabled()
+    assert "_run(" in compile_mapping(mapping).forward_source
+    monkeypatch.setenv("TONGBAN_NATIVE", "0")
+    assert not native_enabled()
+    assert "_run(" not in compile_mapping(mapping).forward_source
