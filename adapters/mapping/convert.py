@@ -604,7 +604,7 @@ _ID_TYPES = {
     "CERTIFICATE_TYPE_RESIDENT_ID_CARD",
     "CERTIFICATE_TYPE_TEMPORARY_RESIDENT_ID_CARD",
 }
-_PHONE = re.compile(r"1[3-9]\d{9}|0\d{2,3}-?\d{7,8}")
+_PHONE = re.compile(r"1[3-9]\d{9}|0\d{2,3}-?\d{7,8}", re.ASCII)  # \d: ASCII digits only
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 

@@ -211,6 +211,13 @@ class MappingSet:
         """Translate ``record`` from ``schema`` into canonical; RecordInvalidError on errors."""
         return TranslationResult(*self._inbound(schema, record))
 
+    def to_canonical_parts(
+        self, schema: str, record: Any
+    ) -> tuple[dict[str, Any], tuple[str, ...], tuple[Issue, ...]]:
+        """:meth:`to_canonical` as (record, mapping versions, warnings), without building a
+        :class:`TranslationResult` (a frozen dataclass: ~0.5 µs a case on the stream's path)."""
+        return self._inbound(schema, record)
+
     def from_canonical(self, schema: str, canonical: dict[str, Any]) -> TranslationResult:
         """Translate a (valid, normalised) canonical dict into ``schema``."""
         return TranslationResult(*self._outbound(schema, canonical))

@@ -184,6 +184,8 @@ def test_a_translation_is_its_two_steps(mapping_set: MappingSet) -> None:
     assert whole.versions == first.versions + second.versions
     assert whole.versions == ("zhongshan.person@1", "shenzhen.person@1")
     assert whole.warnings == first.warnings + second.warnings
+    parts = mapping_set.to_canonical_parts("zhongshan.person", record)
+    assert parts == (first.record, first.versions, first.warnings)
 
 
 def test_a_code_longer_than_the_city_field_is_still_refused(mappings_copy: Path) -> None:
