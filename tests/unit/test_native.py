@@ -295,6 +295,7 @@ def test_tongban_native_0_compiles_without_the_fast_path(
     from adapters.mapping.compiler import native_enabled
 
     mapping = mapping_set.compiled["zhongshan.case"].mapping
+    monkeypatch.delenv("TONGBAN_NATIVE", raising=False)
     assert native_enabled()
     assert "_run(" in compile_mapping(mapping).forward_source
     monkeypatch.setenv("TONGBAN_NATIVE", "0")
