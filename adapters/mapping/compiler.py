@@ -9,6 +9,12 @@ namespace, never as code, so a mapping file cannot inject code.
 Each generated function takes the input dict and a list, appends an :class:`Issue` per problem
 (with the JSON pointer on the caller's side, the canonical path and the rule's file:line) and
 returns the output dict.
+
+Where the C extension ``_native`` is built, consecutive *simple* rules of one object level (a
+copy with its type and length checks, a code list, a date conversion, a built-in validator) are
+emitted as one native run, ``if not _run(plan, (sources), (outputs)):``, followed by their
+generated Python: the run stores what the Python would store, or gives up at the first value
+that is not a simple copy, and the Python then runs them all again and reports as usual.
 """
 
 from __future__ import annotations
@@ -35,8 +41,7 @@ try:  # built by `pip install` where a C compiler is available (optional extensi
 except ImportError:  # pragma: no cover - the pure-Python code does the same work
     _native = None  # type: ignore[assignment]
 
-#: Whether compiled mappings run simple rules through the C fast path by default
-#: (``TONGBAN_NATIVE=0`` turns it off; the generated Python alone gives the same results).
+#: Whether the C fast path is built (``native_enabled`` says whether compiling uses it).
 NATIVE_AVAILABLE = _native is not None
 #: Consecutive simple rules below this many stay plain Python (a call costs about one rule).
 _MIN_RUN = 2
