@@ -39,7 +39,12 @@ typedef struct {
     PyObject *validate; /* callable checking the value (raises to refuse), or NULL */
     Py_ssize_t out;     /* index into the outputs tuple */
     PyObject *out_key;  /* key stored there */
+    int list;           /* L_*: the field is a list of objects, each run through sub */
+    PyObject *sub;      /* the plan (capsule) run on each item, with (item,) -> (new dict,) */
+    PyObject *allowed;  /* forward: the item's allowed keys (frozenset), or NULL for any */
 } Step;
+
+enum { L_NONE = 0, L_FORWARD = 1, L_REVERSE = 2 };
 
 typedef struct {
     Py_ssize_t n;
@@ -66,6 +71,8 @@ plan_free(PyObject *capsule)
         Py_XDECREF(s->convert);
         Py_XDECREF(s->validate);
         Py_XDECREF(s->out_key);
+        Py_XDECREF(s->sub);
+        Py_XDECREF(s->allowed);
     }
     PyMem_Free(p);
 }
@@ -82,7 +89,8 @@ none_to_null(PyObject *o)
 
 /* plan(steps) -> capsule. Each step is a tuple:
  * (src, key, required, type, max_len, check_result, to_str, table, policy, fixed, convert,
- *  validate, out, out_key); None for an absent table, fixed value, converter or validator. */
+ *  validate, out, out_key, list, sub, allowed); None for an absent table, fixed value,
+ *  converter, validator, sub-plan or key set. */
 static PyObject *
 native_plan(PyObject *self, PyObject *arg)
 {
@@ -103,12 +111,27 @@ native_plan(PyObject *self, PyObject *arg)
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *t = PyTuple_GET_ITEM(arg, i);
         Step *s = &p->steps[i];
-        PyObject *key, *table, *fixed, *convert, *validate, *out_key;
+        PyObject *key, *table, *fixed, *convert, *validate, *out_key, *sub, *allowed;
         Py_ssize_t src, max_len, out;
-        int required, type, check_result, to_str, policy;
-        if (!PyArg_ParseTuple(t, "nUpinppOiOOOnU;a plan step is a 14-tuple", &src, &key,
+        int required, type, check_result, to_str, policy, list;
+        if (!PyTuple_Check(t) ||
+            !PyArg_ParseTuple(t, "nUpinppOiOOOnUiOO;a plan step is a 17-tuple", &src, &key,
                               &required, &type, &max_len, &check_result, &to_str, &table,
-                              &policy, &fixed, &convert, &validate, &out, &out_key)) {
+                              &policy, &fixed, &convert, &validate, &out, &out_key, &list, &sub,
+                              &allowed)) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_TypeError, "a plan step is a 17-tuple");
+            }
+            Py_DECREF(capsule);
+            return NULL;
+        }
+        const Plan *subplan = list != L_NONE ? PyCapsule_GetPointer(sub, PLAN) : NULL;
+        if (list < L_NONE || list > L_REVERSE || (list != L_NONE && subplan == NULL) ||
+            (subplan != NULL && (subplan->n_src > 1 || subplan->n_out > 1)) ||
+            (allowed != Py_None && !PyFrozenSet_CheckExact(allowed))) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_TypeError, "a plan step's list, sub-plan or keys are wrong");
+            }
             Py_DECREF(capsule);
             return NULL;
         }
@@ -139,6 +162,9 @@ native_plan(PyObject *self, PyObject *arg)
         s->out = out;
         Py_INCREF(out_key);
         s->out_key = out_key;
+        s->list = list;
+        s->sub = list != L_NONE ? none_to_null(sub) : NULL;
+        s->allowed = none_to_null(allowed);
         p->n = i + 1; /* so plan_free releases what is set so far */
         if (src + 1 > p->n_src) {
             p->n_src = src + 1;
@@ -267,6 +293,151 @@ value_of(const Step *s, PyObject *v)
     return r;
 }
 
+static int run_steps(const Plan *p, PyObject *const *srcs, PyObject *const *outs);
+
+/* A list of objects, each item run through the step's sub-plan into a new dict, as the
+ * generated code's loop does. 1: stored or skipped; 0: not simple (the Python code decides). */
+static int
+run_list(const Step *s, PyObject *v, PyObject *out)
+{
+    const Plan *sub = (const Plan *)PyCapsule_GetPointer(s->sub, PLAN);
+    if (sub == NULL) {
+        return 0;
+    }
+    if (s->list == L_FORWARD) {
+        if (v == NULL || v == Py_None) {
+            return s->required ? 0 : 1;
+        }
+    }
+    else {
+        /* `if v:` then the loop; else `[]` where the city schema requires the list. */
+        int truth = v == NULL ? 0 : PyObject_IsTrue(v);
+        if (truth < 0) {
+            return 0;
+        }
+        if (!truth) {
+            if (!s->required) {
+                return 1;
+            }
+            PyObject *empty = PyList_New(0);
+            if (empty == NULL) {
+                return 0;
+            }
+            int rc = PyDict_SetItem(out, s->out_key, empty);
+            Py_DECREF(empty);
+            return rc < 0 ? 0 : 1;
+        }
+    }
+    if (!PyList_CheckExact(v)) {
+        return 0;
+    }
+    PyObject *items = PyList_New(0);
+    if (items == NULL) {
+        return 0;
+    }
+    Py_INCREF(v); /* the items' converters may run any code */
+    int ok = 1;
+    for (Py_ssize_t i = 0; ok == 1 && i < PyList_GET_SIZE(v); i++) {
+        PyObject *item = PyList_GET_ITEM(v, i);
+        if (!PyDict_CheckExact(item)) {
+            ok = 0;
+            break;
+        }
+        Py_INCREF(item);
+        if (s->allowed != NULL) {
+            Py_ssize_t pos = 0;
+            PyObject *key, *value;
+            while (ok == 1 && PyDict_Next(item, &pos, &key, &value)) {
+                if (PySet_Contains(s->allowed, key) != 1) {
+                    ok = 0; /* an unknown field (or an error): the Python code reports it */
+                }
+            }
+        }
+        PyObject *o = ok == 1 ? PyDict_New() : NULL;
+        if (o == NULL) {
+            ok = 0;
+        }
+        else {
+            ok = run_steps(sub, &item, &o);
+            if (ok == 1 && PyList_Append(items, o) < 0) {
+                ok = 0;
+            }
+            Py_DECREF(o);
+        }
+        Py_DECREF(item);
+    }
+    Py_DECREF(v);
+    if (ok == 1 && (s->list == L_REVERSE || PyList_GET_SIZE(items) > 0)) {
+        if (PyDict_SetItem(out, s->out_key, items) < 0) {
+            ok = 0;
+        }
+    }
+    Py_DECREF(items);
+    return ok == 1 ? 1 : 0;
+}
+
+/* 1: every step simple and stored; 0: not simple, maybe with an exception set. */
+static int
+run_steps(const Plan *p, PyObject *const *srcs, PyObject *const *outs)
+{
+    for (Py_ssize_t i = 0; i < p->n; i++) {
+        const Step *s = &p->steps[i];
+        PyObject *v;
+        if (read_field(srcs[s->src], s->key, &v) < 0) {
+            return 0;
+        }
+        PyObject *out = outs[s->out];
+        if (!PyDict_CheckExact(out)) {
+            return 0;
+        }
+        if (s->list != L_NONE) {
+            if (!run_list(s, v, out)) {
+                return 0;
+            }
+            continue;
+        }
+        int pr = present(s, v);
+        if (pr == 0) {
+            continue;
+        }
+        if (pr < 0) {
+            return 0;
+        }
+        if (!s->check_result && s->max_len > 0 && PyUnicode_CheckExact(v) &&
+            PyUnicode_GET_LENGTH(v) > s->max_len) {
+            return 0; /* forward: the value's own length */
+        }
+        Py_INCREF(v); /* a converter may run any code; keep the value alive */
+        PyObject *r = value_of(s, v);
+        if (r == NULL) {
+            Py_DECREF(v);
+            return 0;
+        }
+        if (PyDict_SetItem(out, s->out_key, r) < 0) {
+            Py_DECREF(r);
+            Py_DECREF(v);
+            return 0;
+        }
+        Py_DECREF(r);
+        if (s->validate != NULL) {
+            PyObject *w = PyObject_CallOneArg(s->validate, v);
+            if (w == NULL) {
+                Py_DECREF(v);
+                return 0;
+            }
+            /* Built-in validators return their warnings: any at all is for the Python code. */
+            int has = PyObject_IsTrue(w);
+            Py_DECREF(w);
+            if (has != 0) {
+                Py_DECREF(v);
+                return 0;
+            }
+        }
+        Py_DECREF(v);
+    }
+    return 1;
+}
+
 /* run(plan, sources, outputs) -> bool: True when every step was simple and is stored. */
 static PyObject *
 native_run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -285,55 +456,9 @@ native_run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "run() takes tuples of every source and output");
         return NULL;
     }
-    for (Py_ssize_t i = 0; i < p->n; i++) {
-        const Step *s = &p->steps[i];
-        PyObject *v;
-        if (read_field(PyTuple_GET_ITEM(srcs, s->src), s->key, &v) < 0) {
-            goto not_simple;
-        }
-        int pr = present(s, v);
-        if (pr == 0) {
-            continue;
-        }
-        if (pr < 0) {
-            goto not_simple;
-        }
-        if (!s->check_result && s->max_len > 0 && PyUnicode_CheckExact(v) &&
-            PyUnicode_GET_LENGTH(v) > s->max_len) {
-            goto not_simple; /* forward: the value's own length */
-        }
-        Py_INCREF(v); /* a converter may run any code; keep the value alive */
-        PyObject *r = value_of(s, v);
-        if (r == NULL) {
-            Py_DECREF(v);
-            goto not_simple;
-        }
-        PyObject *out = PyTuple_GET_ITEM(outs, s->out);
-        if (!PyDict_CheckExact(out) || PyDict_SetItem(out, s->out_key, r) < 0) {
-            Py_DECREF(r);
-            Py_DECREF(v);
-            goto not_simple;
-        }
-        Py_DECREF(r);
-        if (s->validate != NULL) {
-            PyObject *w = PyObject_CallOneArg(s->validate, v);
-            if (w == NULL) {
-                Py_DECREF(v);
-                goto not_simple;
-            }
-            /* Built-in validators return their warnings: any at all is for the Python code. */
-            int has = PyObject_IsTrue(w);
-            Py_DECREF(w);
-            if (has != 0) {
-                Py_DECREF(v);
-                goto not_simple;
-            }
-        }
-        Py_DECREF(v);
+    if (run_steps(p, &PyTuple_GET_ITEM(srcs, 0), &PyTuple_GET_ITEM(outs, 0))) {
+        Py_RETURN_TRUE;
     }
-    Py_RETURN_TRUE;
-
-not_simple:
     if (PyErr_Occurred()) {
         if (!PyErr_ExceptionMatches(PyExc_Exception)) {
             return NULL;

@@ -124,6 +124,11 @@ class _Step:
     conv: _Conv
     validate: Callable[[Any], Any] | None
     out_key: str
+    #: A list of objects (1 inbound, 2 outbound), each item run through ``sub`` (a plan).
+    list: int = 0
+    sub: object | None = None
+    #: Inbound lists: the keys an item may have (None: any).
+    allowed: frozenset[str] | None = None
 
 
 class _Gen:
@@ -133,6 +138,8 @@ class _Gen:
         self.mapping = mapping
         self.direction = direction
         self.native = native
+        #: The scope of the last list rule emitted (its items' rules), for native list steps.
+        self.last_sub: _Scope | None = None
         self.lines: list[str] = []
         self.ns: dict[str, Any] = {
             "_MISS": _MISS,
@@ -183,6 +190,10 @@ class _Scope:
     deferred: list[tuple[tuple[str, ...], str, int, str]] = field(default_factory=list)
     # Simple rules not emitted yet, for one native run: (step, source var, output var, lines).
     run: list[tuple[_Step, str, str, list[str]]] = field(default_factory=list)
+    # Native runs emitted: (plan, source vars, output vars, number of rules).
+    plans: list[tuple[object, list[str], list[str], int]] = field(default_factory=list)
+    # Whether checks on the filled canonical fields were emitted after the rules.
+    post_checks: bool = False
 
     @property
     def idx_expr(self) -> str:
@@ -237,6 +248,33 @@ def _rev_simple(r: Rule) -> bool:
     )
 
 
+def _list_candidate(r: Rule) -> bool:
+    """Whether ``r`` is a list of objects whose items a native sub-plan may run (decided
+    once its items' code is generated: :func:`_items_plan`)."""
+    return (
+        r.each is not None
+        and r.source is not None
+        and r.target is not None
+        and r.default is None
+        and not r.has_const
+        and r.expr is None
+    )
+
+
+def _items_plan(sub: _Scope | None, rules: list[Rule], inbound: bool) -> object | None:
+    """The plan running every item of a list, when the items' scope is one native run over
+    its own object and nothing else: no nested objects, no checks after the rules."""
+    if sub is None or sub.in_objs or sub.out_objs or sub.deferred or sub.post_checks:
+        return None
+    n = sum(1 for r in rules if (r.inbound if inbound else r.outbound))
+    if len(sub.plans) != 1:
+        return None
+    plan, srcs, outs, covered = sub.plans[0]
+    if covered != n or srcs != [sub.src] or outs != [sub.out]:
+        return None
+    return plan
+
+
 def _flush(g: _Gen, sc: _Scope, ind: int) -> None:
     """Emit the scope's pending simple rules: one native run with their Python code as the
     fallback, which runs (and reports) exactly as before when the run finds anything but a
@@ -264,10 +302,15 @@ def _flush(g: _Gen, sc: _Scope, ind: int) -> None:
             st.validate,
             outs.index(out),
             st.out_key,
+            st.list,
+            st.sub,
+            st.allowed,
         )
         for st, src, out, _ in run
     )
-    plan = g.const(_native.plan(steps), "_plan")
+    plan_obj = _native.plan(steps)
+    sc.plans.append((plan_obj, srcs, outs, len(run)))
+    plan = g.const(plan_obj, "_plan")
     g.emit(ind, f"if not _run({plan}, ({', '.join(srcs)},), ({', '.join(outs)},)):")
     for *_, lines in run:
         g.lines.extend("    " + line for line in lines)
@@ -359,7 +402,7 @@ def _compile_forward_scope(g: _Gen, sc: _Scope, rules: list[Rule], ind: int) -> 
     filled: dict[tuple[str, ...], tuple[Rule, int]] = {}
     for r in rules:
         if r.inbound:
-            if not (g.native and _fwd_simple(r)):
+            if not (g.native and (_fwd_simple(r) or _list_candidate(r))):
                 _flush(g, sc, ind)
             _fwd_rule(g, sc, r, ind, filled)
     _flush(g, sc, ind)
@@ -368,6 +411,7 @@ def _compile_forward_scope(g: _Gen, sc: _Scope, rules: list[Rule], ind: int) -> 
         tf = r.target_field
         if tf is None or tf.validator is None or target in sc.validated:
             continue
+        sc.post_checks = True
         obj = _out_obj(g, sc, target[:-1], ind)
         fn = g.const(convert.CANONICAL_VALIDATORS.get(tf.validator), "_val")
         g.emit(ind, f"v = {obj}.get({target[-1]!r})")
@@ -417,6 +461,30 @@ def _fwd_rule(
         )
         sc.run.append((step, parent, out, g.lines))
         g.lines = saved
+        return
+    if g.native and _list_candidate(r):
+        assert r.source is not None
+        assert r.each is not None
+        parent = _fwd_in_obj(g, sc, r.source[:-1], ind, r.where)
+        saved, g.lines = g.lines, []
+        g.last_sub = None
+        _fwd_rule_code(g, sc, r, ind, out, key, k)
+        lines, g.lines = g.lines, saved
+        sub = g.last_sub
+        plan = _items_plan(sub, r.each, inbound=True)
+        if plan is not None and sub is not None:
+            node = sub.schema
+            allowed = (
+                None if node.additional or node.type != "object" else frozenset(node.properties)
+            )
+            step = _Step(
+                r.source[-1], r.required, _T_ANY, 0, False, _Conv(), None, r.target[-1],
+                1, plan, allowed,
+            )  # fmt: skip
+            sc.run.append((step, parent, out, lines))
+            return
+        _flush(g, sc, ind)  # this rule stays Python: what is pending runs before it
+        g.lines.extend(lines)
         return
     _fwd_rule_code(g, sc, r, ind, out, key, k)
 
@@ -469,6 +537,7 @@ def _fwd_rule_code(
         g.emit(ind + 3, f"{o} = {{}}")
         sub = _Scope(item, o, sub_idx, ptr + "/{}", _can(sc.in_can, r.target) + "[{}]", sn.items)
         _compile_forward_scope(g, sub, r.each, ind + 3)
+        g.last_sub = sub
         g.emit(ind + 3, f"{lst}.append({o})")
         g.emit(ind + 2, f"if {lst}: {out}[{key}] = {lst}")
         g.emit(ind + 1, "else:")
@@ -593,7 +662,7 @@ def _rev_in_obj(g: _Gen, sc: _Scope, prefix: tuple[str, ...], ind: int) -> str:
 def _compile_reverse_scope(g: _Gen, sc: _Scope, rules: list[Rule], ind: int) -> None:
     for r in rules:
         if r.outbound:
-            if not (g.native and _rev_simple(r)):
+            if not (g.native and (_rev_simple(r) or _list_candidate(r))):
                 _flush(g, sc, ind)
             _rev_rule(g, sc, r, ind)
     _flush(g, sc, ind)
@@ -623,6 +692,25 @@ def _rev_rule(g: _Gen, sc: _Scope, r: Rule, ind: int) -> None:
         step = _Step(r.target[-1], required, _T_ANY, max_len, True, conv, None, r.source[-1])
         sc.run.append((step, parent, out, g.lines))
         g.lines = saved
+        return
+    if g.native and _list_candidate(r):
+        assert r.target is not None
+        assert r.each is not None
+        parent = _rev_in_obj(g, sc, r.target[:-1], ind)
+        saved, g.lines = g.lines, []
+        g.last_sub = None
+        _rev_rule_code(g, sc, r, ind, out, k, can_ptr)
+        lines, g.lines = g.lines, saved
+        plan = _items_plan(g.last_sub, r.each, inbound=False)
+        if plan is not None:
+            required = _required_in_city(sc.schema, r.source)
+            step = _Step(
+                r.target[-1], required, _T_ANY, 0, True, _Conv(), None, r.source[-1], 2, plan
+            )
+            sc.run.append((step, parent, out, lines))
+            return
+        _flush(g, sc, ind)  # this rule stays Python: what is pending runs before it
+        g.lines.extend(lines)
         return
     _rev_rule_code(g, sc, r, ind, out, k, can_ptr)
 
@@ -668,6 +756,7 @@ def _rev_rule_code(
             item, o, [*sc.idx, i], can_ptr + "/{}", _can(sc.in_can, r.target) + "[{}]", sn.items
         )
         _compile_reverse_scope(g, sub, r.each, ind + 2)
+        g.last_sub = sub
         g.emit(ind + 2, f"{lst}.append({o})")
         g.emit(ind + 1, f"{out}[{key}] = {lst}")
         if required:

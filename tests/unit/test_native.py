@@ -188,11 +188,11 @@ def test_every_single_break_translates_identically(
 
 def _step(**kw: Any) -> tuple[Any, ...]:
     """A plan step: (src, key, required, type, max_len, check_result, to_str, table, policy,
-    fixed, convert, validate, out, out_key)."""
+    fixed, convert, validate, out, out_key, list, sub, allowed)."""
     base: dict[str, Any] = {
         "src": 0, "key": "a", "required": False, "type": 0, "max_len": 0, "check_result": False,
         "to_str": False, "table": None, "policy": 0, "fixed": None, "convert": None,
-        "validate": None, "out": 0, "out_key": "b",
+        "validate": None, "out": 0, "out_key": "b", "list": 0, "sub": None, "allowed": None,
     }  # fmt: skip
     base.update(kw)
     return tuple(base.values())
@@ -301,3 +301,46 @@ def test_tongban_native_0_compiles_without_the_fast_path(
     monkeypatch.setenv("TONGBAN_NATIVE", "0")
     assert not native_enabled()
     assert "_run(" not in compile_mapping(mapping).forward_source
+
+
+def test_a_list_step_runs_each_item_through_its_sub_plan() -> None:
+    from adapters.mapping import _native
+
+    item_plan = _native.plan((_step(key="n", out_key="name"),))
+    forward = _native.plan(
+        (_step(key="items", out_key="list", list=1, sub=item_plan, allowed=frozenset({"n"})),)
+    )
+    out: dict[str, Any] = {}
+    assert _native.run(forward, ({"items": [{"n": "a"}, {}]},), (out,)) is True
+    assert out == {"list": [{"name": "a"}, {}]}
+    out = {}
+    assert _native.run(forward, ({"items": []},), (out,)) is True
+    assert out == {}  # an empty list is not written inbound
+    assert _native.run(forward, ({"items": [{"n": "a", "x": 1}]},), ({},)) is False  # unknown key
+    assert _native.run(forward, ({"items": ["a"]},), ({},)) is False  # not an object
+    assert _native.run(forward, ({"items": ({"n": "a"},)},), ({},)) is False  # not a list
+    reverse = _native.plan(
+        (_step(key="list", out_key="items", list=2, sub=item_plan, required=True),)
+    )
+    out = {}
+    assert _native.run(reverse, ({},), (out,)) is True
+    assert out == {"items": []}  # the city schema requires it
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        _step(list=1, sub="not a plan"),
+        _step(list=1, sub=None),
+        _step(allowed={"a"}),  # a set, not a frozenset
+        _step(list=3),
+    ],
+)
+def test_bad_list_steps_are_refused(step: tuple[Any, ...]) -> None:
+    from adapters.mapping import _native
+
+    with pytest.raises((TypeError, ValueError)):
+        _native.plan((step,))
+    two_sources = _native.plan((_step(src=1),))
+    with pytest.raises(TypeError):
+        _native.plan((_step(list=1, sub=two_sources),))
