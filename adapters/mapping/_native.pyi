@@ -4,7 +4,7 @@ from collections.abc import Mapping
 from typing import Any
 
 def plan(steps: tuple[tuple[Any, ...], ...], /) -> object:
-    """A compiled run of simple rules; each step is a 14-tuple (see _native.c)."""
+    """A compiled run of simple rules; each step is a 17-tuple (see _native.c)."""
 
 def run(
     plan: object, sources: tuple[Mapping[str, Any], ...], outputs: tuple[dict[str, Any], ...], /

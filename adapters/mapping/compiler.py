@@ -20,7 +20,8 @@ that is not a simple copy, and the Python then runs them all again and reports a
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -98,6 +99,8 @@ def _issue_factory(table: list[tuple[str, str, str]]) -> Callable[..., Issue]:
 _NATIVE_TYPES = {"string": 0, "integer": 1, "number": 2, "boolean": 3}
 _T_ANY = 4
 _NATIVE_POLICIES = {"error": 0, "fixed": 1, "pass": 2}
+#: A step that is a list of objects, each item run through its own plan (see ``_native.c``).
+_LIST_INBOUND, _LIST_OUTBOUND = 1, 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +127,7 @@ class _Step:
     conv: _Conv
     validate: Callable[[Any], Any] | None
     out_key: str
-    #: A list of objects (1 inbound, 2 outbound), each item run through ``sub`` (a plan).
+    #: A list of objects (``_LIST_INBOUND``, ``_LIST_OUTBOUND``), each item through ``sub``.
     list: int = 0
     sub: object | None = None
     #: Inbound lists: the keys an item may have (None: any).
@@ -217,48 +220,42 @@ def _type_check(node: SchemaNode, v: str) -> str:
     return f"type({v}) is {_PY_TYPE[node.type]}"
 
 
+def _copies_a_field(r: Rule) -> bool:
+    """Whether ``r`` reads one city field into one canonical field (not a constant, not an
+    expression): what a native step can do."""
+    return r.source is not None and r.target is not None and not r.has_const and r.expr is None
+
+
+def _converts(r: Rule) -> bool:
+    return r.codes is not None or r.datetime is not None or r.date is not None
+
+
 def _fwd_simple(r: Rule) -> bool:
     """Whether the C fast path can run ``r`` inbound (else it stays Python only)."""
     sn, tf = r.source_node, r.target_field
-    if sn is None or tf is None or r.source is None or r.target is None:
+    if sn is None or tf is None or not _copies_a_field(r):
         return False
-    converts = r.codes is not None or r.datetime is not None or r.date is not None
     return (
-        not r.has_const
-        and r.expr is None
-        and r.each is None
+        r.each is None
         and r.default is None
         and not r.validate
         and sn.type in _NATIVE_TYPES
-        and (converts or not (tf.kind == "int" and sn.type == "string"))
+        and (_converts(r) or not (tf.kind == "int" and sn.type == "string"))
     )
 
 
 def _rev_simple(r: Rule) -> bool:
     """Whether the C fast path can run ``r`` outbound."""
     sn, tf = r.source_node, r.target_field
-    if sn is None or tf is None or r.source is None or r.target is None:
+    if sn is None or tf is None or not _copies_a_field(r):
         return False
-    converts = r.codes is not None or r.datetime is not None or r.date is not None
-    return (
-        not r.has_const
-        and r.expr is None
-        and r.each is None
-        and (converts or not (sn.type == "integer" and tf.kind == "string"))
-    )
+    return r.each is None and (_converts(r) or not (sn.type == "integer" and tf.kind == "string"))
 
 
 def _list_candidate(r: Rule) -> bool:
     """Whether ``r`` is a list of objects whose items a native sub-plan may run (decided
     once its items' code is generated: :func:`_items_plan`)."""
-    return (
-        r.each is not None
-        and r.source is not None
-        and r.target is not None
-        and r.default is None
-        and not r.has_const
-        and r.expr is None
-    )
+    return r.each is not None and r.default is None and _copies_a_field(r)
 
 
 def _items_plan(sub: _Scope | None, rules: list[Rule], inbound: bool) -> object | None:
@@ -273,6 +270,28 @@ def _items_plan(sub: _Scope | None, rules: list[Rule], inbound: bool) -> object 
     if covered != n or srcs != [sub.src] or outs != [sub.out]:
         return None
     return plan
+
+
+@contextmanager
+def _aside(g: _Gen) -> Iterator[list[str]]:
+    """Lines emitted inside the block go to the list it gives, not into the function yet."""
+    saved, g.lines = g.lines, []
+    try:
+        yield g.lines
+    finally:
+        g.lines = saved
+
+
+def _join(
+    g: _Gen, sc: _Scope, ind: int, step: _Step | None, src: str, out: str, lines: list[str]
+) -> None:
+    """A rule's code generated aside joins the pending native run as ``step``, or, without a
+    step, stays plain Python after the pending run."""
+    if step is not None:
+        sc.run.append((step, src, out, lines))
+    else:
+        _flush(g, sc, ind)
+        g.lines.extend(lines)
 
 
 def _flush(g: _Gen, sc: _Scope, ind: int) -> None:
@@ -443,48 +462,38 @@ def _fwd_rule(
     filled.setdefault(r.target, (r, k))
     if g.native and _fwd_simple(r):
         assert r.source is not None
+        assert r.source_node is not None
         parent = _fwd_in_obj(g, sc, r.source[:-1], ind, r.where)
-        saved, g.lines = g.lines, []  # this rule's code becomes a native run's fallback
-        conv, validate = _fwd_rule_code(g, sc, r, ind, out, key, k)
+        with _aside(g) as lines:  # this rule's code becomes a native run's fallback
+            conv, validate = _fwd_rule_code(g, sc, r, ind, out, key, k)
         sn = r.source_node
-        assert sn is not None
         max_len = (sn.max_length or 0) if sn.type == "string" else 0
         step = _Step(
-            r.source[-1],
-            r.required,
-            _NATIVE_TYPES[sn.type],
-            max_len,
-            False,
-            conv,
-            validate,
+            r.source[-1], r.required, _NATIVE_TYPES[sn.type], max_len, False, conv, validate,
             r.target[-1],
-        )
-        sc.run.append((step, parent, out, g.lines))
-        g.lines = saved
+        )  # fmt: skip
+        _join(g, sc, ind, step, parent, out, lines)
         return
     if g.native and _list_candidate(r):
         assert r.source is not None
         assert r.each is not None
         parent = _fwd_in_obj(g, sc, r.source[:-1], ind, r.where)
-        saved, g.lines = g.lines, []
         g.last_sub = None
-        _fwd_rule_code(g, sc, r, ind, out, key, k)
-        lines, g.lines = g.lines, saved
+        with _aside(g) as lines:
+            _fwd_rule_code(g, sc, r, ind, out, key, k)
         sub = g.last_sub
         plan = _items_plan(sub, r.each, inbound=True)
+        list_step = None
         if plan is not None and sub is not None:
             node = sub.schema
             allowed = (
                 None if node.additional or node.type != "object" else frozenset(node.properties)
             )
-            step = _Step(
+            list_step = _Step(
                 r.source[-1], r.required, _T_ANY, 0, False, _Conv(), None, r.target[-1],
-                1, plan, allowed,
+                _LIST_INBOUND, plan, allowed,
             )  # fmt: skip
-            sc.run.append((step, parent, out, lines))
-            return
-        _flush(g, sc, ind)  # this rule stays Python: what is pending runs before it
-        g.lines.extend(lines)
+        _join(g, sc, ind, list_step, parent, out, lines)
         return
     _fwd_rule_code(g, sc, r, ind, out, key, k)
 
@@ -685,32 +694,28 @@ def _rev_rule(g: _Gen, sc: _Scope, r: Rule, ind: int) -> None:
     out = _out_obj(g, sc, r.source[:-1], ind)
     if g.native and _rev_simple(r):
         assert r.target is not None
-        assert r.source_node is not None
         parent = _rev_in_obj(g, sc, r.target[:-1], ind)
-        saved, g.lines = g.lines, []  # this rule's code becomes a native run's fallback
-        conv, max_len, required = _rev_rule_code(g, sc, r, ind, out, k, can_ptr)
+        with _aside(g) as lines:  # this rule's code becomes a native run's fallback
+            conv, max_len, required = _rev_rule_code(g, sc, r, ind, out, k, can_ptr)
         step = _Step(r.target[-1], required, _T_ANY, max_len, True, conv, None, r.source[-1])
-        sc.run.append((step, parent, out, g.lines))
-        g.lines = saved
+        _join(g, sc, ind, step, parent, out, lines)
         return
     if g.native and _list_candidate(r):
         assert r.target is not None
         assert r.each is not None
         parent = _rev_in_obj(g, sc, r.target[:-1], ind)
-        saved, g.lines = g.lines, []
         g.last_sub = None
-        _rev_rule_code(g, sc, r, ind, out, k, can_ptr)
-        lines, g.lines = g.lines, saved
+        with _aside(g) as lines:
+            _rev_rule_code(g, sc, r, ind, out, k, can_ptr)
         plan = _items_plan(g.last_sub, r.each, inbound=False)
+        list_step = None
         if plan is not None:
             required = _required_in_city(sc.schema, r.source)
-            step = _Step(
-                r.target[-1], required, _T_ANY, 0, True, _Conv(), None, r.source[-1], 2, plan
-            )
-            sc.run.append((step, parent, out, lines))
-            return
-        _flush(g, sc, ind)  # this rule stays Python: what is pending runs before it
-        g.lines.extend(lines)
+            list_step = _Step(
+                r.target[-1], required, _T_ANY, 0, True, _Conv(), None, r.source[-1],
+                _LIST_OUTBOUND, plan,
+            )  # fmt: skip
+        _join(g, sc, ind, list_step, parent, out, lines)
         return
     _rev_rule_code(g, sc, r, ind, out, k, can_ptr)
 

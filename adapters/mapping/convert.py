@@ -332,11 +332,10 @@ def _by_utc_hour(
         else:
             hour_srcs[-1] += piece
     fields = ", ".join(f"f{piece!r}" for piece in hour_srcs)
-    text = " + ".join(
-        part
-        for i, h in enumerate(hour_srcs)
-        for part in ((f"c[{i}]",) if i == 0 else (between[i - 1], f"c[{i}]"))
-    )
+    parts = ["c[0]"]  # the hour's texts with the value's digits between them
+    for i, digits in enumerate(between, 1):
+        parts += [digits, f"c[{i}]"]
+    text = " + ".join(parts)
     src = (
         "def render_hour(l, tz):\n"
         f"    return ({fields},)\n"

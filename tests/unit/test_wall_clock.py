@@ -93,6 +93,15 @@ def test_times_at_the_ends_of_the_calendar_are_refused_not_crashed() -> None:
     assert err.value.code == "BAD_DATETIME"
 
 
+def _text(layout: str, dt: datetime, tz: str = "") -> str:
+    """``dt`` in ``layout``, written with ``str.format`` (the layout's own reference)."""
+    pattern = DatePattern(layout)
+    return pattern.format.format(
+        y=dt.year, mo=dt.month, d=dt.day, h=dt.hour, mi=dt.minute, s=dt.second,
+        ms=dt.microsecond // 1000, tz=tz if "tz" in pattern.fields else "",
+    )  # fmt: skip
+
+
 LAYOUTS = [
     "iso8601",
     "yyyyMMddHHmmss",
@@ -123,16 +132,7 @@ def test_the_generated_layout_writes_what_str_format_writes(
         if secs == 0
         else f"{'+' if secs > 0 else '-'}{abs(secs) // 3600:02d}:{abs(secs) % 3600 // 60:02d}"
     )
-    want = pattern.format.format(
-        y=local.year,
-        mo=local.month,
-        d=local.day,
-        h=local.hour,
-        mi=local.minute,
-        s=local.second,
-        ms=local.microsecond // 1000,
-        tz=tzs if "tz" in pattern.fields else "",
-    )
+    want = _text(layout, local, tzs)
     fmt = make_datetime_formatter(pattern, tz)
     assert fmt(value) == want
     assert fmt(value) == want  # the offset's text now remembered
@@ -146,15 +146,7 @@ PARSED_LAYOUTS = [
 ]
 
 
-def _text(layout: str, dt: datetime) -> str:
-    pattern = DatePattern(layout)
-    return pattern.format.format(
-        y=dt.year, mo=dt.month, d=dt.day, h=dt.hour, mi=dt.minute, s=dt.second,
-        ms=dt.microsecond // 1000, tz="",
-    )  # fmt: skip
-
-
-def _expected(tz_name: str, layout: str, dt: datetime) -> datetime:
+def _expected(layout: str, dt: datetime) -> datetime:
     fields = DatePattern(layout).fields
     return dt.replace(
         second=dt.second if "s" in fields else 0,
@@ -172,7 +164,7 @@ def test_parsing_by_the_local_hour_equals_the_exact_conversion(
     tz_name: str, layout: str, dt: datetime
 ) -> None:
     parse = make_datetime_parser(DatePattern(layout), zone(tz_name))
-    text, want = _text(layout, dt), exact(tz_name, _expected(tz_name, layout, dt))
+    text, want = _text(layout, dt), exact(tz_name, _expected(layout, dt))
     assert parse(text) == want
     assert parse(text) == want  # now by the hour's UTC text, where its offset allows
 
