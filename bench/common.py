@@ -235,6 +235,9 @@ async def _drive(
 ) -> dict[str, Any]:
     errors: dict[str, int] = {}
     latencies: list[float] = []
+    # Messages sent again because the payloads ran out (the same request id twice: a replay
+    # for an idempotent method, which costs the server far less than a new case).
+    repeats = 0
     async with grpc.aio.insecure_channel(target) as ch:
         done = 0
         stop_at = 0.0
@@ -243,10 +246,11 @@ async def _drive(
             call = ch.unary_unary(method)
 
             async def worker(w: int) -> None:
-                nonlocal done
-                i = w
+                nonlocal done, repeats
+                i = concurrency + w  # payloads[:concurrency] warmed the server up
                 while time.perf_counter() < stop_at:
                     t = time.perf_counter()
+                    repeats += i >= len(payloads)
                     try:
                         await call(payloads[i % len(payloads)], metadata=metadata)
                         done += 1
@@ -268,6 +272,7 @@ async def _drive(
                 **_Snapshot(server_pid).load(first),
                 "rate": done / elapsed,
                 "errors": errors,
+                "repeats": repeats,
                 "p50_ms": 1000 * statistics.median(latencies) if latencies else None,
             }
 
@@ -278,10 +283,14 @@ async def _drive(
         counter = [0]
 
         async def stream_worker(w: int) -> None:
-            base = w * 1_000_000
+            nonlocal repeats
+            # Stream n of worker w carries payloads from (n * concurrency + w) * per_stream on:
+            # no two streams share a payload until the payloads run out.
+            base = w * per_stream
             while time.perf_counter() < stop_at:
                 msgs = [payloads[(base + k) % len(payloads)] for k in range(per_stream)]
-                base += per_stream
+                repeats += max(0, min(per_stream, base + per_stream - len(payloads)))
+                base += concurrency * per_stream
                 try:
                     if kind == "client_stream":
                         await call(_items(msgs), metadata=metadata)
@@ -301,7 +310,12 @@ async def _drive(
         stop_at = start + seconds
         await asyncio.gather(*(stream_worker(w) for w in range(concurrency)))
         elapsed = time.perf_counter() - start
-        return {**_Snapshot(server_pid).load(first), "rate": counter[0] / elapsed, "errors": errors}
+        return {
+            **_Snapshot(server_pid).load(first),
+            "rate": counter[0] / elapsed,
+            "errors": errors,
+            "repeats": repeats,
+        }
 
 
 async def _items(msgs: list[bytes]) -> Any:

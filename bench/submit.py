@@ -64,9 +64,12 @@ def main() -> None:
         EchoServer() as echo,
         GatewayProcess(ENV, Path(tmp)) as gw,
     ):
+        # Enough distinct request ids that no submission is an idempotent replay (a replay
+        # costs a lookup, not a stored case): asserted after each run.
+        unary_n = max(20_000, int(args.seconds * 6_000))
+        stream_n = max(60_000, int(args.seconds * 16_000))
         for r in range(args.rounds):
-            # Enough distinct request ids that no submission is an idempotent replay.
-            reqs = submit_payloads(60_000, f"u{r}")
+            reqs = submit_payloads(unary_n, f"u{r}")
             size = len(reqs[0])
             e = drive_measured(
                 echo.proc.pid,
@@ -88,11 +91,12 @@ def main() -> None:
                 metadata=META,
             )
             assert not g["errors"], g["errors"]
+            assert not g["repeats"], f"{g['repeats']} replays: raise the payload count"
             items = [
                 cx.SubmitCasesRequest(
                     case_request=cx.SubmitCaseRequest.FromString(b)
                 ).SerializeToString()
-                for b in submit_payloads(60_000, f"s{r}")
+                for b in submit_payloads(stream_n, f"s{r}")
             ]
             se = drive_measured(
                 echo.proc.pid,
@@ -114,6 +118,7 @@ def main() -> None:
                 metadata=META,
             )
             assert not sg["errors"], sg["errors"]
+            assert not sg["repeats"], f"{sg['repeats']} replays: raise the payload count"
             for key, res in (("ue", e), ("ug", g), ("se", se), ("sg", sg)):
                 runs[key].append(res)
             print(
