@@ -62,74 +62,33 @@ class SubmitCaseIntent(Intent):
         if stored is not None:
             return stored, True
         now = batch.now
+        exchange_id = self.exchange_id
         batch.remember_request(
             self.partner, self.request_id, "submit", self.body_hash, self.response
         )
         batch.cases.append(
-            {
-                "exchange_id": self.exchange_id,
-                "submitter": self.partner,
-                "receiving_city": self.receiving_city,
-                "handling_city": self.handling_city,
-                "case_number": self.case_number,
-                "status": "CASE_STATUS_SUBMITTED",
-                "delivery_state": "DELIVERY_STATE_PENDING",
-                "canonical": self.canonical,
-                "mapping_versions": self.mapping_versions,
-                "submitted_at": now,
-                "updated_at": now,
-            }
-        )
-        batch.events.append(
-            {
-                "exchange_id": self.exchange_id,
-                "status": "CASE_STATUS_SUBMITTED",
-                "occurred_at": now,
-                "reported_by": self.receiving_city,
-                "note": "",
-                "created_at": now,
-            }
-        )
-        batch.outbox.append(
-            _outbox_row(
-                self.exchange_id, "case", None, self.target_partner, self.handling_city, now
+            (
+                exchange_id,
+                self.partner,
+                self.receiving_city,
+                self.handling_city,
+                self.case_number,
+                self.canonical,
+                self.mapping_versions,
+                now,
+                now,
             )
+        )
+        batch.events.append((exchange_id, now, self.receiving_city, now))
+        batch.case_deliveries.append(
+            (exchange_id, self.target_partner, self.handling_city, now, now)
         )
         batch.audit.append(
             AuditEntry(
-                self.partner,
-                "case.submit",
-                self.exchange_id,
-                "accepted",
-                f"to {self.handling_city}",
+                self.partner, "case.submit", exchange_id, "accepted", f"to {self.handling_city}"
             )
         )
         return self.response, False
-
-
-def _outbox_row(
-    exchange_id: str,
-    kind: str,
-    event_seq: int | None,
-    target_partner: str,
-    target_city: str,
-    now: float,
-) -> dict[str, Any]:
-    return {
-        "exchange_id": exchange_id,
-        "kind": kind,
-        "event_seq": event_seq,
-        "target_partner": target_partner,
-        "target_city": target_city,
-        "state": "pending",
-        "attempts": 0,
-        "next_attempt_at": now,
-        "lease_owner": None,
-        "lease_until": 0.0,
-        "last_error": "",
-        "created_at": now,
-        "replays": 0,
-    }
 
 
 def _apply_status(
@@ -177,7 +136,7 @@ def _apply_status(
     )
     if notify is not None:
         partner, city = notify
-        batch.outbox.append(_outbox_row(exchange_id, "status", seq, partner, city, batch.now))
+        batch.status_deliveries.append((exchange_id, seq, partner, city, batch.now, batch.now))
     return seq
 
 

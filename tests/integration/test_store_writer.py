@@ -56,3 +56,93 @@ async def test_large_batch_commits_once_and_replays_idempotently(
     assert [replayed for _, replayed in again] == [True] * 1500
     assert [stored for stored, _ in again] == [stored for stored, _ in first]
     engine.dispose()
+
+
+async def test_rows_of_a_submitted_case_and_a_status_report_hold_the_models_defaults(
+    tmp_path: Path,
+) -> None:
+    """The constants written into the INSERT statements (NewRows' fixed columns) are what the
+    table models say a new row holds."""
+    from sqlalchemy import select
+
+    from gateway.services.cases import report_response
+    from gateway.store.intents import ReportStatusIntent
+    from gateway.store.writer import CASES, EVENTS, OUTBOX, REQUESTS
+
+    services = bootstrap(
+        make_settings(
+            tmp_path,
+            TONGBAN_AUTH__MODE="token",
+            TONGBAN_PARTNERS__ZS__CITY="442000",
+            TONGBAN_PARTNERS__ZS__TOKEN="t",
+            TONGBAN_PARTNERS__ZS__INBOX__TRANSPORT="grpc",
+            TONGBAN_PARTNERS__ZS__INBOX__TARGET="127.0.0.1:9",
+            TONGBAN_PARTNERS__SZ__CITY="440300",
+            TONGBAN_PARTNERS__SZ__INBOX__TRANSPORT="grpc",
+            TONGBAN_PARTNERS__SZ__INBOX__TARGET="127.0.0.1:9",
+        )
+    )
+    caller = services.auth.identify([("authorization", "Bearer t")])
+    assert caller is not None
+    request = cx.SubmitCaseRequest(
+        request_id="rows-1",
+        target_city="440300",
+        foreign=common_pb2.ForeignRecord(schema="zhongshan.case", json=json.dumps(CASE).encode()),
+    )
+    intent = services.cases.prepare(caller, request)
+    engine = services.store.engine
+    [(_, replayed)] = run_intents(engine, [intent], 5.0)
+    assert replayed is False
+    exchange_id = intent.exchange_id
+    report = ReportStatusIntent(
+        "sz",
+        "440300",
+        "rep-1",
+        "h",
+        exchange_id,
+        "CASE_STATUS_RECEIVED",
+        6.0,
+        "",
+        None,
+        ("zs", "442000"),
+        report_response,
+    )
+    [result] = run_intents(engine, [report], 7.0)
+    assert not isinstance(result, Exception), result
+    with engine.connect() as conn:
+        case = conn.execute(select(CASES).where(CASES.c.exchange_id == exchange_id)).one()
+        events = conn.execute(select(EVENTS).order_by(EVENTS.c.seq)).all()
+        outbox = conn.execute(select(OUTBOX).order_by(OUTBOX.c.id)).all()
+        requests = conn.execute(select(REQUESTS).order_by(REQUESTS.c.request_id)).all()
+    assert (case.status, case.delivery_state) == ("CASE_STATUS_RECEIVED", "DELIVERY_STATE_PENDING")
+    assert (case.submitter, case.receiving_city, case.handling_city) == ("zs", "442000", "440300")
+    assert (case.submitted_at, case.updated_at) == (5.0, 7.0)
+    assert [(e.status, e.note, e.reported_by, e.occurred_at) for e in events] == [
+        ("CASE_STATUS_SUBMITTED", "", "442000", 5.0),
+        ("CASE_STATUS_RECEIVED", "", "440300", 6.0),
+    ]
+    assert [(o.kind, o.event_seq, o.target_partner, o.target_city) for o in outbox] == [
+        ("case", None, "sz", "440300"),
+        ("status", events[1].seq, "zs", "442000"),
+    ]
+    for row, at in zip(outbox, (5.0, 7.0), strict=True):
+        assert (row.state, row.attempts, row.lease_owner, row.last_error, row.replays) == (
+            "pending",
+            0,
+            None,
+            "",
+            0,
+        )
+        assert row.lease_until == 0.0
+        assert type(row.lease_until) is float
+        assert (row.next_attempt_at, row.created_at, row.delivered_at, row.dead_at) == (
+            at,
+            at,
+            None,
+            None,
+        )
+    assert [(r.request_id, r.kind, r.created_at) for r in requests] == [
+        ("rep-1", "report", 7.0),
+        ("rows-1", "submit", 5.0),
+    ]
+    engine.dispose()
