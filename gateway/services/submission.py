@@ -245,7 +245,7 @@ class CasePreparer:
             receiving_city=caller.city,
             handling_city=target,
             case_number=str(case_number)[:64],
-            canonical=orjson.dumps(canonical).decode(),
+            canonical=orjson.dumps(canonical),
             mapping_versions=",".join(versions),
             target_partner=target_partner,
             response=response,

@@ -48,7 +48,7 @@ class SubmitCaseIntent(Intent):
     receiving_city: str
     handling_city: str
     case_number: str
-    canonical: str
+    canonical: bytes  # the canonical record as compact JSON, UTF-8
     mapping_versions: str
     target_partner: str
     response: bytes

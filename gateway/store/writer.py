@@ -100,24 +100,39 @@ class NewRows:
     written into the statement. The driver's binding cost ~1k instructions a value, constant
     or not (and a None went through its adapter lookup), and building a dict per row to pick
     its values from again cost as much: a submitted case binds 30 values instead of 45.
+
+    ``utf8`` columns are text bound as its UTF-8 bytes (a case's canonical JSON, as orjson
+    writes it): the statement turns them into text, so that the record is not decoded on the
+    event loop, encoded and decoded again by pickle, then encoded once more by the driver.
     """
 
     __slots__ = ("_sql", "columns", "fixed", "table")
 
-    def __init__(self, table: Table, columns: Sequence[str], **fixed: str | float | None) -> None:
+    def __init__(
+        self,
+        table: Table,
+        columns: Sequence[str],
+        *,
+        utf8: Sequence[str] = (),
+        **fixed: str | float | None,
+    ) -> None:
         self.table = table
         self.columns = tuple(columns)
         self.fixed = tuple(fixed)
+        unknown = (set(self.columns) | set(fixed) | set(utf8)) - set(table.c.keys())
+        if unknown or not set(utf8) <= set(self.columns):
+            raise ValueError(f"{table.name} has no column {sorted(unknown or utf8)} to bind")
         names = ", ".join([*self.columns, *fixed])
         consts = [_literal(v) for v in fixed.values()]
+        # SQLite reads a blob cast to text as text in the database's encoding (UTF-8 here);
+        # PostgreSQL decodes the bytea.
+        as_text = {"?": "CAST(? AS TEXT)", "%s": "convert_from(%s, 'UTF8')"}
         self._sql = {
-            mark: f"INSERT INTO {table.name} ({names}) "  # noqa: S608 - our own names
-            f"VALUES ({', '.join([*([mark] * len(self.columns)), *consts])})"
+            mark: f"INSERT INTO {table.name} ({names}) VALUES ("  # noqa: S608 - our own names
+            + ", ".join([*(as_text[mark] if c in utf8 else mark for c in self.columns), *consts])
+            + ")"
             for mark in ("?", "%s")
         }
-        unknown = set(self.columns).union(fixed) - set(table.c.keys())
-        if unknown:
-            raise ValueError(f"{table.name} has no column {sorted(unknown)}")
 
     def sql(self, mark: str) -> str:
         """The statement, with ``mark`` (``?`` or ``%s``) as the driver's placeholder."""
@@ -138,6 +153,7 @@ NEW_CASE = NewRows(
         "submitted_at",
         "updated_at",
     ),
+    utf8=("canonical",),
     status="CASE_STATUS_SUBMITTED",
     delivery_state="DELIVERY_STATE_PENDING",
 )

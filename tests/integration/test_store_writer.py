@@ -111,11 +111,14 @@ async def test_rows_of_a_submitted_case_and_a_status_report_hold_the_models_defa
     assert not isinstance(result, Exception), result
     with engine.connect() as conn:
         case = conn.execute(select(CASES).where(CASES.c.exchange_id == exchange_id)).one()
+        stored_as = conn.exec_driver_sql("SELECT typeof(canonical) FROM cases").scalar_one()
         events = conn.execute(select(EVENTS).order_by(EVENTS.c.seq)).all()
         outbox = conn.execute(select(OUTBOX).order_by(OUTBOX.c.id)).all()
         requests = conn.execute(select(REQUESTS).order_by(REQUESTS.c.request_id)).all()
     assert (case.status, case.delivery_state) == ("CASE_STATUS_RECEIVED", "DELIVERY_STATE_PENDING")
     assert (case.submitter, case.receiving_city, case.handling_city) == ("zs", "442000", "440300")
+    assert stored_as == "text"
+    assert json.loads(case.canonical)["applicant"]["name"] == CASE["SQRMC"]
     assert (case.submitted_at, case.updated_at) == (5.0, 7.0)
     assert [(e.status, e.note, e.reported_by, e.occurred_at) for e in events] == [
         ("CASE_STATUS_SUBMITTED", "", "442000", 5.0),

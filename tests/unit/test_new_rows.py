@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table
 
@@ -27,12 +29,25 @@ def test_placeholders_follow_the_driver() -> None:
     assert rows.sql("%s") == "INSERT INTO t (a, b, c) VALUES (%s, %s, 'x')"
 
 
+def test_utf8_columns_are_read_as_text() -> None:
+    t = Table("t", MetaData(), Column("a", Integer), Column("b", String))
+    rows = NewRows(t, ("a", "b"), utf8=("b",))
+    assert rows.sql("?") == "INSERT INTO t (a, b) VALUES (?, CAST(? AS TEXT))"
+    assert rows.sql("%s") == "INSERT INTO t (a, b) VALUES (%s, convert_from(%s, 'UTF8'))"
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE t (a INTEGER, b TEXT)")
+    db.execute(rows.sql("?"), (1, '{"name":"陈嘉怡"}'.encode()))
+    assert db.execute("SELECT typeof(b), b FROM t").fetchone() == ("text", '{"name":"陈嘉怡"}')
+
+
 def test_an_unknown_column_is_refused() -> None:
     t = Table("t", MetaData(), Column("a", Integer))
     with pytest.raises(ValueError, match="no column"):
         NewRows(t, ("a", "b"))
     with pytest.raises(ValueError, match="no column"):
         NewRows(t, ("a",), z=1)
+    with pytest.raises(ValueError, match="no column"):
+        NewRows(t, ("a",), utf8=("b",))
 
 
 @pytest.mark.parametrize("rows", STATEMENTS, ids=lambda r: f"{r.table.name}:{len(r.columns)}")

@@ -22,7 +22,7 @@ def _case(n: int) -> SubmitCaseIntent:
         receiving_city="442000",
         handling_city="440300",
         case_number=f"442000-2026-{n:06d}",
-        canonical='{"case_number": "申请"}',
+        canonical='{"case_number":"申请"}'.encode(),
         mapping_versions="zhongshan.case@1",
         target_partner="sz",
         response=b"\n\x03x-" + bytes([48 + n]),
