@@ -18,6 +18,11 @@ share depends on the rest of the heap, not on the code measured):
                  exchange id, answer, idempotency hash, canonical JSON). Valgrind's CPU has
                  no SHA extensions, so OpenSSL's SHA-256 of the request counts ~24k here
                  that it does not cost on such hardware;
+* ``stream``     the event loop's share of a SubmitCases stream, per case (streams of 200):
+                 the method as registered (wrapper, metrics, access guard), the servicer,
+                 preparing, packing and pickling for the writer process (a stand-in that
+                 answers as it would), the stream's answer. Not gRPC's own work, not the
+                 writer's SQL;
 * ``person_engine`` / ``person_handwritten``  the job of ``bench/mapping.py`` (Zhongshan's
                  person samples into the canonical Person): the compiled mapping against the
                  same mapping written by hand. This checkout only.
@@ -41,13 +46,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKLOADS = ("translate", "inbound", "prepare")
+WORKLOADS = ("translate", "inbound", "prepare", "stream")
 PERSON = ("person_engine", "person_handwritten")
 _COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
 
@@ -115,7 +120,107 @@ def _workload(name: str, root: Path) -> Callable[[int], Any]:
             random.Random(1),
         )
         return lambda i: prepare(requests[i % 200])
+    if name == "stream":
+        return _stream(root)
     raise ValueError(f"unknown workload {name!r}")
+
+
+def _stream(root: Path) -> Callable[[int], Any]:
+    """The event loop's share of a SubmitCases stream, per case: the method as registered
+    (wrapper, metrics, access guard), the servicer, each case prepared, the batch packed and
+    pickled for the writer and its answers unpickled, the stream's answer serialized. The
+    writer process is a stand-in answering what it would; gRPC's own work is not counted.
+    A call with ``i % 200 == 0`` runs a stream of 200 cases; the others do nothing."""
+    import asyncio
+    import atexit
+    import pickle
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from common import BENCH_TOKEN, case_payloads, partner_env
+
+    from gateway.app import bootstrap
+    from gateway.rpc.registration import register_service
+    from gateway.settings import load_settings
+    from gateway.store.writer import pack_intents
+    from tongban.v1 import case_exchange_pb2 as cx
+    from tongban.v1 import common_pb2
+
+    data = Path(tempfile.mkdtemp())
+    atexit.register(shutil.rmtree, data, True)
+    env = {
+        **partner_env(9),
+        "TONGBAN_STORE__DATA_DIR": str(data),
+        "TONGBAN_MAPPINGS__PATH": str(root / "mappings"),
+        "TONGBAN_MAPPINGS__WATCH": "false",
+        "TONGBAN_LOG__LEVEL": "WARNING",
+    }
+    services = bootstrap(load_settings(None, env=env))
+
+    async def writer(intents: Sequence[Any]) -> list[Any]:
+        pickle.loads(pickle.dumps((1.0, pack_intents(intents)), pickle.HIGHEST_PROTOCOL))
+        answers = [(i.response, False) for i in intents]
+        return pickle.loads(pickle.dumps(answers, pickle.HIGHEST_PROTOCOL))  # type: ignore[no-any-return]
+
+    services.store.write_many = writer  # type: ignore[method-assign]
+    handlers: dict[str, Any] = {}
+
+    class Server:
+        def add_generic_rpc_handlers(self, _: Any) -> None:
+            pass
+
+        def add_registered_method_handlers(self, _: str, found: dict[str, Any]) -> None:
+            handlers.update(found)
+
+    register_service(
+        Server(),
+        cx.DESCRIPTOR.services_by_name["CaseExchangeService"],
+        services.servicers["CaseExchangeService"],
+        services.observer,
+        services.guard,
+        services.watchdog,
+    )
+    handler = handlers["SubmitCases"]
+
+    class Context:
+        def invocation_metadata(self) -> Any:
+            return BENCH_TOKEN
+
+    streams = iter(range(1_000_000))
+
+    def items() -> list[bytes]:
+        tag = f"st{next(streams)}"
+        return case_payloads(
+            200,
+            lambda i, body: cx.SubmitCasesRequest(
+                case_request=cx.SubmitCaseRequest(
+                    request_id=f"{tag}-{i}",
+                    target_city="440300",
+                    foreign=common_pb2.ForeignRecord(schema="zhongshan.case", json=body),
+                )
+            ).SerializeToString(),
+        )
+
+    async def one_stream(messages: list[bytes]) -> Any:
+        async def requests() -> Any:
+            for m in messages:
+                yield handler.request_deserializer(m)
+
+        answer = await handler.stream_unary(requests(), Context())
+        handler.response_serializer(answer)
+        return answer
+
+    loop = asyncio.new_event_loop()
+    atexit.register(loop.close)
+    ready = [items() for _ in range(40)]  # made before counting: the client's work
+    last: list[Any] = []
+
+    def fn(i: int) -> Any:
+        """The stream's answer (the last one, between streams)."""
+        if i % 200 == 0:
+            last[:] = [loop.run_until_complete(one_stream(ready[(i // 200) % len(ready)]))]
+        return last[0]
+
+    return fn
 
 
 def _cases(root: Path, n: int) -> list[bytes]:

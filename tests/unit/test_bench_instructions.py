@@ -39,5 +39,7 @@ def test_every_workload_runs_and_answers(name: str) -> None:
     assert other is not None
     if name == "prepare":  # distinct cases get distinct exchange ids
         assert first.exchange_id != other.exchange_id
+    if name == "stream":  # a stream of 200 cases, every one accepted
+        assert (first.accepted_count, first.rejected_count) == (200, 0)
     if name == "translate":
         assert first.versions == ("zhongshan.case@1", "shenzhen.case@1")
