@@ -12,13 +12,22 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from adapters.mapping import MappingLoadError, MappingSet, Problem
 from adapters.mapping.golden import run_golden
 
-__all__ = ["MappingRegistry", "ReloadOutcome"]
+__all__ = ["MappingRegistry", "ReloadOutcome", "TranslationObserver"]
 
 log = logging.getLogger("tongban.mappings")
+
+
+class TranslationObserver(Protocol):
+    """Told of translations: ``n`` records of ``schema`` translated in ``direction``, each
+    failing with ``code`` (None: they passed). The serving set calls it per record; a
+    SubmitCases stream once per outcome, with its count."""
+
+    def __call__(self, schema: str, direction: str, code: str | None, n: int = 1) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +47,7 @@ class MappingRegistry:
         path: Path,
         *,
         run_golden_on_reload: bool = True,
-        on_translation: Callable[[str, str, str | None], None] | None = None,
+        on_translation: TranslationObserver | None = None,
         on_reload: Callable[[bool], None] | None = None,
     ) -> None:
         self.path = path

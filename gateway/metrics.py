@@ -197,17 +197,17 @@ class GatewayMetrics:
 
     # -- translations, deliveries ------------------------------------------------------------
 
-    def translation(self, schema: str, direction: str, code: str | None) -> None:
-        """One record translated (``code`` is the first error code when it failed)."""
+    def translation(self, schema: str, direction: str, code: str | None, n: int = 1) -> None:
+        """``n`` records translated (``code`` is the first error code when they failed)."""
         if code is None:
             child = self._translation_children.get((schema, direction))
             if child is None:
                 child = self._translation_children[(schema, direction)] = self.translations.labels(
                     schema, direction
                 )
-            child.inc()
+            child.inc(n)
         else:
-            self.translation_failures.labels(schema, direction, code).inc()
+            self.translation_failures.labels(schema, direction, code).inc(n)
 
     def attempt(self, city: str, outcome: str) -> None:
         """One call to a partner ended."""
@@ -260,8 +260,8 @@ class _Bound:
     def started(self) -> None:
         self._started.inc()
 
-    def received(self) -> None:
-        self._received.inc()
+    def received(self, n: int = 1) -> None:
+        self._received.inc(n)
 
     def sent(self) -> None:
         self._sent.inc()

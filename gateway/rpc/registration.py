@@ -99,8 +99,8 @@ class MethodObserver(Protocol):
     def started(self) -> None:
         """An RPC started."""
 
-    def received(self) -> None:
-        """A request message arrived."""
+    def received(self, n: int = 1) -> None:
+        """``n`` request messages arrived."""
 
     def sent(self) -> None:
         """A response message left."""
@@ -121,7 +121,7 @@ class _Nothing:
     def started(self) -> None:
         return None
 
-    def received(self) -> None:
+    def received(self, n: int = 1) -> None:
         return None
 
     def sent(self) -> None:
@@ -230,8 +230,9 @@ def _wrap(
         async def unary_out(request: Any, context: grpc.aio.ServicerContext) -> Any:
             b.started()
             t0 = time.perf_counter()
+            counted = None
             if client_streaming:
-                request = _count(request, b)
+                request = counted = _Counted(request, b)
             else:
                 b.received()
             try:
@@ -249,6 +250,8 @@ def _wrap(
                     except asyncio.CancelledError:
                         if not watchdog.expired(task):
                             raise
+                        if counted is not None:
+                            counted.flush()
                         b.handled("DEADLINE_EXCEEDED", time.perf_counter() - t0)
                         await context.abort(
                             grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -258,13 +261,19 @@ def _wrap(
                     finally:
                         watchdog.untrack(task)
             except grpc.aio.AbortError as exc:
+                if counted is not None:
+                    counted.flush()
                 b.handled(_code_of(exc, context), time.perf_counter() - t0)
                 raise
             except Exception as exc:
+                if counted is not None:
+                    counted.flush()
                 code, _, _ = status_for(exc)
                 b.handled(code.name, time.perf_counter() - t0)
                 await _abort(context, exc)
                 raise  # unreachable: abort raises
+            if counted is not None:
+                counted.flush()
             b.sent()
             b.handled("OK", time.perf_counter() - t0)
             return result
@@ -274,8 +283,9 @@ def _wrap(
     async def stream_out(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         b.started()
         t0 = time.perf_counter()
+        counted = None
         if client_streaming:
-            request = _count(request, b)
+            request = counted = _Counted(request, b)
         else:
             b.received()
         code = "OK"
@@ -297,17 +307,42 @@ def _wrap(
             code = "CANCELLED"
             raise
         finally:
+            if counted is not None:
+                counted.flush()
             b.handled(code, time.perf_counter() - t0)
 
     return stream_out
 
 
-async def _count(requests: AsyncIterator[Any], b: MethodObserver) -> AsyncIterator[Any]:
-    async for r in requests:
-        b.received()
-        if r is _MALFORMED:
-            raise InvalidRequest("a streamed request message is not a valid protobuf message")
-        yield r
+class _Counted:
+    """A call's streamed requests, counted for the received-messages metric in runs: an
+    increment per message (under prometheus_client's lock) was ~2% of a SubmitCases stream's
+    loop time. The metric is told every ``EVERY`` messages and when the call ends
+    (:meth:`flush`, before the call is reported handled)."""
+
+    EVERY = 256
+    __slots__ = ("_b", "_requests", "n")
+
+    def __init__(self, requests: AsyncIterator[Any], b: MethodObserver) -> None:
+        self._requests, self._b, self.n = requests, b, 0
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._read()
+
+    async def _read(self) -> AsyncIterator[Any]:
+        async for r in self._requests:
+            self.n += 1
+            if self.n == self.EVERY:
+                self.flush()
+            if r is _MALFORMED:
+                raise InvalidRequest("a streamed request message is not a valid protobuf message")
+            yield r
+
+    def flush(self) -> None:
+        """Tell the metric what arrived since it was last told."""
+        if self.n:
+            self._b.received(self.n)
+            self.n = 0
 
 
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
 import contextlib
 import hashlib
 import itertools
@@ -47,6 +48,7 @@ from .submission import (
     CANONICAL_CASE,
     CasePreparer,
     Completed,
+    Observation,
     SubmitContext,
     SubmitRequestIntent,
     SubmitRules,
@@ -149,13 +151,19 @@ class CaseService:
         """
         started = time.perf_counter()
         prepared: list[SubmitCaseIntent | Exception] = []
-        # One preparer for the stream: its cases share the time they were accepted at.
-        prepare = self.preparer(caller)
+        # One preparer for the stream: its cases share the time they were accepted at. Its
+        # translations are told to the metrics once per outcome, counted, not once per case.
+        observed: list[Observation] = []
+        prepare = self.preparer(caller, observed.append)
         for request in requests:
             try:
                 prepared.append(prepare(request))
             except Exception as exc:  # noqa: BLE001 - reported per case, like a unary call
                 prepared.append(exc)
+        report = self.mappings.on_translation
+        if report is not None:
+            for (schema, direction, code), n in collections.Counter(observed).items():
+                report(schema, direction, code, n)
         intents = [p for p in prepared if isinstance(p, SubmitCaseIntent)]
         stored = iter(await self.store.write_many(intents))
         out: list[bytes | Exception] = []
@@ -241,10 +249,18 @@ class CaseService:
             },
         )
 
-    def preparer(self, caller: Caller) -> CasePreparer:
+    def preparer(
+        self, caller: Caller, observe: Callable[[Observation], None] | None = None
+    ) -> CasePreparer:
         """Prepares cases here, now, on the serving mapping set: a stream's cases. A unary
-        submission is prepared by the writer (:meth:`_deferred`)."""
-        return CasePreparer(self.mappings.current, self._rules, caller, self.clock(), self._rng)
+        submission is prepared by the writer (:meth:`_deferred`). With ``observe``, the
+        translations are told to it as ``(schema, direction, code)`` instead of the metrics
+        (a view of the set: the serving set's observer is shared)."""
+        ms = self.mappings.current
+        if observe is not None:
+            ms = MappingSet(ms.root, ms.cities, ms.compiled, ms.warnings)
+            ms.observer = lambda *seen: observe(seen)  # (schema, direction, code)
+        return CasePreparer(ms, self._rules, caller, self.clock(), self._rng)
 
     def prepare(self, caller: Caller, request: cx.SubmitCaseRequest) -> SubmitCaseIntent:
         """Validate and translate one case here, into the intent that stores it (raises when

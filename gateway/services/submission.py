@@ -44,6 +44,7 @@ __all__ = [
     "CANONICAL_CASE",
     "CasePreparer",
     "Completed",
+    "Observation",
     "SubmitContext",
     "SubmitRequestIntent",
     "SubmitRules",

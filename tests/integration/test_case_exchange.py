@@ -273,6 +273,42 @@ async def test_list_cases_keyset_pages(exchange: Exchange) -> None:
     assert len(other.cases) == 0
 
 
+async def test_a_stream_is_counted_whole_in_the_metrics(exchange: Exchange) -> None:
+    """Streamed messages and their translations are told to the metrics in runs, not one by
+    one: at the end of the call every message and every translation is counted."""
+    registry = exchange.gateway.services.metrics.registry
+    method = {
+        "grpc_type": "client_stream",
+        "grpc_service": "tongban.v1.CaseExchangeService",
+        "grpc_method": "SubmitCases",
+    }
+    inbound = {"schema": "zhongshan.case", "direction": "inbound"}
+
+    def value(name: str, labels: dict[str, str]) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
+    before = value("tongban_translations_total", inbound)
+    n = 300  # more than a run of counted messages (256)
+
+    async def gen() -> AsyncIterator[cx.SubmitCasesRequest]:
+        for i in range(n):
+            rec = dict(ZS_CASE, SBLSH=f"442000-2026-m{i:05d}")
+            if i == 7:
+                rec.pop("SQRMC")  # the applicant's name is required
+            yield cx.SubmitCasesRequest(case_request=submit_req(f"metric-{i}", rec))
+
+    resp = await exchange.stub.SubmitCases(gen(), metadata=ZS)
+    assert (resp.accepted_count, resp.rejected_count) == (n - 1, 1)
+    assert value("grpc_server_msg_received_total", method) == n
+    assert value("grpc_server_handled_total", {**method, "grpc_code": "OK"}) == 1
+    assert value("tongban_translations_total", inbound) - before == n - 1
+    failed = {**inbound, "code": "REQUIRED_MISSING"}
+    assert value("tongban_translation_failures_total", failed) == 1
+    # The serving mapping set still reports to the metrics itself.
+    ms = exchange.gateway.services.mappings.current
+    assert ms.observer == exchange.gateway.services.metrics.translation
+
+
 async def test_submit_cases_stream_reports_each(exchange: Exchange) -> None:
     good = dict(ZS_CASE, SBLSH="442000-2026-777777")
     bad = dict(ZS_CASE, SQSJ="2026-11-20")
