@@ -43,11 +43,12 @@ class CaseExchangeServicer:
         answers = await self.cases.submit_many(caller, batch)
         resp = cx.SubmitCasesResponse()
         add = resp.results.add
+        accepted = 0
         for index, (request, answer) in enumerate(zip(batch, answers, strict=True)):
             result = add(index=index, request_id=request.request_id)
             if not isinstance(answer, Exception):
                 result.response.MergeFromString(answer)  # the stored answer, as stored
-                resp.accepted_count += 1
+                accepted += 1
             else:
                 code, message, st = status_for(answer)
                 result.error_code = code.value[0]
@@ -61,7 +62,8 @@ class CaseExchangeServicer:
                         br = error_details_pb2.BadRequest()
                         detail.Unpack(br)
                         result.error_fields.extend(v.field for v in br.field_violations)
-                resp.rejected_count += 1
+        resp.accepted_count = accepted
+        resp.rejected_count = len(batch) - accepted
         return resp
 
     async def GetCase(
