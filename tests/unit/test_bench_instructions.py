@@ -39,6 +39,9 @@ def test_every_workload_runs_and_answers(name: str) -> None:
     assert other is not None
     if name == "prepare":  # distinct cases get distinct exchange ids
         assert first.exchange_id != other.exchange_id
+    if name == "write":  # a batch of 200 new cases, stored
+        assert len(first) == 200
+        assert all(isinstance(r, tuple) and r[1] is False for r in first)
     if name == "stream":  # a stream of 200 cases, every one accepted
         assert (first.accepted_count, first.rejected_count) == (200, 0)
     if name == "translate":
