@@ -230,9 +230,10 @@ def _wrap(
         async def unary_out(request: Any, context: grpc.aio.ServicerContext) -> Any:
             b.started()
             t0 = time.perf_counter()
-            counted = None
+            flush = _nothing
             if client_streaming:
-                request = counted = _Counted(request, b)
+                request = _Counted(request, b)
+                flush = request.flush
             else:
                 b.received()
             try:
@@ -250,8 +251,7 @@ def _wrap(
                     except asyncio.CancelledError:
                         if not watchdog.expired(task):
                             raise
-                        if counted is not None:
-                            counted.flush()
+                        flush()
                         b.handled("DEADLINE_EXCEEDED", time.perf_counter() - t0)
                         await context.abort(
                             grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -261,19 +261,16 @@ def _wrap(
                     finally:
                         watchdog.untrack(task)
             except grpc.aio.AbortError as exc:
-                if counted is not None:
-                    counted.flush()
+                flush()
                 b.handled(_code_of(exc, context), time.perf_counter() - t0)
                 raise
             except Exception as exc:
-                if counted is not None:
-                    counted.flush()
+                flush()
                 code, _, _ = status_for(exc)
                 b.handled(code.name, time.perf_counter() - t0)
                 await _abort(context, exc)
                 raise  # unreachable: abort raises
-            if counted is not None:
-                counted.flush()
+            flush()
             b.sent()
             b.handled("OK", time.perf_counter() - t0)
             return result
@@ -283,9 +280,10 @@ def _wrap(
     async def stream_out(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         b.started()
         t0 = time.perf_counter()
-        counted = None
+        flush = _nothing
         if client_streaming:
-            request = counted = _Counted(request, b)
+            request = _Counted(request, b)
+            flush = request.flush
         else:
             b.received()
         code = "OK"
@@ -307,11 +305,14 @@ def _wrap(
             code = "CANCELLED"
             raise
         finally:
-            if counted is not None:
-                counted.flush()
+            flush()
             b.handled(code, time.perf_counter() - t0)
 
     return stream_out
+
+
+def _nothing() -> None:
+    return None
 
 
 class _Counted:
