@@ -238,18 +238,18 @@ class CasePreparer:
                 cx.SubmitCaseResponse(exchange_id=exchange_id).SerializeToString()
                 + self._answer_tail
             )
-        return SubmitCaseIntent(
-            partner=caller.partner,
-            request_id=request_id,
-            body_hash=hashlib.sha256(body).hexdigest(),
-            exchange_id=exchange_id,
-            receiving_city=caller.city,
-            handling_city=target,
-            case_number=str(case_number)[:64],
-            canonical=orjson.dumps(canonical),
-            mapping_versions=",".join(versions),
-            target_partner=target_partner,
-            response=response,
+        return SubmitCaseIntent(  # positional (~2% of a prepared case by keyword), in order:
+            caller.partner,  # partner
+            request_id,  # request_id
+            hashlib.sha256(body).hexdigest(),  # body_hash
+            exchange_id,  # exchange_id
+            caller.city,  # receiving_city
+            target,  # handling_city
+            str(case_number)[:64],  # case_number
+            orjson.dumps(canonical),  # canonical
+            ",".join(versions),  # mapping_versions
+            target_partner,  # target_partner
+            response,  # response
         )
 
 
