@@ -208,14 +208,20 @@ class CasePreparer:
             )
         # canonical: a new dict, ours to change
         # The exchange owns routing: receiving city is the caller's, handling city the target.
-        for key, want in (("receiving_city", caller.city), ("handling_city", target)):
-            have = canonical.get(key)
-            if have and have != want:
-                raise InvalidRequest(
-                    f"{key} in the record ({have}) does not match {'the caller' if key == 'receiving_city' else 'target_city'} ({want})",
-                    ms.source_pointer(schema, (key,)),
-                )
-            canonical[key] = want
+        have = canonical.get("receiving_city")
+        if have and have != caller.city:
+            raise InvalidRequest(
+                f"receiving_city in the record ({have}) does not match the caller ({caller.city})",
+                ms.source_pointer(schema, ("receiving_city",)),
+            )
+        canonical["receiving_city"] = caller.city
+        have = canonical.get("handling_city")
+        if have and have != target:
+            raise InvalidRequest(
+                f"handling_city in the record ({have}) does not match target_city ({target})",
+                ms.source_pointer(schema, ("handling_city",)),
+            )
+        canonical["handling_city"] = target
         case_number = canonical.get("case_number", "")
         if not case_number:
             raise InvalidRequest(

@@ -8,10 +8,12 @@ import random
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from adapters.mapping import MappingSet
 from gateway.auth import Caller
+from gateway.errors import InvalidRequest
 from gateway.rpc.errors import status_for
 from gateway.rpc.translation import warnings_to_proto
 from gateway.services.submission import CasePreparer, SubmitRules, prepare_case
@@ -108,3 +110,41 @@ def test_a_batch_refuses_each_case_as_it_would_alone(mapping_set: MappingSet) ->
         else:
             assert isinstance(alone[0], type)
             assert issubclass(alone[0], Exception)
+
+
+@pytest.mark.parametrize(
+    ("change", "message", "pointer"),
+    [
+        (
+            {"SJD": "440100"},
+            "receiving_city in the record (440100) does not match the caller (442000)",
+            "/SJD",
+        ),
+        (
+            {"BLD": "440100"},
+            "handling_city in the record (440100) does not match target_city (440300)",
+            "/BLD",
+        ),
+    ],
+)
+def test_the_exchange_owns_routing(
+    mapping_set: MappingSet, change: dict[str, str], message: str, pointer: str
+) -> None:
+    """A record naming another receiving or handling city than the call's is refused, with
+    the city field of the caller's schema; one naming none or the same gets the call's."""
+    caller = Caller("zs", "442000")
+    prepare = CasePreparer(mapping_set, RULES, caller, NOW, random.Random(4))
+    with pytest.raises(InvalidRequest) as err:
+        prepare(_request("r-route", dict(_case(1), **change)))
+    code, text, st = status_for(err.value)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert text == message
+    assert pointer.encode() in st.SerializeToString()
+    same = prepare(_request("r-same", dict(_case(1), SJD="442000", BLD="440300")))
+    none = prepare(
+        _request("r-none", {k: v for k, v in _case(1).items() if k not in ("SJD", "BLD")})
+    )
+    for intent in (same, none):
+        record = json.loads(intent.canonical)
+        assert (record["receiving_city"], record["handling_city"]) == ("442000", "440300")
+        assert (intent.receiving_city, intent.handling_city) == ("442000", "440300")
