@@ -245,7 +245,7 @@ def _stream(root: Path) -> Callable[[int], Any]:
 
     class Server:
         def add_generic_rpc_handlers(self, _: Any) -> None:
-            pass
+            """Not needed here: the calls go to the method handlers below."""
 
         def add_registered_method_handlers(self, _: str, found: dict[str, Any]) -> None:
             handlers.update(found)

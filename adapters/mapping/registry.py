@@ -131,6 +131,13 @@ class MappingSet:
         # Called with (schema, direction, first error code or None) per record; set by the host.
         self.observer: Callable[[str, str, str | None], None] | None = None
 
+    def view(self, observer: Callable[[str, str, str | None], None] | None = None) -> MappingSet:
+        """The same set (its compiled mappings shared) with an observer of its own: a caller
+        that counts its translations itself leaves the serving set's observer alone."""
+        ms = MappingSet(self.root, self.cities, self.compiled, self.warnings)
+        ms.observer = observer
+        return ms
+
     @classmethod
     def load(cls, root: Path) -> MappingSet:
         """Load every city folder below ``root``; raise MappingLoadError with every problem."""

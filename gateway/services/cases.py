@@ -258,8 +258,7 @@ class CaseService:
         (a view of the set: the serving set's observer is shared)."""
         ms = self.mappings.current
         if observe is not None:
-            ms = MappingSet(ms.root, ms.cities, ms.compiled, ms.warnings)
-            ms.observer = lambda *seen: observe(seen)  # (schema, direction, code)
+            ms = ms.view(lambda *seen: observe(seen))  # seen: (schema, direction, code)
         return CasePreparer(ms, self._rules, caller, self.clock(), self._rng)
 
     def prepare(self, caller: Caller, request: cx.SubmitCaseRequest) -> SubmitCaseIntent:

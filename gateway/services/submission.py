@@ -270,7 +270,7 @@ class SubmitContext:
         self.token = token
         # Its own view of the set (same compiled mappings): preparation points the view's
         # observer at each case it prepares, which must not touch the serving set's.
-        self.ms = MappingSet(ms.root, ms.cities, ms.compiled, ms.warnings)
+        self.ms = ms.view()
         self.rules = rules
         # Exchange ids: time then random bits from a generator seeded once from os.urandom
         # (a syscall per id costs ~20 us). Ids need to be unique, not secret.

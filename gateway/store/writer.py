@@ -25,7 +25,7 @@ import logging
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypedDict
 
 import orjson
 from sqlalchemy import Connection, Engine, Table
@@ -164,30 +164,35 @@ SUBMITTED_EVENT = NewRows(
     status="CASE_STATUS_SUBMITTED",
     note="",
 )
+
+
+class _Delivery(TypedDict):
+    state: str
+    attempts: int
+    lease_owner: None
+    lease_until: float
+    last_error: str
+    replays: int
+
+
+#: What every new delivery holds: pending, never tried, not leased.
+_NEW_DELIVERY = _Delivery(
+    state="pending", attempts=0, lease_owner=None, lease_until=0.0, last_error="", replays=0
+)
 #: The delivery of a new case, due now.
 CASE_DELIVERY = NewRows(
     OUTBOX,
     ("exchange_id", "target_partner", "target_city", "next_attempt_at", "created_at"),
     kind="case",
     event_seq=None,
-    state="pending",
-    attempts=0,
-    lease_owner=None,
-    lease_until=0.0,
-    last_error="",
-    replays=0,
+    **_NEW_DELIVERY,
 )
 #: The delivery of a status event (its seq), due now.
 STATUS_DELIVERY = NewRows(
     OUTBOX,
     ("exchange_id", "event_seq", "target_partner", "target_city", "next_attempt_at", "created_at"),
     kind="status",
-    state="pending",
-    attempts=0,
-    lease_owner=None,
-    lease_until=0.0,
-    last_error="",
-    replays=0,
+    **_NEW_DELIVERY,
 )
 #: An idempotency key with its first answer.
 NEW_REQUEST = NewRows(

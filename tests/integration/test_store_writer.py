@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.app import bootstrap
+from gateway.app import Services, bootstrap
+from gateway.auth import Caller
 from gateway.store.writer import run_intents
 from tongban.v1 import case_exchange_pb2 as cx
 from tongban.v1 import common_pb2
@@ -18,15 +19,16 @@ from .conftest import ROOT, make_settings
 CASE = json.loads((ROOT / "mappings/zhongshan/samples/case/01-case.json").read_text("utf-8"))
 
 
-async def test_large_batch_commits_once_and_replays_idempotently(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def _services(tmp_path: Path) -> tuple[Services, Caller]:
+    """Zhongshan submits (token ``t``); Shenzhen and Zhongshan have inboxes (not called)."""
     services = bootstrap(
         make_settings(
             tmp_path,
             TONGBAN_AUTH__MODE="token",
             TONGBAN_PARTNERS__ZS__CITY="442000",
             TONGBAN_PARTNERS__ZS__TOKEN="t",
+            TONGBAN_PARTNERS__ZS__INBOX__TRANSPORT="grpc",
+            TONGBAN_PARTNERS__ZS__INBOX__TARGET="127.0.0.1:9",
             TONGBAN_PARTNERS__SZ__CITY="440300",
             TONGBAN_PARTNERS__SZ__INBOX__TRANSPORT="grpc",
             TONGBAN_PARTNERS__SZ__INBOX__TARGET="127.0.0.1:9",
@@ -34,6 +36,13 @@ async def test_large_batch_commits_once_and_replays_idempotently(
     )
     caller = services.auth.identify([("authorization", "Bearer t")])
     assert caller is not None
+    return services, caller
+
+
+async def test_large_batch_commits_once_and_replays_idempotently(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    services, caller = _services(tmp_path)
     requests = [
         cx.SubmitCaseRequest(
             request_id=f"big-{i}",
@@ -69,21 +78,7 @@ async def test_rows_of_a_submitted_case_and_a_status_report_hold_the_models_defa
     from gateway.store.intents import ReportStatusIntent
     from gateway.store.writer import CASES, EVENTS, OUTBOX, REQUESTS
 
-    services = bootstrap(
-        make_settings(
-            tmp_path,
-            TONGBAN_AUTH__MODE="token",
-            TONGBAN_PARTNERS__ZS__CITY="442000",
-            TONGBAN_PARTNERS__ZS__TOKEN="t",
-            TONGBAN_PARTNERS__ZS__INBOX__TRANSPORT="grpc",
-            TONGBAN_PARTNERS__ZS__INBOX__TARGET="127.0.0.1:9",
-            TONGBAN_PARTNERS__SZ__CITY="440300",
-            TONGBAN_PARTNERS__SZ__INBOX__TRANSPORT="grpc",
-            TONGBAN_PARTNERS__SZ__INBOX__TARGET="127.0.0.1:9",
-        )
-    )
-    caller = services.auth.identify([("authorization", "Bearer t")])
-    assert caller is not None
+    services, caller = _services(tmp_path)
     request = cx.SubmitCaseRequest(
         request_id="rows-1",
         target_city="440300",
