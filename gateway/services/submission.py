@@ -22,7 +22,7 @@ import hashlib
 import os
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -294,10 +294,13 @@ def _rebuild(
     return SubmitContext(token, MappingSet(root, cities, compiled, warnings), rules)
 
 
-@dataclass(frozen=True, slots=True)
-class Completed:
+class Completed(NamedTuple):
     """What a prepared submission returns: the stored answer ``(response, replayed)`` or the
-    error that refused it, and the translations its preparation ran (for the metrics)."""
+    error that refused it, and the translations its preparation ran (for the metrics).
+
+    A named tuple: one crosses back from the writer process per unary case, and pickle
+    rebuilds a tuple in C where a frozen dataclass costs a Python call per field (2.5 against
+    6 µs a case, both ways)."""
 
     result: Any
     observed: tuple[Observation, ...]

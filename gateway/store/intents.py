@@ -73,7 +73,7 @@ class SubmitCaseIntent(Intent):
                 self.receiving_city,
                 self.handling_city,
                 self.case_number,
-                self.canonical,
+                bytearray(self.canonical),  # bound as is (see Batch.remember_request)
                 self.mapping_versions,
                 now,
                 now,
