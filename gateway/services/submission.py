@@ -275,6 +275,24 @@ class SubmitContext:
         # Exchange ids: time then random bits from a generator seeded once from os.urandom
         # (a syscall per id costs ~20 us). Ids need to be unique, not secret.
         self.rng = random.Random(os.urandom(32))  # noqa: S311 - unique ids, not secrets
+        # The preparers of the batch in hand, by caller (the unpickled batch holds one object
+        # per caller); a batch with another time starts afresh.
+        self._preparers: dict[int, CasePreparer] = {}
+        self._preparers_at: float | None = None
+
+    def preparer(self, caller: Caller, now: float) -> CasePreparer:
+        """The preparer of ``caller``'s cases stamped ``now``: the unary cases of one batch
+        share what a preparer works out once (the answer's common part, the checks of a
+        target city that passed) instead of a preparer each (~4 µs a case)."""
+        if now != self._preparers_at:
+            self._preparers.clear()
+            self._preparers_at = now
+        p = self._preparers.get(id(caller))
+        if p is None or p.caller is not caller:
+            p = self._preparers[id(caller)] = CasePreparer(
+                self.ms, self.rules, caller, now, self.rng
+            )
+        return p
 
     def __reduce__(self) -> tuple[Any, ...]:
         ms = self.ms
@@ -333,7 +351,7 @@ class SubmitRequestIntent(DeferredIntent):
         ms.observer = observe
         try:
             request = cx.SubmitCaseRequest.FromString(self.body)
-            return prepare_case(ms, ctx.rules, self.caller, request, now, ctx.rng, self.body)
+            return ctx.preparer(self.caller, now)(request, self.body)
         finally:
             ms.observer = None
 

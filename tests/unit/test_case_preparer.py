@@ -16,7 +16,7 @@ from gateway.auth import Caller
 from gateway.errors import InvalidRequest
 from gateway.rpc.errors import status_for
 from gateway.rpc.translation import warnings_to_proto
-from gateway.services.submission import CasePreparer, SubmitRules, prepare_case
+from gateway.services.submission import CasePreparer, SubmitContext, SubmitRules, prepare_case
 from gateway.settings import AclSettings
 from gateway.timestamps import timestamp
 from tongban.v1 import case_exchange_pb2 as cx
@@ -148,3 +148,22 @@ def test_the_exchange_owns_routing(
         record = json.loads(intent.canonical)
         assert (record["receiving_city"], record["handling_city"]) == ("442000", "440300")
         assert (intent.receiving_city, intent.handling_city) == ("442000", "440300")
+
+
+def test_a_writer_batch_shares_one_preparer_per_caller(mapping_set: MappingSet) -> None:
+    """Unary cases prepared in the writer: one preparer per caller for a batch's time, a new
+    one for another caller or time; each answer is stamped with its batch's time."""
+    ctx = SubmitContext(1, mapping_set, RULES)
+    zs, zs_again, sz = Caller("zs", "442000"), Caller("zs", "442000"), Caller("sz", "440300")
+    first = ctx.preparer(zs, NOW)
+    assert ctx.preparer(zs, NOW) is first
+    assert ctx.preparer(zs_again, NOW) is not first  # another caller object: its own
+    assert ctx.preparer(sz, NOW).caller is sz
+    later = ctx.preparer(zs, NOW + 1)
+    assert later is not first
+    assert later.now == NOW + 1
+    for prepare, at in ((first, NOW), (later, NOW + 1)):
+        intent = prepare(_request(f"w-{at}", _case(1)))
+        answer = cx.SubmitCaseResponse.FromString(intent.response)
+        assert answer.accepted_at == timestamp(at)
+        assert intent.exchange_id[:12] == f"{int(at * 1000):012x}"
