@@ -26,6 +26,9 @@ share depends on the rest of the heap, not on the code measured):
 * ``write``      the writer process's share of a streamed case, per case: a batch of 200
                  prepared cases unpickled, committed to a SQLite store, its results pickled
                  (SQLite's own instructions counted, not the kernel's writes and fsyncs);
+* ``unary``      the writer process's share of a unary SubmitCase, per case: a batch of 40
+                 submissions as the event loop hands them over (caller, request bytes,
+                 context token), each prepared there and committed, the results pickled;
 * ``person_engine`` / ``person_handwritten``  the job of ``bench/mapping.py`` (Zhongshan's
                  person samples into the canonical Person): the compiled mapping against the
                  same mapping written by hand. This checkout only.
@@ -55,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKLOADS = ("translate", "inbound", "prepare", "stream", "write")
+WORKLOADS = ("translate", "inbound", "prepare", "stream", "write", "unary")
 PERSON = ("person_engine", "person_handwritten")
 _COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
 
@@ -127,6 +130,8 @@ def _workload(name: str, root: Path) -> Callable[[int], Any]:
         return _stream(root)
     if name == "write":
         return _write(root)
+    if name == "unary":
+        return _unary(root)
     raise ValueError(f"unknown workload {name!r}")
 
 
@@ -188,6 +193,71 @@ def _write(root: Path) -> Callable[[int], Any]:
         if i % 200 == 0:
             now, packed = pickle.loads(next(batches))
             results = run_intents(engine, unpack_intents(packed), now)
+            pickle.dumps(results, pickle.HIGHEST_PROTOCOL)
+            last[:] = [results]
+        return last[0]
+
+    return fn
+
+
+def _unary(root: Path) -> Callable[[int], Any]:
+    """The writer process's share of a unary SubmitCase, per case: a batch of 40 submissions
+    as the event loop hands them over (each the caller, the request's bytes and the mapping
+    context's token, pickled), unpickled, each prepared there (checks, translation, intent),
+    committed to a SQLite store, the results pickled. A call with ``i % 40 == 0`` runs a
+    batch; the others do nothing. Preparing is counted here, not in ``stream`` (a unary case
+    is prepared by the writer, a streamed one on the event loop)."""
+    import atexit
+    import pickle
+
+    from adapters.mapping import MappingSet
+    from gateway.auth import Caller
+    from gateway.services.submission import SubmitContext, SubmitRequestIntent, SubmitRules
+    from gateway.store.engine import make_engine, upgrade
+    from gateway.store.writer import pack_intents, run_intents, unpack_intents
+    from tongban.v1 import case_exchange_pb2 as cx
+    from tongban.v1 import common_pb2
+
+    ms = MappingSet.load(root / "mappings")
+    context = SubmitContext(1, ms, SubmitRules(256 * 1024, {"440300": "sz"}))
+    context.rng = random.Random(5)
+    caller = Caller("zs", "442000")
+    data = Path(tempfile.mkdtemp())
+    atexit.register(shutil.rmtree, data, True)
+    engine = make_engine(f"sqlite:///{data / 'store.db'}")
+    upgrade(engine)
+    atexit.register(engine.dispose)
+    size = 40
+    bodies = _cases(root, size * 100)  # 100 batches: up to 3,700 counted calls after 300 warm
+
+    def batch(n: int) -> bytes:
+        intents = [
+            SubmitRequestIntent(
+                caller,
+                cx.SubmitCaseRequest(
+                    request_id=f"u{n}-{k}",
+                    target_city="440300",
+                    foreign=common_pb2.ForeignRecord(
+                        schema="zhongshan.case", json=bodies[n * size + k]
+                    ),
+                ).SerializeToString(deterministic=True),
+                context.token,
+            )
+            for k in range(size)
+        ]
+        return pickle.dumps((1_764_000_000.0 + n * 0.01, pack_intents(intents)), 5)
+
+    batches = iter([batch(n) for n in range(100)])  # made before counting: the loop's work
+    last: list[Any] = []
+
+    def fn(i: int) -> Any:
+        """The last batch's results."""
+        if i % size == 0:
+            now, packed = pickle.loads(next(batches))
+            intents = unpack_intents(packed)
+            for intent in intents:
+                intent.context = context  # as the writer process attaches its contexts
+            results = run_intents(engine, intents, now)
             pickle.dumps(results, pickle.HIGHEST_PROTOCOL)
             last[:] = [results]
         return last[0]

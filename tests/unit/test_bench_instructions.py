@@ -42,6 +42,10 @@ def test_every_workload_runs_and_answers(name: str) -> None:
     if name == "write":  # a batch of 200 new cases, stored
         assert len(first) == 200
         assert all(isinstance(r, tuple) and r[1] is False for r in first)
+    if name == "unary":  # a batch of 40 unary cases, prepared in the writer and stored
+        assert len(first) == 40
+        assert all(r.result[1] is False and r.observed for r in first)
+        assert len({r.result[0] for r in first}) == 40  # each its own answer (exchange id)
     if name == "stream":  # a stream of 200 cases, every one accepted
         assert (first.accepted_count, first.rejected_count) == (200, 0)
     if name == "translate":
