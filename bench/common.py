@@ -408,6 +408,37 @@ def load_text(result: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def bracketed(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """One measurement of the echo from two of equal length, taken just before and just after
+    the gateway it is compared with. The machines these run on change speed within a round
+    (other tenants): an echo measured only before the gateway compared one machine with
+    another (a round once gave Translate 1.17x, the next 0.48x). Around the gateway, a steady
+    drift moves the two halves in opposite directions and their mean cancels it.
+
+    Rates, loads and latencies: the mean of the halves; CPU per call: weighted by the calls
+    of each half; errors and repeats: added. ``halves``: the two rates.
+    """
+    out = dict(before)
+    for key in ("rate", "busy", "busiest_thread", "p50_ms"):
+        a, b = before.get(key), after.get(key)
+        if a is not None and b is not None:
+            out[key] = (a + b) / 2
+    ca, cb = before.get("cpu_us"), after.get("cpu_us")
+    ra, rb = before["rate"], after["rate"]
+    out["cpu_us"] = (
+        round((ca * ra + cb * rb) / (ra + rb), 1)
+        if ca is not None and cb is not None and ra + rb
+        else None
+    )
+    errors: dict[str, int] = dict(before.get("errors", {}))
+    for code, n in after.get("errors", {}).items():
+        errors[code] = errors.get(code, 0) + n
+    out["errors"] = errors
+    out["repeats"] = before.get("repeats", 0) + after.get("repeats", 0)
+    out["halves"] = (ra, rb)
+    return out
+
+
 def cpu_figures(echo: list[float | None], gateway: list[float | None]) -> dict[str, Any]:
     """Median server CPU per call of the echo and of the gateway, and echo / gateway."""
     if any(v is None for v in echo + gateway) or not echo:

@@ -2,7 +2,9 @@
 
 The gateway runs as configured in production (token auth, audit, outbox, metrics; delivery off
 so that only submission is measured) on the embedded SQLite store, fsync on commit. Same client
-process and concurrency for both sides. Each round also prints the load while it was measured
+process and concurrency for both sides; in each round the echo runs for half its seconds just
+before the gateway and half just after, so that a machine changing speed during the round moves
+both sides alike (``bracketed`` in common.py). Each round also prints the load while it was measured
 (how busy the machine and the server's event loop were: which of them bounds the ratio). Last
 line: JSON with ``vs_echo`` and ``stream_vs_stream_echo``.
 
@@ -23,6 +25,7 @@ from common import (
     ECHO_SERVICE,
     EchoServer,
     GatewayProcess,
+    bracketed,
     case_payloads,
     cpu_figures,
     drive_measured,
@@ -66,20 +69,27 @@ def main() -> None:
     ):
         # Enough distinct request ids that no submission is an idempotent replay (a replay
         # costs a lookup, not a stored case): asserted after each run.
+
+        def echo_half(kind: str, method: str, payload: bytes, concurrency: int) -> dict[str, Any]:
+            """The echo for half a measurement's seconds: it runs just before and just after
+            the gateway it is compared with (see ``bracketed``)."""
+            return drive_measured(
+                echo.proc.pid,
+                kind,
+                f"127.0.0.1:{echo.port}",
+                f"/{ECHO_SERVICE}/{method}",
+                [payload],
+                concurrency=concurrency,
+                seconds=args.seconds / 2,
+            )
+
         unary_n = max(20_000, int(args.seconds * 6_000))
         stream_n = max(60_000, int(args.seconds * 16_000))
         for r in range(args.rounds):
             reqs = submit_payloads(unary_n, f"u{r}")
             size = len(reqs[0])
-            e = drive_measured(
-                echo.proc.pid,
-                "unary",
-                f"127.0.0.1:{echo.port}",
-                f"/{ECHO_SERVICE}/Unary",
-                [b"x" * size],
-                concurrency=args.concurrency,
-                seconds=args.seconds,
-            )
+            # The echo brackets the gateway: half its seconds before, half after.
+            e_before = echo_half("unary", "Unary", b"x" * size, args.concurrency)
             g = drive_measured(
                 gw.proc.pid,
                 "unary",
@@ -90,6 +100,7 @@ def main() -> None:
                 seconds=args.seconds,
                 metadata=META,
             )
+            e = bracketed(e_before, echo_half("unary", "Unary", b"x" * size, args.concurrency))
             assert not g["errors"], g["errors"]
             assert not g["repeats"], f"{g['repeats']} replays: raise the payload count"
             items = [
@@ -98,15 +109,7 @@ def main() -> None:
                 ).SerializeToString()
                 for b in submit_payloads(stream_n, f"s{r}")
             ]
-            se = drive_measured(
-                echo.proc.pid,
-                "client_stream",
-                f"127.0.0.1:{echo.port}",
-                f"/{ECHO_SERVICE}/ClientStream",
-                [b"x" * len(items[0])],
-                concurrency=8,
-                seconds=args.seconds,
-            )
+            se_before = echo_half("client_stream", "ClientStream", b"x" * len(items[0]), 8)
             sg = drive_measured(
                 gw.proc.pid,
                 "client_stream",
@@ -116,6 +119,9 @@ def main() -> None:
                 concurrency=8,
                 seconds=args.seconds,
                 metadata=META,
+            )
+            se = bracketed(
+                se_before, echo_half("client_stream", "ClientStream", b"x" * len(items[0]), 8)
             )
             assert not sg["errors"], sg["errors"]
             assert not sg["repeats"], f"{sg['repeats']} replays: raise the payload count"

@@ -4,7 +4,9 @@ The gateway translates a Zhongshan case into Shenzhen's schema (full validation)
 server returns a message of the same size. Two gateways run side by side: as configured by
 default (concurrent calls run together in windows once enough arrive together,
 `server.translate_batch_window_ms = 2`), and with that window off (`0`). A last round at 4
-calls in flight shows what the window's probes cost a client with few calls at a time. Each
+calls in flight shows what the window's probes cost a client with few calls at a time. In each
+round the echo runs for half its seconds before the gateways and half after (a machine changing
+speed during the round moves all sides alike: ``bracketed`` in common.py). Each
 round also prints the load while it was measured (how busy the machine and each server's event
 loop were: which of them bounds the ratio). Last line: JSON with ``vs_echo`` (default
 configuration) and ``vs_echo_unbatched``.
@@ -24,6 +26,7 @@ from common import (
     ECHO_SERVICE,
     EchoServer,
     GatewayProcess,
+    bracketed,
     cpu_figures,
     drive_measured,
     load_figures,
@@ -60,7 +63,7 @@ def main() -> None:
             "unbatched": (ugw.proc.pid, ugw.port, METHOD, requests),
         }
 
-        def measure(name: str, concurrency: int) -> dict[str, Any]:
+        def measure(name: str, concurrency: int, seconds: float | None = None) -> dict[str, Any]:
             pid, port, method, payloads = targets[name]
             result = drive_measured(
                 pid,
@@ -69,17 +72,18 @@ def main() -> None:
                 method,
                 payloads,
                 concurrency=concurrency,
-                seconds=args.seconds,
+                seconds=seconds or args.seconds,
             )
             assert not result["errors"], result["errors"]
             return result
 
         for r in range(args.rounds):
-            # The two gateways take turns going first after the echo.
-            order = (
-                ["echo", "gateway", "unbatched"] if r % 2 == 0 else ["echo", "unbatched", "gateway"]
-            )
+            # The two gateways take turns going first; the echo brackets them (half its
+            # seconds before, half after: a machine changing speed moves all sides alike).
+            order = ["gateway", "unbatched"] if r % 2 == 0 else ["unbatched", "gateway"]
+            before = measure("echo", args.concurrency, args.seconds / 2)
             got = {name: measure(name, args.concurrency) for name in order}
+            got["echo"] = bracketed(before, measure("echo", args.concurrency, args.seconds / 2))
             for name, g in got.items():
                 runs[name].append(g)
             e = got["echo"]["rate"]
@@ -91,7 +95,9 @@ def main() -> None:
                 f"{got['unbatched']['cpu_us']} us; load: echo {load_text(got['echo'])}, gateway "
                 f"{load_text(got['gateway'])}, window off {load_text(got['unbatched'])}"
             )
-        few = {name: measure(name, 4) for name in ("echo", "gateway", "unbatched")}
+        before = measure("echo", 4, args.seconds / 2)
+        few = {name: measure(name, 4) for name in ("gateway", "unbatched")}
+        few["echo"] = bracketed(before, measure("echo", 4, args.seconds / 2))
         print(
             f"4 in flight: echo {few['echo']['rate']:,.0f}/s  translate "
             f"{few['gateway']['rate'] / few['echo']['rate']:.3f}  window off "

@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from common import _Snapshot, load_figures, load_text
+from common import _Snapshot, bracketed, load_figures, load_text
 
 pytestmark = pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs /proc")
 
@@ -72,3 +72,35 @@ def test_medians_and_text() -> None:
     assert load_figures([{}], "x") == {}
     assert load_text({"busy": 0.934, "busiest_thread": 0.5}) == "busy 0.93, loop 0.50"
     assert load_text({}) == ""
+
+
+def test_a_bracketed_echo_cancels_a_steady_drift() -> None:
+    """The echo measured for half its seconds before the gateway and half after: a machine
+    slowing down steadily gives the echo's mean what the gateway saw in between."""
+    before = {
+        "rate": 5000.0,
+        "cpu_us": 200.0,
+        "busy": 0.9,
+        "busiest_thread": 0.7,
+        "errors": {"UNAVAILABLE": 1},
+        "repeats": 0,
+    }
+    after = {
+        "rate": 3000.0,
+        "cpu_us": 300.0,
+        "busy": 0.95,
+        "busiest_thread": 0.8,
+        "errors": {"UNAVAILABLE": 2, "INTERNAL": 1},
+        "repeats": 3,
+    }
+    both = bracketed(before, after)
+    assert both["rate"] == 4000.0  # what a steady drift gives the middle of the round
+    assert both["cpu_us"] == 237.5  # per call: (200 * 5000 + 300 * 3000) / 8000
+    assert both["busy"] == pytest.approx(0.925)
+    assert both["busiest_thread"] == pytest.approx(0.75)
+    assert both["errors"] == {"UNAVAILABLE": 3, "INTERNAL": 1}
+    assert both["repeats"] == 3
+    assert both["halves"] == (5000.0, 3000.0)
+    assert before["rate"] == 5000.0  # the halves are left as they were
+    unknown = bracketed({**before, "cpu_us": None}, after)
+    assert unknown["cpu_us"] is None
