@@ -33,7 +33,7 @@ share depends on the rest of the heap, not on the code measured):
                  person samples into the canonical Person): the compiled mapping against the
                  same mapping written by hand. This checkout only.
 
-Needs ``valgrind`` (Debian's package). About four minutes on two cores (eight minutes with
+Needs ``valgrind`` (Debian's package). About six minutes on two cores (twelve minutes with
 ``--against``). The last line is one JSON object.
 
 Usage: python bench/instructions.py [--calls 1000] [--against OTHER_CHECKOUT]
