@@ -141,24 +141,17 @@ def _write(root: Path) -> Callable[[int], Any]:
     (the same store throughout, as a running gateway's), its results pickled. A call with
     ``i % 200 == 0`` runs a batch; the others do nothing. SQLite's own work is counted; the
     kernel's (writes, fsync) is not."""
-    import atexit
     import pickle
 
     from adapters.mapping import MappingSet
     from gateway.auth import Caller
     from gateway.services.submission import CasePreparer, SubmitRules
-    from gateway.store.engine import make_engine, upgrade
-    from gateway.store.writer import pack_intents, run_intents, unpack_intents
+    from gateway.store.writer import pack_intents
     from tongban.v1 import case_exchange_pb2 as cx
     from tongban.v1 import common_pb2
 
     ms = MappingSet.load(root / "mappings")
     bodies = _cases(root, 200)
-    data = Path(tempfile.mkdtemp())
-    atexit.register(shutil.rmtree, data, True)
-    engine = make_engine(f"sqlite:///{data / 'store.db'}")
-    upgrade(engine)
-    atexit.register(engine.dispose)
     start = 1_764_000_000.0
 
     def batch(n: int) -> bytes:
@@ -185,19 +178,7 @@ def _write(root: Path) -> Callable[[int], Any]:
 
     # Made before counting (the event loop's work); each batch once, as a replayed one costs
     # a lookup, not a stored case: up to 3,700 counted calls after the 300 warm ones.
-    batches = iter([batch(n) for n in range(20)])
-    last: list[Any] = []
-
-    def fn(i: int) -> Any:
-        """The last batch's results."""
-        if i % 200 == 0:
-            now, packed = pickle.loads(next(batches))
-            results = run_intents(engine, unpack_intents(packed), now)
-            pickle.dumps(results, pickle.HIGHEST_PROTOCOL)
-            last[:] = [results]
-        return last[0]
-
-    return fn
+    return _writer_batches([batch(n) for n in range(20)], 200)
 
 
 def _unary(root: Path) -> Callable[[int], Any]:
@@ -207,14 +188,12 @@ def _unary(root: Path) -> Callable[[int], Any]:
     committed to a SQLite store, the results pickled. A call with ``i % 40 == 0`` runs a
     batch; the others do nothing. Preparing is counted here, not in ``stream`` (a unary case
     is prepared by the writer, a streamed one on the event loop)."""
-    import atexit
     import pickle
 
     from adapters.mapping import MappingSet
     from gateway.auth import Caller
     from gateway.services.submission import SubmitContext, SubmitRequestIntent, SubmitRules
-    from gateway.store.engine import make_engine, upgrade
-    from gateway.store.writer import pack_intents, run_intents, unpack_intents
+    from gateway.store.writer import pack_intents
     from tongban.v1 import case_exchange_pb2 as cx
     from tongban.v1 import common_pb2
 
@@ -222,11 +201,6 @@ def _unary(root: Path) -> Callable[[int], Any]:
     context = SubmitContext(1, ms, SubmitRules(256 * 1024, {"440300": "sz"}))
     context.rng = random.Random(5)
     caller = Caller("zs", "442000")
-    data = Path(tempfile.mkdtemp())
-    atexit.register(shutil.rmtree, data, True)
-    engine = make_engine(f"sqlite:///{data / 'store.db'}")
-    upgrade(engine)
-    atexit.register(engine.dispose)
     size = 40
     bodies = _cases(root, size * 100)  # 100 batches: up to 3,700 counted calls after 300 warm
 
@@ -245,18 +219,39 @@ def _unary(root: Path) -> Callable[[int], Any]:
             )
             for k in range(size)
         ]
-        return pickle.dumps((1_764_000_000.0 + n * 0.01, pack_intents(intents)), 5)
+        now = 1_764_000_000.0 + n * 0.01
+        return pickle.dumps((now, pack_intents(intents)), pickle.HIGHEST_PROTOCOL)
 
-    batches = iter([batch(n) for n in range(100)])  # made before counting: the loop's work
+    # Made before counting: the event loop's work.
+    return _writer_batches([batch(n) for n in range(100)], size, context)
+
+
+def _writer_batches(batches: list[bytes], size: int, context: Any = None) -> Callable[[int], Any]:
+    """``fn(i)`` doing what the writer process does with each of ``batches`` (``(now, packed
+    intents)`` pickled), one every ``size`` calls, on a new SQLite store (the same throughout,
+    as a running gateway's): unpickle, give deferred intents their ``context``, run the
+    batch, pickle its results. ``fn`` returns the last batch's results."""
+    import atexit
+    import pickle
+
+    from gateway.store.engine import make_engine, upgrade
+    from gateway.store.writer import DeferredIntent, run_intents, unpack_intents
+
+    data = Path(tempfile.mkdtemp())
+    atexit.register(shutil.rmtree, data, True)
+    engine = make_engine(f"sqlite:///{data / 'store.db'}")
+    upgrade(engine)
+    atexit.register(engine.dispose)
+    pending = iter(batches)
     last: list[Any] = []
 
     def fn(i: int) -> Any:
-        """The last batch's results."""
         if i % size == 0:
-            now, packed = pickle.loads(next(batches))
+            now, packed = pickle.loads(next(pending))
             intents = unpack_intents(packed)
             for intent in intents:
-                intent.context = context  # as the writer process attaches its contexts
+                if isinstance(intent, DeferredIntent):
+                    intent.context = context  # as the writer process attaches its contexts
             results = run_intents(engine, intents, now)
             pickle.dumps(results, pickle.HIGHEST_PROTOCOL)
             last[:] = [results]
