@@ -298,8 +298,8 @@ class Gateway:
         while not self._stop.is_set():
             try:
                 await asyncio.wait_for(store.read(store.reader.ping), timeout=interval * 3)
-                if time.monotonic() >= refresh_at:
-                    started = time.monotonic()
+                started = time.monotonic()
+                if started >= refresh_at:
                     stats = await store.read(store.reader.outbox_stats, store.clock())
                     length = await store.read(store.reader.audit_length)
                     refresh_at = next_gauge_refresh(started, time.monotonic(), interval)
