@@ -1,10 +1,14 @@
-"""Shared fixtures: the repository's mapping set, and a copy of it to break."""
+"""Shared fixtures: the repository's mapping set, a copy of it to break, and a PostgreSQL
+schema of a test's own."""
 
 from __future__ import annotations
 
 import shutil
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from adapters.mapping import MappingSet
@@ -25,3 +29,15 @@ def mappings_copy(tmp_path: Path) -> Path:
     dest = tmp_path / "mappings"
     shutil.copytree(MAPPINGS, dest)
     return dest
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    """A new schema in the ``test`` database, dropped with what it holds after the test; a
+    store's URL reaches it with ``?options=-csearch_path%3D<name>``."""
+    name = f"tb_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect("host=127.0.0.1 dbname=test", autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{name}"')
+    yield name
+    with psycopg.connect("host=127.0.0.1 dbname=test", autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{name}" CASCADE')

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -145,16 +144,6 @@ async def test_kill_9_in_flight_then_restart(
         assert len([k for k in applied if k in set(accepted)]) == len(accepted)
     finally:
         stop(proc)
-
-
-@pytest.fixture
-def pg_schema() -> AsyncIterator[str]:
-    name = f"tb_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect("host=127.0.0.1 dbname=test", autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{name}"')
-    yield name
-    with psycopg.connect("host=127.0.0.1 dbname=test", autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA "{name}" CASCADE')
 
 
 @pytest.mark.slow

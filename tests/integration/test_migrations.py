@@ -1,0 +1,92 @@
+"""The migrations build the tables the code declares, on SQLite and on PostgreSQL, and 0002
+drops the outbox's unread exchange index without touching its rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import Engine
+from sqlmodel import SQLModel
+
+from gateway.store.engine import MIGRATIONS, current_revision, make_engine, upgrade
+
+PG = "postgresql+psycopg://127.0.0.1:5432/test"
+
+
+@contextmanager
+def _store(url: str) -> Iterator[Engine]:
+    engine = make_engine(url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def _head() -> str:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    assert head is not None
+    return head
+
+
+def _differences(engine: Engine) -> list[Any]:
+    """What alembic's autogenerate would change to make the store match the declared tables."""
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        return list(compare_metadata(context, SQLModel.metadata))
+
+
+def _outbox_indexes(engine: Engine) -> set[str]:
+    return {str(ix["name"]) for ix in inspect(engine).get_indexes("outbox")}
+
+
+def _downgrade(engine: Engine, revision: str) -> None:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_new_store_has_the_declared_tables(kind: str, request: pytest.FixtureRequest) -> None:
+    if kind == "sqlite":
+        url = f"sqlite:///{request.getfixturevalue('tmp_path') / 'store.db'}"
+    else:
+        url = f"{PG}?options=-csearch_path%3D{request.getfixturevalue('pg_schema')}"
+    with _store(url) as engine:
+        upgrade(engine)
+        assert current_revision(engine) == _head()
+        assert _differences(engine) == []
+
+
+def test_0002_drops_the_outbox_exchange_index_and_keeps_the_rows(tmp_path: Path) -> None:
+    with _store(f"sqlite:///{tmp_path / 'store.db'}") as engine:
+        upgrade(engine, "0001")
+        assert _outbox_indexes(engine) == {"ix_outbox_claim", "ix_outbox_exchange_id"}
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO outbox (exchange_id, kind, target_partner, target_city, state,"
+                    " attempts, next_attempt_at, lease_until, last_error, created_at, replays)"
+                    " VALUES ('x-1', 'case', 'sz', '440300', 'pending', 0, 5.0, 0, '', 5.0, 0)"
+                )
+            )
+        upgrade(engine)
+        assert _outbox_indexes(engine) == {"ix_outbox_claim"}
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT exchange_id, state FROM outbox")).all()
+        assert [tuple(r) for r in rows] == [("x-1", "pending")]
+        _downgrade(engine, "0001")  # and back, for a gateway of revision 0001
+        assert _outbox_indexes(engine) == {"ix_outbox_claim", "ix_outbox_exchange_id"}
