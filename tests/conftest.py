@@ -41,3 +41,13 @@ def pg_schema() -> Iterator[str]:
     yield name
     with psycopg.connect("host=127.0.0.1 dbname=test", autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA "{name}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """The URL of a new, empty database: a SQLite file, then (marked ``postgres``) a schema of
+    the test's own on the PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{request.getfixturevalue('tmp_path') / 'store.db'}"
+    schema = request.getfixturevalue("pg_schema")
+    return f"postgresql+psycopg://127.0.0.1:5432/test?options=-csearch_path%3D{schema}"

@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
@@ -19,8 +18,6 @@ from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
 from gateway.store.engine import MIGRATIONS, current_revision, make_engine, upgrade
-
-PG = "postgresql+psycopg://127.0.0.1:5432/test"
 
 
 @contextmanager
@@ -59,13 +56,8 @@ def _downgrade(engine: Engine, revision: str) -> None:
         command.downgrade(cfg, revision)
 
 
-@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def test_a_new_store_has_the_declared_tables(kind: str, request: pytest.FixtureRequest) -> None:
-    if kind == "sqlite":
-        url = f"sqlite:///{request.getfixturevalue('tmp_path') / 'store.db'}"
-    else:
-        url = f"{PG}?options=-csearch_path%3D{request.getfixturevalue('pg_schema')}"
-    with _store(url) as engine:
+def test_a_new_store_has_the_declared_tables(db_url: str) -> None:
+    with _store(db_url) as engine:
         upgrade(engine)
         assert current_revision(engine) == _head()
         assert _differences(engine) == []

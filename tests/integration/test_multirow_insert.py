@@ -12,17 +12,12 @@ from sqlalchemy.engine import Engine
 
 from gateway.store.writer import ROWS_PER_INSERT, Batch, NewRows
 
-PG = "postgresql+psycopg://127.0.0.1:5432/test"
 SIZES = [0, 1, 2, 3, 7, 8, 9, 10, 63, 64, 65, 73, 74, 75, 128, 200, 257]
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{request.getfixturevalue('tmp_path') / 'rows.db'}"
-    else:
-        url = f"{PG}?options=-csearch_path%3D{request.getfixturevalue('pg_schema')}"
-    engine = create_engine(url)
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    engine = create_engine(db_url)
     try:
         yield engine
     finally:
