@@ -223,7 +223,7 @@ ROWS_PER_INSERT = (64, 8, 2)
 
 @dataclass
 class Batch:
-    """What the intents of one transaction add, flushed with one statement per kind of row.
+    """What the intents of one transaction add, flushed kind by kind of row (multi-row INSERTs).
 
     Its lists hold tuples in the column order of the statement that inserts them:
     ``requests`` :data:`NEW_REQUEST`, ``cases`` :data:`NEW_CASE`, ``events``
