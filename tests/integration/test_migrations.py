@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from alembic import command
@@ -63,8 +62,8 @@ def test_a_new_store_has_the_declared_tables(db_url: str) -> None:
         assert _differences(engine) == []
 
 
-def test_0002_drops_the_outbox_exchange_index_and_keeps_the_rows(tmp_path: Path) -> None:
-    with _store(f"sqlite:///{tmp_path / 'store.db'}") as engine:
+def test_0002_drops_the_outbox_exchange_index_and_keeps_the_rows(db_url: str) -> None:
+    with _store(db_url) as engine:
         upgrade(engine, "0001")
         assert _outbox_indexes(engine) == {"ix_outbox_claim", "ix_outbox_exchange_id"}
         with engine.begin() as conn:
