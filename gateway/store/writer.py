@@ -263,8 +263,8 @@ class Batch:
         Each execution of an INSERT costs SQLite the statement's start and end (the table's and
         every index's cursors opened, positioned and closed) and the driver a reset, a step and
         its checks; a statement of 64 rows pays that once for them all. The writer's
-        instructions per case (bench/instructions.py): ``write`` (streamed cases) 144.8k ->
-        115.0k, ``unary`` 343.8k -> 323.8k. The sizes are few, so the driver's statement cache
+        instructions per case (bench/instructions.py): ``write`` (streamed cases) 145.9k ->
+        115.7k, ``unary`` 340.9k -> 320.9k. The sizes are few, so the driver's statement cache
         keeps them compiled.
         """
         cur, mark, start, n = self._cursor(), self._mark, 0, len(rows)

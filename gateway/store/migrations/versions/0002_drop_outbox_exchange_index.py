@@ -3,7 +3,7 @@
 Claims go by ``ix_outbox_claim`` (state, next attempt, id), the gauges by the same index, dead
 letters by state and id; a case's delivery state is kept on the case. The index only cost
 every submitted case and every status report a B-tree entry (the writer's instructions per
-streamed case: 149.2k with it, 144.8k without, bench/instructions.py ``write``).
+streamed case: 149.6k with it, 145.9k without, bench/instructions.py ``write``).
 
 Either side of this revision runs with the other's code: a gateway of revision 0001 never
 needed the index, and one at this revision does not mind it still being there (replicas on
