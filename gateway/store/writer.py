@@ -216,8 +216,8 @@ NEW_AUDIT = NewRows(
 
 #: The sizes of the multi-row INSERTs a batch's rows are cut into, largest first: a batch of
 #: 200 streamed cases takes 3 x 64 + 8 rows a table, one of 40 unary ones 5 x 8. At most
-#: 64 x 10 values a statement: below every SQLite's limit on bound parameters (999 before
-#: 3.32) and PostgreSQL's.
+#: 64 x 9 values a statement: below every SQLite's limit on bound parameters (999 before
+#: 3.32) and PostgreSQL's (tests/unit/test_new_rows.py keeps it so).
 ROWS_PER_INSERT = (64, 8, 2)
 
 

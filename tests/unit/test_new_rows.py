@@ -61,3 +61,9 @@ def test_every_column_is_written_or_generated(rows: NewRows) -> None:
         generated = column.primary_key and isinstance(column.type, Integer)
         assert generated or column.nullable, f"{rows.table.name}.{column.name} is not written"
     assert len(rows.columns) + len(rows.fixed) == len(written)  # no column twice
+
+
+@pytest.mark.parametrize("rows", STATEMENTS, ids=lambda r: f"{r.table.name}:{len(r.columns)}")
+def test_the_largest_statement_binds_fewer_values_than_any_sqlite_allows(rows: NewRows) -> None:
+    """SQLite before 3.32 takes at most 999 bound values a statement (PostgreSQL 65535)."""
+    assert max(writer.ROWS_PER_INSERT) * len(rows.columns) <= 999
