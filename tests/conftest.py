@@ -1,5 +1,5 @@
-"""Shared fixtures: the repository's mapping set, a copy of it to break, and a PostgreSQL
-schema of a test's own."""
+"""Shared fixtures: the repository's mapping set, a copy of it to break, and a new database
+(a SQLite file, a PostgreSQL schema of a test's own) with an engine on it."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from sqlalchemy.engine import Engine
 
 from adapters.mapping import MappingSet
+from gateway.store.engine import make_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 MAPPINGS = ROOT / "mappings"
@@ -51,3 +53,14 @@ def db_url(request: pytest.FixtureRequest) -> str:
         return f"sqlite:///{request.getfixturevalue('tmp_path') / 'store.db'}"
     schema = request.getfixturevalue("pg_schema")
     return f"postgresql+psycopg://127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture
+def db_engine(db_url: str) -> Iterator[Engine]:
+    """An engine on :func:`db_url`'s database, made as the gateway makes its own, disposed
+    after the test."""
+    engine = make_engine(db_url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()

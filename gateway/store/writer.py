@@ -268,17 +268,17 @@ class Batch:
         keeps them compiled.
         """
         cur, mark, start, n = self._cursor(), self._mark, 0, len(rows)
+        flat = itertools.chain.from_iterable
         for size in ROWS_PER_INSERT:
             end = start + (n - start) // size * size
             if end > start:
-                flat = itertools.chain.from_iterable
                 cur.executemany(
                     into.sql(mark, size),
                     [tuple(flat(rows[i : i + size])) for i in range(start, end, size)],
                 )
                 start = end
         if start < n:
-            cur.executemany(into.sql(mark), rows[start:] if start else rows)
+            cur.executemany(into.sql(mark), rows[start:])
 
     def flush(self) -> None:
         """Insert everything collected, then extend the audit chain."""

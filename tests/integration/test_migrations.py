@@ -3,35 +3,21 @@ drops the outbox's unread exchange index without touching its rows."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
-from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
-from gateway.store.engine import MIGRATIONS, current_revision, make_engine, upgrade
+from gateway.store.engine import _config, current_revision, upgrade
 
 
-@contextmanager
-def _store(url: str) -> Iterator[Engine]:
-    engine = make_engine(url)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-
-
-def _head() -> str:
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    head = ScriptDirectory.from_config(cfg).get_current_head()
+def _head(engine: Engine) -> str:
+    head = ScriptDirectory.from_config(_config(engine)).get_current_head()
     assert head is not None
     return head
 
@@ -48,36 +34,34 @@ def _outbox_indexes(engine: Engine) -> set[str]:
 
 
 def _downgrade(engine: Engine, revision: str) -> None:
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
+    """As :func:`gateway.store.engine.upgrade` goes up."""
+    cfg = _config(engine)
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, revision)
 
 
-def test_a_new_store_has_the_declared_tables(db_url: str) -> None:
-    with _store(db_url) as engine:
-        upgrade(engine)
-        assert current_revision(engine) == _head()
-        assert _differences(engine) == []
+def test_a_new_store_has_the_declared_tables(db_engine: Engine) -> None:
+    upgrade(db_engine)
+    assert current_revision(db_engine) == _head(db_engine)
+    assert _differences(db_engine) == []
 
 
-def test_0002_drops_the_outbox_exchange_index_and_keeps_the_rows(db_url: str) -> None:
-    with _store(db_url) as engine:
-        upgrade(engine, "0001")
-        assert _outbox_indexes(engine) == {"ix_outbox_claim", "ix_outbox_exchange_id"}
-        with engine.begin() as conn:
-            conn.execute(
-                text(
-                    "INSERT INTO outbox (exchange_id, kind, target_partner, target_city, state,"
-                    " attempts, next_attempt_at, lease_until, last_error, created_at, replays)"
-                    " VALUES ('x-1', 'case', 'sz', '440300', 'pending', 0, 5.0, 0, '', 5.0, 0)"
-                )
+def test_0002_drops_the_outbox_exchange_index_and_keeps_the_rows(db_engine: Engine) -> None:
+    upgrade(db_engine, "0001")
+    assert _outbox_indexes(db_engine) == {"ix_outbox_claim", "ix_outbox_exchange_id"}
+    with db_engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO outbox (exchange_id, kind, target_partner, target_city, state,"
+                " attempts, next_attempt_at, lease_until, last_error, created_at, replays)"
+                " VALUES ('x-1', 'case', 'sz', '440300', 'pending', 0, 5.0, 0, '', 5.0, 0)"
             )
-        upgrade(engine)
-        assert _outbox_indexes(engine) == {"ix_outbox_claim"}
-        with engine.connect() as conn:
-            rows = conn.execute(text("SELECT exchange_id, state FROM outbox")).all()
-        assert [tuple(r) for r in rows] == [("x-1", "pending")]
-        _downgrade(engine, "0001")  # and back, for a gateway of revision 0001
-        assert _outbox_indexes(engine) == {"ix_outbox_claim", "ix_outbox_exchange_id"}
+        )
+    upgrade(db_engine)
+    assert _outbox_indexes(db_engine) == {"ix_outbox_claim"}
+    with db_engine.connect() as conn:
+        rows = conn.execute(text("SELECT exchange_id, state FROM outbox")).all()
+    assert [tuple(r) for r in rows] == [("x-1", "pending")]
+    _downgrade(db_engine, "0001")  # and back, for a gateway of revision 0001
+    assert _outbox_indexes(db_engine) == {"ix_outbox_claim", "ix_outbox_exchange_id"}

@@ -3,25 +3,14 @@ number of rows, on SQLite and on PostgreSQL; and few statements for many rows.""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, Text, create_engine
 from sqlalchemy.engine import Engine
 
 from gateway.store.writer import ROWS_PER_INSERT, Batch, NewRows
 
 SIZES = [0, 1, 2, 3, 7, 8, 9, 10, 63, 64, 65, 73, 74, 75, 128, 200, 257]
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    engine = create_engine(db_url)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
 
 
 def _table() -> Table:
@@ -48,13 +37,13 @@ def _insert(engine: Engine, table: Table, rows: list[tuple[Any, ...]]) -> list[t
         ]
 
 
-def test_every_row_once_in_order_with_its_values(engine: Engine) -> None:
+def test_every_row_once_in_order_with_its_values(db_engine: Engine) -> None:
     table = _table()
     for n in SIZES:
         rows = [
             (i, f'{{"i":{i},"name":"陈嘉怡"}}'.encode(), i if i % 3 else None) for i in range(n)
         ]
-        got = _insert(engine, table, rows)
+        got = _insert(db_engine, table, rows)
         want = [
             (i + 1, i, f'{{"i":{i},"name":"陈嘉怡"}}', "fixed", r[2]) for i, r in enumerate(rows)
         ]
