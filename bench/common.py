@@ -11,6 +11,7 @@ import contextlib
 import json
 import multiprocessing as mp
 import os
+import resource
 import signal
 import socket
 import statistics
@@ -175,6 +176,8 @@ class _Snapshot:
 
     def __init__(self, server_pid: int | None) -> None:
         self.at = time.perf_counter()
+        usage = resource.getrusage(resource.RUSAGE_SELF)  # the client process, every thread
+        self.client_cpu = usage.ru_utime + usage.ru_stime
         self.total = self.idle = 0
         self.threads: dict[tuple[int, int], float] = {}
         with contextlib.suppress(OSError, ValueError, IndexError):  # no /proc: no figures
@@ -190,6 +193,7 @@ class _Snapshot:
         (its event loop, in practice) over the elapsed time, 1.0 = one core all the time."""
         total = self.total - start.total
         out = {"busy": round(1 - (self.idle - start.idle) / total, 3) if total else 0.0}
+        out["client_cpu"] = self.client_cpu - start.client_cpu
         if self.threads:
             wall = self.at - start.at
             top = max(v - start.threads.get(k, 0.0) for k, v in self.threads.items())
@@ -372,8 +376,9 @@ def drive_measured(
     pid: int, kind: str, target: str, method: str, payloads: list[bytes], **kw: Any
 ) -> dict[str, Any]:
     """:func:`drive`, adding ``cpu_us``: the server's CPU microseconds per call or message
-    (all its threads and child processes). Rates swing with the machine's other load; the CPU
-    a call costs swings much less, and shows where a ratio comes from."""
+    (all its threads and child processes), and ``client_cpu_us``: the load client's. Rates
+    swing with the machine's other load; the CPU a call costs swings much less, and shows where
+    a ratio comes from (on a machine the two share, the client's CPU counts too)."""
     before = server_cpu(pid)
     result = drive(kind, target, method, payloads, server_pid=pid, **kw)
     after = server_cpu(pid)
@@ -383,6 +388,10 @@ def drive_measured(
         round(1e6 * (after - before) / calls, 1)
         if before is not None and after is not None and calls
         else None
+    )
+    client = result.pop("client_cpu", None)
+    result["client_cpu_us"] = (
+        round(1e6 * client / calls, 1) if client is not None and calls else None
     )
     return result
 
@@ -423,13 +432,14 @@ def bracketed(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
         a, b = before.get(key), after.get(key)
         if a is not None and b is not None:
             out[key] = (a + b) / 2
-    ca, cb = before.get("cpu_us"), after.get("cpu_us")
     ra, rb = before["rate"], after["rate"]
-    out["cpu_us"] = (
-        round((ca * ra + cb * rb) / (ra + rb), 1)
-        if ca is not None and cb is not None and ra + rb
-        else None
-    )
+    for key in ("cpu_us", "client_cpu_us"):
+        ca, cb = before.get(key), after.get(key)
+        out[key] = (
+            round((ca * ra + cb * rb) / (ra + rb), 1)
+            if ca is not None and cb is not None and ra + rb
+            else None
+        )
     errors: dict[str, int] = dict(before.get("errors", {}))
     for code, n in after.get("errors", {}).items():
         errors[code] = errors.get(code, 0) + n

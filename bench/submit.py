@@ -134,11 +134,14 @@ def main() -> None:
                 f"({g['rate'] / e['rate']:.3f}); stream echo {se['rate']:,.0f} msg/s "
                 f"submit {sg['rate']:,.0f} msg/s ({sg['rate'] / se['rate']:.3f}); server CPU us "
                 f"per call {e['cpu_us']} / {g['cpu_us']}, per message {se['cpu_us']} / {sg['cpu_us']}; "
+                f"client CPU us per call {e['client_cpu_us']} / {g['client_cpu_us']}, per message "
+                f"{se['client_cpu_us']} / {sg['client_cpu_us']}; "
                 f"load: unary {load_text(e)} / {load_text(g)}, stream {load_text(se)} / "
                 f"{load_text(sg)}"
             )
     rates = {key: [res["rate"] for res in got] for key, got in runs.items()}
     cpu = {key: [res["cpu_us"] for res in got] for key, got in runs.items()}
+    client = {key: [res["client_cpu_us"] for res in got] for key, got in runs.items()}
 
     def ratio(gateway: str, echo: str) -> float:
         pairs = zip(rates[gateway], rates[echo], strict=True)
@@ -159,6 +162,9 @@ def main() -> None:
             # Server CPU (all threads and the writer process) per call / per streamed message.
             **{f"unary_{k}": v for k, v in cpu_figures(cpu["ue"], cpu["ug"]).items()},
             **{f"stream_{k}": v for k, v in cpu_figures(cpu["se"], cpu["sg"]).items()},
+            # The load client's CPU per call / per message, against each server.
+            **{f"unary_client_{k}": v for k, v in cpu_figures(client["ue"], client["ug"]).items()},
+            **{f"stream_client_{k}": v for k, v in cpu_figures(client["se"], client["sg"]).items()},
             # How busy the machine and each server's busiest thread (its event loop) were.
             **load_figures(runs["ue"], "unary_echo"),
             **load_figures(runs["ug"], "unary_gateway"),

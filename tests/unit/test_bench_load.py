@@ -47,6 +47,8 @@ def test_a_thread_that_spins_shows_as_the_busiest_thread() -> None:
     # thread's share is about that CPU time over the elapsed time (clock ticks: 10 ms).
     assert 0.4 / elapsed - 0.1 <= load["busiest_thread"] <= 1.05
     assert 0.0 < load["busy"] <= 1.0
+    # The client's own CPU (this process, every thread): at least what the thread spun.
+    assert 0.39 <= load["client_cpu"] <= elapsed * (os.cpu_count() or 1) + 0.05
 
 
 def test_an_idle_server_has_an_idle_busiest_thread() -> None:
@@ -59,7 +61,7 @@ def test_an_idle_server_has_an_idle_busiest_thread() -> None:
 def test_without_a_server_there_is_only_the_machine() -> None:
     first = _Snapshot(None)
     _spin(0.05)
-    assert set(_Snapshot(None).load(first)) == {"busy"}
+    assert set(_Snapshot(None).load(first)) == {"busy", "client_cpu"}
 
 
 def test_medians_and_text() -> None:
@@ -80,6 +82,7 @@ def test_a_bracketed_echo_cancels_a_steady_drift() -> None:
     before = {
         "rate": 5000.0,
         "cpu_us": 200.0,
+        "client_cpu_us": 100.0,
         "busy": 0.9,
         "busiest_thread": 0.7,
         "errors": {"UNAVAILABLE": 1},
@@ -88,6 +91,7 @@ def test_a_bracketed_echo_cancels_a_steady_drift() -> None:
     after = {
         "rate": 3000.0,
         "cpu_us": 300.0,
+        "client_cpu_us": 60.0,
         "busy": 0.95,
         "busiest_thread": 0.8,
         "errors": {"UNAVAILABLE": 2, "INTERNAL": 1},
@@ -96,6 +100,7 @@ def test_a_bracketed_echo_cancels_a_steady_drift() -> None:
     both = bracketed(before, after)
     assert both["rate"] == 4000.0  # what a steady drift gives the middle of the round
     assert both["cpu_us"] == 237.5  # per call: (200 * 5000 + 300 * 3000) / 8000
+    assert both["client_cpu_us"] == 85.0  # (100 * 5000 + 60 * 3000) / 8000
     assert both["busy"] == pytest.approx(0.925)
     assert both["busiest_thread"] == pytest.approx(0.75)
     assert both["errors"] == {"UNAVAILABLE": 3, "INTERNAL": 1}
@@ -104,3 +109,4 @@ def test_a_bracketed_echo_cancels_a_steady_drift() -> None:
     assert before["rate"] == 5000.0  # the halves are left as they were
     unknown = bracketed({**before, "cpu_us": None}, after)
     assert unknown["cpu_us"] is None
+    assert unknown["client_cpu_us"] == 85.0
