@@ -178,21 +178,27 @@ class _Snapshot:
         self.at = time.perf_counter()
         usage = resource.getrusage(resource.RUSAGE_SELF)  # the client process, every thread
         self.client_cpu = usage.ru_utime + usage.ru_stime
-        self.total = self.idle = 0
+        self.total = self.idle = self.steal = 0
         self.threads: dict[tuple[int, int], float] = {}
         with contextlib.suppress(OSError, ValueError, IndexError):  # no /proc: no figures
             line = Path("/proc/stat").read_text().split("\n", 1)[0]
             fields = [int(v) for v in line.split()[1:]]
             self.total, self.idle = sum(fields), fields[3] + fields[4]
+            # Time the hypervisor gave this machine's CPUs to other guests: counted in
+            # ``busy``, and a round with much of it measured a machine shared with others.
+            self.steal = fields[7] if len(fields) > 7 else 0
             if server_pid is not None:
                 self.threads = _thread_cpu(server_pid)
 
     def load(self, start: _Snapshot) -> dict[str, float]:
         """``busy``: share of the machine's CPU time in use between ``start`` and now (every
         core, client included); ``busiest_thread``: CPU time of the server's busiest thread
-        (its event loop, in practice) over the elapsed time, 1.0 = one core all the time."""
+        (its event loop, in practice) over the elapsed time, 1.0 = one core all the time;
+        ``steal``: share of the machine's CPU time taken by other guests of its hypervisor
+        (inside ``busy``); ``client_cpu``: CPU seconds of this (the client's) process."""
         total = self.total - start.total
         out = {"busy": round(1 - (self.idle - start.idle) / total, 3) if total else 0.0}
+        out["steal"] = round((self.steal - start.steal) / total, 3) if total else 0.0
         out["client_cpu"] = self.client_cpu - start.client_cpu
         if self.threads:
             wall = self.at - start.at
@@ -397,10 +403,10 @@ def drive_measured(
 
 
 def load_figures(results: list[dict[str, Any]], prefix: str) -> dict[str, Any]:
-    """Medians of the runs' ``busy`` and ``busiest_thread``, as ``{prefix}_busy`` and
-    ``{prefix}_busiest_thread`` (absent where /proc did not tell)."""
+    """Medians of the runs' ``busy``, ``busiest_thread`` and ``steal``, as ``{prefix}_busy``,
+    ``{prefix}_busiest_thread`` and ``{prefix}_steal`` (absent where /proc did not tell)."""
     out: dict[str, Any] = {}
-    for key in ("busy", "busiest_thread"):
+    for key in ("busy", "busiest_thread", "steal"):
         values = [r[key] for r in results if r.get(key) is not None]
         if values:
             out[f"{prefix}_{key}"] = round(statistics.median(values), 3)
@@ -408,12 +414,15 @@ def load_figures(results: list[dict[str, Any]], prefix: str) -> dict[str, Any]:
 
 
 def load_text(result: dict[str, Any]) -> str:
-    """``busy 0.93, loop 0.85``: how busy the machine and the server's busiest thread were."""
+    """``busy 0.93, loop 0.85, steal 0.04``: how busy the machine and the server's busiest
+    thread were, and what share of the machine other guests of its hypervisor took (when any)."""
     parts = []
     if "busy" in result:
         parts.append(f"busy {result['busy']:.2f}")
     if "busiest_thread" in result:
         parts.append(f"loop {result['busiest_thread']:.2f}")
+    if result.get("steal"):
+        parts.append(f"steal {result['steal']:.2f}")
     return ", ".join(parts)
 
 
@@ -428,7 +437,7 @@ def bracketed(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     of each half; errors and repeats: added. ``halves``: the two rates.
     """
     out = dict(before)
-    for key in ("rate", "busy", "busiest_thread", "p50_ms"):
+    for key in ("rate", "busy", "busiest_thread", "steal", "p50_ms"):
         a, b = before.get(key), after.get(key)
         if a is not None and b is not None:
             out[key] = (a + b) / 2

@@ -47,6 +47,7 @@ def test_a_thread_that_spins_shows_as_the_busiest_thread() -> None:
     # thread's share is about that CPU time over the elapsed time (clock ticks: 10 ms).
     assert 0.4 / elapsed - 0.1 <= load["busiest_thread"] <= 1.05
     assert 0.0 < load["busy"] <= 1.0
+    assert 0.0 <= load["steal"] <= load["busy"]
     # The client's own CPU (this process, every thread): at least what the thread spun.
     assert 0.39 <= load["client_cpu"] <= elapsed * (os.cpu_count() or 1) + 0.05
 
@@ -61,7 +62,7 @@ def test_an_idle_server_has_an_idle_busiest_thread() -> None:
 def test_without_a_server_there_is_only_the_machine() -> None:
     first = _Snapshot(None)
     _spin(0.05)
-    assert set(_Snapshot(None).load(first)) == {"busy", "client_cpu"}
+    assert set(_Snapshot(None).load(first)) == {"busy", "client_cpu", "steal"}
 
 
 def test_medians_and_text() -> None:
@@ -73,6 +74,10 @@ def test_medians_and_text() -> None:
     assert load_figures(runs, "echo") == {"echo_busy": 0.8, "echo_busiest_thread": 0.65}
     assert load_figures([{}], "x") == {}
     assert load_text({"busy": 0.934, "busiest_thread": 0.5}) == "busy 0.93, loop 0.50"
+    assert load_text({"busy": 0.9, "steal": 0.0}) == "busy 0.90"  # none stolen: not shown
+    steal = load_text({"busy": 0.9, "busiest_thread": 0.5, "steal": 0.304})
+    assert steal == "busy 0.90, loop 0.50, steal 0.30"
+    assert load_figures([{"steal": 0.1}, {"steal": 0.3}], "x") == {"x_steal": 0.2}
     assert load_text({}) == ""
 
 
