@@ -483,8 +483,26 @@ def partner_env(inbox_port: int) -> dict[str, str]:
     }
 
 
+#: The median share of the machine's CPU time stolen by other guests of its hypervisor above
+#: which a run's report says its ratios measured a shared machine more than the code.
+STEAL_WARNING = 0.05
+
+
 def report(figures: dict[str, Any]) -> None:
-    """Print the figures, the last line being one JSON object."""
+    """Print the figures, the last line being one JSON object; before it, a warning when a
+    measurement's median ``steal`` (``*_steal``) was above :data:`STEAL_WARNING`."""
+    stolen = {
+        k: v
+        for k, v in figures.items()
+        if k.endswith("_steal") and isinstance(v, float | int) and v > STEAL_WARNING
+    }
+    if stolen:
+        worst = max(stolen.values())
+        print(
+            f"warning: the hypervisor gave up to {worst:.0%} of this machine's CPU time to other "
+            f"guests during the measurements ({', '.join(sorted(stolen))}); the two sides of a "
+            "ratio may not have had the same machine: run again when it is quieter"
+        )
     print(json.dumps(figures, ensure_ascii=False))
 
 

@@ -169,6 +169,8 @@ def main() -> None:
         {
             "bench": "threads",
             "kind": args.kind,
+            "echo_steal": e.get("steal"),
+            "gateway_steal": g.get("steal"),
             **{
                 name: {
                     "rate": round(res["rate"]),

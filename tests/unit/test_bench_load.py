@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from common import _Snapshot, bracketed, load_figures, load_text
+from common import _Snapshot, bracketed, load_figures, load_text, report
 
 pytestmark = pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs /proc")
 
@@ -115,3 +115,20 @@ def test_a_bracketed_echo_cancels_a_steady_drift() -> None:
     unknown = bracketed({**before, "cpu_us": None}, after)
     assert unknown["cpu_us"] is None
     assert unknown["client_cpu_us"] == 85.0
+
+
+def test_a_report_warns_when_much_of_the_machine_was_stolen(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    report({"bench": "x", "echo_steal": 0.02, "gateway_steal": 0.01})
+    assert capsys.readouterr().out.splitlines() == [
+        '{"bench": "x", "echo_steal": 0.02, "gateway_steal": 0.01}'
+    ]
+    report({"bench": "x", "echo_steal": None})  # no /proc: nothing to say
+    assert capsys.readouterr().out.splitlines() == ['{"bench": "x", "echo_steal": null}']
+    report({"bench": "x", "echo_steal": 0.3, "gateway_steal": 0.08, "vs_echo": 0.5})
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("warning: the hypervisor gave up to 30% of this machine's CPU")
+    assert "echo_steal, gateway_steal" in lines[0]
+    assert lines[1].startswith('{"bench": "x"')  # the JSON stays the last line
