@@ -3,7 +3,10 @@
 Each worker process runs one claimer and ``delivery.workers`` concurrent deliveries. Rows are
 leased (PostgreSQL claims use FOR UPDATE SKIP LOCKED, so replicas never take the same row); a
 lease that is not settled in time returns the row to the pool, so a crashed process loses
-nothing. Delivery is at least once, with the exchange id as the idempotency key, which makes it
+nothing. Before each attempt a delivery makes sure its lease outlasts the attempt's timeout by
+half a lease (extending it, owner-checked, when it would not: a claimed row may wait behind
+others in its process's queue), and stops when the lease was lost to another worker, so a live
+replica does not deliver a row that another has claimed since. Delivery is at least once, with the exchange id as the idempotency key, which makes it
 effectively once at a partner that honours the key.
 
 Retries use tenacity: exponential backoff with jitter per partner policy, only on retryable
@@ -56,6 +59,10 @@ class _Permanent(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class _LeaseLost(Exception):
+    """The row's lease expired and another worker claimed it: that worker delivers it."""
 
 
 @dataclass
@@ -225,11 +232,13 @@ class DeliveryService:
         )
 
     async def deliver(self, row: ClaimedRow) -> str:
-        """Deliver one claimed row until it is delivered or dead; return the outcome."""
+        """Deliver one claimed row until it is delivered or dead; return the outcome
+        (``delivered``, ``dead``, or ``lost`` when another worker claimed it meanwhile)."""
         started = time.perf_counter()
         partner = row.target_partner
         transport = self.transports.get(partner)
         policy = self.policy(partner)
+        timeout = policy.attempt_timeout_seconds
         lease = self.settings.delivery.lease_seconds
         attempts = row.attempts
         if transport is None:
@@ -258,12 +267,18 @@ class DeliveryService:
                 delay = max(delay, exc.retry_after)
             return float(delay)
 
+        lease_until = row.lease_until
+
+        async def extend_lease(until: float) -> None:
+            nonlocal lease_until
+            if not await self.store.write(ExtendLeaseIntent(row.id, self.owner, until, attempts)):
+                raise _LeaseLost
+            lease_until = until
+
         async def before_sleep(state: RetryCallState) -> None:
             delay = state.next_action.sleep if state.next_action else 0.0
             self.observer.retry_delay(row.target_city, delay)
-            await self.store.write(
-                ExtendLeaseIntent(row.id, self.owner, self.clock() + delay + lease, attempts)
-            )
+            await extend_lease(self.clock() + delay + lease)
 
         try:
             async for attempt in AsyncRetrying(
@@ -276,13 +291,20 @@ class DeliveryService:
             ):
                 with attempt:
                     await breaker.before_call()
+                    # The attempt and the commit settling it end inside the lease: a row that
+                    # waited in this process's queue (a claim takes a batch of rows, a few
+                    # workers deliver them), for the breaker or between retries could
+                    # otherwise be claimed by another replica and delivered twice.
+                    now = self.clock()
+                    if lease_until - now < timeout + lease / 2:
+                        await extend_lease(now + timeout + lease)
                     attempts += 1
                     kind, request = await self._build(row, attempts)
                     try:
                         if kind == "case":
-                            await transport.deliver_case(request, policy.attempt_timeout_seconds)
+                            await transport.deliver_case(request, timeout)
                         else:
-                            await transport.deliver_status(request, policy.attempt_timeout_seconds)
+                            await transport.deliver_status(request, timeout)
                     except TransportError as exc:
                         last_error = scrub(exc.message)  # partner text: may quote personal data
                         if exc.retryable:
@@ -294,6 +316,12 @@ class DeliveryService:
                         raise
                     breaker.record_success()
                     self.observer.attempt(row.target_city, "ok")
+        except _LeaseLost:
+            log.warning(
+                "lease lost",
+                extra={"exchange_id": row.exchange_id, "kind": row.kind, "attempts": attempts},
+            )
+            return "lost"
         except _Permanent as exc:
             return await self._dead(row, attempts, exc.reason)
         except TransportError as exc:

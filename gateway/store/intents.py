@@ -197,7 +197,7 @@ class ReportStatusIntent(Intent):
 
 @dataclass(frozen=True, slots=True)
 class ClaimedRow:
-    """An outbox row leased to one worker."""
+    """An outbox row leased to one worker, until ``lease_until`` (the store's time)."""
 
     id: int
     exchange_id: str
@@ -206,6 +206,7 @@ class ClaimedRow:
     target_partner: str
     target_city: str
     attempts: int
+    lease_until: float = 0.0
 
 
 @dataclass
@@ -245,6 +246,7 @@ class ClaimIntent(Intent):
                 OUTBOX.c.target_partner,
                 OUTBOX.c.target_city,
                 OUTBOX.c.attempts,
+                OUTBOX.c.lease_until,
             )
         ).all()
         return sorted((ClaimedRow(*r) for r in rows), key=lambda r: r.id)
@@ -252,7 +254,8 @@ class ClaimIntent(Intent):
 
 @dataclass
 class ExtendLeaseIntent(Intent):
-    """Keep a lease while a delivery waits between retries. Returns False if it was lost."""
+    """Keep a lease for a delivery's next attempt or while it waits between retries. Returns
+    False if it was lost (another worker claimed the row after it expired, or it was settled)."""
 
     row_id: int
     owner: str

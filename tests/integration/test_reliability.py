@@ -221,7 +221,7 @@ async def test_retry_intervals_grow_with_injected_sleep(tmp_path: Path) -> None:
         (xid,) = await submit_many(gw.address, 1, "ret")
         svc: DeliveryService = gw.services.delivery
         svc.sleep = fake_sleep
-        (row,) = await gw.services.store.write(ClaimIntent("t", 10, 30))
+        (row,) = await gw.services.store.write(ClaimIntent(svc.owner, 10, 30))
         assert await svc.deliver(row) == "delivered"
         assert calls == 6
         base = [0.1 * 2**i for i in range(4)]  # 0.1, 0.2, 0.4, 0.8 (+ jitter up to 0.1)
@@ -229,6 +229,53 @@ async def test_retry_intervals_grow_with_injected_sleep(tmp_path: Path) -> None:
             assert want <= got <= want + 0.1 + 1e-9
         assert intervals[4] == 4.0  # the partner's RetryInfo beats the 1.0 s cap
         assert [c[1].idempotency_key for c in fake.calls] == [xid] * 6
+    finally:
+        await gw.stop(grace=0)
+
+
+async def test_a_delivery_holds_its_lease_and_stops_when_it_was_lost(tmp_path: Path) -> None:
+    """A claimed row that waited past its lease (behind others in its process's queue) is
+    delivered only if its worker still holds it: the lease is extended first, owner-checked. If
+    another worker claimed it meanwhile, this one stops before calling the partner (two
+    replicas delivering one row at once was seen on a slow machine with 2 s leases)."""
+    from adapters.transports import FakePartnerTransport
+    from gateway.services.delivery import DeliveryService
+    from gateway.store.intents import ClaimIntent
+
+    async def handler(kind: str, request: Any) -> None:
+        return None
+
+    env = {
+        "TONGBAN_AUTH__MODE": "token",
+        "TONGBAN_DELIVERY__ENABLED": "false",
+        "TONGBAN_DELIVERY__LEASE_SECONDS": "30",
+        "TONGBAN_PARTNERS__ZS__CITY": "442000",
+        "TONGBAN_PARTNERS__ZS__TOKEN": "t-zs",
+        "TONGBAN_PARTNERS__SZ__CITY": "440300",
+        "TONGBAN_PARTNERS__SZ__TOKEN": "t-sz",
+        "TONGBAN_PARTNERS__SZ__INBOX__TRANSPORT": "grpc",
+        "TONGBAN_PARTNERS__SZ__INBOX__TARGET": "127.0.0.1:9",
+    }
+    settings = make_settings(tmp_path, **env)
+    fake = FakePartnerTransport(handler)
+    gw = Gateway(settings, bootstrap(settings, transports={"sz": fake}))
+    await gw.start()
+    try:
+        lost, kept = await submit_many(gw.address, 2, "lease")
+        svc: DeliveryService = gw.services.delivery
+        store = gw.services.store
+        rows = await store.write(ClaimIntent(svc.owner, 10, 0.05))  # a 50 ms lease
+        by_id = {r.exchange_id: r for r in rows}
+        assert set(by_id) == {lost, kept}
+        assert all(r.lease_until > 0 for r in rows)
+        await asyncio.sleep(0.1)  # both leases expire while the rows wait
+        (taken,) = await store.write(ClaimIntent("other", 1, 30))
+        assert taken.exchange_id == lost  # the older row: another replica has it now
+        assert await svc.deliver(by_id[lost]) == "lost"
+        assert fake.calls == []  # the partner was not called for it
+        # Still ours (expired, but nobody claimed it): extended, then delivered.
+        assert await svc.deliver(by_id[kept]) == "delivered"
+        assert [c[1].idempotency_key for c in fake.calls] == [kept]
     finally:
         await gw.stop(grace=0)
 
