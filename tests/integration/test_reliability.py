@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import pytest
 
+from adapters.transports import FakePartnerTransport
 from gateway.app import Gateway, bootstrap
 from gateway.partner_sim import InboxSimulator, start_simulator
 from gateway.services.delivery import DeliveryObserver
@@ -180,9 +181,32 @@ async def test_permanent_rejection_dead_letter_then_replay(
         await gw.stop(grace=0)
 
 
+async def fake_partner_gateway(
+    tmp_path: Path, handler: Any, **extra: str
+) -> tuple[Gateway, FakePartnerTransport]:
+    """A gateway whose delivery loop is off (tests drive ``deliver`` themselves) and whose
+    Shenzhen partner is ``handler`` behind a fake transport."""
+    env = {
+        "TONGBAN_AUTH__MODE": "token",
+        "TONGBAN_DELIVERY__ENABLED": "false",
+        "TONGBAN_PARTNERS__ZS__CITY": "442000",
+        "TONGBAN_PARTNERS__ZS__TOKEN": "t-zs",
+        "TONGBAN_PARTNERS__SZ__CITY": "440300",
+        "TONGBAN_PARTNERS__SZ__TOKEN": "t-sz",
+        "TONGBAN_PARTNERS__SZ__INBOX__TRANSPORT": "grpc",
+        "TONGBAN_PARTNERS__SZ__INBOX__TARGET": "127.0.0.1:9",
+        **extra,
+    }
+    settings = make_settings(tmp_path, **env)
+    fake = FakePartnerTransport(handler)
+    gw = Gateway(settings, bootstrap(settings, transports={"sz": fake}))
+    await gw.start()
+    return gw, fake
+
+
 async def test_retry_intervals_grow_with_injected_sleep(tmp_path: Path) -> None:
     """Delivery retries follow the policy: exponential, capped, RetryInfo honoured; no real sleep."""
-    from adapters.transports import FakePartnerTransport, TransportError
+    from adapters.transports import TransportError
     from gateway.services.delivery import DeliveryService
     from gateway.store.intents import ClaimIntent
 
@@ -200,23 +224,13 @@ async def test_retry_intervals_grow_with_injected_sleep(tmp_path: Path) -> None:
             hint = 4.0 if calls == 5 else None
             raise TransportError("busy", retryable=True, code="UNAVAILABLE", retry_after=hint)
 
-    env = {
-        "TONGBAN_AUTH__MODE": "token",
-        "TONGBAN_DELIVERY__ENABLED": "false",
-        "TONGBAN_DELIVERY__RETRY__INITIAL_BACKOFF_SECONDS": "0.1",
-        "TONGBAN_DELIVERY__RETRY__MAX_BACKOFF_SECONDS": "1.0",
-        "TONGBAN_DELIVERY__CIRCUIT__FAILURE_THRESHOLD": "100",
-        "TONGBAN_PARTNERS__ZS__CITY": "442000",
-        "TONGBAN_PARTNERS__ZS__TOKEN": "t-zs",
-        "TONGBAN_PARTNERS__SZ__CITY": "440300",
-        "TONGBAN_PARTNERS__SZ__TOKEN": "t-sz",
-        "TONGBAN_PARTNERS__SZ__INBOX__TRANSPORT": "grpc",
-        "TONGBAN_PARTNERS__SZ__INBOX__TARGET": "127.0.0.1:9",
-    }
-    settings = make_settings(tmp_path, **env)
-    fake = FakePartnerTransport(handler)
-    gw = Gateway(settings, bootstrap(settings, transports={"sz": fake}))
-    await gw.start()
+    gw, fake = await fake_partner_gateway(
+        tmp_path,
+        handler,
+        TONGBAN_DELIVERY__RETRY__INITIAL_BACKOFF_SECONDS="0.1",
+        TONGBAN_DELIVERY__RETRY__MAX_BACKOFF_SECONDS="1.0",
+        TONGBAN_DELIVERY__CIRCUIT__FAILURE_THRESHOLD="100",
+    )
     try:
         (xid,) = await submit_many(gw.address, 1, "ret")
         svc: DeliveryService = gw.services.delivery
@@ -238,28 +252,13 @@ async def test_a_delivery_holds_its_lease_and_stops_when_it_was_lost(tmp_path: P
     delivered only if its worker still holds it: the lease is extended first, owner-checked. If
     another worker claimed it meanwhile, this one stops before calling the partner (two
     replicas delivering one row at once was seen on a slow machine with 2 s leases)."""
-    from adapters.transports import FakePartnerTransport
     from gateway.services.delivery import DeliveryService
     from gateway.store.intents import ClaimIntent
 
     async def handler(kind: str, request: Any) -> None:
         return None
 
-    env = {
-        "TONGBAN_AUTH__MODE": "token",
-        "TONGBAN_DELIVERY__ENABLED": "false",
-        "TONGBAN_DELIVERY__LEASE_SECONDS": "30",
-        "TONGBAN_PARTNERS__ZS__CITY": "442000",
-        "TONGBAN_PARTNERS__ZS__TOKEN": "t-zs",
-        "TONGBAN_PARTNERS__SZ__CITY": "440300",
-        "TONGBAN_PARTNERS__SZ__TOKEN": "t-sz",
-        "TONGBAN_PARTNERS__SZ__INBOX__TRANSPORT": "grpc",
-        "TONGBAN_PARTNERS__SZ__INBOX__TARGET": "127.0.0.1:9",
-    }
-    settings = make_settings(tmp_path, **env)
-    fake = FakePartnerTransport(handler)
-    gw = Gateway(settings, bootstrap(settings, transports={"sz": fake}))
-    await gw.start()
+    gw, fake = await fake_partner_gateway(tmp_path, handler, TONGBAN_DELIVERY__LEASE_SECONDS="30")
     try:
         lost, kept = await submit_many(gw.address, 2, "lease")
         svc: DeliveryService = gw.services.delivery
