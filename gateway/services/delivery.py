@@ -6,8 +6,9 @@ lease that is not settled in time returns the row to the pool, so a crashed proc
 nothing. Before each attempt a delivery makes sure its lease outlasts the attempt's timeout by
 half a lease (extending it, owner-checked, when it would not: a claimed row may wait behind
 others in its process's queue), and stops when the lease was lost to another worker, so a live
-replica does not deliver a row that another has claimed since. Delivery is at least once, with the exchange id as the idempotency key, which makes it
-effectively once at a partner that honours the key.
+replica does not deliver a row that another has claimed since. Delivery is at least once, with
+the exchange id as the idempotency key, which makes it effectively once at a partner that
+honours the key.
 
 Retries use tenacity: exponential backoff with jitter per partner policy, only on retryable
 outcomes (gRPC UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED; HTTP 408/429/5xx),
