@@ -227,10 +227,23 @@ def _process_tree(pid: int) -> list[int]:
     return tree
 
 
+def stat_times(stat: Path) -> tuple[str, float, float]:
+    """(name, user CPU seconds, system CPU seconds) in a /proc ``stat`` file (of a process or
+    a thread)."""
+    text = stat.read_text()
+    fields = text.rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return (
+        text[text.index("(") + 1 : text.rindex(")")],
+        int(fields[11]) / tick,
+        int(fields[12]) / tick,
+    )
+
+
 def _cpu_seconds(stat: Path) -> float:
     """User plus system CPU seconds in a /proc ``stat`` file (of a process or a thread)."""
-    fields = stat.read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    _, user, system = stat_times(stat)
+    return user + system
 
 
 async def _drive(

@@ -21,7 +21,6 @@ Usage: python bench/threads.py [--kind stream|unary] [--seconds 8]
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from common import (
     drive_measured,
     load_text,
     report,
+    stat_times,
 )
 from submit import ENV, META, submit_payloads
 
@@ -41,27 +41,23 @@ from tongban.v1 import case_exchange_pb2 as cx
 
 GROUPS = ("event loop", "gRPC event engine", "other threads", "writer process")
 
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
 
 def thread_times(pid: int) -> dict[tuple[int, int], tuple[str, float, float]]:
     """(process, thread) -> (group, user seconds, system seconds) for ``pid`` and its children."""
     out = {}
     for p in _process_tree(pid):
         for task in Path(f"/proc/{p}/task").iterdir():
-            stat = (task / "stat").read_text()
-            comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-            fields = stat.rsplit(")", 1)[1].split()
+            name, user, system = stat_times(task / "stat")
             tid = int(task.name)
             if p != pid:
                 group = "writer process"
             elif tid == pid:
                 group = "event loop"
-            elif comm.startswith("event_engine"):
+            elif name.startswith("event_engine"):
                 group = "gRPC event engine"
             else:
                 group = "other threads"
-            out[(p, tid)] = (group, int(fields[11]) / _TICK, int(fields[12]) / _TICK)
+            out[(p, tid)] = (group, user, system)
     return out
 
 
@@ -84,10 +80,12 @@ def per_message(
     }
 
 
-def measure(pid: int, target: str, method: str, payloads: list[bytes], **kw: Any) -> dict[str, Any]:
+def measure(
+    pid: int, kind: str, target: str, method: str, payloads: list[bytes], **kw: Any
+) -> dict[str, Any]:
     """One measured run: its rate and load, and the server's CPU per message by group."""
     before = thread_times(pid)
-    result = drive_measured(pid, kw.pop("kind"), target, method, payloads, **kw)
+    result = drive_measured(pid, kind, target, method, payloads, **kw)
     after = thread_times(pid)
     result["threads"] = per_message(before, after, result["rate"] * kw["seconds"])
     return result
@@ -142,25 +140,24 @@ def main() -> None:
         EchoServer() as echo,
         GatewayProcess(ENV, Path(tmp)) as gw,
     ):
-        echo_target, echo_path = f"127.0.0.1:{echo.port}", f"/{ECHO_SERVICE}/{echo_method}"
-        echo_body = [b"x" * len(payloads[0])]
-        gw_target, gw_path = f"127.0.0.1:{gw.port}", f"/tongban.v1.CaseExchangeService/{method}"
-        common = {"kind": kind, "concurrency": concurrency}
-        drive_measured(echo.proc.pid, kind, echo_target, echo_path, echo_body,
-                       concurrency=concurrency, seconds=1.5)  # fmt: skip
-        drive_measured(gw.proc.pid, kind, gw_target, gw_path, warm,
-                       concurrency=concurrency, seconds=1.5, metadata=META)  # fmt: skip
-        e = measure(
-            echo.proc.pid, echo_target, echo_path, echo_body, seconds=args.seconds, **common
-        )
-        g = measure(
+        echo_run = (echo.proc.pid, kind, f"127.0.0.1:{echo.port}", f"/{ECHO_SERVICE}/{echo_method}")
+        gw_run = (
             gw.proc.pid,
-            gw_target,
-            gw_path,
+            kind,
+            f"127.0.0.1:{gw.port}",
+            f"/tongban.v1.CaseExchangeService/{method}",
+        )
+        echo_body = [b"x" * len(payloads[0])]
+        # Warm-ups: connections, the mapping set's first translations, the writer process.
+        drive_measured(*echo_run, echo_body, concurrency=concurrency, seconds=1.5)
+        drive_measured(*gw_run, warm, concurrency=concurrency, seconds=1.5, metadata=META)
+        e = measure(*echo_run, echo_body, concurrency=concurrency, seconds=args.seconds)
+        g = measure(
+            *gw_run,
             payloads[len(warm) :],
+            concurrency=concurrency,
             seconds=args.seconds,
             metadata=META,
-            **common,
         )
         assert not g["errors"], g["errors"]
         assert not g["repeats"], f"{g['repeats']} replays: raise the payload count"

@@ -1,4 +1,5 @@
-"""The benchmarks' load figures: how busy the machine and the server's busiest thread were."""
+"""The benchmarks' load figures: how busy the machine and the server's busiest thread were,
+and where a server's CPU goes by group of threads (bench/threads.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 from common import _Snapshot, bracketed, load_figures, load_text, report
+from threads import per_message, thread_times
 
 pytestmark = pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs /proc")
 
@@ -132,3 +134,49 @@ def test_a_report_warns_when_much_of_the_machine_was_stolen(
     assert lines[0].startswith("warning: the hypervisor gave up to 30% of this machine's CPU")
     assert "echo_steal, gateway_steal" in lines[0]
     assert lines[1].startswith('{"bench": "x"')  # the JSON stays the last line
+
+
+def test_groups_of_this_process() -> None:
+    """The main thread is the event loop; another thread of the process is one of the others."""
+    ready, release = threading.Event(), threading.Event()
+
+    def spin() -> None:
+        _spin(0.2)
+        ready.set()
+        release.wait(10)
+
+    t = threading.Thread(target=spin)
+    t.start()
+    try:
+        assert ready.wait(10)
+        times = thread_times(os.getpid())
+    finally:
+        release.set()
+        t.join()
+    groups = {key[1]: group for key, (group, _, _) in times.items()}
+    assert groups[os.getpid()] == "event loop"
+    assert groups[t.native_id] == "other threads"
+    _, user, system = times[(os.getpid(), t.native_id)]
+    assert user + system >= 0.15  # it spun 0.2 s (clock ticks of 10 ms)
+
+
+def test_per_message_adds_each_groups_threads() -> None:
+    before = {
+        (1, 1): ("event loop", 1.0, 0.5),
+        (1, 2): ("gRPC event engine", 2.0, 1.0),
+        (1, 3): ("gRPC event engine", 0.0, 0.0),
+        (9, 9): ("writer process", 3.0, 0.0),
+    }
+    after = {
+        (1, 1): ("event loop", 1.4, 0.6),
+        (1, 2): ("gRPC event engine", 2.1, 1.2),
+        (1, 3): ("gRPC event engine", 0.1, 0.1),
+        (1, 4): ("other threads", 0.2, 0.0),  # started between the readings
+        (9, 9): ("writer process", 3.0, 0.0),  # idle: left out
+    }
+    rows = per_message(before, after, 10_000)
+    assert rows == {
+        "event loop": (40.0, 10.0),
+        "gRPC event engine": (20.0, 30.0),
+        "other threads": (20.0, 0.0),
+    }
