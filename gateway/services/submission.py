@@ -54,6 +54,10 @@ __all__ = [
 
 CANONICAL_CASE = "tongban.v1.Case"
 
+#: An exchange id's shape (12 hex digits of milliseconds, 20 of random bits), standing in for
+#: the id in a batch's serialized answer (see :class:`CasePreparer`).
+_ID_STAND_IN = "x" * 32
+
 #: One translation a preparation ran: (schema, direction, first error code or None), as the
 #: mapping set's observer (translation metrics) sees it.
 Observation = tuple[str, str, str | None]
@@ -115,6 +119,7 @@ class CasePreparer:
     """
 
     __slots__ = (
+        "_answer_head",
         "_answer_tail",
         "_id_prefix",
         "_schemas",
@@ -141,12 +146,19 @@ class CasePreparer:
         # time, so the store's unique index on them grows at its right edge instead of taking
         # a random page per case, which made commits slower as the store grew.
         self._id_prefix = f"{int(now * 1000) & 0xFFFFFFFFFFFF:012x}"
-        # The answer's fields after the exchange id, serialized once: protobuf parses
-        # concatenated serializations as one merged message, and fields 2 and 3 follow field
-        # 1, so `exchange id + tail` is the bytes the whole answer serializes to (tested).
-        self._answer_tail = cx.SubmitCaseResponse(
-            status=records_pb2.CASE_STATUS_SUBMITTED, accepted_at=_ts(now)
-        ).SerializeToString()
+        # The answer, serialized once with a stand-in id of an id's length (ids are always
+        # 12 + 20 hex digits): a case's answer is that serialization with its own id in the
+        # stand-in's place, the bytes protobuf would give (tested), without building and
+        # serializing a message per case (~3% of the event loop's time on a stream).
+        self._answer_head, _, self._answer_tail = (
+            cx.SubmitCaseResponse(
+                exchange_id=_ID_STAND_IN,
+                status=records_pb2.CASE_STATUS_SUBMITTED,
+                accepted_at=_ts(now),
+            )
+            .SerializeToString()
+            .partition(_ID_STAND_IN.encode())
+        )
 
     def _target(self, target: str) -> str:
         """The partner receiving ``target``'s cases, once the caller may submit there."""
@@ -240,10 +252,7 @@ class CasePreparer:
                 warnings=warnings_to_proto(warnings),
             ).SerializeToString()
         else:
-            response = (
-                cx.SubmitCaseResponse(exchange_id=exchange_id).SerializeToString()
-                + self._answer_tail
-            )
+            response = self._answer_head + exchange_id.encode() + self._answer_tail
         return SubmitCaseIntent(  # positional (~2% of a prepared case by keyword), in order:
             caller.partner,  # partner
             request_id,  # request_id

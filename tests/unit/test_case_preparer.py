@@ -78,6 +78,22 @@ def test_the_answer_is_the_whole_answer_serialized(mapping_set: MappingSet, samp
     assert intent.exchange_id != second.exchange_id
 
 
+@pytest.mark.parametrize("now", [NOW, 0.001, 2**48 / 1000 + 0.5])
+def test_every_answer_is_its_own_answer_serialized(mapping_set: MappingSet, now: float) -> None:
+    # Each answer is the batch's serialization with the case's id put in the stand-in's place:
+    # ids of every time (leading zeros, the 48 bits' wrap) and random bits keep its length.
+    prepare = CasePreparer(mapping_set, RULES, Caller("zs", "442000"), now, random.Random(3))
+    for i in range(200):
+        intent = prepare(_request(f"n-{i}", dict(_case(1), SBLSH=f"442000-2026-{i:06d}")))
+        assert len(intent.exchange_id) == 32
+        whole = cx.SubmitCaseResponse(
+            exchange_id=intent.exchange_id,
+            status=records_pb2.CASE_STATUS_SUBMITTED,
+            accepted_at=timestamp(now),
+        )
+        assert intent.response == whole.SerializeToString(deterministic=True)
+
+
 def test_a_batch_refuses_each_case_as_it_would_alone(mapping_set: MappingSet) -> None:
     # A caller that may submit for Shenzhen only, and for Zhongshan (its own city) by rule.
     caller = Caller("zs", "442000", AclSettings(target_cities=["440300"]))
