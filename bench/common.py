@@ -57,9 +57,21 @@ async def _echo_main(port: int, ready: Any) -> None:
         async for r in requests:
             yield r
 
+    async def client_stream_work(requests: Any, context: Any) -> bytes:
+        # ClientStream, doing `x-work-us` microseconds of CPU work per message (bench/budget.py)
+        work = float(dict(context.invocation_metadata()).get(WORK_HEADER, "0")) / 1e6
+        n = 0
+        last = b""
+        async for r in requests:
+            n += 1
+            last = r
+            burn(work)
+        return last + n.to_bytes(4, "big")
+
     handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
         "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
+        "ClientStreamWork": grpc.stream_unary_rpc_method_handler(client_stream_work),
         "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
     }
     server = grpc.aio.server()
@@ -69,6 +81,20 @@ async def _echo_main(port: int, ready: Any) -> None:
     await server.start()
     ready.set()
     await server.wait_for_termination()
+
+
+#: The metadata key telling the echo's ClientStreamWork how many µs of CPU to spend per message.
+WORK_HEADER = "x-work-us"
+
+
+def burn(seconds: float) -> None:
+    """Spend ``seconds`` of this thread's CPU time (time the thread is not running, waiting
+    for a core, does not count)."""
+    if seconds <= 0:
+        return
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        continue
 
 
 def _echo_process(port: int, ready: Any) -> None:

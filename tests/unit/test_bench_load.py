@@ -1,5 +1,6 @@
 """The benchmarks' load figures: how busy the machine and the server's busiest thread were,
-and where a server's CPU goes by group of threads (bench/threads.py)."""
+where a server's CPU goes by group of threads (bench/threads.py), and the work-per-message
+curve of bench/budget.py."""
 
 from __future__ import annotations
 
@@ -13,23 +14,18 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from common import _Snapshot, bracketed, load_figures, load_text, report
+from budget import cpu_per_call, interpolate
+from common import _Snapshot, bracketed, burn, load_figures, load_text, report
 from threads import per_message, thread_times
 
 pytestmark = pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs /proc")
-
-
-def _spin(seconds: float) -> None:
-    end = time.thread_time() + seconds
-    while time.thread_time() < end:
-        pass
 
 
 def test_a_thread_that_spins_shows_as_the_busiest_thread() -> None:
     spun, release = threading.Event(), threading.Event()
 
     def spin_then_wait() -> None:
-        _spin(0.4)
+        burn(0.4)
         spun.set()
         release.wait(10)  # alive at the second snapshot: /proc lists live threads only
 
@@ -63,7 +59,7 @@ def test_an_idle_server_has_an_idle_busiest_thread() -> None:
 
 def test_without_a_server_there_is_only_the_machine() -> None:
     first = _Snapshot(None)
-    _spin(0.05)
+    burn(0.05)
     assert set(_Snapshot(None).load(first)) == {"busy", "client_cpu", "steal"}
 
 
@@ -141,7 +137,7 @@ def test_groups_of_this_process() -> None:
     ready, release = threading.Event(), threading.Event()
 
     def spin() -> None:
-        _spin(0.2)
+        burn(0.2)
         ready.set()
         release.wait(10)
 
@@ -180,3 +176,41 @@ def test_per_message_adds_each_groups_threads() -> None:
         "gRPC event engine": (20.0, 30.0),
         "other threads": (20.0, 0.0),
     }
+
+
+def test_burn_spends_the_thread_cpu_it_is_asked_for() -> None:
+    start = time.thread_time()
+    burn(0.05)
+    spent = time.thread_time() - start
+    assert 0.05 <= spent < 0.08
+    start = time.thread_time()
+    burn(0.0)
+    burn(-1.0)
+    assert time.thread_time() - start < 0.005
+
+
+def test_cpu_per_call_counts_the_calls_after_the_warm_ones() -> None:
+    calls: list[int] = []
+
+    def work(i: int) -> None:
+        calls.append(i)
+        burn(0.002)
+
+    us = cpu_per_call(work, warm=3, calls=10)
+    assert calls == list(range(13))
+    assert 2000 <= us < 3000
+
+
+def test_interpolate_finds_where_a_falling_curve_crosses() -> None:
+    curve = [(0.0, 1.0), (10.0, 0.7), (20.0, 0.6), (40.0, 0.5), (60.0, 0.35)]
+    assert interpolate(curve, 0.5) == 40.0
+    assert interpolate(curve, 0.65) == pytest.approx(15.0)
+    assert interpolate(curve, 0.4) == pytest.approx(60.0 - 20.0 * (0.05 / 0.15))
+    assert interpolate(curve, 1.0) == 0.0
+    assert interpolate(curve, 1.2) is None  # faster than the bare echo
+    assert interpolate(curve, 0.2) is None  # slower than the most work measured
+    # A flat piece answers its start; a noisy, non-monotonic curve answers its first crossing.
+    assert interpolate([(0.0, 1.0), (10.0, 0.5), (20.0, 0.5)], 0.5) == 10.0
+    assert interpolate([(0.0, 1.0), (10.0, 0.55), (20.0, 0.6), (30.0, 0.4)], 0.58) == (
+        pytest.approx(10.0 * (0.42 / 0.45))
+    )
