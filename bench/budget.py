@@ -92,6 +92,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     args = p.parse_args()
     works = sorted({float(w) for w in args.work.split(",") if float(w) > 0})
+    if not Path("/proc/self/task").is_dir():
+        raise SystemExit("needs Linux's /proc (the servers' CPU per message)")
     # First, while nothing else runs: the gateway's own work alone.
     own = gateway_work()
     n = int(args.rounds * (args.seconds + 1) * 32_000) + 40_000
