@@ -42,11 +42,7 @@ from common import (
     load_text,
     report,
 )
-from submit import ENV, META, submit_payloads
-
-from tongban.v1 import case_exchange_pb2 as cx
-
-STREAMS = 8  # as submit.py's stream
+from submit import ENV, META, STREAMS, stream_payloads
 
 
 def interpolate(points: Sequence[tuple[float, float]], y: float) -> float | None:
@@ -97,10 +93,7 @@ def main() -> None:
     # First, while nothing else runs: the gateway's own work alone.
     own = gateway_work()
     n = int(args.rounds * (args.seconds + 1) * 32_000) + 40_000
-    payloads = [
-        cx.SubmitCasesRequest(case_request=cx.SubmitCaseRequest.FromString(b)).SerializeToString()
-        for b in submit_payloads(n, "w")
-    ]
+    payloads = stream_payloads(n, "w")
     echo_body = [b"x" * len(payloads[0])]
     runs: dict[float, list[dict[str, Any]]] = {w: [] for w in (0.0, *works)}
     gateway_runs: list[dict[str, Any]] = []

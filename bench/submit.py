@@ -54,6 +54,18 @@ def submit_payloads(n: int, tag: str) -> list[bytes]:
     )
 
 
+#: Streams in flight in the stream measurements (each carries 200 cases; common.py's _drive).
+STREAMS = 8
+
+
+def stream_payloads(n: int, tag: str) -> list[bytes]:
+    """``n`` SubmitCases stream messages, one distinct case each (:func:`submit_payloads`)."""
+    return [
+        cx.SubmitCasesRequest(case_request=cx.SubmitCaseRequest.FromString(b)).SerializeToString()
+        for b in submit_payloads(n, tag)
+    ]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=5.0)
@@ -105,25 +117,20 @@ def main() -> None:
             e = bracketed(e_before, echo_half("unary", "Unary", b"x" * size, args.concurrency))
             assert not g["errors"], g["errors"]
             assert not g["repeats"], f"{g['repeats']} replays: raise the payload count"
-            items = [
-                cx.SubmitCasesRequest(
-                    case_request=cx.SubmitCaseRequest.FromString(b)
-                ).SerializeToString()
-                for b in submit_payloads(stream_n, f"s{r}")
-            ]
-            se_before = echo_half("client_stream", "ClientStream", b"x" * len(items[0]), 8)
+            items = stream_payloads(stream_n, f"s{r}")
+            se_before = echo_half("client_stream", "ClientStream", b"x" * len(items[0]), STREAMS)
             sg = drive_measured(
                 gw.proc.pid,
                 "client_stream",
                 f"127.0.0.1:{gw.port}",
                 "/tongban.v1.CaseExchangeService/SubmitCases",
                 items,
-                concurrency=8,
+                concurrency=STREAMS,
                 seconds=args.seconds,
                 metadata=META,
             )
             se = bracketed(
-                se_before, echo_half("client_stream", "ClientStream", b"x" * len(items[0]), 8)
+                se_before, echo_half("client_stream", "ClientStream", b"x" * len(items[0]), STREAMS)
             )
             assert not sg["errors"], sg["errors"]
             assert not sg["repeats"], f"{sg['repeats']} replays: raise the payload count"

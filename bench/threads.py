@@ -35,9 +35,7 @@ from common import (
     report,
     stat_times,
 )
-from submit import ENV, META, submit_payloads
-
-from tongban.v1 import case_exchange_pb2 as cx
+from submit import ENV, META, STREAMS, stream_payloads, submit_payloads
 
 GROUPS = ("event loop", "gRPC event engine", "other threads", "writer process")
 
@@ -122,17 +120,12 @@ def main() -> None:
     stream = args.kind == "stream"
     # Room for twice the fastest rates seen (see submit.py), warm-up included.
     n = int((args.seconds + 2) * (32_000 if stream else 8_000))
-    bodies = submit_payloads(n, "t")
     if stream:
-        payloads = [
-            cx.SubmitCasesRequest(
-                case_request=cx.SubmitCaseRequest.FromString(b)
-            ).SerializeToString()
-            for b in bodies
-        ]
-        kind, echo_method, method, concurrency = "client_stream", "ClientStream", "SubmitCases", 8
+        payloads = stream_payloads(n, "t")
+        kind, echo_method, method = "client_stream", "ClientStream", "SubmitCases"
+        concurrency = STREAMS
     else:
-        payloads = bodies
+        payloads = submit_payloads(n, "t")
         kind, echo_method, method, concurrency = "unary", "Unary", "SubmitCase", 64
     warm = payloads[: len(payloads) // 10]
     with (
