@@ -188,11 +188,14 @@ def _client_process(
     seconds: float,
     metadata: list[tuple[str, str]],
     server_pid: int | None,
+    channels: int,
     out: Any,
 ) -> None:
     out.put(
         asyncio.run(
-            _drive(kind, target, method, payloads, concurrency, seconds, metadata, server_pid)
+            _drive(
+                kind, target, method, payloads, concurrency, seconds, metadata, server_pid, channels
+            )
         )
     )
 
@@ -282,21 +285,31 @@ async def _drive(
     seconds: float,
     metadata: list[tuple[str, str]],
     server_pid: int | None = None,
+    channels: int = 1,
 ) -> dict[str, Any]:
     errors: dict[str, int] = {}
     latencies: list[float] = []
     # Messages sent again because the payloads ran out (the same request id twice: a replay
     # for an idempotent method, which costs the server far less than a new case).
     repeats = 0
-    async with grpc.aio.insecure_channel(target) as ch:
+    async with contextlib.AsyncExitStack() as stack:
+        # Several channels, each with its own connection (grpc shares one connection among
+        # channels to one target unless told not to): `tongban serve --workers N` gets each
+        # connection's calls in one worker (SO_REUSEPORT). Client w uses channel w % channels.
+        options = [("grpc.use_local_subchannel_pool", 1)] if channels > 1 else None
+        chans = [
+            await stack.enter_async_context(grpc.aio.insecure_channel(target, options=options))
+            for _ in range(channels)
+        ]
         done = 0
         stop_at = 0.0
 
         if kind == "unary":
-            call = ch.unary_unary(method)
+            calls = [ch.unary_unary(method) for ch in chans]
 
             async def worker(w: int) -> None:
                 nonlocal done, repeats
+                call = calls[w % len(calls)]
                 i = concurrency + w  # payloads[:concurrency] warmed the server up
                 while time.perf_counter() < stop_at:
                     t = time.perf_counter()
@@ -310,7 +323,8 @@ async def _drive(
                     i += concurrency
 
             warm = [
-                call(payloads[i % len(payloads)], metadata=metadata) for i in range(concurrency)
+                calls[i % len(calls)](payloads[i % len(payloads)], metadata=metadata)
+                for i in range(concurrency)
             ]
             await asyncio.gather(*warm, return_exceptions=True)
             first = _Snapshot(server_pid)
@@ -329,11 +343,15 @@ async def _drive(
         # Streams: `concurrency` parallel streams, each sending messages as fast as it can;
         # each stream carries `per_stream` messages (client stream) or echoes them back (bidi).
         per_stream = 200
-        call = ch.stream_unary(method) if kind == "client_stream" else ch.stream_stream(method)
+        streams = [
+            ch.stream_unary(method) if kind == "client_stream" else ch.stream_stream(method)
+            for ch in chans
+        ]
         counter = [0]
 
         async def stream_worker(w: int) -> None:
             nonlocal repeats
+            call = streams[w % len(streams)]
             # Stream n of worker w carries payloads from (n * concurrency + w) * per_stream on:
             # no two streams share a payload until the payloads run out.
             base = w * per_stream
@@ -383,10 +401,12 @@ def drive(
     seconds: float = 5.0,
     metadata: list[tuple[str, str]] | None = None,
     server_pid: int | None = None,
+    channels: int = 1,
 ) -> dict[str, Any]:
     """Run the load client in a separate process; return its rate (calls or messages per s),
     and how busy the machine (``busy``) and the server's busiest thread (``busiest_thread``,
-    given ``server_pid``) were during its measured seconds, where /proc tells."""
+    given ``server_pid``) were during its measured seconds, where /proc tells. The client's
+    calls go over ``channels`` connections."""
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     proc = ctx.Process(
@@ -400,6 +420,7 @@ def drive(
             seconds,
             metadata or [],
             server_pid,
+            channels,
             out,
         ),
     )

@@ -4,18 +4,20 @@ curve of bench/budget.py."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import threading
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 from budget import cpu_per_call, interpolate
-from common import _Snapshot, bracketed, burn, load_figures, load_text, report
+from common import _drive, _Snapshot, bracketed, burn, load_figures, load_text, report
 from threads import per_message, thread_times
 
 pytestmark = pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs /proc")
@@ -214,3 +216,35 @@ def test_interpolate_finds_where_a_falling_curve_crosses() -> None:
     assert interpolate([(0.0, 1.0), (10.0, 0.55), (20.0, 0.6), (30.0, 0.4)], 0.58) == (
         pytest.approx(10.0 * (0.42 / 0.45))
     )
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_the_load_client_spreads_its_calls_over_its_connections(channels: int) -> None:
+    # `tongban serve --workers N` gets each connection's calls in one worker, so bench/workers.py
+    # needs a client whose calls really go over several connections (grpc shares one between
+    # channels to the same target unless each has its own subchannel pool).
+    peers: set[str] = set()
+
+    async def main() -> dict[str, object]:
+        async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            peers.add(context.peer())
+            return request
+
+        server = grpc.aio.server()
+        handler = grpc.unary_unary_rpc_method_handler(unary)
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("t.Echo", {"Unary": handler}),)
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            return await _drive(
+                "unary", f"127.0.0.1:{port}", "/t.Echo/Unary", [b"x"], 6, 0.2, [], None, channels
+            )
+        finally:
+            await server.stop(None)
+
+    result = asyncio.run(main())
+    assert result["rate"] > 0
+    assert not result["errors"]
+    assert len(peers) == channels  # one client port per connection
