@@ -13,7 +13,7 @@ worker can use them; where the cores are already busy (client included), it cann
 
 Last line: JSON with ``translate_2_vs_1`` and ``submit_2_vs_1`` (medians of the rounds).
 
-Usage: python bench/workers.py [--seconds 4] [--rounds 3] [--channels 8]
+Usage: python bench/workers.py [--seconds 4] [--rounds 3] [--channels 8] [--concurrency 64]
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from submit import META, submit_payloads
 
 TRANSLATE = "/tongban.v1.TranslationService/Translate"
 SUBMIT = "/tongban.v1.CaseExchangeService/SubmitCase"
-CONCURRENCY = 64
 SERVE = ["-m", "gateway.cli", "serve"]
 
 
@@ -46,6 +45,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--concurrency", type=int, default=64, help="calls in flight")
     p.add_argument("--channels", type=int, default=8, help="client connections to each gateway")
     args = p.parse_args()
     translations = translate_payloads()
@@ -66,7 +66,7 @@ def main() -> None:
                 f"127.0.0.1:{gw.port}",
                 method,
                 payloads,
-                concurrency=CONCURRENCY,
+                concurrency=args.concurrency,
                 seconds=s,
                 metadata=META,
                 channels=args.channels,
@@ -114,7 +114,7 @@ def main() -> None:
 
     figures: dict[str, Any] = {
         "bench": "workers",
-        "concurrency": CONCURRENCY,
+        "concurrency": args.concurrency,
         "channels": args.channels,
         "translate_one_rps": round(statistics.median(r["rate"] for r in runs["t1"])),
         "translate_two_rps": round(statistics.median(r["rate"] for r in runs["t2"])),
