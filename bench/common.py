@@ -18,7 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -525,6 +525,31 @@ def cpu_figures(echo: list[float | None], gateway: list[float | None]) -> dict[s
         return {}
     e, g = statistics.median(echo), statistics.median(gateway)  # type: ignore[type-var]
     return {"echo_cpu_us": e, "gateway_cpu_us": g, "cpu_vs_echo": round(e / g, 3)}
+
+
+@contextlib.contextmanager
+def pg_schema() -> Iterator[str]:
+    """A store URL on the machine's PostgreSQL (127.0.0.1:5432, database ``test``): a schema of
+    its own, migrated, dropped afterwards."""
+    import uuid
+
+    import psycopg
+
+    from gateway.store.store import Store
+
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect("host=127.0.0.1 dbname=test", autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    url = f"postgresql+psycopg://127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
+    try:
+        store = Store(url)
+        store.migrate()
+        store.engine.dispose()
+        store.read_engine.dispose()
+        yield url
+    finally:
+        with psycopg.connect("host=127.0.0.1 dbname=test", autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 BENCH_TOKEN = [("authorization", "Bearer bench")]

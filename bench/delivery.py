@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from common import BENCH_TOKEN, GatewayProcess, case_payloads, partner_env, report
+from common import BENCH_TOKEN, GatewayProcess, case_payloads, partner_env, pg_schema, report
 
 from gateway.partner_sim import InboxSimulator, start_simulator
 from tongban.v1 import case_exchange_pb2 as cx
@@ -144,22 +144,8 @@ def main() -> None:
         "p99_ms": round(sqlite["p99"], 1),
     }
     if not args.no_pg:
-        import psycopg
-
-        schema = f"bench_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect("host=127.0.0.1 dbname=test", autocommit=True) as conn:
-            conn.execute(f'CREATE SCHEMA "{schema}"')
-        url = f"postgresql+psycopg://127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
-        try:
-            from gateway.store.store import Store
-
-            s = Store(url)
-            s.migrate()
-            s.engine.dispose()
+        with pg_schema() as url:
             pg = asyncio.run(run({"TONGBAN_STORE__URL": url}, "postgres", args.cases, args.seconds))
-        finally:
-            with psycopg.connect("host=127.0.0.1 dbname=test", autocommit=True) as conn:
-                conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
         figures.update(
             {
                 "pg_submit_rps": round(pg["submit"]),

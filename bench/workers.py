@@ -1,11 +1,13 @@
 """`tongban serve --workers 2` against one process: Translate and durable SubmitCase, same client.
 
 Two gateways run side by side, as configured by default (logging, metrics, audit, group commit),
-each on its own SQLite store: one process, and `--workers 2` (two processes on one port, each
+each on its own store (SQLite, or with ``--store postgresql`` a schema of its own on the
+machine's PostgreSQL): one process, and `--workers 2` (two processes on one port, each
 with its own writer process; the kernel gives each connection to one worker, SO_REUSEPORT). The
-same client process keeps 64 calls in flight over 8 connections to each. In each round, for
-Translate then for SubmitCase, the one-process gateway runs for half its seconds just before the
-two workers and half just after (``bracketed`` in common.py), so a machine changing speed
+same client process keeps 64 calls in flight over 32 connections to each (the kernel spreads
+connections between the workers at random: with 8, a split of 6-2 or worse comes about one time
+in three). In each round, for Translate then for SubmitCase, the one-process gateway runs for
+half its seconds just before the two workers and half just after (``bracketed`` in common.py), so a machine changing speed
 within the round moves both sides alike. Each round prints the rates, the server CPU per call
 (every process of the gateway) and the load: how busy the machine and the busiest server thread
 were. On a machine whose cores the one process leaves idle (its event loop the bound), a second
@@ -13,12 +15,14 @@ worker can use them; where the cores are already busy (client included), it cann
 
 Last line: JSON with ``translate_2_vs_1`` and ``submit_2_vs_1`` (medians of the rounds).
 
-Usage: python bench/workers.py [--seconds 4] [--rounds 3] [--channels 8] [--concurrency 64]
+Usage: python bench/workers.py [--seconds 4] [--rounds 3] [--channels 32] [--concurrency 64]
+       [--store sqlite|postgresql]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 from pathlib import Path
@@ -30,6 +34,7 @@ from common import (
     drive_measured,
     load_figures,
     load_text,
+    pg_schema,
     report,
     translate_payloads,
 )
@@ -46,18 +51,27 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--concurrency", type=int, default=64, help="calls in flight")
-    p.add_argument("--channels", type=int, default=8, help="client connections to each gateway")
+    p.add_argument(
+        "--store",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="each gateway's store: its own SQLite file, or its own schema on 127.0.0.1:5432",
+    )
+    p.add_argument("--channels", type=int, default=32, help="client connections to each gateway")
     args = p.parse_args()
     translations = translate_payloads()
     # Room for twice the fastest unary rates seen, per measurement: none is a replay.
     unary_n = max(20_000, int(args.seconds * 16_000))
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in ("t1", "t2", "s1", "s2")}
     # One environment for both (Translate needs no more than SubmitCase's partners).
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        GatewayProcess(SUBMIT_ENV, Path(tmp) / "one", SERVE) as one,
-        GatewayProcess(SUBMIT_ENV, Path(tmp) / "two", [*SERVE, "--workers", "2"]) as two,
-    ):
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        env_one, env_two = dict(SUBMIT_ENV), dict(SUBMIT_ENV)
+        if args.store == "postgresql":
+            env_one["TONGBAN_STORE__URL"] = stack.enter_context(pg_schema())
+            env_two["TONGBAN_STORE__URL"] = stack.enter_context(pg_schema())
+        one = stack.enter_context(GatewayProcess(env_one, tmp / "one", SERVE))
+        two = stack.enter_context(GatewayProcess(env_two, tmp / "two", [*SERVE, "--workers", "2"]))
 
         def run(gw: GatewayProcess, method: str, payloads: list[bytes], s: float) -> Any:
             result = drive_measured(
@@ -114,6 +128,7 @@ def main() -> None:
 
     figures: dict[str, Any] = {
         "bench": "workers",
+        "store": args.store,
         "concurrency": args.concurrency,
         "channels": args.channels,
         "translate_one_rps": round(statistics.median(r["rate"] for r in runs["t1"])),
