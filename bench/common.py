@@ -99,7 +99,12 @@ def burn(seconds: float) -> None:
 
 
 def _echo_process(port: int, ready: Any) -> None:
-    asyncio.run(_echo_main(port, ready))
+    # On the loop the gateway runs on (`server.event_loop`, read from the same environment
+    # variable): uvloop where it is installed. The comparison is of the gateway with the
+    # bare stack on one loop, not of two loops.
+    from gateway.loops import run
+
+    run(_echo_main(port, ready), os.environ.get("TONGBAN_SERVER__EVENT_LOOP", "auto"))  # type: ignore[arg-type]
 
 
 class EchoServer:

@@ -32,6 +32,7 @@ from tongban.v1 import (
 
 from .auth import AccessGuard, Authenticator
 from .logs import observe_drops
+from .loops import loop_name
 from .mappings import MappingRegistry
 from .metrics import (
     GatewayMetrics,
@@ -282,7 +283,11 @@ class Gateway:
         self._tasks.append(asyncio.create_task(self.services.watchdog.run(self._stop)))
         log.info(
             "gateway serving",
-            extra={"address": self.address, "mapping_fast_path": native_enabled()},
+            extra={
+                "address": self.address,
+                "mapping_fast_path": native_enabled(),
+                "event_loop": loop_name(asyncio.get_running_loop()),
+            },
         )
 
     async def _probe_store(self, interval: float = 1.0) -> None:

@@ -14,6 +14,7 @@ from adapters.mapping import MappingLoadError
 
 from .app import Gateway
 from .logs import configure_logging
+from .loops import loop_factory, loop_name, run
 from .settings import ConfigError, Settings, load_settings
 
 __all__ = ["add_serve_command", "read_settings"]
@@ -49,7 +50,7 @@ async def _serve(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, gateway.services.mappings.reload)
-    print(f"tongban serving on {gateway.address}", file=sys.stderr, flush=True)
+    print(f"tongban serving on {gateway.address} ({loop_name(loop)})", file=sys.stderr, flush=True)
     await stop.wait()
     log.info("shutting down", extra={"grace_seconds": settings.server.grace_seconds})
     await gateway.stop()
@@ -62,10 +63,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     configure_logging(settings.log.level, settings.log.format, background=True)
+    try:
+        loop_factory(settings.server.event_loop)
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     workers = args.workers or settings.server.workers
     if workers > 1:
         return _serve_workers(settings, workers)
-    return asyncio.run(_serve(settings))
+    return run(_serve(settings), settings.server.event_loop)
 
 
 def _serve_workers(settings: Settings, n: int) -> int:
@@ -107,7 +113,7 @@ def _serve_workers(settings: Settings, n: int) -> int:
             values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
             code = 1
             try:
-                code = asyncio.run(_serve(worker_settings))
+                code = run(_serve(worker_settings), settings.server.event_loop)
             finally:
                 os._exit(code)
         children.append(pid)

@@ -38,6 +38,7 @@ from tongban.v1 import common_pb2
 
 from .app import Gateway
 from .logs import configure_logging
+from .loops import run
 from .partner_sim import InboxSimulator, start_simulator
 from .settings import load_settings
 
@@ -314,7 +315,7 @@ async def _run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo."""
     try:
-        return asyncio.run(_run(args))
+        return run(_run(args))  # the gateway's default loop (uvloop when installed)
     except KeyboardInterrupt:
         return 0
 

@@ -101,6 +101,7 @@ def test_two_workers_share_port_store_and_metrics(tmp_path) -> None:
     assert code == 0
     out = (tmp_path / "gw.log").read_text()
     assert out.count("tongban serving on") == 3  # the parent and both workers, on one port
+    assert out.count("(uvloop)") == 2  # each forked worker runs on uvloop (server.event_loop)
     # Each forked worker logs from its own background writer, flushed when it exits.
     accepted = [
         json.loads(line)
