@@ -2,7 +2,8 @@
 
 Side by side with the bare echo, in each round: the gateway as shipped; with a Translate
 handler that returns a constant (no translation); that, with calls observed by no metrics; and
-that, with the method wrapper (metrics, access guard, deadline watchdog) taken away too.
+that, with the method wrapper (metrics, access guard, deadline watchdog) taken away too; and the
+gateway as shipped on uvloop (``server.event_loop``), against the same echo.
 Variants are the real `tongban serve` with one function replaced at start (see
 ``_variant_main``); they exist to explain figures, not to be run in production. Each round
 prints each variant's rate ratio and its server CPU per call (the echo's in the same round /
@@ -37,6 +38,10 @@ VARIANTS = {
     "constant_handler": {"BENCH_VARIANT": "constant"},
     "constant_no_metrics": {"BENCH_VARIANT": "constant,nometrics"},
     "constant_no_wrapper": {"BENCH_VARIANT": "constant,nowrap"},
+    # A setting, not a part taken away: the shipped gateway on uvloop (server.event_loop),
+    # against the echo on the loop this script's environment gives it (asyncio's own unless
+    # TONGBAN_SERVER__EVENT_LOOP says otherwise): what the loop alone changes.
+    "uvloop": {"TONGBAN_SERVER__EVENT_LOOP": "uvloop"},
 }
 
 

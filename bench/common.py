@@ -99,12 +99,13 @@ def burn(seconds: float) -> None:
 
 
 def _echo_process(port: int, ready: Any) -> None:
-    # On the loop the gateway runs on (`server.event_loop`, read from the same environment
-    # variable): uvloop where it is installed. The comparison is of the gateway with the
-    # bare stack on one loop, not of two loops.
+    # On the loop the gateways run on (`server.event_loop`, read from the same environment
+    # variable; asyncio's own by default): the comparison is of the gateway with the bare
+    # stack on one loop, not of two loops.
     from gateway.loops import run
 
-    run(_echo_main(port, ready), os.environ.get("TONGBAN_SERVER__EVENT_LOOP", "auto"))  # type: ignore[arg-type]
+    loop = "uvloop" if os.environ.get("TONGBAN_SERVER__EVENT_LOOP") == "uvloop" else "asyncio"
+    run(_echo_main(port, ready), loop)
 
 
 class EchoServer:

@@ -38,7 +38,6 @@ from tongban.v1 import common_pb2
 
 from .app import Gateway
 from .logs import configure_logging
-from .loops import run
 from .partner_sim import InboxSimulator, start_simulator
 from .settings import load_settings
 
@@ -315,7 +314,7 @@ async def _run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo."""
     try:
-        return run(_run(args))  # the gateway's default loop (uvloop when installed)
+        return asyncio.run(_run(args))
     except KeyboardInterrupt:
         return 0
 

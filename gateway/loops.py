@@ -1,12 +1,13 @@
 """The event loop a gateway process runs on (``server.event_loop``).
 
-``auto`` (the default) runs on uvloop, libuv's loop for asyncio, where it is installed (a
-dependency on Linux and macOS), and on asyncio's own loop otherwise. grpc.aio runs on any
-asyncio loop. Measured side by side with the same code (docs/performance.md, session 16): the
-event loop's own work (ready callbacks, timers, the selector) is a large share of a unary call
-in a process whose loop is its bound, and uvloop does it in C: Translate at 64 calls in flight
-0.95x against 0.81x the echo (both gateways against one echo on asyncio's loop), durable
-SubmitCase 0.75x against 0.70x.
+``asyncio`` (the default) is asyncio's own loop; ``uvloop`` is libuv's loop for asyncio (a
+dependency on Linux and macOS). grpc.aio runs on either. Measured side by side in session 16
+(docs/performance.md): uvloop does the loop's own work (ready callbacks, timers, the selector)
+in C, and a gateway whose event loop is its bound gets more from it. Translate at 64 calls in
+flight ran 5.5-6.0k calls/s against 4.5-4.8k; the SubmitCases stream did not move. But libuv's
+timers count whole milliseconds: the 2 ms Translate windows and the fraction-of-a-millisecond
+commit delays wait longer, and a client with 4 calls in flight got ~18% fewer Translate calls
+through. Hence not the default.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ __all__ = ["LoopKind", "loop_factory", "loop_name", "run"]
 
 T = TypeVar("T")
 
-#: ``server.event_loop``: "auto" (uvloop when installed), "uvloop", or "asyncio".
-LoopKind = Literal["auto", "uvloop", "asyncio"]
+#: ``server.event_loop``: "asyncio" or "uvloop".
+LoopKind = Literal["asyncio", "uvloop"]
 
 
 def loop_factory(kind: LoopKind) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -28,22 +29,20 @@ def loop_factory(kind: LoopKind) -> Callable[[], asyncio.AbstractEventLoop] | No
 
     Raises RuntimeError for ``"uvloop"`` when uvloop is not installed.
     """
-    if kind == "asyncio":
+    if kind != "uvloop":
         return None
     try:
         import uvloop
     except ImportError:
-        if kind == "uvloop":
-            raise RuntimeError(
-                "server.event_loop is 'uvloop' but uvloop is not installed "
-                "(pip install uvloop, or set it to 'auto' or 'asyncio')"
-            ) from None
-        return None
+        raise RuntimeError(
+            "server.event_loop is 'uvloop' but uvloop is not installed "
+            "(pip install uvloop, or set it to 'asyncio')"
+        ) from None
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     return factory
 
 
-def run(main: Coroutine[Any, Any, T], kind: LoopKind = "auto") -> T:
+def run(main: Coroutine[Any, Any, T], kind: LoopKind = "asyncio") -> T:
     """``asyncio.run(main)``, on a loop of ``kind``."""
     with asyncio.Runner(loop_factory=loop_factory(kind)) as runner:
         return runner.run(main)

@@ -56,8 +56,8 @@ class ServerSettings(_Model):
     # (gateway/rpc/batching.py; 0: never); see docs/configuration.md.
     translate_batch_window_ms: Annotated[float, Field(ge=0, le=50)] = 2.0
     translate_batch_max: Annotated[int, Field(ge=1, le=1024)] = 64
-    # The event loop: uvloop when installed ("auto"), or one of the two (gateway/loops.py).
-    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    # The event loop: asyncio's own, or uvloop (gateway/loops.py; docs/configuration.md).
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
 
 
 class StoreSettings(_Model):

@@ -34,6 +34,8 @@ def test_two_workers_share_port_store_and_metrics(tmp_path) -> None:
         "TONGBAN_PARTNERS__SHENZHEN__INBOX__TARGET": "127.0.0.1:9",
         "TONGBAN_LOG__LEVEL": "INFO",
         "TONGBAN_LOG__FORMAT": "json",
+        # The workers on uvloop (server.event_loop): forked, each runs its own.
+        "TONGBAN_SERVER__EVENT_LOOP": "uvloop",
     }
     log = (tmp_path / "gw.log").open("wb")
     proc = subprocess.Popen(
@@ -101,7 +103,7 @@ def test_two_workers_share_port_store_and_metrics(tmp_path) -> None:
     assert code == 0
     out = (tmp_path / "gw.log").read_text()
     assert out.count("tongban serving on") == 3  # the parent and both workers, on one port
-    assert out.count("(uvloop)") == 2  # each forked worker runs on uvloop (server.event_loop)
+    assert out.count("(uvloop)") == 2  # each worker runs on the loop it was asked for
     # Each forked worker logs from its own background writer, flushed when it exits.
     accepted = [
         json.loads(line)
