@@ -86,3 +86,28 @@ def test_config_errors_name_the_key(tmp_path) -> None:
     assert env_bad.returncode == 2
     assert "server.port" in env_bad.stderr
     assert run("serve", "--config", str(tmp_path / "missing.toml")).returncode == 2
+
+
+def test_an_event_loop_that_is_not_installed_is_refused_at_start(tmp_path) -> None:
+    # server.event_loop = "uvloop" where uvloop cannot be imported: a clear error, exit 2,
+    # before anything binds or opens the store.
+    code = (
+        "import sys; sys.modules['uvloop'] = None; "
+        "from gateway.cli import main; sys.exit(main(['serve', '--config', 'tongban.toml']))"
+    )
+    out = subprocess.run(
+        [TONGBAN[0], "-c", code],
+        check=False,
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "TONGBAN_SERVER__EVENT_LOOP": "uvloop",
+            "TONGBAN_STORE__DATA_DIR": str(tmp_path),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "server.event_loop is 'uvloop' but uvloop is not installed" in out.stderr
+    assert not (tmp_path / "tongban.db").exists()
