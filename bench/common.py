@@ -84,6 +84,9 @@ async def _echo_main(port: int, ready: Any) -> None:
     await server.wait_for_termination()
 
 
+#: The setting naming the gateways' event loop (server.event_loop), read for the echo's too.
+LOOP_VARIABLE = "TONGBAN_SERVER__EVENT_LOOP"
+
 #: The metadata key telling the echo's ClientStreamWork how many µs of CPU to spend per message.
 WORK_HEADER = "x-work-us"
 
@@ -98,24 +101,30 @@ def burn(seconds: float) -> None:
         continue
 
 
-def _echo_process(port: int, ready: Any) -> None:
-    # On the loop the gateways run on (`server.event_loop`, read from the same environment
-    # variable; asyncio's own by default): the comparison is of the gateway with the bare
-    # stack on one loop, not of two loops.
+def _echo_process(port: int, ready: Any, loop: Any) -> None:
     from gateway.loops import run
 
-    loop = "uvloop" if os.environ.get("TONGBAN_SERVER__EVENT_LOOP") == "uvloop" else "asyncio"
     run(_echo_main(port, ready), loop)
 
 
 class EchoServer:
-    """A bare grpc.aio echo server in a child process."""
+    """A bare grpc.aio echo server in a child process, on event loop ``loop`` ("asyncio" or
+    "uvloop"). By default, the loop the gateways run on (``server.event_loop``, read from the
+    same environment variable; asyncio's own unless it says uvloop): the comparison is of the
+    gateway with the bare stack on one loop, not of two loops."""
+
+    def __init__(self, loop: str | None = None) -> None:
+        if loop is None:
+            loop = "uvloop" if os.environ.get(LOOP_VARIABLE) == "uvloop" else "asyncio"
+        self.loop = loop
 
     def __enter__(self) -> EchoServer:
         self.port = free_port()
         ctx = mp.get_context("spawn")
         ready = ctx.Event()
-        self.proc = ctx.Process(target=_echo_process, args=(self.port, ready), daemon=True)
+        self.proc = ctx.Process(
+            target=_echo_process, args=(self.port, ready, self.loop), daemon=True
+        )
         self.proc.start()
         ready.wait(20)
         return self

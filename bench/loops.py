@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import statistics
 import tempfile
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from typing import Any
 
 from common import (
     ECHO_SERVICE,
+    LOOP_VARIABLE,
     EchoServer,
     GatewayProcess,
     bracketed,
@@ -37,45 +37,33 @@ from common import (
 )
 from submit import ENV, META, STREAMS, stream_payloads, submit_payloads
 
-LOOP_VARIABLE = "TONGBAN_SERVER__EVENT_LOOP"
-
-#: kind -> (client kind, calls or streams in flight, method, echo method, payloads by tag)
-KINDS: dict[str, tuple[str, int, str, str, Callable[[str], list[bytes]]]] = {
+#: kind -> (client kind, calls or streams in flight, method, echo method, payloads(n, tag), n)
+KINDS: dict[str, tuple[str, int, str, str, Callable[[int, str], list[bytes]], int]] = {
     "translate": (
         "unary",
         64,
         "/tongban.v1.TranslationService/Translate",
         "Unary",
-        lambda tag: translate_payloads(),
+        lambda n, tag: translate_payloads(),
+        64,
     ),
     "submit": (
         "unary",
         64,
         "/tongban.v1.CaseExchangeService/SubmitCase",
         "Unary",
-        lambda tag: submit_payloads(60_000, tag),
+        submit_payloads,
+        60_000,
     ),
     "stream": (
         "client_stream",
         STREAMS,
         "/tongban.v1.CaseExchangeService/SubmitCases",
         "ClientStream",
-        lambda tag: stream_payloads(200_000, tag),
+        stream_payloads,
+        200_000,
     ),
 }
-
-
-def _echo_on(loop: str) -> EchoServer:
-    """An echo whose process runs on ``loop`` (it reads the gateway's setting at start)."""
-    before = os.environ.get(LOOP_VARIABLE)
-    os.environ[LOOP_VARIABLE] = loop
-    try:
-        return EchoServer().__enter__()
-    finally:
-        if before is None:
-            del os.environ[LOOP_VARIABLE]
-        else:
-            os.environ[LOOP_VARIABLE] = before
 
 
 def main() -> None:
@@ -84,20 +72,17 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--seconds", type=float, default=4.0)
     args = p.parse_args()
-    kind, concurrency, method, echo_method, payloads = KINDS[args.kind]
-    size = len(payloads("size")[0])
+    kind, concurrency, method, echo_method, make, count = KINDS[args.kind]
+    size = len(make(1, "size")[0])
     loops = ("asyncio", "uvloop")
     runs: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {name: [] for name in loops}
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        echoes = {}
-        gateways = {}
-        for name in loops:
-            echoes[name] = _echo_on(name)
-            stack.callback(echoes[name].__exit__, None, None, None)
-            gateways[name] = stack.enter_context(
-                GatewayProcess({**ENV, LOOP_VARIABLE: name}, tmp / name)
-            )
+        echoes = {name: stack.enter_context(EchoServer(name)) for name in loops}
+        gateways = {
+            name: stack.enter_context(GatewayProcess({**ENV, LOOP_VARIABLE: name}, tmp / name))
+            for name in loops
+        }
 
         def echo(name: str, seconds: float) -> dict[str, Any]:
             e = echoes[name]
@@ -118,7 +103,7 @@ def main() -> None:
                 kind,
                 f"127.0.0.1:{g.port}",
                 method,
-                payloads(tag),
+                make(count, tag),
                 concurrency=concurrency,
                 seconds=seconds,
                 metadata=META,
