@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import orjson
@@ -88,6 +89,10 @@ class DeliveryObserver:
         """A partner's circuit changed state."""
 
 
+async def _lost() -> str:
+    return "lost"
+
+
 class DeliveryService:
     """Delivers outbox rows to partner transports."""
 
@@ -113,7 +118,9 @@ class DeliveryService:
         self.owner = owner or f"w-{uuid.uuid4().hex[:12]}"
         self.breakers: dict[str, CircuitBreaker] = {}
         self._queue: asyncio.Queue[ClaimedRow] = asyncio.Queue()
+        # Claimed rows not yet settled (queued, being delivered, or their outcome committing).
         self._inflight: set[int] = set()
+        self._settling: set[asyncio.Task[str]] = set()
 
     def breaker(self, partner: str) -> CircuitBreaker:
         """The circuit breaker of one partner."""
@@ -168,20 +175,40 @@ class DeliveryService:
             for w in workers:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+            # Outcomes the partners gave are committed before the store closes.
+            await asyncio.gather(*self._settling, return_exceptions=True)
 
     async def _worker(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             row = await self._queue.get()
             try:
-                await self.deliver(row)
+                settle = await self._attempt(row)
             except Exception:
                 log.exception("delivery crashed", extra={"exchange_id": row.exchange_id})
-            finally:
                 self._inflight.discard(row.id)
+                continue
+            # The partner has answered: committing the outcome does not hold a worker, whose
+            # slot is a call to a partner. Under load a commit waits for its group (up to
+            # store.commit_delay_ms), and workers waiting there bounded how many cases a
+            # process delivered per second (docs/performance.md, session 17). The row stays
+            # in flight (the claimer's bound, and never claimed twice here) until settled.
+            task = asyncio.create_task(self._settle(row, settle))
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
+
+    async def _settle(self, row: ClaimedRow, settle: Callable[[], Awaitable[str]]) -> str:
+        try:
+            return await settle()
+        except Exception:
+            log.exception("delivery crashed", extra={"exchange_id": row.exchange_id})
+            return "crashed"
+        finally:
+            self._inflight.discard(row.id)
 
     # -- one row -----------------------------------------------------------------------------
 
-    async def _build(self, row: ClaimedRow, attempt: int) -> tuple[str, Any]:
+    async def _build(self, row: ClaimedRow, attempt: int) -> tuple[str, Any, Any]:
+        """The request for one attempt: its kind, the message, and the case row it is of."""
         ms = self.mappings.current
         case = await self.store.read(self.store.reader.case, row.exchange_id)
         if case is None:
@@ -210,7 +237,7 @@ class DeliveryService:
                 raise _Permanent(f"MAPPING_FAILED: {exc.summary()}") from None
             except MappingError as exc:
                 raise _Permanent(f"MAPPING_FAILED: {exc}") from None
-            return "case", req
+            return "case", req, case
         event = await self.store.read(self.store.reader.event, row.event_seq or 0)
         if event is None:
             raise _Permanent("EVENT_MISSING: the status event does not exist")
@@ -221,20 +248,31 @@ class DeliveryService:
             if codes and not code:
                 raise _Permanent(f"UNKNOWN_CODE: {event.status} has no code in {schema}")
         ts = timestamp(event.occurred_at)
-        return "status", inbox.DeliverStatusRequest(
-            idempotency_key=f"{row.exchange_id}:{event.seq}",
-            exchange_id=row.exchange_id,
-            case_number=case.case_number,
-            status_code=code,
-            status=records_pb2.CaseStatus.Value(event.status),
-            occurred_at=ts,
-            reported_by=event.reported_by,
-            note=event.note,
+        return (
+            "status",
+            inbox.DeliverStatusRequest(
+                idempotency_key=f"{row.exchange_id}:{event.seq}",
+                exchange_id=row.exchange_id,
+                case_number=case.case_number,
+                status_code=code,
+                status=records_pb2.CaseStatus.Value(event.status),
+                occurred_at=ts,
+                reported_by=event.reported_by,
+                note=event.note,
+            ),
+            case,
         )
 
     async def deliver(self, row: ClaimedRow) -> str:
         """Deliver one claimed row until it is delivered or dead; return the outcome
-        (``delivered``, ``dead``, or ``lost`` when another worker claimed it meanwhile)."""
+        (``delivered``, ``dead``, or ``lost`` when another worker claimed it meanwhile), once
+        it is committed."""
+        settle = await self._attempt(row)
+        return await settle()
+
+    async def _attempt(self, row: ClaimedRow) -> Callable[[], Awaitable[str]]:
+        """Call the partner (retrying as its policy says) until the row's outcome is known;
+        return what commits that outcome and returns it (see :meth:`deliver`)."""
         started = time.perf_counter()
         partner = row.target_partner
         transport = self.transports.get(partner)
@@ -243,7 +281,9 @@ class DeliveryService:
         lease = self.settings.delivery.lease_seconds
         attempts = row.attempts
         if transport is None:
-            return await self._dead(row, attempts, f"NO_TRANSPORT: partner {partner} has no inbox")
+            return partial(
+                self._dead, row, attempts, f"NO_TRANSPORT: partner {partner} has no inbox"
+            )
         breaker = self.breaker(partner)
         remaining = max(policy.max_attempts - attempts, 1)
         last_error = ""
@@ -269,6 +309,7 @@ class DeliveryService:
             return float(delay)
 
         lease_until = row.lease_until
+        case: Any = None
 
         async def extend_lease(until: float) -> None:
             nonlocal lease_until
@@ -300,7 +341,7 @@ class DeliveryService:
                     if lease_until - now < timeout + lease / 2:
                         await extend_lease(now + timeout + lease)
                     attempts += 1
-                    kind, request = await self._build(row, attempts)
+                    kind, request, case = await self._build(row, attempts)
                     try:
                         if kind == "case":
                             await transport.deliver_case(request, timeout)
@@ -322,20 +363,25 @@ class DeliveryService:
                 "lease lost",
                 extra={"exchange_id": row.exchange_id, "kind": row.kind, "attempts": attempts},
             )
-            return "lost"
+            return _lost
         except _Permanent as exc:
-            return await self._dead(row, attempts, exc.reason)
+            return partial(self._dead, row, attempts, exc.reason)
         except TransportError as exc:
             why = (
                 "rejected" if not exc.retryable else f"retries exhausted after {attempts} attempts"
             )
-            return await self._dead(row, attempts, f"{exc.code or 'ERROR'}: {why}: {last_error}")
+            reason = f"{exc.code or 'ERROR'}: {why}: {last_error}"
+            return partial(self._dead, row, attempts, reason)
         notify = None
         if row.kind == "case":
-            case = await self.store.read(self.store.reader.case, row.exchange_id)
-            found = self.settings.partner_for_city(case.receiving_city) if case else None
+            found = self.settings.partner_for_city(case.receiving_city)
             if found and found[1].inbox.transport != "none":
-                notify = (found[0], case.receiving_city) if case else None
+                notify = (found[0], case.receiving_city)
+        return partial(self._delivered, row, attempts, notify, started)
+
+    async def _delivered(
+        self, row: ClaimedRow, attempts: int, notify: tuple[str, str] | None, started: float
+    ) -> str:
         await self.store.write(DeliveredIntent(row, self.owner, attempts, notify))
         self.observer.settled(row.target_city, "delivered")
         log.info(
@@ -343,7 +389,7 @@ class DeliveryService:
             extra={
                 "exchange_id": row.exchange_id,
                 "kind": row.kind,
-                "partner": partner,
+                "partner": row.target_partner,
                 "target_city": row.target_city,
                 "attempts": attempts,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 2),

@@ -279,6 +279,66 @@ async def test_a_delivery_holds_its_lease_and_stops_when_it_was_lost(tmp_path: P
         await gw.stop(grace=0)
 
 
+async def test_a_worker_is_not_held_by_the_commit_of_an_outcome(tmp_path: Path) -> None:
+    """A delivery worker's slot is a call to a partner: while the commit recording one row's
+    outcome waits (under load a commit waits for its group), the same worker delivers the next
+    rows. Every outcome is still committed, the ones still waiting when the gateway stops
+    included."""
+    import sqlite3
+
+    from gateway.store.intents import DeliveredIntent
+
+    async def handler(kind: str, request: Any) -> None:
+        return None
+
+    gw, fake = await fake_partner_gateway(
+        tmp_path,
+        handler,
+        TONGBAN_DELIVERY__ENABLED="true",
+        TONGBAN_DELIVERY__WORKERS="1",
+        TONGBAN_DELIVERY__POLL_INTERVAL_SECONDS="0.05",
+    )
+    store = gw.services.store
+    write = store.write
+    release = asyncio.Event()
+    waiting: list[str] = []
+
+    async def slow_settle(intent: Any) -> Any:
+        if isinstance(intent, DeliveredIntent):
+            waiting.append(intent.row.exchange_id)
+            await release.wait()
+        return await write(intent)
+
+    store.write = slow_settle  # type: ignore[method-assign]
+    stopping = None
+    try:
+        ids = await submit_many(gw.address, 3, "held")
+        # One worker called the partner for all three while no outcome had been committed.
+        await until(lambda: len(fake.calls) == 3 and len(waiting) == 3, 10)
+        assert sorted(waiting) == sorted(ids)
+        db = gw.settings.store.data_dir / "tongban.db"
+        with sqlite3.connect(db) as conn:
+            states = conn.execute("SELECT state FROM outbox").fetchall()
+        assert states == [("pending",)] * 3
+        # Stopping waits for the outcomes still committing.
+        stopping = asyncio.create_task(gw.stop(grace=0))
+        await asyncio.sleep(0.1)
+        release.set()
+        await stopping
+    finally:
+        release.set()
+        if stopping is None:
+            await gw.stop(grace=0)
+    with sqlite3.connect(db) as conn:
+        states = conn.execute("SELECT state FROM outbox").fetchall()
+        delivered = conn.execute(
+            "SELECT count(*) FROM cases WHERE delivery_state = 'DELIVERY_STATE_DELIVERED'"
+        ).fetchone()
+    assert states == [("delivered",)] * 3
+    assert delivered == (3,)
+    assert [c[1].idempotency_key for c in fake.calls] == ids
+
+
 async def test_group_commit_shares_commits(
     tmp_path: Path, shenzhen: tuple[InboxSimulator, int]
 ) -> None:
