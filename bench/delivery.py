@@ -3,10 +3,11 @@
 A gateway process (SQLite, then PostgreSQL) delivers to a real partner inbox (gRPC) that records
 when each idempotency key first arrives. Phase 1 submits N cases as fast as 64 clients can
 (giving the durable submit rate) and times until all are delivered (the delivery rate). Phase 2
-submits at half of the measured submit rate for a while and reports p50/p99 of
-accepted-to-delivered. Last line: JSON with ``vs_submit``, ``p99_ms`` and ``pg_vs_submit``.
+submits at half of the measured submit rate (or at ``--rate`` cases/s, the same load for two
+checkouts compared side by side) for ``--seconds`` and reports p50/p99 of accepted-to-delivered.
+Last line: JSON with ``vs_submit``, ``p99_ms`` and ``pg_vs_submit``.
 
-Usage: python bench/delivery.py [--cases 3000] [--seconds 5] [--no-pg]
+Usage: python bench/delivery.py [--cases 3000] [--seconds 5] [--rate CASES_PER_S] [--no-pg]
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ def env_for(port: int, store: dict[str, str]) -> dict[str, str]:
     }
 
 
-async def run(store: dict[str, str], label: str, cases: int, seconds: float) -> dict[str, float]:
+async def run(
+    store: dict[str, str], label: str, cases: int, seconds: float, fixed_rate: float | None
+) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         sim = TimedInbox(Path(tmp) / "inbox.db")
         sim.arrived = {}
@@ -87,8 +90,8 @@ async def run(store: dict[str, str], label: str, cases: int, seconds: float) -> 
                         await asyncio.sleep(0.05)
                     delivered_all = max(sim.arrived[x] for x in accepted)
                     delivery_rate = cases / (delivered_all - t0)
-                    # Phase 2: steady load at half the submit rate.
-                    rate = submit_rate / 2
+                    # Phase 2: steady load at half the submit rate, or at the rate asked for.
+                    rate = fixed_rate or submit_rate / 2
                     paced: dict[str, float] = {}
                     n = int(rate * seconds)
                     extra = [
@@ -124,33 +127,46 @@ async def run(store: dict[str, str], label: str, cases: int, seconds: float) -> 
         f"{label}: submit {submit_rate:,.0f}/s, delivered {delivery_rate:,.0f}/s "
         f"({delivery_rate / submit_rate:.3f}); at {rate:,.0f}/s p50 {p50:.0f} ms p99 {p99:.0f} ms"
     )
-    return {"submit": submit_rate, "delivery": delivery_rate, "p50": p50, "p99": p99}
+    return {
+        "submit": submit_rate,
+        "delivery": delivery_rate,
+        "rate": rate,
+        "p50": p50,
+        "p99": p99,
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", type=int, default=3000)
     p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument(
+        "--rate", type=float, help="phase 2's cases/s (default: half the measured submit rate)"
+    )
     p.add_argument("--no-pg", action="store_true")
     args = p.parse_args()
-    sqlite = asyncio.run(run({}, "sqlite", args.cases, args.seconds))
+    sqlite = asyncio.run(run({}, "sqlite", args.cases, args.seconds, args.rate))
     figures: dict[str, Any] = {
         "bench": "delivery",
         "cases": args.cases,
         "sqlite_submit_rps": round(sqlite["submit"]),
         "sqlite_delivered_rps": round(sqlite["delivery"]),
         "vs_submit": round(sqlite["delivery"] / sqlite["submit"], 3),
+        "load_rps": round(sqlite["rate"]),  # phase 2's
         "p50_ms": round(sqlite["p50"], 1),
         "p99_ms": round(sqlite["p99"], 1),
     }
     if not args.no_pg:
         with pg_schema() as url:
-            pg = asyncio.run(run({"TONGBAN_STORE__URL": url}, "postgres", args.cases, args.seconds))
+            pg = asyncio.run(
+                run({"TONGBAN_STORE__URL": url}, "postgres", args.cases, args.seconds, args.rate)
+            )
         figures.update(
             {
                 "pg_submit_rps": round(pg["submit"]),
                 "pg_delivered_rps": round(pg["delivery"]),
                 "pg_vs_submit": round(pg["delivery"] / pg["submit"], 3),
+                "pg_load_rps": round(pg["rate"]),
                 "pg_p99_ms": round(pg["p99"], 1),
             }
         )
