@@ -49,6 +49,7 @@ from ..store.intents import (
     ExtendLeaseIntent,
     FailedIntent,
 )
+from ..store.reads import CaseRecord, EventRecord
 from ..store.store import Store
 from ..timestamps import timestamp
 
@@ -89,6 +90,10 @@ class DeliveryObserver:
         """A partner's circuit changed state."""
 
 
+#: How long a claimed row's case, read with its claim, may be used for its first attempt.
+PREFETCH_FRESH_SECONDS = 1.0
+
+
 async def _lost() -> str:
     return "lost"
 
@@ -121,6 +126,9 @@ class DeliveryService:
         # Claimed rows not yet settled (queued, being delivered, or their outcome committing).
         self._inflight: set[int] = set()
         self._settling: set[asyncio.Task[str]] = set()
+        # Claimed rows' cases and events, read for a whole claim at once (row id -> when read,
+        # case, event); a row's first attempt uses them while fresh, later attempts read again.
+        self._prefetched: dict[int, tuple[float, CaseRecord | None, EventRecord | None]] = {}
 
     def breaker(self, partner: str) -> CircuitBreaker:
         """The circuit breaker of one partner."""
@@ -160,10 +168,12 @@ class DeliveryService:
                         )
                     except Exception as exc:  # noqa: BLE001 - store down: wait and retry
                         log.warning("claim failed", extra={"error": type(exc).__name__})
-                for row in claimed:
-                    if row.id not in self._inflight:
-                        self._inflight.add(row.id)
-                        self._queue.put_nowait(row)
+                fresh = [row for row in claimed if row.id not in self._inflight]
+                if fresh:
+                    await self._prefetch(fresh)
+                for row in fresh:
+                    self._inflight.add(row.id)
+                    self._queue.put_nowait(row)
                 if not claimed:
                     # Woken at once by a new outbox row in this process; polling covers others.
                     self.store.outbox_ready.clear()
@@ -178,6 +188,24 @@ class DeliveryService:
             # Outcomes the partners gave are committed before the store closes.
             await asyncio.gather(*self._settling, return_exceptions=True)
 
+    async def _prefetch(self, rows: list[ClaimedRow]) -> None:
+        """Read the cases and status events of ``rows`` in one store read (a read per row cost
+        ~10x the CPU, in threads that take the event loop's GIL). A failed read only means
+        each attempt reads its own."""
+        try:
+            cases, events = await self.store.read(
+                self.store.reader.for_delivery,
+                list({r.exchange_id for r in rows}),
+                [r.event_seq for r in rows if r.kind == "status" and r.event_seq],
+            )
+        except Exception as exc:  # noqa: BLE001 - the attempts read for themselves
+            log.warning("delivery prefetch failed", extra={"error": type(exc).__name__})
+            return
+        now = time.monotonic()
+        for r in rows:
+            event = events.get(r.event_seq) if r.event_seq else None
+            self._prefetched[r.id] = (now, cases.get(r.exchange_id), event)
+
     async def _worker(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             row = await self._queue.get()
@@ -187,6 +215,8 @@ class DeliveryService:
                 log.exception("delivery crashed", extra={"exchange_id": row.exchange_id})
                 self._inflight.discard(row.id)
                 continue
+            finally:
+                self._prefetched.pop(row.id, None)
             # The partner has answered: committing the outcome does not hold a worker, whose
             # slot is a call to a partner. Under load a commit waits for its group (up to
             # store.commit_delay_ms), and workers waiting there bounded how many cases a
@@ -210,7 +240,9 @@ class DeliveryService:
     async def _build(self, row: ClaimedRow, attempt: int) -> tuple[str, Any, Any]:
         """The request for one attempt: its kind, the message, and the case row it is of."""
         ms = self.mappings.current
-        case = await self.store.read(self.store.reader.case, row.exchange_id)
+        case, event = self._prefetched_for(row)
+        if case is None:
+            case = await self.store.read(self.store.reader.case, row.exchange_id)
         if case is None:
             raise _Permanent("CASE_MISSING: the case row does not exist")
         schema = ms.schema_for(row.target_city, "case")
@@ -238,7 +270,8 @@ class DeliveryService:
             except MappingError as exc:
                 raise _Permanent(f"MAPPING_FAILED: {exc}") from None
             return "case", req, case
-        event = await self.store.read(self.store.reader.event, row.event_seq or 0)
+        if event is None:
+            event = await self.store.read(self.store.reader.event, row.event_seq or 0)
         if event is None:
             raise _Permanent("EVENT_MISSING: the status event does not exist")
         code = ""
@@ -262,6 +295,14 @@ class DeliveryService:
             ),
             case,
         )
+
+    def _prefetched_for(self, row: ClaimedRow) -> tuple[CaseRecord | None, EventRecord | None]:
+        """What the claim read for ``row`` (once, and only while fresh: a row that waited
+        longer, for an open circuit say, reads its case's current status)."""
+        got = self._prefetched.pop(row.id, None)
+        if got is None or time.monotonic() - got[0] > PREFETCH_FRESH_SECONDS:
+            return None, None
+        return got[1], got[2]
 
     async def deliver(self, row: ClaimedRow) -> str:
         """Deliver one claimed row until it is delivered or dead; return the outcome

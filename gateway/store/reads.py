@@ -143,6 +143,22 @@ class StoreReader:
             row = conn.execute(select(*_EVENT_COLS).where(EVENTS.c.seq == seq)).first()
         return EventRecord(*row) if row else None
 
+    def for_delivery(
+        self, exchange_ids: list[str], event_seqs: list[int]
+    ) -> tuple[dict[str, CaseRecord], dict[int, EventRecord]]:
+        """The cases and status events a batch of claimed outbox rows delivers, by exchange id
+        and by seq (one query each, not one per row: ~55 against ~600 µs of CPU per row)."""
+        cases: dict[str, CaseRecord] = {}
+        events: dict[int, EventRecord] = {}
+        with self.engine.connect() as conn:
+            if exchange_ids:
+                stmt = select(*_CASE_COLS).where(CASES.c.exchange_id.in_(exchange_ids))
+                cases = {r.exchange_id: CaseRecord(*r) for r in conn.execute(stmt)}
+            if event_seqs:
+                stmt = select(*_EVENT_COLS).where(EVENTS.c.seq.in_(event_seqs))
+                events = {r.seq: EventRecord(*r) for r in conn.execute(stmt)}
+        return cases, events
+
     def events_after(
         self, after: int, cities: list[str], exchange_id: str = "", limit: int = 500
     ) -> list[tuple[EventRecord, str, str]]:
