@@ -67,16 +67,17 @@ async def shenzhen(tmp_path: Path) -> AsyncIterator[tuple[InboxSimulator, int]]:
     sim.close()
 
 
-async def submit_many(address: str, n: int, prefix: str) -> list[str]:
+async def submit_many(address: str, n: int, prefix: str, city: str = "440300") -> list[str]:
+    """Zhongshan submits ``n`` cases handled by ``city`` (Shenzhen by default)."""
     async with grpc.aio.insecure_channel(address) as ch:
         stub = cx_grpc.CaseExchangeServiceStub(ch)
         ids = []
         for i in range(n):
-            rec = dict(ZS_CASE, SBLSH=f"442000-2026-{prefix}{i:04d}")
+            rec = dict(ZS_CASE, SBLSH=f"442000-2026-{prefix}{i:04d}", BLD=city)
             resp = await stub.SubmitCase(
                 cx.SubmitCaseRequest(
                     request_id=f"{prefix}-{i}",
-                    target_city="440300",
+                    target_city=city,
                     foreign=common_pb2.ForeignRecord(
                         schema="zhongshan.case", json=json.dumps(rec).encode()
                     ),
@@ -426,20 +427,8 @@ async def test_a_down_partner_does_not_hold_back_the_others(tmp_path: Path) -> N
     gw = Gateway(settings, bootstrap(settings, transports={"sz": sz, "gz": gz}))
     await gw.start()
     try:
-        async with grpc.aio.insecure_channel(gw.address) as ch:
-            stub = cx_grpc.CaseExchangeServiceStub(ch)
-            for i, city in enumerate(["440300"] * 6 + ["440100"]):
-                rec = dict(ZS_CASE, SBLSH=f"442000-2026-HOL{i:03d}", BLD=city)
-                await stub.SubmitCase(
-                    cx.SubmitCaseRequest(
-                        request_id=f"hol-{i}",
-                        target_city=city,
-                        foreign=common_pb2.ForeignRecord(
-                            schema="zhongshan.case", json=json.dumps(rec).encode()
-                        ),
-                    ),
-                    metadata=ZS,
-                )
+        await submit_many(gw.address, 6, "holsz")
+        await submit_many(gw.address, 1, "holgz", city="440100")
         await until(lambda: bool(gz.calls), 3)
     finally:
         await gw.stop(grace=0)
