@@ -97,6 +97,14 @@ class GatewayMetrics:
             ("target_city", "outcome"),
             registry=r,
         )
+        self.deferrals = Counter(
+            "tongban_delivery_deferrals_total",
+            "Deliveries put back in the outbox for a later attempt, by target city and reason "
+            "(backoff: a retry's wait was longer than retry.hold_max_seconds; circuit_open: "
+            "the partner's circuit refused calls).",
+            ("target_city", "reason"),
+            registry=r,
+        )
         self.retry_delay = Histogram(
             "tongban_delivery_retry_delay_seconds",
             "Delays before delivery retries.",
@@ -221,6 +229,10 @@ class GatewayMetrics:
         """A delivery delivered or dead-lettered."""
         self.deliveries.labels(city, outcome).inc()
 
+    def deferred(self, city: str, reason: str, n: int = 1) -> None:
+        """``n`` deliveries put back in the outbox for a later attempt."""
+        self.deferrals.labels(city, reason).inc(n)
+
     def circuit_changed(self, partner: str, state: str) -> None:
         """A partner's circuit changed state."""
         self.circuit.labels(partner).set(_CIRCUIT.get(state, 0))
@@ -324,6 +336,11 @@ class MetricsDeliveryObserver(DeliveryObserver):
     def settled(self, city: str, outcome: str) -> None:
         """A delivery settled."""
         self.m.settled(city, outcome)
+
+    def deferred(self, city: str, reason: str, n: int = 1) -> None:
+        """Deliveries put back in the outbox."""
+        super().deferred(city, reason, n)
+        self.m.deferred(city, reason, n)
 
     def circuit(self, partner: str, state: str) -> None:
         """A circuit changed."""

@@ -112,6 +112,9 @@ class RetryPolicy(_Model):
     max_backoff_seconds: Annotated[float, Field(gt=0, le=86400)] = 30.0
     multiplier: Annotated[float, Field(ge=1, le=10)] = 2.0
     attempt_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 5.0
+    # The longest backoff a delivery worker waits out itself; a longer one puts the row back in
+    # the outbox with its next attempt time, and the worker takes other rows (other cities').
+    hold_max_seconds: Annotated[float, Field(ge=0, le=3600)] = 1.0
 
 
 class CircuitPolicy(_Model):

@@ -3,18 +3,25 @@
 closed --(failure_threshold consecutive failures)--> open --(reset_seconds)--> half-open
 half-open --(trial succeeds)--> closed;  half-open --(trial fails)--> open
 
-While open, callers wait (with the injected ``sleep``) instead of calling; in half-open one trial
-call goes through at a time. Waiting does not count as a delivery attempt.
+Nobody waits on a breaker: :meth:`CircuitBreaker.admit` answers at once, either "call now" or
+the time before which the partner should not be called, and the delivery puts its row back in
+the outbox until then (a worker waiting here held its slot, and other cities' rows waited
+behind it). In half-open one trial call goes through at a time. Being refused does not count as
+a delivery attempt.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = ["CircuitBreaker"]
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+#: While a half-open circuit's trial call is out, others are refused for this long (at most
+#: ``reset_seconds``): by then the trial has usually settled the circuit one way or the other.
+TRIAL_RECHECK_SECONDS = 1.0
 
 
 @dataclass
@@ -25,7 +32,6 @@ class CircuitBreaker:
     failure_threshold: int
     reset_seconds: float
     clock: Callable[[], float]
-    sleep: Callable[[float], Awaitable[None]]
     state: str = CLOSED
     failures: int = 0
     open_until: float = 0.0
@@ -40,22 +46,34 @@ class CircuitBreaker:
             if self.on_change:
                 self.on_change(self.name, state)
 
-    async def before_call(self) -> None:
-        """Return when a call may go through; wait while the circuit is open."""
-        while True:
-            if self.state == CLOSED:
-                return
-            now = self.clock()
-            if self.state == OPEN:
-                if now < self.open_until:
-                    await self.sleep(self.open_until - now)
-                    continue
-                self._set(HALF_OPEN)
-                self.trial_in_flight = False
-            if not self.trial_in_flight:
-                self.trial_in_flight = True
-                return
-            await self.sleep(min(0.05, self.reset_seconds))
+    def refused_until(self) -> float | None:
+        """When calls are refused now, until when; None when one may go through. Changes
+        nothing (the claimer asks it to leave a refused partner's rows in the outbox)."""
+        if self.state == CLOSED:
+            return None
+        now = self.clock()
+        if self.state == OPEN:
+            return self.open_until if now < self.open_until else None
+        if self.trial_in_flight:
+            return now + min(TRIAL_RECHECK_SECONDS, self.reset_seconds)
+        return None
+
+    def admit(self) -> float | None:
+        """Take the right to call now (None), or learn until when calls are refused. An open
+        circuit past its period turns half-open and admits one trial; the caller must then
+        record the trial's outcome (or :meth:`release` it if it did not call)."""
+        refused = self.refused_until()
+        if refused is not None:
+            return refused
+        if self.state == OPEN:
+            self._set(HALF_OPEN)
+        if self.state == HALF_OPEN:
+            self.trial_in_flight = True
+        return None
+
+    def release(self) -> None:
+        """An admitted call was not made after all: let another trial through."""
+        self.trial_in_flight = False
 
     def record_success(self) -> None:
         """A call succeeded."""

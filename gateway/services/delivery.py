@@ -12,8 +12,12 @@ honours the key.
 
 Retries use tenacity: exponential backoff with jitter per partner policy, only on retryable
 outcomes (gRPC UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED; HTTP 408/429/5xx),
-honouring the partner's RetryInfo / Retry-After. Attempts are persisted, so a restart continues
-the count. Permanent errors and exhausted retries go to the dead-letter queue with the reason.
+honouring the partner's RetryInfo / Retry-After. A worker waits out short backoffs itself (up to
+``retry.hold_max_seconds``); a longer one puts the row back in the outbox with its next attempt
+time, and so does a partner's open circuit (which also defers that partner's other due rows at
+once, and keeps claims off them): a city that is down never holds the workers that deliver to
+the others. Attempts are persisted, so a restart continues the count. Permanent errors and
+exhausted retries go to the dead-letter queue with the reason.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Any
 
 import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity.stop import stop_base
 from tenacity.wait import wait_exponential_jitter
 
 from adapters.mapping import MappingError, RecordInvalidError
@@ -45,6 +50,7 @@ from ..settings import RetryPolicy, Settings
 from ..store.intents import (
     ClaimedRow,
     ClaimIntent,
+    DeferPartnerIntent,
     DeliveredIntent,
     ExtendLeaseIntent,
     FailedIntent,
@@ -68,11 +74,31 @@ class _LeaseLost(Exception):
     """The row's lease expired and another worker claimed it: that worker delivers it."""
 
 
+class _Refused(Exception):
+    """The partner's circuit refuses calls until ``until``: the row waits in the outbox."""
+
+    def __init__(self, until: float) -> None:
+        super().__init__(until)
+        self.until = until
+
+
+class _WaitLongerThan(stop_base):
+    """Stop retrying in place when the next wait is longer than ``seconds`` (the row is then
+    put back in the outbox for its next attempt, and the worker is free)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return retry_state.upcoming_sleep > self.seconds
+
+
 @dataclass
 class DeliveryObserver:
     """Counts what deliveries do (metrics plug in here); also handy in tests."""
 
     attempts: dict[tuple[str, str], int] = field(default_factory=dict)  # (city, outcome)
+    deferrals: dict[tuple[str, str], int] = field(default_factory=dict)  # (city, reason)
     retry_delays: list[float] = field(default_factory=list)
 
     def attempt(self, city: str, outcome: str) -> None:
@@ -85,6 +111,11 @@ class DeliveryObserver:
 
     def settled(self, city: str, outcome: str) -> None:
         """A row was settled: delivered or dead."""
+
+    def deferred(self, city: str, reason: str, n: int = 1) -> None:
+        """``n`` rows were put back in the outbox for a later attempt (``backoff``, or
+        ``circuit_open``)."""
+        self.deferrals[(city, reason)] = self.deferrals.get((city, reason), 0) + n
 
     def circuit(self, partner: str, state: str) -> None:
         """A partner's circuit changed state."""
@@ -125,7 +156,8 @@ class DeliveryService:
         self._queue: asyncio.Queue[ClaimedRow] = asyncio.Queue()
         # Claimed rows not yet settled (queued, being delivered, or their outcome committing).
         self._inflight: set[int] = set()
-        self._settling: set[asyncio.Task[str]] = set()
+        # Outcomes being committed, and open circuits' deferrals: awaited before the store closes.
+        self._settling: set[asyncio.Task[Any]] = set()
         # Claimed rows' cases and events, read for a whole claim at once (row id -> when read,
         # case, event); a row's first attempt uses them while fresh, later attempts read again.
         self._prefetched: dict[int, tuple[float, CaseRecord | None, EventRecord | None]] = {}
@@ -139,10 +171,38 @@ class DeliveryService:
                 cfg.failure_threshold,
                 cfg.reset_seconds,
                 self.clock,
-                self.sleep,
-                on_change=self.observer.circuit,
+                on_change=self._circuit_changed,
             )
         return self.breakers[partner]
+
+    def _circuit_changed(self, partner: str, state: str) -> None:
+        self.observer.circuit(partner, state)
+        if state == "open":
+            self._background(self._defer_partner(partner, self.breakers[partner].open_until))
+
+    def _background(self, work: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(work)
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _defer_partner(self, partner: str, until: float) -> int:
+        """Move the partner's due rows past its open circuit in one statement: claimed, they
+        would only be refused and put back one by one, and ahead of other cities' rows."""
+        try:
+            n: int = await self.store.write(DeferPartnerIntent(partner, until))
+        except Exception as exc:  # noqa: BLE001 - its rows are then refused one at a time
+            log.warning(
+                "deferring a partner's deliveries failed",
+                extra={"partner": partner, "error": type(exc).__name__},
+            )
+            return 0
+        if n:
+            self.observer.deferred(self.settings.partners[partner].city, "circuit_open", n)
+            log.info(
+                "circuit open: deliveries deferred",
+                extra={"partner": partner, "rows": n, "seconds": round(until - self.clock(), 3)},
+            )
+        return n
 
     def policy(self, partner: str) -> RetryPolicy:
         """The retry policy for deliveries to ``partner``."""
@@ -162,9 +222,13 @@ class DeliveryService:
                 free = cfg.batch_size - self._queue.qsize()
                 claimed: list[ClaimedRow] = []
                 if free > 0 and len(self._inflight) < cfg.workers * 4:
+                    # Rows of partners whose circuits refuse calls stay in the outbox.
+                    skip = tuple(
+                        p for p, b in self.breakers.items() if b.refused_until() is not None
+                    )
                     try:
                         claimed = await self.store.write(
-                            ClaimIntent(self.owner, free, cfg.lease_seconds)
+                            ClaimIntent(self.owner, free, cfg.lease_seconds, skip)
                         )
                     except Exception as exc:  # noqa: BLE001 - store down: wait and retry
                         log.warning("claim failed", extra={"error": type(exc).__name__})
@@ -222,9 +286,7 @@ class DeliveryService:
             # store.commit_delay_ms), and workers waiting there bounded how many cases a
             # process delivered per second (docs/performance.md, session 17). The row stays
             # in flight (the claimer's bound, and never claimed twice here) until settled.
-            task = asyncio.create_task(self._settle(row, settle))
-            self._settling.add(task)
-            task.add_done_callback(self._settling.discard)
+            self._background(self._settle(row, settle))
 
     async def _settle(self, row: ClaimedRow, settle: Callable[[], Awaitable[str]]) -> str:
         try:
@@ -305,15 +367,16 @@ class DeliveryService:
         return got[1], got[2]
 
     async def deliver(self, row: ClaimedRow) -> str:
-        """Deliver one claimed row until it is delivered or dead; return the outcome
-        (``delivered``, ``dead``, or ``lost`` when another worker claimed it meanwhile), once
-        it is committed."""
+        """Deliver one claimed row: call its partner, retrying in place while the backoff is
+        short, until it is delivered, dead, or put back in the outbox for a later attempt.
+        Return the outcome once it is committed: ``delivered``, ``dead``, ``deferred``, or
+        ``lost`` (another worker claimed it meanwhile)."""
         settle = await self._attempt(row)
         return await settle()
 
     async def _attempt(self, row: ClaimedRow) -> Callable[[], Awaitable[str]]:
-        """Call the partner (retrying as its policy says) until the row's outcome is known;
-        return what commits that outcome and returns it (see :meth:`deliver`)."""
+        """Call the partner (retrying in place as its policy says) until the row's outcome is
+        known; return what commits that outcome and returns it (see :meth:`deliver`)."""
         started = time.perf_counter()
         partner = row.target_partner
         transport = self.transports.get(partner)
@@ -326,8 +389,12 @@ class DeliveryService:
                 self._dead, row, attempts, f"NO_TRANSPORT: partner {partner} has no inbox"
             )
         breaker = self.breaker(partner)
+        refused = breaker.refused_until()
+        if refused is not None:  # opened while the row waited in this process's queue
+            return partial(self._defer, row, attempts, refused, "circuit_open", "")
         remaining = max(policy.max_attempts - attempts, 1)
         last_error = ""
+        next_wait = 0.0
 
         def is_retryable(exc: BaseException) -> bool:
             return isinstance(exc, TransportError) and exc.retryable
@@ -347,7 +414,9 @@ class DeliveryService:
             exc = state.outcome.exception() if state.outcome else None
             if isinstance(exc, TransportError) and exc.retry_after:
                 delay = max(delay, exc.retry_after)
-            return float(delay)
+            nonlocal next_wait
+            next_wait = float(delay)
+            return next_wait
 
         lease_until = row.lease_until
         case: Any = None
@@ -365,7 +434,7 @@ class DeliveryService:
 
         try:
             async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(remaining),
+                stop=stop_after_attempt(remaining) | _WaitLongerThan(policy.hold_max_seconds),
                 wait=wait,
                 retry=retry_if_exception(is_retryable),
                 sleep=self.sleep,
@@ -373,41 +442,59 @@ class DeliveryService:
                 reraise=True,
             ):
                 with attempt:
-                    await breaker.before_call()
                     # The attempt and the commit settling it end inside the lease: a row that
                     # waited in this process's queue (a claim takes a batch of rows, a few
-                    # workers deliver them), for the breaker or between retries could
-                    # otherwise be claimed by another replica and delivered twice.
+                    # workers deliver them) or between retries could otherwise be claimed by
+                    # another replica and delivered twice.
                     now = self.clock()
                     if lease_until - now < timeout + lease / 2:
                         await extend_lease(now + timeout + lease)
+                    refused = breaker.admit()
+                    if refused is not None:
+                        raise _Refused(refused)
                     attempts += 1
-                    kind, request, case = await self._build(row, attempts)
+                    recorded = False
                     try:
-                        if kind == "case":
-                            await transport.deliver_case(request, timeout)
-                        else:
-                            await transport.deliver_status(request, timeout)
-                    except TransportError as exc:
-                        last_error = scrub(exc.message)  # partner text: may quote personal data
-                        if exc.retryable:
-                            breaker.record_failure()
-                            self.observer.attempt(row.target_city, "retryable")
-                        else:
-                            breaker.record_success()  # the partner answered: it is up
-                            self.observer.attempt(row.target_city, "permanent")
-                        raise
-                    breaker.record_success()
-                    self.observer.attempt(row.target_city, "ok")
+                        kind, request, case = await self._build(row, attempts)
+                        try:
+                            if kind == "case":
+                                await transport.deliver_case(request, timeout)
+                            else:
+                                await transport.deliver_status(request, timeout)
+                        except TransportError as exc:
+                            last_error = scrub(exc.message)  # partner text: may quote personal data
+                            recorded = True
+                            if exc.retryable:
+                                breaker.record_failure()
+                                self.observer.attempt(row.target_city, "retryable")
+                            else:
+                                breaker.record_success()  # the partner answered: it is up
+                                self.observer.attempt(row.target_city, "permanent")
+                            raise
+                        recorded = True
+                        breaker.record_success()
+                        self.observer.attempt(row.target_city, "ok")
+                    finally:
+                        if not recorded:  # no call made (or it crashed): free a trial slot
+                            breaker.release()
         except _LeaseLost:
             log.warning(
                 "lease lost",
                 extra={"exchange_id": row.exchange_id, "kind": row.kind, "attempts": attempts},
             )
             return _lost
+        except _Refused as exc:
+            return partial(self._defer, row, attempts, exc.until, "circuit_open", "")
         except _Permanent as exc:
             return partial(self._dead, row, attempts, exc.reason)
         except TransportError as exc:
+            if exc.retryable and attempts < policy.max_attempts:
+                # The next wait is too long to hold a worker: the outbox keeps the row, until
+                # the partner's circuit lets calls through again if that is later.
+                self.observer.retry_delay(row.target_city, next_wait)
+                until = max(self.clock() + next_wait, breaker.refused_until() or 0.0)
+                error = f"{exc.code or 'ERROR'}: {last_error}"
+                return partial(self._defer, row, attempts, until, "backoff", error)
             why = (
                 "rejected" if not exc.retryable else f"retries exhausted after {attempts} attempts"
             )
@@ -438,8 +525,31 @@ class DeliveryService:
         )
         return "delivered"
 
+    async def _defer(
+        self, row: ClaimedRow, attempts: int, until: float, reason: str, error: str
+    ) -> str:
+        """Put the row back in the outbox until ``until`` (its lease released, its attempts
+        and, unless ``error`` is empty, its last error recorded)."""
+        intent = FailedIntent(row, self.owner, attempts, error, dead=False, next_attempt_at=until)
+        if not await self.store.write(intent):
+            return "lost"
+        self.observer.deferred(row.target_city, reason)
+        log.info(
+            "delivery deferred",
+            extra={
+                "exchange_id": row.exchange_id,
+                "kind": row.kind,
+                "target_city": row.target_city,
+                "attempts": attempts,
+                "reason": reason,
+                "seconds": round(until - self.clock(), 3),
+            },
+        )
+        return "deferred"
+
     async def _dead(self, row: ClaimedRow, attempts: int, reason: str) -> str:
-        await self.store.write(FailedIntent(row, self.owner, attempts, reason, dead=True))
+        if not await self.store.write(FailedIntent(row, self.owner, attempts, reason, dead=True)):
+            return "lost"
         self.observer.settled(row.target_city, "dead")
         log.warning(
             "dead-lettered",

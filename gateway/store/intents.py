@@ -16,6 +16,7 @@ from .writer import CASES, EVENTS, OUTBOX, AuditEntry, Batch, Intent
 __all__ = [
     "ClaimIntent",
     "ClaimedRow",
+    "DeferPartnerIntent",
     "DeliveredIntent",
     "ExtendLeaseIntent",
     "FailedIntent",
@@ -211,11 +212,13 @@ class ClaimedRow:
 
 @dataclass
 class ClaimIntent(Intent):
-    """Lease up to ``limit`` due outbox rows to ``owner`` (PostgreSQL: FOR UPDATE SKIP LOCKED)."""
+    """Lease up to ``limit`` due outbox rows to ``owner`` (PostgreSQL: FOR UPDATE SKIP LOCKED),
+    leaving the rows of ``skip_partners`` (whose circuits refuse calls) where they are."""
 
     owner: str
     limit: int
     lease_seconds: float
+    skip_partners: tuple[str, ...] = ()
 
     def run(self, batch: Batch) -> list[ClaimedRow]:
         now = batch.now
@@ -229,6 +232,8 @@ class ClaimIntent(Intent):
             .order_by(OUTBOX.c.next_attempt_at, OUTBOX.c.id)
             .limit(self.limit)
         )
+        if self.skip_partners:
+            due = due.where(OUTBOX.c.target_partner.not_in(self.skip_partners))
         if batch.is_postgres:
             due = due.with_for_update(skip_locked=True)
         ids = [r.id for r in batch.conn.execute(due)]
@@ -336,7 +341,10 @@ class DeliveredIntent(Intent):
 
 @dataclass
 class FailedIntent(Intent):
-    """A delivery failed: retry later, or park it in the dead-letter queue with the reason."""
+    """A delivery failed or was refused: put the row back in the outbox until
+    ``next_attempt_at``, or park it in the dead-letter queue with the reason. Only the row's
+    lease owner settles it (if another worker claimed it since, that one does). Returns whether
+    it did."""
 
     row: ClaimedRow
     owner: str
@@ -348,17 +356,22 @@ class FailedIntent(Intent):
     def run(self, batch: Batch) -> bool:
         values: dict[str, Any] = {
             "attempts": self.attempts,
-            "last_error": self.error[:2000],
             "lease_owner": None,
             "lease_until": 0.0,
         }
+        if self.error:  # a row refused by an open circuit keeps the error that opened it
+            values["last_error"] = self.error[:2000]
         if self.dead:
             values.update(state="dead", dead_at=batch.now)
         else:
             values.update(next_attempt_at=self.next_attempt_at)
         result = batch.conn.execute(
             update(OUTBOX)
-            .where(OUTBOX.c.id == self.row.id, OUTBOX.c.state == "pending")
+            .where(
+                OUTBOX.c.id == self.row.id,
+                OUTBOX.c.state == "pending",
+                OUTBOX.c.lease_owner == self.owner,
+            )
             .values(**values)
         )
         if not result.rowcount:
@@ -380,6 +393,29 @@ class FailedIntent(Intent):
                 )
             )
         return True
+
+
+@dataclass
+class DeferPartnerIntent(Intent):
+    """A partner's circuit opened: its due rows that nobody holds wait until ``until`` (its
+    circuit's end) instead of being claimed, refused and put back one by one. Rows due later
+    keep their time. Returns how many were deferred."""
+
+    partner: str
+    until: float
+
+    def run(self, batch: Batch) -> int:
+        result = batch.conn.execute(
+            update(OUTBOX)
+            .where(
+                OUTBOX.c.state == "pending",
+                OUTBOX.c.next_attempt_at < self.until,
+                OUTBOX.c.lease_until < batch.now,
+                OUTBOX.c.target_partner == self.partner,
+            )
+            .values(next_attempt_at=self.until)
+        )
+        return int(result.rowcount or 0)
 
 
 @dataclass

@@ -206,7 +206,8 @@ async def fake_partner_gateway(
 
 
 async def test_retry_intervals_grow_with_injected_sleep(tmp_path: Path) -> None:
-    """Delivery retries follow the policy: exponential, capped, RetryInfo honoured; no real sleep."""
+    """Delivery retries follow the policy: exponential, capped, RetryInfo honoured; no real sleep.
+    Every wait here is under ``hold_max_seconds``, so one worker waits them all out."""
     from adapters.transports import TransportError
     from gateway.services.delivery import DeliveryService
     from gateway.store.intents import ClaimIntent
@@ -230,6 +231,7 @@ async def test_retry_intervals_grow_with_injected_sleep(tmp_path: Path) -> None:
         handler,
         TONGBAN_DELIVERY__RETRY__INITIAL_BACKOFF_SECONDS="0.1",
         TONGBAN_DELIVERY__RETRY__MAX_BACKOFF_SECONDS="1.0",
+        TONGBAN_DELIVERY__RETRY__HOLD_MAX_SECONDS="5",
         TONGBAN_DELIVERY__CIRCUIT__FAILURE_THRESHOLD="100",
     )
     try:
@@ -390,14 +392,10 @@ async def test_a_claim_reads_its_cases_at_once_and_a_stale_read_is_not_used(
         await gw.stop(grace=0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limitation (docs/operations.md, Delivery): a down partner's retrying rows hold "
-    "the workers; remove this mark when deliveries are isolated per partner",
-)
 async def test_a_down_partner_does_not_hold_back_the_others(tmp_path: Path) -> None:
     """Shenzhen's inbox is down and six cases wait for it; a Guangzhou case submitted after
-    them should still be delivered at once."""
+    them is still delivered at once (session 17 found it waiting behind them: workers waited
+    out backoffs and open circuits). Shenzhen's cases wait in the outbox, not in workers."""
     from adapters.transports import TransportError
 
     async def down(kind: str, request: Any) -> None:
@@ -424,12 +422,144 @@ async def test_a_down_partner_does_not_hold_back_the_others(tmp_path: Path) -> N
         TONGBAN_PARTNERS__GZ__INBOX__TARGET="127.0.0.1:9",
     )
     sz, gz = FakePartnerTransport(down), FakePartnerTransport(up)
-    gw = Gateway(settings, bootstrap(settings, transports={"sz": sz, "gz": gz}))
+    observer = DeliveryObserver()
+    gw = Gateway(
+        settings, bootstrap(settings, transports={"sz": sz, "gz": gz}, delivery_observer=observer)
+    )
     await gw.start()
     try:
         await submit_many(gw.address, 6, "holsz")
-        await submit_many(gw.address, 1, "holgz", city="440100")
+        (gz_case,) = await submit_many(gw.address, 1, "holgz", city="440100")
         await until(lambda: bool(gz.calls), 3)
+        assert [c[1].idempotency_key for c in gz.calls] == [gz_case]
+        # Shenzhen's circuit opens after its 5th failure (5 s): its cases wait for its end in
+        # the outbox, and nobody calls Shenzhen meanwhile.
+        breakers = gw.services.delivery.breakers
+        await until(lambda: "sz" in breakers and breakers["sz"].state == "open", 5)
+        await until(lambda: ("440300", "circuit_open") in observer.deferrals, 5)
+        assert observer.attempts[("440300", "retryable")] >= 5
+        calls = len(sz.calls)
+        await asyncio.sleep(0.5)
+        assert len(sz.calls) == calls
+    finally:
+        await gw.stop(grace=0)
+
+
+def outbox_rows(gw: Gateway) -> dict[str, tuple[Any, ...]]:
+    """exchange id -> (state, attempts, next_attempt_at, lease_owner, last_error), case rows."""
+    import sqlite3
+
+    with sqlite3.connect(gw.settings.store.data_dir / "tongban.db") as conn:
+        rows = conn.execute(
+            "SELECT exchange_id, state, attempts, next_attempt_at, lease_owner, last_error"
+            " FROM outbox WHERE kind = 'case'"
+        ).fetchall()
+    return {r[0]: tuple(r[1:]) for r in rows}
+
+
+async def test_a_long_backoff_puts_the_row_back_in_the_outbox(tmp_path: Path) -> None:
+    """A worker waits out backoffs up to ``retry.hold_max_seconds``; the first longer one puts
+    the row back in the outbox with its next attempt time and count, and frees the worker. The
+    next claim (once due) continues where the count stopped."""
+    import time
+
+    from adapters.transports import TransportError
+    from gateway.services.delivery import DeliveryService
+    from gateway.store.intents import ClaimIntent
+
+    waits: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    failing = True
+
+    async def handler(kind: str, request: Any) -> None:
+        if failing:
+            raise TransportError("busy", retryable=True, code="UNAVAILABLE")
+
+    gw, fake = await fake_partner_gateway(
+        tmp_path,
+        handler,
+        TONGBAN_DELIVERY__RETRY__INITIAL_BACKOFF_SECONDS="0.1",
+        TONGBAN_DELIVERY__RETRY__MAX_BACKOFF_SECONDS="10",
+        TONGBAN_DELIVERY__RETRY__HOLD_MAX_SECONDS="0.3",
+        TONGBAN_DELIVERY__CIRCUIT__FAILURE_THRESHOLD="100",
+    )
+    try:
+        (xid,) = await submit_many(gw.address, 1, "back")
+        svc: DeliveryService = gw.services.delivery
+        svc.sleep = fake_sleep
+        store = gw.services.store
+        (row,) = await store.write(ClaimIntent(svc.owner, 10, 30))
+        before = time.time()
+        assert await svc.deliver(row) == "deferred"
+        # Waits of 0.1-0.2 and 0.2-0.3 s were held; the third (0.4-0.5 s) was not.
+        assert len(fake.calls) == 3
+        assert len(waits) == 2
+        state, attempts, next_at, owner, error = outbox_rows(gw)[xid]
+        assert (state, attempts, owner) == ("pending", 3, None)
+        assert before + 0.4 <= next_at <= time.time() + 0.5 + 1e-6
+        assert error.startswith("UNAVAILABLE: busy")
+        assert 0.4 <= svc.observer.retry_delays[-1] <= 0.5 + 1e-9
+        assert svc.observer.deferrals[("440300", "backoff")] == 1
+        assert await store.write(ClaimIntent(svc.owner, 10, 30)) == []  # not due yet
+        await asyncio.sleep(max(next_at - time.time(), 0) + 0.05)
+        failing = False
+        (again,) = await store.write(ClaimIntent(svc.owner, 10, 30))
+        assert again.attempts == 3
+        assert await svc.deliver(again) == "delivered"
+        assert [c[1].attempt for c in fake.calls] == [1, 2, 3, 4]
+        assert outbox_rows(gw)[xid][:2] == ("delivered", 4)
+    finally:
+        await gw.stop(grace=0)
+
+
+async def test_an_open_circuit_defers_its_partners_rows_without_calling(tmp_path: Path) -> None:
+    """When Shenzhen's circuit opens, its rows are refused without a call and wait in the
+    outbox for the circuit's end: the claimed ones one by one, the others in one statement;
+    claims leave Shenzhen's rows alone while it refuses, and Guangzhou's are claimed."""
+    from adapters.transports import TransportError
+    from gateway.services.delivery import DeliveryService
+    from gateway.store.intents import ClaimIntent
+
+    async def handler(kind: str, request: Any) -> None:
+        raise TransportError("down", retryable=True, code="UNAVAILABLE")
+
+    gw, fake = await fake_partner_gateway(
+        tmp_path,
+        handler,
+        TONGBAN_DELIVERY__RETRY__HOLD_MAX_SECONDS="0",
+        TONGBAN_DELIVERY__CIRCUIT__FAILURE_THRESHOLD="2",
+        TONGBAN_DELIVERY__CIRCUIT__RESET_SECONDS="60",
+        TONGBAN_PARTNERS__GZ__CITY="440100",
+        TONGBAN_PARTNERS__GZ__INBOX__TRANSPORT="grpc",
+        TONGBAN_PARTNERS__GZ__INBOX__TARGET="127.0.0.1:9",
+    )
+    try:
+        svc: DeliveryService = gw.services.delivery
+        store = gw.services.store
+        ids = await submit_many(gw.address, 3, "open")
+        claimed = await store.write(ClaimIntent(svc.owner, 3, 30))
+        later = await submit_many(gw.address, 2, "wait")  # due, not claimed
+        assert [await svc.deliver(r) for r in claimed] == ["deferred"] * 3
+        await asyncio.gather(*svc._settling)  # the open circuit's bulk deferral
+        breaker = svc.breakers["sz"]
+        assert breaker.state == "open"
+        assert len(fake.calls) == 2  # the third row was refused without a call
+        rows = outbox_rows(gw)
+        assert rows[ids[0]][1] == rows[ids[1]][1] == 1
+        assert rows[ids[2]][:2] == ("pending", 0)
+        # Every Shenzhen row waits for the circuit's end, the first one's shorter backoff and
+        # the rows nobody had claimed included (those two in one statement).
+        for xid in [*ids, *later]:
+            assert rows[xid][0] == "pending"
+            assert rows[xid][2] == breaker.open_until
+        assert svc.observer.deferrals[("440300", "circuit_open")] >= 4
+        (gz_case,) = await submit_many(gw.address, 1, "gz", city="440100")
+        # Even if due, Shenzhen's rows are not claimed while its circuit refuses.
+        with_skip = await store.write(ClaimIntent(svc.owner, 10, 30, ("sz",)))
+        assert [r.exchange_id for r in with_skip] == [gz_case]
     finally:
         await gw.stop(grace=0)
 

@@ -19,6 +19,7 @@ from gateway.services.cases import report_response
 from gateway.store.intents import (
     ClaimedRow,
     ClaimIntent,
+    DeferPartnerIntent,
     DeliveredIntent,
     ExtendLeaseIntent,
     FailedIntent,
@@ -160,6 +161,8 @@ def test_every_intent_pickles_to_an_equal_intent() -> None:
             report_response,
         ),
         ClaimIntent("worker-1", 32, 30.0),
+        ClaimIntent("worker-1", 32, 30.0, ("sz", "gz")),
+        DeferPartnerIntent("sz", 99.0),
         ExtendLeaseIntent(7, "worker-1", 99.0, 3),
         DeliveredIntent(row, "worker-1", 3, ("zs", "442000")),
         FailedIntent(row, "worker-1", 3, "UNAVAILABLE", dead=False, next_attempt_at=12.0),

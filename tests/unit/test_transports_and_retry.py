@@ -78,29 +78,31 @@ async def test_a_tls_alert_after_the_handshake_is_a_transport_error() -> None:
     assert "CERTIFICATE_REQUIRED" in info.value.message
 
 
-async def test_breaker_opens_waits_and_closes() -> None:
+def test_breaker_refuses_until_its_period_ends_then_lets_one_trial_through() -> None:
     now = [0.0]
-    slept: list[float] = []
-
-    async def sleep(s: float) -> None:
-        slept.append(s)
-        now[0] += s
-
-    b = CircuitBreaker(
-        "sz", failure_threshold=2, reset_seconds=5, clock=lambda: now[0], sleep=sleep
-    )
-    await b.before_call()
+    b = CircuitBreaker("sz", failure_threshold=2, reset_seconds=5, clock=lambda: now[0])
+    assert b.admit() is None
     b.record_failure()
     assert b.state == "closed"
     b.record_failure()
     assert b.state == "open"
-    await b.before_call()  # waits out the open period, then lets one trial through
-    assert slept == [5.0]
+    # Refused, without waiting: the caller learns until when.
+    assert b.refused_until() == 5.0
+    assert b.admit() == 5.0
+    now[0] = 5.0
+    assert b.refused_until() is None
+    assert b.admit() is None  # the one trial
     assert b.state == "half_open"
+    assert b.admit() == 6.0  # others are refused while it is out (1 s, at most reset_seconds)
     b.record_failure()  # the trial failed: open again
-    assert b.state == "open"
-    await b.before_call()
+    assert (b.state, b.open_until) == ("open", 10.0)
+    now[0] = 10.0
+    assert b.admit() is None
+    b.release()  # that trial did not call after all: the next caller is the trial
+    assert b.admit() is None
+    assert b.admit() == 11.0
     b.record_success()
+    assert b.admit() is None
     assert [s for _, s in b.transitions] == ["open", "half_open", "open", "half_open", "closed"]
 
 
