@@ -124,6 +124,9 @@ class DeliveryObserver:
 #: How long a claimed row's case, read with its claim, may be used for its first attempt.
 PREFETCH_FRESH_SECONDS = 1.0
 
+#: How often a claim also takes rows of partners no longer configured (to dead-letter them).
+SWEEP_SECONDS = 10.0
+
 
 async def _lost() -> str:
     return "lost"
@@ -161,6 +164,7 @@ class DeliveryService:
         # Claimed rows' cases and events, read for a whole claim at once (row id -> when read,
         # case, event); a row's first attempt uses them while fresh, later attempts read again.
         self._prefetched: dict[int, tuple[float, CaseRecord | None, EventRecord | None]] = {}
+        self._next_sweep = 0.0
 
     def breaker(self, partner: str) -> CircuitBreaker:
         """The circuit breaker of one partner."""
@@ -222,14 +226,8 @@ class DeliveryService:
                 free = cfg.batch_size - self._queue.qsize()
                 claimed: list[ClaimedRow] = []
                 if free > 0 and len(self._inflight) < cfg.workers * 4:
-                    # Rows of partners whose circuits refuse calls stay in the outbox.
-                    skip = tuple(
-                        p for p, b in self.breakers.items() if b.refused_until() is not None
-                    )
                     try:
-                        claimed = await self.store.write(
-                            ClaimIntent(self.owner, free, cfg.lease_seconds, skip)
-                        )
+                        claimed = await self._claim(free)
                     except Exception as exc:  # noqa: BLE001 - store down: wait and retry
                         log.warning("claim failed", extra={"error": type(exc).__name__})
                 fresh = [row for row in claimed if row.id not in self._inflight]
@@ -251,6 +249,24 @@ class DeliveryService:
             await asyncio.gather(*workers, return_exceptions=True)
             # Outcomes the partners gave are committed before the store closes.
             await asyncio.gather(*self._settling, return_exceptions=True)
+
+    async def _claim(self, limit: int) -> list[ClaimedRow]:
+        """Lease up to ``limit`` due rows, partner by partner and interleaved, leaving those of
+        partners whose circuits refuse calls in the outbox; now and then, rows of partners no
+        longer configured too."""
+        cfg = self.settings.delivery
+        partners = tuple(self.settings.partners)
+        skip = tuple(p for p, b in self.breakers.items() if b.refused_until() is not None)
+        claimed: list[ClaimedRow] = await self.store.write(
+            ClaimIntent(self.owner, limit, cfg.lease_seconds, skip, partners)
+        )
+        now = time.monotonic()
+        if now >= self._next_sweep and len(claimed) < limit:
+            self._next_sweep = now + SWEEP_SECONDS
+            claimed += await self.store.write(
+                ClaimIntent(self.owner, limit - len(claimed), cfg.lease_seconds, partners)
+            )
+        return claimed
 
     async def _prefetch(self, rows: list[ClaimedRow]) -> None:
         """Read the cases and status events of ``rows`` in one store read (a read per row cost
@@ -380,14 +396,14 @@ class DeliveryService:
         started = time.perf_counter()
         partner = row.target_partner
         transport = self.transports.get(partner)
-        policy = self.policy(partner)
-        timeout = policy.attempt_timeout_seconds
-        lease = self.settings.delivery.lease_seconds
         attempts = row.attempts
-        if transport is None:
+        if transport is None or partner not in self.settings.partners:
             return partial(
                 self._dead, row, attempts, f"NO_TRANSPORT: partner {partner} has no inbox"
             )
+        policy = self.policy(partner)
+        timeout = policy.attempt_timeout_seconds
+        lease = self.settings.delivery.lease_seconds
         breaker = self.breaker(partner)
         refused = breaker.refused_until()
         if refused is not None:  # opened while the row waited in this process's queue

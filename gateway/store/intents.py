@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import zip_longest
 from typing import Any
 
 from sqlalchemy import and_, insert, select, update
@@ -213,17 +214,23 @@ class ClaimedRow:
 @dataclass
 class ClaimIntent(Intent):
     """Lease up to ``limit`` due outbox rows to ``owner`` (PostgreSQL: FOR UPDATE SKIP LOCKED),
-    leaving the rows of ``skip_partners`` (whose circuits refuse calls) where they are."""
+    leaving the rows of ``skip_partners`` (whose circuits refuse calls) where they are.
+
+    With ``partners``, each of them is claimed for on its own, in its due order, and the rows
+    are interleaved (the first due row of every partner, then the second, ...): a partner's
+    backlog (after an outage, say) does not queue up ahead of the others' new rows. Without,
+    the oldest due rows are taken whoever their partner (rows of no configured partner are
+    swept this way)."""
 
     owner: str
     limit: int
     lease_seconds: float
     skip_partners: tuple[str, ...] = ()
+    partners: tuple[str, ...] | None = None
 
-    def run(self, batch: Batch) -> list[ClaimedRow]:
-        now = batch.now
-        due = (
-            select(OUTBOX.c.id)
+    def _due(self, now: float) -> Any:
+        return (
+            select(OUTBOX.c.id, OUTBOX.c.next_attempt_at)
             .where(
                 OUTBOX.c.state == "pending",
                 OUTBOX.c.next_attempt_at <= now,
@@ -232,11 +239,29 @@ class ClaimIntent(Intent):
             .order_by(OUTBOX.c.next_attempt_at, OUTBOX.c.id)
             .limit(self.limit)
         )
-        if self.skip_partners:
-            due = due.where(OUTBOX.c.target_partner.not_in(self.skip_partners))
+
+    def _select(self, batch: Batch, query: Any) -> list[tuple[float, int]]:
         if batch.is_postgres:
-            due = due.with_for_update(skip_locked=True)
-        ids = [r.id for r in batch.conn.execute(due)]
+            query = query.with_for_update(skip_locked=True)
+        return [(r.next_attempt_at, r.id) for r in batch.conn.execute(query)]
+
+    def run(self, batch: Batch) -> list[ClaimedRow]:
+        now = batch.now
+        if self.partners is None:
+            due = self._due(now)
+            if self.skip_partners:
+                due = due.where(OUTBOX.c.target_partner.not_in(self.skip_partners))
+            ids = [i for _, i in self._select(batch, due)]
+        else:
+            # One indexed range per partner (ix_outbox_partner_due), then round by round,
+            # each round's rows in due order.
+            queues = [
+                self._select(batch, self._due(now).where(OUTBOX.c.target_partner == p))
+                for p in self.partners
+                if p not in self.skip_partners
+            ]
+            rounds = (sorted(r for r in rnd if r is not None) for rnd in zip_longest(*queues))
+            ids = [i for rnd in rounds for _, i in rnd][: self.limit]
         if not ids:
             return []
         rows = batch.conn.execute(
@@ -254,7 +279,8 @@ class ClaimIntent(Intent):
                 OUTBOX.c.lease_until,
             )
         ).all()
-        return sorted((ClaimedRow(*r) for r in rows), key=lambda r: r.id)
+        order = {row_id: n for n, row_id in enumerate(ids)}
+        return sorted((ClaimedRow(*r) for r in rows), key=lambda r: order[r.id])
 
 
 @dataclass

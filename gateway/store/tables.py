@@ -70,7 +70,10 @@ class OutboxRow(SQLModel, table=True):
     """A delivery to a partner system; ``state`` dead rows are the dead-letter queue."""
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_claim", "state", "next_attempt_at", "id"),)
+    # Claims go partner by partner, in due order (0003); so do an open circuit's deferrals.
+    __table_args__ = (
+        Index("ix_outbox_partner_due", "state", "target_partner", "next_attempt_at", "id"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     # Not indexed: no read looks outbox rows up by exchange (claims, gauges and dead letters

@@ -1,5 +1,6 @@
-"""The migrations build the tables the code declares, on SQLite and on PostgreSQL, and 0002
-drops the outbox's unread exchange index without touching its rows."""
+"""The migrations build the tables the code declares, on SQLite and on PostgreSQL; 0002
+drops the outbox's unread exchange index and 0003 replaces its claim index with one by
+partner, without touching its rows."""
 
 from __future__ import annotations
 
@@ -58,10 +59,32 @@ def test_0002_drops_the_outbox_exchange_index_and_keeps_the_rows(db_engine: Engi
                 " VALUES ('x-1', 'case', 'sz', '440300', 'pending', 0, 5.0, 0, '', 5.0, 0)"
             )
         )
-    upgrade(db_engine)
+    upgrade(db_engine, "0002")
     assert _outbox_indexes(db_engine) == {"ix_outbox_claim"}
     with db_engine.connect() as conn:
         rows = conn.execute(text("SELECT exchange_id, state FROM outbox")).all()
     assert [tuple(r) for r in rows] == [("x-1", "pending")]
     _downgrade(db_engine, "0001")  # and back, for a gateway of revision 0001
     assert _outbox_indexes(db_engine) == {"ix_outbox_claim", "ix_outbox_exchange_id"}
+
+
+def test_0003_indexes_the_outbox_by_partner_and_keeps_the_rows(db_engine: Engine) -> None:
+    upgrade(db_engine, "0002")
+    with db_engine.begin() as conn:
+        for i, partner in enumerate(["sz", "gz", "sz"]):
+            conn.execute(
+                text(
+                    "INSERT INTO outbox (exchange_id, kind, target_partner, target_city, state,"
+                    " attempts, next_attempt_at, lease_until, last_error, created_at, replays)"
+                    f" VALUES ('x-{i}', 'case', '{partner}', '440300', 'pending', 0, {i}, 0, '',"
+                    " 5.0, 0)"
+                )
+            )
+    upgrade(db_engine)
+    assert _outbox_indexes(db_engine) == {"ix_outbox_partner_due"}
+    assert _differences(db_engine) == []
+    with db_engine.connect() as conn:
+        rows = conn.execute(text("SELECT exchange_id FROM outbox ORDER BY id")).all()
+    assert [r[0] for r in rows] == ["x-0", "x-1", "x-2"]
+    _downgrade(db_engine, "0002")  # and back, for a gateway of revision 0002
+    assert _outbox_indexes(db_engine) == {"ix_outbox_claim"}

@@ -1,6 +1,7 @@
 """The outbox statements that keep one partner's outage away from the others, on SQLite and on
-PostgreSQL: claims that leave a refusing partner's rows alone, the bulk deferral when its circuit
-opens, and putting a row back (only by the worker that holds it)."""
+PostgreSQL: claims partner by partner, interleaved, that leave a refusing partner's rows alone;
+the bulk deferral when its circuit opens; putting a row back (only by the worker that holds
+it)."""
 
 from __future__ import annotations
 
@@ -63,6 +64,27 @@ async def test_a_claim_leaves_the_skipped_partners_rows_in_the_outbox(store: Sto
     assert [r.id for r in claimed] == [gz]
     claimed = await store.write(ClaimIntent("w1", 10, 30))
     assert [r.id for r in claimed] == sz
+
+
+async def test_a_claim_by_partner_interleaves_their_due_rows(store: Store) -> None:
+    """Shenzhen's backlog is older than Guangzhou's rows; claimed partner by partner, the two
+    alternate instead of Shenzhen's backlog coming first."""
+    sz = [add(store, "sz", NOW - 100 + i) for i in range(5)]
+    gz = [add(store, "gz", NOW - 10 + i) for i in range(2)]
+    add(store, "gz", NOW + 10)  # not due
+    claimed = await store.write(ClaimIntent("w1", 5, 30, (), ("sz", "gz")))
+    assert [r.id for r in claimed] == [sz[0], gz[0], sz[1], gz[1], sz[2]]
+    # The partners' circuits: a skipped one's rows stay; rows of other partners are not taken.
+    add(store, "gz", NOW - 1)
+    stray = add(store, "gz", NOW - 1000, target_partner="old")
+    claimed = await store.write(ClaimIntent("w1", 5, 30, ("sz",), ("sz", "gz")))
+    assert len(claimed) == 1
+    assert claimed[0].target_partner == "gz"
+    # Without partners, the oldest due rows whoever their partner: the sweep for strays.
+    claimed = await store.write(ClaimIntent("w1", 5, 30, ("sz", "gz")))
+    assert [r.id for r in claimed] == [stray]
+    claimed = await store.write(ClaimIntent("w1", 5, 30))
+    assert [r.id for r in claimed] == sz[3:]
 
 
 async def test_an_open_circuit_defers_the_partners_due_rows_nobody_holds(store: Store) -> None:

@@ -88,7 +88,7 @@ async def test_the_gauges_read_indexes_not_the_outbox_table(tmp_path: Path) -> N
     counts = [plan for (s, _), plan in zip(reads_outbox, plans, strict=True) if "count(" in s]
     assert len(counts) == 2
     for plan in counts:
-        assert any("COVERING INDEX ix_outbox_claim" in step for step in plan), plans
+        assert any("COVERING INDEX ix_outbox_partner_due" in step for step in plan), plans
     engine.dispose()
 
 

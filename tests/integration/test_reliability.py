@@ -596,3 +596,43 @@ async def test_group_commit_shares_commits(
         assert writer.batches - before_batches < 50  # many submissions per transaction
     finally:
         await gw.stop(grace=0)
+
+
+async def test_claims_interleave_partners_and_sweep_rows_of_removed_ones(tmp_path: Path) -> None:
+    """A claim takes Shenzhen's backlog and Guangzhou's new case in turn, not the backlog
+    first; a row for a partner no longer configured is swept up and dead-lettered (it can be
+    replayed once the partner is back), instead of staying pending unseen."""
+    import sqlite3
+
+    from gateway.services.delivery import DeliveryService
+
+    async def handler(kind: str, request: Any) -> None:
+        return None
+
+    gw, _ = await fake_partner_gateway(
+        tmp_path,
+        handler,
+        TONGBAN_PARTNERS__GZ__CITY="440100",
+        TONGBAN_PARTNERS__GZ__INBOX__TRANSPORT="grpc",
+        TONGBAN_PARTNERS__GZ__INBOX__TARGET="127.0.0.1:9",
+    )
+    try:
+        svc: DeliveryService = gw.services.delivery
+        backlog = await submit_many(gw.address, 6, "blog")
+        (gz_case,) = await submit_many(gw.address, 1, "new", city="440100")
+        with sqlite3.connect(gw.settings.store.data_dir / "tongban.db") as conn:
+            conn.execute(
+                "UPDATE outbox SET target_partner = 'gone' WHERE exchange_id = ?", [backlog[5]]
+            )
+        rows = await svc._claim(4)
+        assert [r.exchange_id for r in rows] == [backlog[0], gz_case, backlog[1], backlog[2]]
+        # The next claim has room left after the partners' rows: the sweep takes the stray.
+        *rest, stray = await svc._claim(4)
+        assert [r.exchange_id for r in rest] == [backlog[3], backlog[4]]
+        assert stray.target_partner == "gone"
+        assert svc._next_sweep > 0  # and not again for SWEEP_SECONDS
+        assert await svc.deliver(stray) == "dead"
+        assert outbox_rows(gw)[backlog[5]][0] == "dead"
+        assert "NO_TRANSPORT" in outbox_rows(gw)[backlog[5]][4]
+    finally:
+        await gw.stop(grace=0)
