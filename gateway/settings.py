@@ -219,6 +219,9 @@ class PartnerSettings(_Model):
     inbox: InboxSettings = InboxSettings()
     retry: RetryPolicy | None = None  # overrides delivery.retry for deliveries to this partner
     circuit: CircuitPolicy | None = None
+    # Calls to this partner's inbox in progress at once, per process (default: every delivery
+    # worker but one when other partners have inboxes too, else every worker).
+    max_in_flight: Annotated[int, Field(ge=1, le=256)] | None = None
 
     @field_validator("city")
     @classmethod

@@ -27,6 +27,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -165,6 +166,11 @@ class DeliveryService:
         # case, event); a row's first attempt uses them while fresh, later attempts read again.
         self._prefetched: dict[int, tuple[float, CaseRecord | None, EventRecord | None]] = {}
         self._next_sweep = 0.0
+        # Calls in progress per partner, their caps, and rows waiting for a partner's call
+        # to end (it had max_in_flight of them when they were taken from the queue).
+        self._calls: dict[str, int] = {}
+        self._caps: dict[str, int] = {}
+        self._parked: dict[str, deque[ClaimedRow]] = {}
 
     def breaker(self, partner: str) -> CircuitBreaker:
         """The circuit breaker of one partner."""
@@ -256,7 +262,11 @@ class DeliveryService:
         longer configured too."""
         cfg = self.settings.delivery
         partners = tuple(self.settings.partners)
-        skip = tuple(p for p, b in self.breakers.items() if b.refused_until() is not None)
+        # Partners whose circuits refuse calls, or with rows already waiting for a call slot.
+        skip = tuple(
+            {p for p, b in self.breakers.items() if b.refused_until() is not None}
+            | {p for p, rows in self._parked.items() if rows}
+        )
         claimed: list[ClaimedRow] = await self.store.write(
             ClaimIntent(self.owner, limit, cfg.lease_seconds, skip, partners)
         )
@@ -286,9 +296,34 @@ class DeliveryService:
             event = events.get(r.event_seq) if r.event_seq else None
             self._prefetched[r.id] = (now, cases.get(r.exchange_id), event)
 
+    def max_in_flight(self, partner: str) -> int:
+        """How many calls to ``partner`` this process makes at once: its ``max_in_flight``,
+        else every worker but one when other partners have inboxes too (a slow partner then
+        leaves a worker to the others), else every worker."""
+        cap = self._caps.get(partner)
+        if cap is None:
+            workers = self.settings.delivery.workers
+            found = self.settings.partners.get(partner)
+            inboxes = sum(p.inbox.transport != "none" for p in self.settings.partners.values())
+            if found is not None and found.max_in_flight is not None:
+                cap = found.max_in_flight
+            elif inboxes > 1:
+                cap = max(workers - 1, 1)
+            else:
+                cap = workers
+            self._caps[partner] = cap
+        return cap
+
     async def _worker(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             row = await self._queue.get()
+            partner = row.target_partner
+            if self._calls.get(partner, 0) >= self.max_in_flight(partner):
+                # Its partner has all the calls it may have: the row waits beside the queue
+                # until one ends, and this worker takes the next row (another city's).
+                self._parked.setdefault(partner, deque()).append(row)
+                continue
+            self._calls[partner] = self._calls.get(partner, 0) + 1
             try:
                 settle = await self._attempt(row)
             except Exception:
@@ -297,6 +332,10 @@ class DeliveryService:
                 continue
             finally:
                 self._prefetched.pop(row.id, None)
+                self._calls[partner] -= 1
+                parked = self._parked.get(partner)
+                if parked:
+                    self._queue.put_nowait(parked.popleft())
             # The partner has answered: committing the outcome does not hold a worker, whose
             # slot is a call to a partner. Under load a commit waits for its group (up to
             # store.commit_delay_ms), and workers waiting there bounded how many cases a

@@ -636,3 +636,87 @@ async def test_claims_interleave_partners_and_sweep_rows_of_removed_ones(tmp_pat
         assert "NO_TRANSPORT" in outbox_rows(gw)[backlog[5]][4]
     finally:
         await gw.stop(grace=0)
+
+
+async def test_a_slow_partner_leaves_a_worker_to_the_others(tmp_path: Path) -> None:
+    """Shenzhen's inbox answers, but slowly (here: not until released). With three workers and
+    two partner inboxes it gets at most two calls at once, and a Guangzhou case submitted after
+    Shenzhen's is delivered meanwhile; once Shenzhen answers, its cases are all delivered."""
+    release = asyncio.Event()
+    in_call = 0
+    most = 0
+
+    async def slow(kind: str, request: Any) -> None:
+        nonlocal in_call, most
+        in_call += 1
+        most = max(most, in_call)
+        try:
+            await release.wait()
+        finally:
+            in_call -= 1
+
+    async def up(kind: str, request: Any) -> None:
+        return None
+
+    settings = make_settings(
+        tmp_path,
+        TONGBAN_AUTH__MODE="token",
+        TONGBAN_DELIVERY__WORKERS="3",
+        TONGBAN_DELIVERY__POLL_INTERVAL_SECONDS="0.05",
+        TONGBAN_PARTNERS__ZS__CITY="442000",
+        TONGBAN_PARTNERS__ZS__TOKEN="t-zs",
+        TONGBAN_PARTNERS__SZ__CITY="440300",
+        TONGBAN_PARTNERS__SZ__INBOX__TRANSPORT="grpc",
+        TONGBAN_PARTNERS__SZ__INBOX__TARGET="127.0.0.1:9",
+        TONGBAN_PARTNERS__GZ__CITY="440100",
+        TONGBAN_PARTNERS__GZ__INBOX__TRANSPORT="grpc",
+        TONGBAN_PARTNERS__GZ__INBOX__TARGET="127.0.0.1:9",
+    )
+    sz, gz = FakePartnerTransport(slow), FakePartnerTransport(up)
+    gw = Gateway(settings, bootstrap(settings, transports={"sz": sz, "gz": gz}))
+    await gw.start()
+    try:
+        svc = gw.services.delivery
+        assert (svc.max_in_flight("sz"), svc.max_in_flight("gz")) == (2, 2)
+        sz_cases = await submit_many(gw.address, 5, "slow")
+        await until(lambda: in_call == 2, 5)
+        (gz_case,) = await submit_many(gw.address, 1, "fast", city="440100")
+        await until(lambda: bool(gz.calls), 3)
+        assert [c[1].idempotency_key for c in gz.calls] == [gz_case]
+        assert most == 2
+        release.set()
+        await until(lambda: len(sz.calls) == 5 and in_call == 0, 10)
+        assert sorted(c[1].idempotency_key for c in sz.calls) == sorted(sz_cases)
+        assert most == 2
+        await until(lambda: all(r[0] == "delivered" for r in outbox_rows(gw).values()), 5)
+    finally:
+        release.set()
+        await gw.stop(grace=0)
+
+
+def test_a_partner_s_max_in_flight_is_its_setting_or_all_workers_when_alone(
+    tmp_path: Path,
+) -> None:
+    from gateway.services.delivery import DeliveryService
+
+    def caps(**env: str) -> dict[str, int]:
+        settings = make_settings(
+            tmp_path,
+            TONGBAN_DELIVERY__WORKERS="4",
+            TONGBAN_PARTNERS__SZ__CITY="440300",
+            TONGBAN_PARTNERS__SZ__INBOX__TRANSPORT="grpc",
+            TONGBAN_PARTNERS__SZ__INBOX__TARGET="127.0.0.1:9",
+            **env,
+        )
+        svc = DeliveryService(settings, None, None, {})  # type: ignore[arg-type]
+        return {p: svc.max_in_flight(p) for p in settings.partners}
+
+    assert caps() == {"sz": 4}  # the only inbox: every worker
+    assert caps(TONGBAN_PARTNERS__ZS__CITY="442000") == {"sz": 4, "zs": 4}  # zs has no inbox
+    two = {
+        "TONGBAN_PARTNERS__GZ__CITY": "440100",
+        "TONGBAN_PARTNERS__GZ__INBOX__TRANSPORT": "http",
+        "TONGBAN_PARTNERS__GZ__INBOX__TARGET": "http://127.0.0.1:9",
+    }
+    assert caps(**two) == {"sz": 3, "gz": 3}
+    assert caps(**two, TONGBAN_PARTNERS__SZ__MAX_IN_FLIGHT="1") == {"sz": 1, "gz": 3}
