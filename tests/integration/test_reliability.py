@@ -96,6 +96,37 @@ async def until(predicate: Any, timeout: float) -> None:
         await asyncio.sleep(0.05)
 
 
+#: Guangzhou, a second partner with an inbox (tests give it a fake transport).
+GZ_INBOX = {
+    "TONGBAN_PARTNERS__GZ__CITY": "440100",
+    "TONGBAN_PARTNERS__GZ__INBOX__TRANSPORT": "grpc",
+    "TONGBAN_PARTNERS__GZ__INBOX__TARGET": "127.0.0.1:9",
+}
+
+
+async def two_city_gateway(
+    tmp_path: Path, sz: Any, gz: Any, observer: DeliveryObserver | None = None, **extra: str
+) -> Gateway:
+    """A running gateway delivering to Shenzhen and Guangzhou through fake transports calling
+    ``sz`` and ``gz``; Zhongshan submits."""
+    settings = make_settings(
+        tmp_path,
+        TONGBAN_AUTH__MODE="token",
+        TONGBAN_DELIVERY__POLL_INTERVAL_SECONDS="0.05",
+        TONGBAN_PARTNERS__ZS__CITY="442000",
+        TONGBAN_PARTNERS__ZS__TOKEN="t-zs",
+        TONGBAN_PARTNERS__SZ__CITY="440300",
+        TONGBAN_PARTNERS__SZ__INBOX__TRANSPORT="grpc",
+        TONGBAN_PARTNERS__SZ__INBOX__TARGET="127.0.0.1:9",
+        **GZ_INBOX,
+        **extra,
+    )
+    transports = {"sz": sz, "gz": gz}
+    gw = Gateway(settings, bootstrap(settings, transports=transports, delivery_observer=observer))
+    await gw.start()
+    return gw
+
+
 async def test_partner_down_then_back(tmp_path: Path, shenzhen: tuple[InboxSimulator, int]) -> None:
     sim, port = shenzhen
     sim.down = True
@@ -404,29 +435,18 @@ async def test_a_down_partner_does_not_hold_back_the_others(tmp_path: Path) -> N
     async def up(kind: str, request: Any) -> None:
         return None
 
-    settings = make_settings(
+    sz, gz = FakePartnerTransport(down), FakePartnerTransport(up)
+    observer = DeliveryObserver()
+    gw = await two_city_gateway(
         tmp_path,
-        TONGBAN_AUTH__MODE="token",
+        sz,
+        gz,
+        observer,
         TONGBAN_DELIVERY__WORKERS="2",
-        TONGBAN_DELIVERY__POLL_INTERVAL_SECONDS="0.05",
         TONGBAN_DELIVERY__RETRY__INITIAL_BACKOFF_SECONDS="0.5",
         TONGBAN_DELIVERY__RETRY__MAX_BACKOFF_SECONDS="2",
         TONGBAN_DELIVERY__RETRY__MAX_ATTEMPTS="100",
-        TONGBAN_PARTNERS__ZS__CITY="442000",
-        TONGBAN_PARTNERS__ZS__TOKEN="t-zs",
-        TONGBAN_PARTNERS__SZ__CITY="440300",
-        TONGBAN_PARTNERS__SZ__INBOX__TRANSPORT="grpc",
-        TONGBAN_PARTNERS__SZ__INBOX__TARGET="127.0.0.1:9",
-        TONGBAN_PARTNERS__GZ__CITY="440100",
-        TONGBAN_PARTNERS__GZ__INBOX__TRANSPORT="grpc",
-        TONGBAN_PARTNERS__GZ__INBOX__TARGET="127.0.0.1:9",
     )
-    sz, gz = FakePartnerTransport(down), FakePartnerTransport(up)
-    observer = DeliveryObserver()
-    gw = Gateway(
-        settings, bootstrap(settings, transports={"sz": sz, "gz": gz}, delivery_observer=observer)
-    )
-    await gw.start()
     try:
         await submit_many(gw.address, 6, "holsz")
         (gz_case,) = await submit_many(gw.address, 1, "holgz", city="440100")
@@ -532,9 +552,7 @@ async def test_an_open_circuit_defers_its_partners_rows_without_calling(tmp_path
         TONGBAN_DELIVERY__RETRY__HOLD_MAX_SECONDS="0",
         TONGBAN_DELIVERY__CIRCUIT__FAILURE_THRESHOLD="2",
         TONGBAN_DELIVERY__CIRCUIT__RESET_SECONDS="60",
-        TONGBAN_PARTNERS__GZ__CITY="440100",
-        TONGBAN_PARTNERS__GZ__INBOX__TRANSPORT="grpc",
-        TONGBAN_PARTNERS__GZ__INBOX__TARGET="127.0.0.1:9",
+        **GZ_INBOX,
     )
     try:
         svc: DeliveryService = gw.services.delivery
@@ -612,9 +630,7 @@ async def test_claims_interleave_partners_and_sweep_rows_of_removed_ones(tmp_pat
     gw, _ = await fake_partner_gateway(
         tmp_path,
         handler,
-        TONGBAN_PARTNERS__GZ__CITY="440100",
-        TONGBAN_PARTNERS__GZ__INBOX__TRANSPORT="grpc",
-        TONGBAN_PARTNERS__GZ__INBOX__TARGET="127.0.0.1:9",
+        **GZ_INBOX,
     )
     try:
         svc: DeliveryService = gw.services.delivery
@@ -658,23 +674,8 @@ async def test_a_slow_partner_leaves_a_worker_to_the_others(tmp_path: Path) -> N
     async def up(kind: str, request: Any) -> None:
         return None
 
-    settings = make_settings(
-        tmp_path,
-        TONGBAN_AUTH__MODE="token",
-        TONGBAN_DELIVERY__WORKERS="3",
-        TONGBAN_DELIVERY__POLL_INTERVAL_SECONDS="0.05",
-        TONGBAN_PARTNERS__ZS__CITY="442000",
-        TONGBAN_PARTNERS__ZS__TOKEN="t-zs",
-        TONGBAN_PARTNERS__SZ__CITY="440300",
-        TONGBAN_PARTNERS__SZ__INBOX__TRANSPORT="grpc",
-        TONGBAN_PARTNERS__SZ__INBOX__TARGET="127.0.0.1:9",
-        TONGBAN_PARTNERS__GZ__CITY="440100",
-        TONGBAN_PARTNERS__GZ__INBOX__TRANSPORT="grpc",
-        TONGBAN_PARTNERS__GZ__INBOX__TARGET="127.0.0.1:9",
-    )
     sz, gz = FakePartnerTransport(slow), FakePartnerTransport(up)
-    gw = Gateway(settings, bootstrap(settings, transports={"sz": sz, "gz": gz}))
-    await gw.start()
+    gw = await two_city_gateway(tmp_path, sz, gz, TONGBAN_DELIVERY__WORKERS="3")
     try:
         svc = gw.services.delivery
         assert (svc.max_in_flight("sz"), svc.max_in_flight("gz")) == (2, 2)
