@@ -55,6 +55,7 @@ from ..store.intents import (
     DeliveredIntent,
     ExtendLeaseIntent,
     FailedIntent,
+    ReleaseIntent,
 )
 from ..store.reads import CaseRecord, EventRecord
 from ..store.store import Store
@@ -255,6 +256,24 @@ class DeliveryService:
             await asyncio.gather(*workers, return_exceptions=True)
             # Outcomes the partners gave are committed before the store closes.
             await asyncio.gather(*self._settling, return_exceptions=True)
+            await self._release()
+
+    async def _release(self) -> None:
+        """Hand back the rows still held (queued, waiting for a call slot, or their call cut
+        short by the stop): with replicas, another takes them now rather than after their
+        lease. A call cut short may have reached the partner: the idempotency key covers it."""
+        held = sorted(self._inflight)
+        self._queue = asyncio.Queue()
+        self._parked.clear()
+        self._inflight.clear()
+        if not held:
+            return
+        try:
+            n = await self.store.write(ReleaseIntent(self.owner, held))
+        except Exception as exc:  # noqa: BLE001 - their leases run out instead
+            log.warning("releasing held deliveries failed", extra={"error": type(exc).__name__})
+            return
+        log.info("held deliveries released", extra={"rows": n})
 
     async def _claim(self, limit: int) -> list[ClaimedRow]:
         """Lease up to ``limit`` due rows, partner by partner and interleaved, leaving those of

@@ -21,6 +21,7 @@ __all__ = [
     "DeliveredIntent",
     "ExtendLeaseIntent",
     "FailedIntent",
+    "ReleaseIntent",
     "ReplayIntent",
     "ReportStatusIntent",
     "SubmitCaseIntent",
@@ -419,6 +420,28 @@ class FailedIntent(Intent):
                 )
             )
         return True
+
+
+@dataclass
+class ReleaseIntent(Intent):
+    """A stopping worker hands back the rows it holds and will not settle (queued, or their
+    call cut short): another process may claim them at once instead of after their lease.
+    Returns how many it still held."""
+
+    owner: str
+    ids: list[int]
+
+    def run(self, batch: Batch) -> int:
+        result = batch.conn.execute(
+            update(OUTBOX)
+            .where(
+                OUTBOX.c.id.in_(self.ids),
+                OUTBOX.c.state == "pending",
+                OUTBOX.c.lease_owner == self.owner,
+            )
+            .values(lease_owner=None, lease_until=0.0)
+        )
+        return int(result.rowcount or 0)
 
 
 @dataclass

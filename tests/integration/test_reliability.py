@@ -721,3 +721,49 @@ def test_a_partner_s_max_in_flight_is_its_setting_or_all_workers_when_alone(
     }
     assert caps(**two) == {"sz": 3, "gz": 3}
     assert caps(**two, TONGBAN_PARTNERS__SZ__MAX_IN_FLIGHT="1") == {"sz": 1, "gz": 3}
+
+
+async def test_a_stopping_gateway_hands_back_the_rows_it_holds(tmp_path: Path) -> None:
+    """Rows a stopping gateway holds and will not settle (one in a call cut short, the others
+    waiting for a worker) are released at once, for another replica to claim, instead of
+    staying leased for lease_seconds."""
+    from gateway.store.intents import ClaimIntent
+
+    release = asyncio.Event()
+
+    async def hung(kind: str, request: Any) -> None:
+        await release.wait()
+
+    async def up(kind: str, request: Any) -> None:
+        return None
+
+    sz = FakePartnerTransport(hung)
+    gw = await two_city_gateway(
+        tmp_path, sz, FakePartnerTransport(up), TONGBAN_DELIVERY__WORKERS="1"
+    )
+    stopped = False
+    try:
+        ids = await submit_many(gw.address, 3, "held")
+        # One in a call that does not end, all three leased by this gateway.
+        await until(lambda: all(r[3] is not None for r in outbox_rows(gw).values()), 5)
+        assert len(sz.calls) == 1
+        store = gw.services.store
+        await gw.stop(grace=0)
+        stopped = True
+        rows = outbox_rows(gw)
+        assert [rows[x][0] for x in ids] == ["pending"] * 3
+        assert [rows[x][3] for x in ids] == [None] * 3
+        # Another replica (a store of its own here) claims them at once.
+        from gateway.store.store import Store
+
+        other = Store(store.url)
+        other.start()
+        try:
+            taken = await other.write(ClaimIntent("replica-2", 10, 30, (), ("sz",)))
+            assert sorted(r.exchange_id for r in taken) == sorted(ids)
+        finally:
+            await other.stop()
+    finally:
+        release.set()
+        if not stopped:
+            await gw.stop(grace=0)
