@@ -143,6 +143,14 @@ class GatewayMetrics:
             registry=r,
             multiprocess_mode="max",
         )
+        self.calls_in_flight = Gauge(
+            "tongban_delivery_calls_in_flight",
+            "Calls to a partner's inbox in progress (at most partners.<id>.max_in_flight per "
+            "process; summed over processes).",
+            ("partner",),
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.circuit_changes = Counter(
             "tongban_circuit_transitions_total",
             "Circuit breaker state changes.",
@@ -237,6 +245,10 @@ class GatewayMetrics:
         """A partner's circuit changed state."""
         self.circuit.labels(partner).set(_CIRCUIT.get(state, 0))
         self.circuit_changes.labels(partner, state).inc()
+
+    def calls(self, partner: str, n: int) -> None:
+        """``n`` calls to ``partner`` in progress."""
+        self.calls_in_flight.labels(partner).set(n)
 
     def outbox(self, stats: dict[str, float], audit_length: int) -> None:
         """Store-derived gauges (refreshed periodically)."""
@@ -336,6 +348,10 @@ class MetricsDeliveryObserver(DeliveryObserver):
     def settled(self, city: str, outcome: str) -> None:
         """A delivery settled."""
         self.m.settled(city, outcome)
+
+    def calls(self, partner: str, n: int) -> None:
+        """Calls to a partner in progress."""
+        self.m.calls(partner, n)
 
     def deferred(self, city: str, reason: str, n: int = 1) -> None:
         """Deliveries put back in the outbox."""

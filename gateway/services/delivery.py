@@ -122,6 +122,9 @@ class DeliveryObserver:
     def circuit(self, partner: str, state: str) -> None:
         """A partner's circuit changed state."""
 
+    def calls(self, partner: str, n: int) -> None:
+        """``n`` calls to ``partner`` are in progress in this process."""
+
 
 #: How long a claimed row's case, read with its claim, may be used for its first attempt.
 PREFETCH_FRESH_SECONDS = 1.0
@@ -343,6 +346,7 @@ class DeliveryService:
                 self._parked.setdefault(partner, deque()).append(row)
                 continue
             self._calls[partner] = self._calls.get(partner, 0) + 1
+            self.observer.calls(partner, self._calls[partner])
             try:
                 settle = await self._attempt(row)
             except Exception:
@@ -352,6 +356,7 @@ class DeliveryService:
             finally:
                 self._prefetched.pop(row.id, None)
                 self._calls[partner] -= 1
+                self.observer.calls(partner, self._calls[partner])
                 parked = self._parked.get(partner)
                 if parked:
                     self._queue.put_nowait(parked.popleft())

@@ -685,8 +685,15 @@ async def test_a_slow_partner_leaves_a_worker_to_the_others(tmp_path: Path) -> N
         await until(lambda: bool(gz.calls), 3)
         assert [c[1].idempotency_key for c in gz.calls] == [gz_case]
         assert most == 2
+        registry = gw.services.metrics.registry
+
+        def calls_metric() -> float | None:
+            return registry.get_sample_value("tongban_delivery_calls_in_flight", {"partner": "sz"})
+
+        assert calls_metric() == 2
         release.set()
         await until(lambda: len(sz.calls) == 5 and in_call == 0, 10)
+        await until(lambda: calls_metric() == 0, 5)
         assert sorted(c[1].idempotency_key for c in sz.calls) == sorted(sz_cases)
         assert most == 2
         await until(lambda: all(r[0] == "delivered" for r in outbox_rows(gw).values()), 5)
