@@ -27,7 +27,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -163,7 +163,9 @@ class DeliveryService:
         self.breakers: dict[str, CircuitBreaker] = {}
         self._queue: asyncio.Queue[ClaimedRow] = asyncio.Queue()
         # Claimed rows not yet settled (queued, being delivered, or their outcome committing).
-        self._inflight: set[int] = set()
+        # Row id -> its partner while it waits for or is in a call; "" once its outcome is
+        # committing (it no longer counts against its partner's room in claims).
+        self._inflight: dict[int, str] = {}
         # Outcomes being committed, and open circuits' deferrals: awaited before the store closes.
         self._settling: set[asyncio.Task[Any]] = set()
         # Claimed rows' cases and events, read for a whole claim at once (row id -> when read,
@@ -244,7 +246,7 @@ class DeliveryService:
                 if fresh:
                     await self._prefetch(fresh)
                 for row in fresh:
-                    self._inflight.add(row.id)
+                    self._inflight[row.id] = row.target_partner
                     self._queue.put_nowait(row)
                 if not claimed:
                     # Woken at once by a new outbox row in this process; polling covers others.
@@ -284,13 +286,15 @@ class DeliveryService:
         longer configured too."""
         cfg = self.settings.delivery
         partners = tuple(self.settings.partners)
-        # Partners whose circuits refuse calls, or with rows already waiting for a call slot.
-        skip = tuple(
-            {p for p, b in self.breakers.items() if b.refused_until() is not None}
-            | {p for p, rows in self._parked.items() if rows}
-        )
+        # Partners whose circuits refuse calls stay in the outbox, and each partner is claimed
+        # for up to 4 x its max_in_flight in this process's hands (queued, waiting for a call
+        # slot or in a call; the process holds 4 x delivery.workers): a slow partner's backlog
+        # does not fill the process, a partner alone has all of it.
+        skip = tuple(p for p, b in self.breakers.items() if b.refused_until() is not None)
+        held = Counter(self._inflight.values())
+        room = tuple(max(4 * self.max_in_flight(p) - held[p], 0) for p in partners)
         claimed: list[ClaimedRow] = await self.store.write(
-            ClaimIntent(self.owner, limit, cfg.lease_seconds, skip, partners)
+            ClaimIntent(self.owner, limit, cfg.lease_seconds, skip, partners, room)
         )
         now = time.monotonic()
         if now >= self._next_sweep and len(claimed) < limit:
@@ -351,7 +355,7 @@ class DeliveryService:
                 settle = await self._attempt(row)
             except Exception:
                 log.exception("delivery crashed", extra={"exchange_id": row.exchange_id})
-                self._inflight.discard(row.id)
+                self._inflight.pop(row.id, None)
                 continue
             finally:
                 self._prefetched.pop(row.id, None)
@@ -365,6 +369,7 @@ class DeliveryService:
             # store.commit_delay_ms), and workers waiting there bounded how many cases a
             # process delivered per second (docs/performance.md, session 17). The row stays
             # in flight (the claimer's bound, and never claimed twice here) until settled.
+            self._inflight[row.id] = ""
             self._background(self._settle(row, settle))
 
     async def _settle(self, row: ClaimedRow, settle: Callable[[], Awaitable[str]]) -> str:
@@ -374,7 +379,7 @@ class DeliveryService:
             log.exception("delivery crashed", extra={"exchange_id": row.exchange_id})
             return "crashed"
         finally:
-            self._inflight.discard(row.id)
+            self._inflight.pop(row.id, None)
 
     # -- one row -----------------------------------------------------------------------------
 

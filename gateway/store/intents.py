@@ -221,13 +221,15 @@ class ClaimIntent(Intent):
     are interleaved (the first due row of every partner, then the second, ...): a partner's
     backlog (after an outage, say) does not queue up ahead of the others' new rows. Without,
     the oldest due rows are taken whoever their partner (rows of no configured partner are
-    swept this way)."""
+    swept this way). ``limits``, when given, caps each partner's rows (in ``partners``'
+    order)."""
 
     owner: str
     limit: int
     lease_seconds: float
     skip_partners: tuple[str, ...] = ()
     partners: tuple[str, ...] | None = None
+    limits: tuple[int, ...] = ()
 
     def _due(self, now: float) -> Any:
         return (
@@ -256,10 +258,14 @@ class ClaimIntent(Intent):
         else:
             # One indexed range per partner (ix_outbox_partner_due), then round by round,
             # each round's rows in due order.
+            limits = self.limits or (self.limit,) * len(self.partners)
             queues = [
-                self._select(batch, self._due(now).where(OUTBOX.c.target_partner == p))
-                for p in self.partners
-                if p not in self.skip_partners
+                self._select(
+                    batch,
+                    self._due(now).where(OUTBOX.c.target_partner == p).limit(min(n, self.limit)),
+                )
+                for p, n in zip(self.partners, limits, strict=True)
+                if p not in self.skip_partners and n > 0
             ]
             rounds = (sorted(r for r in rnd if r is not None) for rnd in zip_longest(*queues))
             ids = [i for rnd in rounds for _, i in rnd][: self.limit]

@@ -751,7 +751,7 @@ async def test_a_stopping_gateway_hands_back_the_rows_it_holds(tmp_path: Path) -
     stopped = False
     try:
         ids = await submit_many(gw.address, 3, "held")
-        # One in a call that does not end, all three leased by this gateway.
+        # One in a call that does not end, two waiting for it.
         await until(lambda: all(r[3] is not None for r in outbox_rows(gw).values()), 5)
         assert len(sz.calls) == 1
         store = gw.services.store
@@ -774,3 +774,39 @@ async def test_a_stopping_gateway_hands_back_the_rows_it_holds(tmp_path: Path) -
         release.set()
         if not stopped:
             await gw.stop(grace=0)
+
+
+async def test_a_slow_partner_s_backlog_is_not_claimed_beyond_what_it_can_take(
+    tmp_path: Path,
+) -> None:
+    """Twenty cases wait for a Shenzhen inbox that does not answer; claims take no more of them
+    than Shenzhen's calls can use soon (4 x its max_in_flight held at once), so the process
+    still has room to claim a Guangzhou case submitted after them."""
+    release = asyncio.Event()
+
+    async def hung(kind: str, request: Any) -> None:
+        await release.wait()
+
+    async def up(kind: str, request: Any) -> None:
+        return None
+
+    sz, gz = FakePartnerTransport(hung), FakePartnerTransport(up)
+    # The backlog is there before delivery starts (as after an outage or a restart).
+    gw = await two_city_gateway(tmp_path, sz, gz, TONGBAN_DELIVERY__ENABLED="false")
+    await submit_many(gw.address, 20, "blog")
+    await gw.stop(grace=0)
+    gw = await two_city_gateway(tmp_path, sz, gz, TONGBAN_DELIVERY__WORKERS="2")
+    try:
+        svc = gw.services.delivery
+        assert svc.max_in_flight("sz") == 1
+        await until(lambda: len(sz.calls) == 1, 5)
+        (gz_case,) = await submit_many(gw.address, 1, "fast", city="440100")
+        await until(lambda: bool(gz.calls), 3)
+        assert [c[1].idempotency_key for c in gz.calls] == [gz_case]
+        held = [r for r in outbox_rows(gw).values() if r[3] is not None and r[0] == "pending"]
+        assert len(held) <= 4  # Shenzhen's call and three rows waiting for it: 4 x 1
+        release.set()
+        await until(lambda: len(sz.calls) == 20, 10)
+    finally:
+        release.set()
+        await gw.stop(grace=0)
