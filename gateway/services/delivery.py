@@ -468,10 +468,12 @@ class DeliveryService:
         partner = row.target_partner
         transport = self.transports.get(partner)
         attempts = row.attempts
-        if transport is None or partner not in self.settings.partners:
-            return partial(
-                self._dead, row, attempts, f"NO_TRANSPORT: partner {partner} has no inbox"
-            )
+        if partner not in self.settings.partners:
+            why = f"NO_TRANSPORT: partner {partner} is not configured"
+            return partial(self._dead, row, attempts, why)
+        if transport is None:
+            why = f"NO_TRANSPORT: partner {partner} has no inbox"
+            return partial(self._dead, row, attempts, why)
         policy = self.policy(partner)
         timeout = policy.attempt_timeout_seconds
         lease = self.settings.delivery.lease_seconds

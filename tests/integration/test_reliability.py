@@ -649,7 +649,7 @@ async def test_claims_interleave_partners_and_sweep_rows_of_removed_ones(tmp_pat
         assert svc._next_sweep > 0  # and not again for SWEEP_SECONDS
         assert await svc.deliver(stray) == "dead"
         assert outbox_rows(gw)[backlog[5]][0] == "dead"
-        assert "NO_TRANSPORT" in outbox_rows(gw)[backlog[5]][4]
+        assert outbox_rows(gw)[backlog[5]][4] == "NO_TRANSPORT: partner gone is not configured"
     finally:
         await gw.stop(grace=0)
 
