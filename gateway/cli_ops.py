@@ -8,6 +8,7 @@ import asyncio
 import datetime as dt
 import json
 import sys
+import time
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -102,6 +103,63 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     return asyncio.run(_dead(args))
 
 
+def cmd_outbox_status(args: argparse.Namespace) -> int:
+    """What waits in the outbox, partner by partner."""
+    settings = read_settings(args.config)
+    if settings is None:
+        return 2
+    store = Store(settings.store.effective_url)
+    now = time.time()
+    try:
+        rows = store.reader.backlog(now)
+    except SQLAlchemyError as exc:
+        print(f"error: cannot read the outbox: {type(exc).__name__}", file=sys.stderr)
+        return 2
+    finally:
+        store.engine.dispose()
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "partner": r.partner,
+                        "city": _city(settings, r.partner),
+                        "pending": r.pending,
+                        "due": r.due,
+                        "waiting": r.waiting,
+                        "held": r.held,
+                        "next_attempt_at": _when(r.next_attempt_at),
+                        "oldest_created_at": _when(r.oldest_created_at),
+                        "oldest_attempts": r.oldest_attempts,
+                        "last_error": r.last_error,
+                    }
+                    for r in rows
+                ],
+                ensure_ascii=False,
+            )
+        )
+        return 0
+    print(
+        f"{'partner':<12} {'city':<6} {'pending':>8} {'due':>6} {'waiting':>8} {'held':>5}"
+        f"  {'next attempt':<12} {'oldest':>8} {'attempts':>8}  last error"
+    )
+    for r in rows:
+        nxt = f"in {r.next_attempt_at - now:.1f}s" if r.next_attempt_at is not None else "-"
+        age = f"{now - r.oldest_created_at:.0f}s" if r.oldest_created_at is not None else "-"
+        print(
+            f"{r.partner:<12} {_city(settings, r.partner):<6} {r.pending:>8} {r.due:>6}"
+            f" {r.waiting:>8} {r.held:>5}  {nxt:<12} {age:>8} {r.oldest_attempts:>8}"
+            f"  {r.last_error[:80]}"
+        )
+    print(f"{sum(r.pending for r in rows)} pending for {len(rows)} partner(s)")
+    return 0
+
+
+def _city(settings: Any, partner: str) -> str:
+    found = settings.partners.get(partner)
+    return str(found.city) if found is not None else "?"
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Walk the audit chain; exit 1 at the first broken link."""
     from .audit import verify_chain
@@ -129,7 +187,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def add_ops_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``db`` and ``dead-letters``."""
+    """Register ``db``, ``audit``, ``outbox`` and ``dead-letters``."""
     db = sub.add_parser("db", help="store migrations")
     dbs = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
     up = dbs.add_parser("upgrade", help="apply every migration (alembic) to the configured store")
@@ -140,6 +198,16 @@ def add_ops_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     ver = aus.add_parser("verify", help="walk the chain; report the first broken link (exit 1)")
     ver.add_argument("--config", help="TOML settings file")
     ver.set_defaults(func=cmd_audit_verify)
+    ob = sub.add_parser("outbox", help="what waits for delivery, partner by partner")
+    obs = ob.add_subparsers(dest="outbox_command", required=True, metavar="COMMAND")
+    st = obs.add_parser(
+        "status",
+        help="pending rows per partner: due now, waiting (backoff or open circuit), held by a "
+        "gateway, the next attempt, the oldest row's age, attempts and last error",
+    )
+    st.add_argument("--json", action="store_true", help="one JSON array, a partner per object")
+    st.add_argument("--config", help="TOML settings file")
+    st.set_defaults(func=cmd_outbox_status)
     dl = sub.add_parser("dead-letters", help="list, show and replay dead letters")
     dls = dl.add_subparsers(dest="dl_command", required=True, metavar="COMMAND")
     ls = dls.add_parser("list", help="dead letters, oldest first")

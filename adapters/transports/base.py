@@ -11,7 +11,9 @@ __all__ = ["PartnerTransport", "TransportError"]
 
 class TransportError(Exception):
     """A delivery failed. ``retryable`` says whether trying again may help; ``retry_after``
-    carries the partner's own hint (gRPC RetryInfo, HTTP Retry-After) in seconds."""
+    carries the partner's own hint (gRPC RetryInfo, HTTP Retry-After) in seconds. ``code`` names
+    the outcome (a gRPC status, ``HTTP_503``, ``CONNECT``, ...); ``message`` says what happened
+    without repeating it."""
 
     def __init__(
         self, message: str, *, retryable: bool, code: str = "", retry_after: float | None = None

@@ -62,7 +62,7 @@ class GrpcInboxTransport:
         except grpc.aio.AioRpcError as err:
             code = err.code()
             raise TransportError(
-                f"{code.name}: {err.details() or ''}"[:500],
+                (err.details() or code.name)[:500],  # the status is in ``code``
                 retryable=code in RETRYABLE,
                 code=code.name,
                 retry_after=_retry_after(err),

@@ -44,7 +44,7 @@ def _retry_after(response: httpx.Response) -> float | None:
 def _refused(resp: httpx.Response) -> TransportError:
     """The partner's refusal, retryable for the codes in _RETRYABLE, with its Retry-After."""
     return TransportError(
-        f"HTTP {resp.status_code}: {resp.text[:300]}",
+        resp.text[:300] or resp.reason_phrase,  # the status is in ``code``
         retryable=resp.status_code in _RETRYABLE,
         code=f"HTTP_{resp.status_code}",
         retry_after=_retry_after(resp),

@@ -482,7 +482,7 @@ class DeliveryService:
         if refused is not None:  # opened while the row waited in this process's queue
             return partial(self._defer, row, attempts, refused, "circuit_open", "")
         remaining = max(policy.max_attempts - attempts, 1)
-        last_error = ""
+        last_error = last_code = ""
         next_wait = 0.0
 
         def is_retryable(exc: BaseException) -> bool:
@@ -552,6 +552,7 @@ class DeliveryService:
                                 await transport.deliver_status(request, timeout)
                         except TransportError as exc:
                             last_error = scrub(exc.message)  # partner text: may quote personal data
+                            last_code = exc.code or "ERROR"
                             recorded = True
                             if exc.retryable:
                                 breaker.record_failure()
@@ -573,7 +574,9 @@ class DeliveryService:
             )
             return _lost
         except _Refused as exc:
-            return partial(self._defer, row, attempts, exc.until, "circuit_open", "")
+            # Refused after failing here (the circuit opened meanwhile): its error is recorded.
+            error = f"{last_code}: {last_error}" if last_code else ""
+            return partial(self._defer, row, attempts, exc.until, "circuit_open", error)
         except _Permanent as exc:
             return partial(self._dead, row, attempts, exc.reason)
         except TransportError as exc:

@@ -9,7 +9,7 @@ from sqlalchemy import Engine, and_, func, or_, select
 
 from .writer import AUDIT, AUDIT_HEAD, CASES, EVENTS, OUTBOX
 
-__all__ = ["CaseRecord", "EventRecord", "OutboxRecord", "StoreReader"]
+__all__ = ["CaseRecord", "EventRecord", "OutboxRecord", "PartnerBacklog", "StoreReader"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +60,21 @@ class OutboxRecord:
     delivered_at: float | None
     dead_at: float | None
     replays: int
+
+
+@dataclass(frozen=True, slots=True)
+class PartnerBacklog:
+    """What waits in the outbox for one partner (``tongban outbox status``)."""
+
+    partner: str
+    pending: int  # rows not yet delivered nor dead
+    due: int  # of them, due now and held by no process
+    waiting: int  # due later: backing off, or behind an open circuit
+    held: int  # leased by a gateway process now (queued there or in a call)
+    next_attempt_at: float | None  # the earliest of the waiting rows' next attempts
+    oldest_created_at: float | None  # the oldest pending row's, and its attempts and error
+    oldest_attempts: int
+    last_error: str
 
 
 _CASE_COLS = [CASES.c[n] for n in CaseRecord.__slots__]
@@ -230,6 +245,35 @@ class StoreReader:
             "oldest_age": max(0.0, float(now - oldest)) if oldest is not None else 0.0,
             "dead": float(dead),
         }
+
+    def backlog(self, now: float) -> list[PartnerBacklog]:
+        """The pending rows of each partner that has any, by partner: one pass over the pending
+        rows (O(pending), for operators, not a hot path), then the oldest row of each."""
+        due = and_(OUTBOX.c.next_attempt_at <= now, OUTBOX.c.lease_until < now)
+        with self.engine.connect() as conn:
+            groups = conn.execute(
+                select(
+                    OUTBOX.c.target_partner,
+                    func.count(),
+                    func.count().filter(due),
+                    func.count().filter(OUTBOX.c.next_attempt_at > now),
+                    func.count().filter(OUTBOX.c.lease_until >= now),
+                    func.min(OUTBOX.c.next_attempt_at).filter(OUTBOX.c.next_attempt_at > now),
+                    func.min(OUTBOX.c.id),
+                )
+                .where(OUTBOX.c.state == "pending")
+                .group_by(OUTBOX.c.target_partner)
+                .order_by(OUTBOX.c.target_partner)
+            ).all()
+            out = []
+            for partner, pending, n_due, waiting, held, next_at, first in groups:
+                oldest = conn.execute(
+                    select(OUTBOX.c.created_at, OUTBOX.c.attempts, OUTBOX.c.last_error).where(
+                        OUTBOX.c.id == first
+                    )
+                ).one()
+                out.append(PartnerBacklog(partner, pending, n_due, waiting, held, next_at, *oldest))
+        return out
 
     def audit_length(self) -> int:
         """Entries in the audit chain."""

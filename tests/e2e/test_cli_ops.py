@@ -84,3 +84,54 @@ def test_audit_chain_of_a_real_exchange_verifies(tmp_path) -> None:
     ok = run("audit", "verify", "--config", "tongban.toml", env=env)
     assert ok.returncode == 0, ok.stdout
     assert "intact" in ok.stdout
+
+
+def test_outbox_status_shows_what_waits_for_each_partner(tmp_path) -> None:
+    env = {"TONGBAN_STORE__DATA_DIR": str(tmp_path)}
+    assert run("db", "upgrade", "--config", "tongban.toml", env=env).returncode == 0
+    now = time.time()
+    rows = [
+        # partner, state, attempts, next attempt, lease until, last error, created
+        ("shenzhen", "pending", 5, now + 30, 0, "UNAVAILABLE: connection refused", now - 120),
+        ("shenzhen", "pending", 0, now + 30, 0, "", now - 60),
+        ("shenzhen", "pending", 1, now - 1, now + 20, "", now - 30),  # held by a gateway
+        ("shenzhen", "delivered", 1, now - 300, 0, "", now - 300),
+        ("guangzhou", "pending", 0, now - 2, 0, "", now - 2),
+        ("guangzhou", "dead", 1, now - 5, 0, "INVALID_ARGUMENT: rejected", now - 5),
+    ]
+    with sqlite3.connect(tmp_path / "tongban.db") as conn:
+        for i, (partner, state, attempts, nxt, lease, error, created) in enumerate(rows):
+            conn.execute(
+                "INSERT INTO outbox (exchange_id, kind, target_partner, target_city, state,"
+                " attempts, next_attempt_at, lease_until, last_error, created_at, replays)"
+                " VALUES (?, 'case', ?, '440300', ?, ?, ?, ?, ?, ?, 0)",
+                (f"x{i}", partner, state, attempts, nxt, lease, error, created),
+            )
+    out = run("outbox", "status", "--config", "tongban.toml", "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    gz, sz = json.loads(out.stdout)
+    assert {k: gz[k] for k in ("partner", "city", "pending", "due", "waiting", "held")} == {
+        "partner": "guangzhou",
+        "city": "440100",
+        "pending": 1,
+        "due": 1,
+        "waiting": 0,
+        "held": 0,
+    }
+    assert gz["next_attempt_at"] == "-"
+    assert {k: sz[k] for k in ("pending", "due", "waiting", "held", "oldest_attempts")} == {
+        "pending": 3,
+        "due": 0,
+        "waiting": 2,
+        "held": 1,
+        "oldest_attempts": 5,
+    }
+    assert sz["last_error"] == "UNAVAILABLE: connection refused"
+    assert sz["next_attempt_at"].endswith("Z")
+    text = run("outbox", "status", "--config", "tongban.toml", env=env)
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    assert lines[0].split()[:6] == ["partner", "city", "pending", "due", "waiting", "held"]
+    assert lines[2].split()[:6] == ["shenzhen", "440300", "3", "0", "2", "1"]
+    assert "UNAVAILABLE: connection refused" in lines[2]
+    assert lines[-1] == "4 pending for 2 partner(s)"

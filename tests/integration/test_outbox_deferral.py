@@ -133,3 +133,22 @@ async def test_only_the_lease_holder_puts_a_row_back(store: Store) -> None:
     assert await store.write(FailedIntent(row, "w1", 1, "", dead=False, next_attempt_at=NOW + 9))
     assert outbox_row(store) == ("pending", 1, NOW + 9, None, "UNAVAILABLE: down")
     assert await store.write(ClaimIntent("w1", 10, 30)) == []  # not due yet
+
+
+async def test_the_backlog_by_partner(store: Store) -> None:
+    """What ``tongban outbox status`` reads, on both stores."""
+    add(store, "sz", NOW + 30, attempts=4, last_error="UNAVAILABLE: down", created_at=1.0)
+    add(store, "sz", NOW + 10)
+    add(store, "sz", NOW - 1, lease_owner="w1", lease_until=NOW + 20)
+    add(store, "gz", NOW - 1)
+    add(store, "gz", NOW - 1, state="delivered")
+    gz, sz = store.reader.backlog(NOW)
+    assert (gz.partner, gz.pending, gz.due, gz.waiting, gz.held) == ("gz", 1, 1, 0, 0)
+    assert gz.next_attempt_at is None
+    assert (sz.partner, sz.pending, sz.due, sz.waiting, sz.held) == ("sz", 3, 0, 2, 1)
+    assert sz.next_attempt_at == NOW + 10
+    assert (sz.oldest_created_at, sz.oldest_attempts, sz.last_error) == (
+        1.0,
+        4,
+        "UNAVAILABLE: down",
+    )

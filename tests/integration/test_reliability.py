@@ -810,3 +810,37 @@ async def test_a_slow_partner_s_backlog_is_not_claimed_beyond_what_it_can_take(
     finally:
         release.set()
         await gw.stop(grace=0)
+
+
+async def test_a_row_refused_after_failing_keeps_its_error(tmp_path: Path) -> None:
+    """A row that failed twice in place and then found its partner's circuit open is put back
+    with the partner's error, which ``tongban outbox status`` and dead letters show."""
+    from adapters.transports import TransportError
+    from gateway.services.delivery import DeliveryService
+    from gateway.store.intents import ClaimIntent
+
+    async def handler(kind: str, request: Any) -> None:
+        raise TransportError("down", retryable=True, code="UNAVAILABLE")
+
+    async def no_sleep(seconds: float) -> None:
+        return None
+
+    gw, fake = await fake_partner_gateway(
+        tmp_path,
+        handler,
+        TONGBAN_DELIVERY__RETRY__HOLD_MAX_SECONDS="60",
+        TONGBAN_DELIVERY__CIRCUIT__FAILURE_THRESHOLD="2",
+        TONGBAN_DELIVERY__CIRCUIT__RESET_SECONDS="60",
+    )
+    try:
+        (xid,) = await submit_many(gw.address, 1, "kept")
+        svc: DeliveryService = gw.services.delivery
+        svc.sleep = no_sleep
+        (row,) = await gw.services.store.write(ClaimIntent(svc.owner, 10, 30))
+        assert await svc.deliver(row) == "deferred"
+        assert len(fake.calls) == 2
+        state, attempts, next_at, owner, error = outbox_rows(gw)[xid]
+        assert (state, attempts, owner, error) == ("pending", 2, None, "UNAVAILABLE: down")
+        assert next_at == svc.breakers["sz"].open_until
+    finally:
+        await gw.stop(grace=0)
