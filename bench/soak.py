@@ -175,8 +175,8 @@ async def costs(db_dir: Path, rounds: int = 300) -> dict[str, float]:
     claim = []
     for _ in range(rounds):
         t = time.perf_counter()
-        # As a gateway claims: partner by partner (those of partner_env).
-        await store.write(ClaimIntent("bench", 32, 0.001, (), ("sz", "zs")))
+        # As a gateway claims: partner by partner (the one inbox of partner_env).
+        await store.write(ClaimIntent("bench", 32, 0.001, (), ("sz",)))
         claim.append(time.perf_counter() - t)
     await store.stop()
     return {

@@ -175,6 +175,7 @@ class DeliveryService:
         # case, event); a row's first attempt uses them while fresh, later attempts read again.
         self._prefetched: dict[int, tuple[float, CaseRecord | None, EventRecord | None]] = {}
         self._next_sweep = 0.0
+        self._inboxes: tuple[str, ...] | None = None
         # Calls in progress per partner, their caps, and rows waiting for a partner's call
         # to end (it had max_in_flight of them when they were taken from the queue).
         self._calls: dict[str, int] = {}
@@ -286,9 +287,13 @@ class DeliveryService:
     async def _claim(self, limit: int) -> list[ClaimedRow]:
         """Lease up to ``limit`` due rows, partner by partner and interleaved, leaving those of
         partners whose circuits refuse calls in the outbox; now and then, rows of partners no
-        longer configured too."""
+        longer configured, or without an inbox now, too."""
         cfg = self.settings.delivery
-        partners = tuple(self.settings.partners)
+        if self._inboxes is None:  # only partners with an inbox have rows to claim
+            self._inboxes = tuple(
+                p for p, c in self.settings.partners.items() if c.inbox.transport != "none"
+            )
+        partners = self._inboxes
         # Partners whose circuits refuse calls stay in the outbox, and each partner is claimed
         # for up to 4 x its max_in_flight in this process's hands (queued, waiting for a call
         # slot or in a call; the process holds 4 x delivery.workers): a slow partner's backlog

@@ -618,8 +618,9 @@ async def test_group_commit_shares_commits(
 
 async def test_claims_interleave_partners_and_sweep_rows_of_removed_ones(tmp_path: Path) -> None:
     """A claim takes Shenzhen's backlog and Guangzhou's new case in turn, not the backlog
-    first; a row for a partner no longer configured is swept up and dead-lettered (it can be
-    replayed once the partner is back), instead of staying pending unseen."""
+    first; rows for a partner no longer configured, or with no inbox now, are swept up and
+    dead-lettered (they can be replayed once the partner is back), instead of staying pending
+    unseen."""
     import sqlite3
 
     from gateway.services.delivery import DeliveryService
@@ -627,29 +628,27 @@ async def test_claims_interleave_partners_and_sweep_rows_of_removed_ones(tmp_pat
     async def handler(kind: str, request: Any) -> None:
         return None
 
-    gw, _ = await fake_partner_gateway(
-        tmp_path,
-        handler,
-        **GZ_INBOX,
-    )
+    gw, _ = await fake_partner_gateway(tmp_path, handler, **GZ_INBOX)
     try:
         svc: DeliveryService = gw.services.delivery
         backlog = await submit_many(gw.address, 6, "blog")
         (gz_case,) = await submit_many(gw.address, 1, "new", city="440100")
         with sqlite3.connect(gw.settings.store.data_dir / "tongban.db") as conn:
-            conn.execute(
-                "UPDATE outbox SET target_partner = 'gone' WHERE exchange_id = ?", [backlog[5]]
-            )
+            for partner, xid in (("zs", backlog[4]), ("gone", backlog[5])):
+                conn.execute(
+                    "UPDATE outbox SET target_partner = ? WHERE exchange_id = ?", [partner, xid]
+                )
         rows = await svc._claim(4)
         assert [r.exchange_id for r in rows] == [backlog[0], gz_case, backlog[1], backlog[2]]
-        # The next claim has room left after the partners' rows: the sweep takes the stray.
-        *rest, stray = await svc._claim(4)
-        assert [r.exchange_id for r in rest] == [backlog[3], backlog[4]]
-        assert stray.target_partner == "gone"
+        # The next claim has room left after the partners' rows: the sweep takes the strays.
+        rest, *strays = await svc._claim(4)
+        assert rest.exchange_id == backlog[3]
+        assert [r.target_partner for r in strays] == ["zs", "gone"]
         assert svc._next_sweep > 0  # and not again for SWEEP_SECONDS
-        assert await svc.deliver(stray) == "dead"
-        assert outbox_rows(gw)[backlog[5]][0] == "dead"
-        assert outbox_rows(gw)[backlog[5]][4] == "NO_TRANSPORT: partner gone is not configured"
+        assert [await svc.deliver(r) for r in strays] == ["dead", "dead"]
+        rows_now = outbox_rows(gw)
+        assert rows_now[backlog[4]][4] == "NO_TRANSPORT: partner zs has no inbox"
+        assert rows_now[backlog[5]][4] == "NO_TRANSPORT: partner gone is not configured"
     finally:
         await gw.stop(grace=0)
 
