@@ -175,11 +175,20 @@ class DeliveryService:
         # case, event); a row's first attempt uses them while fresh, later attempts read again.
         self._prefetched: dict[int, tuple[float, CaseRecord | None, EventRecord | None]] = {}
         self._next_sweep = 0.0
-        self._inboxes: tuple[str, ...] | None = None
-        # Calls in progress per partner, their caps, and rows waiting for a partner's call
-        # to end (it had max_in_flight of them when they were taken from the queue).
+        # Only partners with an inbox have rows to claim. Each gets at most its max_in_flight
+        # calls at once; by default every worker but one when other partners have inboxes too
+        # (a slow partner then leaves a worker to the others), else every worker.
+        self._inboxes = tuple(
+            p for p, c in settings.partners.items() if c.inbox.transport != "none"
+        )
+        workers = settings.delivery.workers
+        self._default_cap = max(workers - 1, 1) if len(self._inboxes) > 1 else workers
+        self._caps = {
+            p: c.max_in_flight for p, c in settings.partners.items() if c.max_in_flight is not None
+        }
+        # Calls in progress per partner, and rows waiting for a partner's call to end (it had
+        # max_in_flight of them when they were taken from the queue).
         self._calls: dict[str, int] = {}
-        self._caps: dict[str, int] = {}
         self._parked: dict[str, deque[ClaimedRow]] = {}
 
     def breaker(self, partner: str) -> CircuitBreaker:
@@ -289,10 +298,6 @@ class DeliveryService:
         partners whose circuits refuse calls in the outbox; now and then, rows of partners no
         longer configured, or without an inbox now, too."""
         cfg = self.settings.delivery
-        if self._inboxes is None:  # only partners with an inbox have rows to claim
-            self._inboxes = tuple(
-                p for p, c in self.settings.partners.items() if c.inbox.transport != "none"
-            )
         partners = self._inboxes
         # Partners whose circuits refuse calls stay in the outbox, and each partner is claimed
         # for up to 4 x its max_in_flight in this process's hands (queued, waiting for a call
@@ -331,22 +336,8 @@ class DeliveryService:
             self._prefetched[r.id] = (now, cases.get(r.exchange_id), event)
 
     def max_in_flight(self, partner: str) -> int:
-        """How many calls to ``partner`` this process makes at once: its ``max_in_flight``,
-        else every worker but one when other partners have inboxes too (a slow partner then
-        leaves a worker to the others), else every worker."""
-        cap = self._caps.get(partner)
-        if cap is None:
-            workers = self.settings.delivery.workers
-            found = self.settings.partners.get(partner)
-            inboxes = sum(p.inbox.transport != "none" for p in self.settings.partners.values())
-            if found is not None and found.max_in_flight is not None:
-                cap = found.max_in_flight
-            elif inboxes > 1:
-                cap = max(workers - 1, 1)
-            else:
-                cap = workers
-            self._caps[partner] = cap
-        return cap
+        """How many calls to ``partner`` this process makes at once (see ``__init__``)."""
+        return self._caps.get(partner, self._default_cap)
 
     async def _worker(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
