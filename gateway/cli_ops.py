@@ -9,17 +9,22 @@ import datetime as dt
 import json
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from .cli_serve import read_settings
 from .errors import GatewayError
 from .services.dead_letters import DeadLetterService
+from .settings import Settings
 from .store.engine import current_revision
+from .store.reads import StoreReader
 from .store.store import Store
 
 __all__ = ["add_ops_commands"]
+
+T = TypeVar("T")
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -36,7 +41,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
         print(f"error: cannot migrate the store: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     finally:
-        store.engine.dispose()
+        store.dispose()
     print(f"store at revision {after} (was {before or 'empty'})")
     return 0
 
@@ -108,15 +113,10 @@ def cmd_outbox_status(args: argparse.Namespace) -> int:
     settings = read_settings(args.config)
     if settings is None:
         return 2
-    store = Store(settings.store.effective_url)
     now = time.time()
-    try:
-        rows = store.reader.backlog(now)
-    except SQLAlchemyError as exc:
-        print(f"error: cannot read the outbox: {type(exc).__name__}", file=sys.stderr)
+    rows = _read(settings, "outbox", lambda reader: reader.backlog(now))
+    if rows is None:
         return 2
-    finally:
-        store.engine.dispose()
     if args.json:
         print(
             json.dumps(
@@ -155,27 +155,38 @@ def cmd_outbox_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _city(settings: Any, partner: str) -> str:
+def _city(settings: Settings, partner: str) -> str:
     found = settings.partners.get(partner)
-    return str(found.city) if found is not None else "?"
+    return found.city if found is not None else "?"
+
+
+def _read(settings: Settings, what: str, read: Callable[[StoreReader], T]) -> T | None:
+    """``read`` from the configured store; None, once said why, if it cannot be read."""
+    store = Store(settings.store.effective_url)
+    try:
+        return read(store.reader)
+    except SQLAlchemyError as exc:
+        print(f"error: cannot read the {what}: {type(exc).__name__}", file=sys.stderr)
+        return None
+    finally:
+        store.dispose()
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Walk the audit chain; exit 1 at the first broken link."""
-    from .audit import verify_chain
+    from .audit import ChainReport, verify_chain
 
     settings = read_settings(args.config)
     if settings is None:
         return 2
-    store = Store(settings.store.effective_url)
-    try:
-        length, head = store.reader.audit_head()
-        report = verify_chain(store.reader.audit_rows(), length, head)
-    except SQLAlchemyError as exc:
-        print(f"error: cannot read the audit log: {type(exc).__name__}", file=sys.stderr)
+
+    def verify(reader: StoreReader) -> ChainReport:
+        length, head = reader.audit_head()
+        return verify_chain(reader.audit_rows(), length, head)
+
+    report = _read(settings, "audit log", verify)
+    if report is None:
         return 2
-    finally:
-        store.engine.dispose()
     if report.ok:
         print(f"audit chain intact: {report.checked} entries")
         return 0

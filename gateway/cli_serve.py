@@ -94,8 +94,7 @@ def _serve_workers(settings: Settings, n: int) -> int:
     store = Store(settings.store.effective_url)
     if store.is_sqlite:
         store.migrate()
-    store.engine.dispose()
-    store.read_engine.dispose()
+    store.dispose()
     metrics_dir = tempfile.mkdtemp(prefix="tongban-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     worker_settings = settings.model_copy(

@@ -84,6 +84,10 @@ class Store:
         await self.writer.stop()
         if self.writer_process is not None:
             await self.writer_process.close()
+        self.dispose()
+
+    def dispose(self) -> None:
+        """Close the engines' connections (a store used without its writer: a command)."""
         self.engine.dispose()
         if self.read_engine is not self.engine:
             self.read_engine.dispose()
