@@ -49,6 +49,7 @@ from .services.cases import CaseService
 from .services.dead_letters import DeadLetterService
 from .services.delivery import DeliveryObserver, DeliveryService
 from .services.identity import IdentityService
+from .services.retention import RetentionService
 from .settings import Settings
 from .store.store import Store
 
@@ -91,6 +92,7 @@ class Services:
     metrics: GatewayMetrics
     guard: AccessGuard
     watchdog: DeadlineWatchdog
+    retention: RetentionService
     servicers: dict[str, Any] = field(default_factory=dict)
     observer: CallObserver | None = None
 
@@ -168,6 +170,7 @@ def bootstrap(
         metrics,
         AccessGuard(settings, auth),
         DeadlineWatchdog(settings.server.max_deadline_seconds),
+        RetentionService(settings.retention, store, on_purged=metrics.purged_rows),
     )
     services.observer = call_observer(metrics)
     services.servicers["TranslationService"] = TranslationServicer(
@@ -281,6 +284,7 @@ class Gateway:
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self._tasks.append(asyncio.create_task(self._probe_store()))
         self._tasks.append(asyncio.create_task(self.services.watchdog.run(self._stop)))
+        self._tasks.append(asyncio.create_task(self.services.retention.run(self._stop)))
         log.info(
             "gateway serving",
             extra={

@@ -1,5 +1,6 @@
-"""``tongban db upgrade`` and ``tongban dead-letters list|show|replay``: operator commands that
-work on the store named by the configuration, whether or not a gateway is running."""
+"""``tongban db upgrade|purge``, ``audit verify``, ``outbox status`` and ``dead-letters
+list|show|replay``: operator commands that work on the store named by the configuration, whether
+or not a gateway is running."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from .cli_serve import read_settings
 from .errors import GatewayError
 from .services.dead_letters import DeadLetterService
+from .services.retention import RetentionService
 from .settings import Settings
 from .store.engine import current_revision
 from .store.reads import StoreReader
+from .store.retention import PURGED, describe
 from .store.store import Store
 
 __all__ = ["add_ops_commands"]
@@ -44,6 +47,55 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
         store.dispose()
     print(f"store at revision {after} (was {before or 'empty'})")
     return 0
+
+
+_KEPT = {"requests": "idempotency records", "outbox": "delivered outbox rows", "cases": "cases"}
+
+
+async def _purge(args: argparse.Namespace) -> int:
+    settings = read_settings(args.config)
+    if settings is None:
+        return 2
+    store = Store(settings.store.effective_url)
+    store.start()
+    svc = RetentionService(settings.retention, store)
+    try:
+        if not svc.enabled:
+            print("retention keeps everything (retention.*_days are all 0): nothing to purge")
+            return 0
+        report = await (svc.dry_run() if args.dry_run else svc.purge("cli"))
+    except SQLAlchemyError as exc:
+        print(f"error: cannot purge the store: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await store.stop()
+    if report.skipped:
+        print("another gateway is purging the store now; nothing done", file=sys.stderr)
+        return 1
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "dry_run": args.dry_run,
+                    "cutoffs": {t: _when(c) for t, c in report.cuts.items()},
+                    "deleted": report.deleted,
+                }
+            )
+        )
+        return 0
+    verb = "would purge" if args.dry_run else "purged"
+    for table, cut in report.cuts.items():
+        n, events = report.deleted.get(table, 0), report.deleted.get("events", 0)
+        print(f"{verb} {describe(table, n, cut, events)}")
+    kept = [_KEPT[t] for t in PURGED if t not in report.cuts]
+    if kept:
+        print(f"kept for ever: {', '.join(kept)}")
+    return 0
+
+
+def cmd_db_purge(args: argparse.Namespace) -> int:
+    """Purge what retention no longer keeps (or, with --dry-run, count it)."""
+    return asyncio.run(_purge(args))
 
 
 def _when(seconds: float | None) -> str:
@@ -199,11 +251,20 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 def add_ops_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``db``, ``audit``, ``outbox`` and ``dead-letters``."""
-    db = sub.add_parser("db", help="store migrations")
+    db = sub.add_parser("db", help="store migrations and retention")
     dbs = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
     up = dbs.add_parser("upgrade", help="apply every migration (alembic) to the configured store")
     up.add_argument("--config", help="TOML settings file")
     up.set_defaults(func=cmd_db_upgrade)
+    pg = dbs.add_parser(
+        "purge",
+        help="delete what [retention] no longer keeps: idempotency records, delivered outbox "
+        "rows, closed cases (never pending rows or dead letters); the audit log records it",
+    )
+    pg.add_argument("--dry-run", action="store_true", help="count what would go; delete nothing")
+    pg.add_argument("--json", action="store_true", help="one JSON object")
+    pg.add_argument("--config", help="TOML settings file")
+    pg.set_defaults(func=cmd_db_purge)
     au = sub.add_parser("audit", help="the hash-chained audit log")
     aus = au.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
     ver = aus.add_parser("verify", help="walk the chain; report the first broken link (exit 1)")

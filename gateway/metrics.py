@@ -175,6 +175,14 @@ class GatewayMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
             registry=r,
         )
+        self.purged = Counter(
+            "tongban_store_purged_rows_total",
+            "Rows purged from the store by retention (requests, outbox, cases, events).",
+            ("table",),
+            registry=r,
+        )
+        for table in ("requests", "outbox", "cases", "events"):
+            self.purged.labels(table)
         self.log_records_dropped = Counter(
             "tongban_log_records_dropped_total",
             "Log records dropped because stderr did not take them fast enough.",
@@ -249,6 +257,10 @@ class GatewayMetrics:
     def calls(self, partner: str, n: int) -> None:
         """``n`` calls to ``partner`` in progress."""
         self.calls_in_flight.labels(partner).set(n)
+
+    def purged_rows(self, table: str, n: int) -> None:
+        """``n`` rows of ``table`` purged by retention."""
+        self.purged.labels(table).inc(n)
 
     def outbox(self, stats: dict[str, float], audit_length: int) -> None:
         """Store-derived gauges (refreshed periodically)."""

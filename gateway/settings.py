@@ -26,6 +26,7 @@ __all__ = [
     "DeliverySettings",
     "PartnerSettings",
     "PurposeSettings",
+    "RetentionSettings",
     "RetryPolicy",
     "Settings",
     "load_settings",
@@ -243,6 +244,25 @@ class DeliverySettings(_Model):
     circuit: CircuitPolicy = CircuitPolicy()
 
 
+class RetentionSettings(_Model):
+    """How long the store keeps what it no longer needs; 0 days keeps it for ever.
+
+    Nothing pending or dead-lettered is ever purged. docs/operations.md#retention.
+    """
+
+    # Idempotency records: a retry of a request older than this is taken as a new request.
+    request_days: Annotated[float, Field(ge=0, le=36500)] = 30.0
+    # Delivered outbox rows (when each delivery was made, its attempts).
+    delivered_days: Annotated[float, Field(ge=0, le=36500)] = 30.0
+    # Closed cases (a final status) with their status history, once nothing of theirs waits
+    # for delivery or sits in the dead-letter queue, counted from their last change.
+    closed_case_days: Annotated[float, Field(ge=0, le=36500)] = 0.0
+    # A serving gateway purges a minute after it starts, then every interval (0: never; the
+    # `tongban db purge` command still does).
+    interval_seconds: Annotated[float, Field(ge=0, le=7 * 86400)] = 3600.0
+    batch_rows: Annotated[int, Field(ge=1, le=100_000)] = 1000  # rows per transaction
+
+
 class AuthSettings(_Model):
     """How partners authenticate."""
 
@@ -264,6 +284,7 @@ class Settings(_Model):
     mappings: MappingSettings = MappingSettings()
     metrics: MetricsSettings = MetricsSettings()
     delivery: DeliverySettings = DeliverySettings()
+    retention: RetentionSettings = RetentionSettings()
     auth: AuthSettings = AuthSettings()
     log: LogSettings = LogSettings()
     tls: TlsSettings = TlsSettings()

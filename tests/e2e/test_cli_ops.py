@@ -1,4 +1,5 @@
-"""Operator commands on a real store: db upgrade, dead-letters list/show/replay."""
+"""Operator commands on a real store: db upgrade and purge, dead-letters list/show/replay, audit
+verify, outbox status."""
 
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ def test_audit_verify_catches_an_edited_row(tmp_path) -> None:
     assert "BROKEN at entry 5" in gone.stdout
 
 
-def test_audit_chain_of_a_real_exchange_verifies(tmp_path) -> None:
+def test_a_real_exchange_is_purged_and_its_audit_chain_verifies(tmp_path) -> None:
     out = run(
         "demo", "--cases", "5", "--no-progress", "--data-dir", str(tmp_path / "demo"), timeout=120
     )
@@ -84,6 +85,33 @@ def test_audit_chain_of_a_real_exchange_verifies(tmp_path) -> None:
     ok = run("audit", "verify", "--config", "tongban.toml", env=env)
     assert ok.returncode == 0, ok.stdout
     assert "intact" in ok.stdout
+    # tongban.toml keeps idempotency records and delivered rows 30 days, cases for ever.
+    kept = run("db", "purge", "--dry-run", "--config", "tongban.toml", env=env)
+    assert kept.returncode == 0, kept.stderr
+    assert kept.stdout.splitlines()[0].startswith("would purge 0 idempotency records made before")
+    assert kept.stdout.splitlines()[-1] == "kept for ever: cases"
+    # The demo's cases are all closed and delivered: a second's retention purges them all.
+    env |= {f"TONGBAN_RETENTION__{k}_DAYS": str(1 / 86400) for k in ("REQUEST", "CLOSED_CASE")}
+    env["TONGBAN_RETENTION__DELIVERED_DAYS"] = str(1 / 86400)
+    time.sleep(1.1)
+    dry = run("db", "purge", "--dry-run", "--json", "--config", "tongban.toml", env=env)
+    assert dry.returncode == 0, dry.stderr
+    would = json.loads(dry.stdout)
+    assert would["dry_run"] is True
+    assert would["deleted"]["cases"] == 5
+    assert would["deleted"]["events"] > 5  # submitted, received, accepted, approved ...
+    purged = run("db", "purge", "--json", "--config", "tongban.toml", env=env)
+    assert json.loads(purged.stdout)["deleted"] == would["deleted"]
+    with sqlite3.connect(tmp_path / "demo" / "tongban.db") as conn:
+        counts = [conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES]
+        actors = conn.execute("SELECT DISTINCT actor FROM audit WHERE action = 'store.purge'")
+        assert actors.fetchall() == [("cli",)]
+    assert counts == [0, 0, 0, 0]
+    ok = run("audit", "verify", "--config", "tongban.toml", env=env)
+    assert ok.returncode == 0, ok.stdout
+
+
+TABLES = ("requests", "outbox", "cases", "events")
 
 
 def test_outbox_status_shows_what_waits_for_each_partner(tmp_path) -> None:

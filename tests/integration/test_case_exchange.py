@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sqlite3
@@ -40,13 +41,15 @@ class Exchange:
             return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 
 
-@pytest.fixture
-async def exchange(tmp_path: Path) -> AsyncIterator[Exchange]:
+@contextlib.asynccontextmanager
+async def running_exchange(tmp_path: Path, **env: str) -> AsyncIterator[Exchange]:
+    """A gateway with Zhongshan's and Shenzhen's inboxes (simulators) and a channel to it;
+    ``env`` adds to or overrides its settings."""
     zs = InboxSimulator(tmp_path / "zs.db")
     sz = InboxSimulator(tmp_path / "sz.db")
     zs_server, zs_port = await start_simulator(zs)
     sz_server, sz_port = await start_simulator(sz)
-    env = {
+    settings = {
         "TONGBAN_AUTH__MODE": "token",
         "TONGBAN_DELIVERY__RETRY__INITIAL_BACKOFF_SECONDS": "0.01",
         "TONGBAN_PARTNERS__ZS__CITY": "442000",
@@ -59,18 +62,27 @@ async def exchange(tmp_path: Path) -> AsyncIterator[Exchange]:
         "TONGBAN_PARTNERS__SZ__INBOX__TARGET": f"127.0.0.1:{sz_port}",
         "TONGBAN_PARTNERS__GZ__CITY": "440100",
         "TONGBAN_PARTNERS__GZ__TOKEN": "t-gz",
+        **env,
     }
-    gw = Gateway(make_settings(tmp_path, **env))
+    gw = Gateway(make_settings(tmp_path, **settings))
     await gw.start()
-    async with grpc.aio.insecure_channel(gw.address) as ch:
-        yield Exchange(
-            gw, cx_grpc.CaseExchangeServiceStub(ch), zs, sz, tmp_path / "data/tongban.db"
-        )
-    await gw.stop(grace=0)
-    await zs_server.stop(0)
-    await sz_server.stop(0)
-    zs.close()
-    sz.close()
+    try:
+        async with grpc.aio.insecure_channel(gw.address) as ch:
+            yield Exchange(
+                gw, cx_grpc.CaseExchangeServiceStub(ch), zs, sz, tmp_path / "data/tongban.db"
+            )
+    finally:
+        await gw.stop(grace=0)
+        await zs_server.stop(0)
+        await sz_server.stop(0)
+        zs.close()
+        sz.close()
+
+
+@pytest.fixture
+async def exchange(tmp_path: Path) -> AsyncIterator[Exchange]:
+    async with running_exchange(tmp_path) as ex:
+        yield ex
 
 
 def submit_req(

@@ -36,6 +36,7 @@ class CaseExchangeServiceStub:
 
     Every mutating request carries a request_id (AIP-155): a retry with the same request_id and the
     same body returns the first answer; the same request_id with a different body is ALREADY_EXISTS.
+    Request ids are remembered for the gateway's retention.request_days (30 days unless configured).
     """
 
     def __init__(self, channel):
@@ -87,6 +88,7 @@ class CaseExchangeServiceServicer:
 
     Every mutating request carries a request_id (AIP-155): a retry with the same request_id and the
     same body returns the first answer; the same request_id with a different body is ALREADY_EXISTS.
+    Request ids are remembered for the gateway's retention.request_days (30 days unless configured).
     """
 
     def SubmitCase(self, request, context):
@@ -184,6 +186,7 @@ class CaseExchangeService:
 
     Every mutating request carries a request_id (AIP-155): a retry with the same request_id and the
     same body returns the first answer; the same request_id with a different body is ALREADY_EXISTS.
+    Request ids are remembered for the gateway's retention.request_days (30 days unless configured).
     """
 
     @staticmethod

@@ -37,6 +37,7 @@ class CaseExchangeServiceStub:
 
     Every mutating request carries a request_id (AIP-155): a retry with the same request_id and the
     same body returns the first answer; the same request_id with a different body is ALREADY_EXISTS.
+    Request ids are remembered for the gateway's retention.request_days (30 days unless configured).
     """
 
     @_typing.overload
@@ -70,6 +71,7 @@ class CaseExchangeServiceAsyncStub(CaseExchangeServiceStub):
 
     Every mutating request carries a request_id (AIP-155): a retry with the same request_id and the
     same body returns the first answer; the same request_id with a different body is ALREADY_EXISTS.
+    Request ids are remembered for the gateway's retention.request_days (30 days unless configured).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -99,6 +101,7 @@ class CaseExchangeServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Every mutating request carries a request_id (AIP-155): a retry with the same request_id and the
     same body returns the first answer; the same request_id with a different body is ALREADY_EXISTS.
+    Request ids are remembered for the gateway's retention.request_days (30 days unless configured).
     """
 
     @_abc_1.abstractmethod
