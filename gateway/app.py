@@ -52,6 +52,7 @@ from .services.identity import IdentityService
 from .services.retention import RetentionService
 from .settings import Settings
 from .store.store import Store
+from .tls_files import ServerCertificates, certificate_expiry
 
 __all__ = ["Gateway", "Services", "bootstrap", "create_server"]
 
@@ -173,6 +174,10 @@ def bootstrap(
         RetentionService(settings.retention, store, on_purged=metrics.purged_rows),
     )
     services.observer = call_observer(metrics)
+    for pid, p in settings.partners.items():
+        if p.inbox.client_cert is not None:
+            expiry = certificate_expiry(p.inbox.client_cert)
+            metrics.certificate_expiry.labels(f"client:{pid}").set(expiry)
     services.servicers["TranslationService"] = TranslationServicer(
         mappings,
         settings.server.max_record_bytes,
@@ -239,11 +244,15 @@ def create_server(
     if tls.enabled:
         assert tls.cert is not None
         assert tls.key is not None
-        creds = grpc.ssl_server_credentials(
-            [(tls.key.read_bytes(), tls.cert.read_bytes())],
-            root_certificates=tls.client_ca.read_bytes() if tls.client_ca else None,
-            require_client_auth=tls.client_ca is not None,
+        metrics = services.metrics
+        certificates = ServerCertificates(
+            tls.cert,
+            tls.key,
+            tls.client_ca,
+            on_reload=lambda outcome: metrics.tls_reloads.labels(outcome).inc(),
+            on_expiry=lambda which, until: metrics.certificate_expiry.labels(which).set(until),
         )
+        creds = certificates.credentials()
         port = server.add_secure_port(f"{cfg.host}:{cfg.port}", creds)
     else:
         port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import ipaddress
+import os
 import sys
 from pathlib import Path
 
@@ -22,9 +23,13 @@ __all__ = ["add_certs_command", "issue", "make_ca"]
 
 
 def _write(path: Path, data: bytes, private: bool = False) -> None:
-    path.write_bytes(data)
+    """Replace ``path`` at once (a new file renamed over it): a gateway reading its
+    certificate files while they are rotated sees the old file or the new, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
     if private:
-        path.chmod(0o600)
+        tmp.chmod(0o600)
+    os.replace(tmp, path)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

@@ -16,6 +16,7 @@ from .app import Gateway
 from .logs import configure_logging
 from .loops import loop_factory, loop_name, run
 from .settings import ConfigError, Settings, load_settings
+from .tls_files import CertificateError
 
 __all__ = ["add_serve_command", "read_settings"]
 
@@ -37,6 +38,9 @@ async def _serve(settings: Settings) -> int:
     except MappingLoadError as exc:
         print(f"error: the mapping set does not load:\n{exc}", file=sys.stderr)
         return 1
+    except CertificateError as exc:
+        print(f"error: tls: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -183,6 +183,22 @@ class GatewayMetrics:
         )
         for table in ("requests", "outbox", "cases", "events"):
             self.purged.labels(table)
+        self.tls_reloads = Counter(
+            "tongban_tls_reloads_total",
+            "Server certificate files read again after they changed, by outcome (ok, rejected).",
+            ("outcome",),
+            registry=r,
+        )
+        for outcome in ("ok", "rejected"):
+            self.tls_reloads.labels(outcome)
+        self.certificate_expiry = Gauge(
+            "tongban_tls_certificate_expiry_timestamp_seconds",
+            "When a certificate in use expires (UNIX seconds): server, client_ca (the earliest "
+            "in the bundle), client:<partner> (the gateway's certificate for that inbox).",
+            ("certificate",),
+            registry=r,
+            multiprocess_mode="min",
+        )
         self.log_records_dropped = Counter(
             "tongban_log_records_dropped_total",
             "Log records dropped because stderr did not take them fast enough.",

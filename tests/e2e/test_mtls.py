@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
+from cryptography import x509
 
 from gateway.app import Gateway
 from gateway.certs import issue, make_ca
@@ -141,3 +145,58 @@ def test_token_mode_refuses_to_start_with_tls(tmp_path: Path, certs: Path) -> No
     bad = {**env(tmp_path, certs), "TONGBAN_AUTH__MODE": "token"}
     with pytest.raises(ConfigError, match="refused when TLS is on"):
         load_settings(None, env=bad)
+
+
+def served_certificate(port: int, certs: Path) -> x509.Certificate:
+    """The certificate a new TLS connection to the gateway is shown (as a partner, over h2)."""
+    ctx = ssl.create_default_context(cafile=certs / "ca.pem")
+    ctx.load_cert_chain(certs / "zhongshan.pem", certs / "zhongshan-key.pem")
+    ctx.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection(("localhost", port), timeout=5) as sock,
+        ctx.wrap_socket(sock, server_hostname="localhost") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
+
+
+async def test_a_rotated_server_certificate_serves_new_connections_at_once(
+    gateway: Gateway, certs: Path, tmp_path: Path
+) -> None:
+    """`tongban certs issue gateway --server` while the gateway runs: the next connection gets
+    the new certificate, connections already open keep working, and a key that does not match
+    its certificate is refused while the last good pair keeps serving."""
+    metrics = gateway.services.metrics.registry
+    first = await asyncio.to_thread(served_certificate, gateway.port, certs)
+    expiry = metrics.get_sample_value(
+        "tongban_tls_certificate_expiry_timestamp_seconds", {"certificate": "server"}
+    )
+    assert expiry == first.not_valid_after_utc.timestamp()
+    async with channel(gateway, certs / "ca.pem", certs, "zhongshan") as before:
+        stub = cx_grpc.CaseExchangeServiceStub(before)
+        await stub.SubmitCase(submit("r1"), timeout=10)
+        out = run("certs", "issue", "gateway", "--server", "--dir", str(certs))
+        assert out.returncode == 0, out.stderr
+        rotated = await asyncio.to_thread(served_certificate, gateway.port, certs)
+        assert rotated.serial_number != first.serial_number
+        assert rotated == x509.load_pem_x509_certificate((certs / "gateway.pem").read_bytes())
+        await stub.SubmitCase(submit("r2"), timeout=10)  # the open connection goes on
+    async with channel(gateway, certs / "ca.pem", certs, "zhongshan") as after:
+        await cx_grpc.CaseExchangeServiceStub(after).SubmitCase(submit("r3"), timeout=10)
+    assert metrics.get_sample_value("tongban_tls_reloads_total", {"outcome": "ok"}) == 1
+    # Half a rotation: a new key without its certificate. Refused; the last pair serves.
+    other = tmp_path / "other-ca"
+    (certs / "gateway-key.pem").write_bytes((other / "zhongshan-key.pem").read_bytes())
+    still = await asyncio.to_thread(served_certificate, gateway.port, certs)
+    assert still.serial_number == rotated.serial_number
+    assert metrics.get_sample_value("tongban_tls_reloads_total", {"outcome": "rejected"}) == 1
+    async with channel(gateway, certs / "ca.pem", certs, "zhongshan") as later:
+        await cx_grpc.CaseExchangeServiceStub(later).SubmitCase(submit("r4"), timeout=10)
+
+
+def test_serve_refuses_a_key_that_is_not_its_certificates(tmp_path: Path, certs: Path) -> None:
+    (certs / "gateway-key.pem").write_bytes((certs / "zhongshan-key.pem").read_bytes())
+    out = run("serve", env=env(tmp_path, certs), timeout=30)
+    assert out.returncode == 2
+    assert f"error: tls: {certs / 'gateway-key.pem'}: not the key of the certificate" in out.stderr

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import grpc
 import pytest
+from cryptography import x509
 
 from adapters.transports import TransportError
 from gateway.app import Gateway, make_transports
@@ -112,6 +113,14 @@ async def test_the_partner_sees_the_gateway_certificate(tmp_path: Path, pki: Pat
         got = await asyncio.wait_for(sim.received.get(), 10)
         assert got.kind == "case"
         assert sim.peers == [[b"tongban-gateway"]]
+        # Its expiry is watched (TongbanCertificateExpiresSoon).
+        cert = x509.load_pem_x509_certificate((pki / "tongban-gateway.pem").read_bytes())
+        assert (
+            gw.services.metrics.registry.get_sample_value(
+                "tongban_tls_certificate_expiry_timestamp_seconds", {"certificate": "client:sz"}
+            )
+            == cert.not_valid_after_utc.timestamp()
+        )
     finally:
         await gw.stop(grace=0)
         await server.stop(0)
