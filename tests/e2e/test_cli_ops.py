@@ -76,7 +76,7 @@ def test_audit_verify_catches_an_edited_row(tmp_path) -> None:
     assert "BROKEN at entry 5" in gone.stdout
 
 
-def test_a_real_exchange_is_purged_and_its_audit_chain_verifies(tmp_path) -> None:
+def test_a_real_exchange_is_backed_up_purged_and_its_audit_chain_verifies(tmp_path) -> None:
     out = run(
         "demo", "--cases", "5", "--no-progress", "--data-dir", str(tmp_path / "demo"), timeout=120
     )
@@ -85,6 +85,20 @@ def test_a_real_exchange_is_purged_and_its_audit_chain_verifies(tmp_path) -> Non
     ok = run("audit", "verify", "--config", "tongban.toml", env=env)
     assert ok.returncode == 0, ok.stdout
     assert "intact" in ok.stdout
+    # A backup, put in place of the store elsewhere, holds the same chain.
+    backup = run(
+        "db", "backup", str(tmp_path / "b" / "t.db"), "--json", "--config", "tongban.toml", env=env
+    )
+    assert backup.returncode == 0, backup.stderr
+    assert json.loads(backup.stdout)["cases"] == 5
+    again = run("db", "backup", str(tmp_path / "b" / "t.db"), "--config", "tongban.toml", env=env)
+    assert again.returncode == 1
+    assert "exists (use --force to replace it)" in again.stderr
+    (tmp_path / "restored").mkdir()
+    (tmp_path / "restored" / "tongban.db").write_bytes((tmp_path / "b" / "t.db").read_bytes())
+    restored = {"TONGBAN_STORE__DATA_DIR": str(tmp_path / "restored")}
+    ok = run("audit", "verify", "--config", "tongban.toml", env=restored)
+    assert ok.stdout == run("audit", "verify", "--config", "tongban.toml", env=env).stdout
     # tongban.toml keeps idempotency records and delivered rows 30 days, cases for ever.
     kept = run("db", "purge", "--dry-run", "--config", "tongban.toml", env=env)
     assert kept.returncode == 0, kept.stderr
