@@ -171,7 +171,12 @@ def bootstrap(
         metrics,
         AccessGuard(settings, auth),
         DeadlineWatchdog(settings.server.max_deadline_seconds),
-        RetentionService(settings.retention, store, on_purged=metrics.purged_rows),
+        RetentionService(
+            settings.retention,
+            store,
+            on_purged=metrics.purged_rows,
+            on_done=metrics.last_purge.set,
+        ),
     )
     services.observer = call_observer(metrics)
     for pid, p in settings.partners.items():

@@ -183,6 +183,13 @@ class GatewayMetrics:
         )
         for table in ("requests", "outbox", "cases", "events"):
             self.purged.labels(table)
+        self.last_purge = Gauge(
+            "tongban_store_last_purge_timestamp_seconds",
+            "When retention last purged the store, or found nothing to purge (UNIX seconds); "
+            "the process's start until then. Absent when retention keeps everything.",
+            registry=r,
+            multiprocess_mode="max",
+        )
         self.tls_reloads = Counter(
             "tongban_tls_reloads_total",
             "Server certificate files read again after they changed, by outcome (ok, rejected).",

@@ -51,10 +51,12 @@ class RetentionService:
         store: Store,
         *,
         on_purged: Callable[[str, int], None] | None = None,
+        on_done: Callable[[float], None] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.on_purged = on_purged
+        self.on_done = on_done  # a serving gateway's purge ended (or another replica's did)
 
     def cuts(self, now: float) -> dict[str, float]:
         """Each purged table's cut-off time (UNIX seconds); a table kept for ever is absent."""
@@ -117,6 +119,8 @@ class RetentionService:
         if interval <= 0 or not self.enabled:
             return
         wait = min(FIRST_PURGE_SECONDS, interval)
+        if self.on_done is not None:
+            self.on_done(time.time())  # nothing purged since the start: not late yet
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), wait)
@@ -128,6 +132,8 @@ class RetentionService:
             except Exception as exc:  # noqa: BLE001 - the store is down: try at the next turn
                 log.warning("purge failed", extra={"error": f"{type(exc).__name__}: {exc}"})
                 continue
+            if self.on_done is not None:
+                self.on_done(time.time())
             if report.total or report.skipped:
                 log.info(
                     "store purged",

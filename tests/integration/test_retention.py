@@ -252,6 +252,10 @@ async def test_a_serving_gateway_purges_on_its_own(tmp_path: Path) -> None:
     }
     async with running_exchange(tmp_path, **env) as ex:
         stub = ex.stub
+        started = ex.gateway.services.metrics.registry.get_sample_value(
+            "tongban_store_last_purge_timestamp_seconds"
+        )
+        assert started is not None
         first = await stub.SubmitCase(submit_req("r1", ZS_CASE), metadata=ZS)
         xid = first.exchange_id
         await wait_for(lambda: xid in ex.sz.applied("case"))
@@ -279,6 +283,9 @@ async def test_a_serving_gateway_purges_on_its_own(tmp_path: Path) -> None:
         metrics = ex.gateway.services.metrics.registry
         for table in ("requests", "outbox", "cases", "events"):
             assert metrics.get_sample_value("tongban_store_purged_rows_total", {"table": table})
+        last = metrics.get_sample_value("tongban_store_last_purge_timestamp_seconds")
+        assert last is not None
+        assert last > started  # set at the start, then at the end of each purge
         store = ex.gateway.services.store
         length, head = store.reader.audit_head()
         assert verify_chain(store.reader.audit_rows(), length, head).ok
