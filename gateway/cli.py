@@ -14,6 +14,7 @@ from .certs import add_certs_command
 from .cli_mapping import add_mapping_commands
 from .cli_ops import add_ops_commands
 from .cli_serve import add_serve_command
+from .cli_trace import add_cases_command
 from .demo import add_demo_command
 
 __all__ = ["build_parser", "main"]
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_command(sub)
     add_mapping_commands(sub)
     add_ops_commands(sub)
+    add_cases_command(sub)
     add_certs_command(sub)
     return parser
 

@@ -203,7 +203,7 @@ def cmd_outbox_status(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     now = time.time()
-    rows = _read(settings, "outbox", lambda reader: reader.backlog(now))
+    rows = read_store(settings, "outbox", lambda reader: reader.backlog(now))
     if rows is None:
         return 2
     if args.json:
@@ -249,7 +249,7 @@ def _city(settings: Settings, partner: str) -> str:
     return found.city if found is not None else "?"
 
 
-def _read(settings: Settings, what: str, read: Callable[[StoreReader], T]) -> T | None:
+def read_store(settings: Settings, what: str, read: Callable[[StoreReader], T]) -> T | None:
     """``read`` from the configured store; None, once said why, if it cannot be read."""
     store = Store(settings.store.effective_url)
     try:
@@ -273,7 +273,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         length, head = reader.audit_head()
         return verify_chain(reader.audit_rows(), length, head)
 
-    report = _read(settings, "audit log", verify)
+    report = read_store(settings, "audit log", verify)
     if report is None:
         return 2
     if report.ok:

@@ -5,11 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, or_, select
+from sqlalchemy import Connection, Engine, and_, func, or_, select, text
 
 from .writer import AUDIT, AUDIT_HEAD, CASES, EVENTS, OUTBOX
 
-__all__ = ["CaseRecord", "EventRecord", "OutboxRecord", "PartnerBacklog", "StoreReader"]
+__all__ = [
+    "AuditRecord",
+    "CaseRecord",
+    "EventRecord",
+    "OutboxRecord",
+    "PartnerBacklog",
+    "StoreReader",
+    "time_bound",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +71,19 @@ class OutboxRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """An audit entry (who did what to which subject)."""
+
+    seq: int
+    ts: float
+    actor: str
+    action: str
+    subject: str
+    detail: str
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
 class PartnerBacklog:
     """What waits in the outbox for one partner (``tongban outbox status``)."""
 
@@ -80,6 +101,29 @@ class PartnerBacklog:
 _CASE_COLS = [CASES.c[n] for n in CaseRecord.__slots__]
 _EVENT_COLS = [EVENTS.c[n] for n in EventRecord.__slots__]
 _OUTBOX_COLS = [OUTBOX.c[n] for n in OutboxRecord.__slots__]
+_AUDIT_COLS = [AUDIT.c[n] for n in AuditRecord.__slots__]
+
+
+def time_bound(conn: Connection, table: str, key: str, made: str, cut: float) -> int:
+    """The largest ``key`` of a row made before ``cut``, by binary search (0: none).
+
+    Rows are made in key order; where a few are not (replicas' clocks), the bound is a little
+    early and those rows wait for a later purge: it never reaches a row made after ``cut``."""
+    lo, hi = conn.execute(text(f"SELECT MIN({key}), MAX({key}) FROM {table}")).one()  # noqa: S608
+    if lo is None:
+        return 0
+    first_from = text(
+        f"SELECT {key}, {made} FROM {table} WHERE {key} >= :k ORDER BY {key} LIMIT 1"  # noqa: S608
+    )
+    best = 0
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        row = conn.execute(first_from, {"k": mid}).first()
+        if row is not None and row[1] < cut:
+            best, lo = row[0], row[0] + 1
+        else:
+            hi = mid - 1
+    return int(best)
 
 
 class StoreReader:
@@ -198,6 +242,28 @@ class StoreReader:
         """The newest event seq (0 when none)."""
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.coalesce(func.max(EVENTS.c.seq), 0))).scalar_one())
+
+    def trail(self, exchange_id: str, since: float) -> tuple[list[OutboxRecord], list[AuditRecord]]:
+        """The outbox rows and audit entries of one exchange made at ``since`` or later (its
+        submission). Neither table is indexed by exchange (each index would cost every
+        submission a B-tree entry): both are read from the first row made since then, found
+        by a binary search on their keys, to their end. For operators, not for polling."""
+        # A minute's margin: replicas' clocks, rows made in a batch that began before.
+        after = since - 60.0
+        with self.engine.connect() as conn:
+            first_row = time_bound(conn, OUTBOX.name, "id", "created_at", after)
+            first_entry = time_bound(conn, AUDIT.name, "seq", "ts", after)
+            rows = conn.execute(
+                select(*_OUTBOX_COLS)
+                .where(OUTBOX.c.id > first_row, OUTBOX.c.exchange_id == exchange_id)
+                .order_by(OUTBOX.c.id)
+            )
+            entries = conn.execute(
+                select(*_AUDIT_COLS)
+                .where(AUDIT.c.seq > first_entry, AUDIT.c.subject == exchange_id)
+                .order_by(AUDIT.c.seq)
+            )
+            return [OutboxRecord(*r) for r in rows], [AuditRecord(*r) for r in entries]
 
     def outbox_row(self, row_id: int) -> OutboxRecord | None:
         """One outbox row."""

@@ -21,12 +21,20 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, bindparam, text
+from sqlalchemy import Engine, bindparam, text
 
 from ..domain.lifecycle import TERMINAL
+from .reads import time_bound
 from .writer import AuditEntry, Batch, Intent
 
-__all__ = ["PURGED", "PurgeIntent", "PurgeStep", "describe", "purge_bound", "purge_counts"]
+__all__ = [
+    "PURGED",
+    "PurgeIntent",
+    "PurgeStep",
+    "describe",
+    "purge_bound",
+    "purge_counts",
+]
 
 #: What can be purged, in the order a purge takes them, and what its rows are.
 PURGED = {
@@ -71,28 +79,6 @@ class PurgeStep:
     skipped: bool = False  # another replica holds the purge lock (PostgreSQL)
 
 
-def _time_bound(conn: Connection, table: str, key: str, made: str, cut: float) -> int:
-    """The largest ``key`` of a row made before ``cut``, by binary search (0: none).
-
-    Rows are made in key order; where a few are not (replicas' clocks), the bound is a little
-    early and those rows wait for a later purge: it never reaches a row made after ``cut``."""
-    lo, hi = conn.execute(text(f"SELECT MIN({key}), MAX({key}) FROM {table}")).one()  # noqa: S608
-    if lo is None:
-        return 0
-    first_from = text(
-        f"SELECT {key}, {made} FROM {table} WHERE {key} >= :k ORDER BY {key} LIMIT 1"  # noqa: S608
-    )
-    best = 0
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        row = conn.execute(first_from, {"k": mid}).first()
-        if row is not None and row[1] < cut:
-            best, lo = row[0], row[0] + 1
-        else:
-            hi = mid - 1
-    return int(best)
-
-
 def purge_bound(engine: Engine, table: str, cut: float) -> int:
     """The last key a purge of ``table`` before ``cut`` looks at (unused for PostgreSQL's
     ``requests``, which is scanned)."""
@@ -100,7 +86,7 @@ def purge_bound(engine: Engine, table: str, cut: float) -> int:
     if table == "requests" and engine.dialect.name != "sqlite":
         return 0
     with engine.connect() as conn:
-        return _time_bound(conn, table, key, made, cut)
+        return time_bound(conn, table, key, made, cut)
 
 
 def purge_counts(engine: Engine, cuts: dict[str, float]) -> dict[str, int]:

@@ -1,5 +1,5 @@
-"""Operator commands on a real store: db upgrade and purge, dead-letters list/show/replay, audit
-verify, outbox status."""
+"""Operator commands on a real store: db upgrade, backup and purge, dead-letters
+list/show/replay, audit verify, outbox status, cases trace."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def test_audit_verify_catches_an_edited_row(tmp_path) -> None:
     assert "BROKEN at entry 5" in gone.stdout
 
 
-def test_a_real_exchange_is_backed_up_purged_and_its_audit_chain_verifies(tmp_path) -> None:
+def test_a_real_exchange_is_traced_backed_up_purged_and_its_audit_chain_verifies(tmp_path) -> None:
     out = run(
         "demo", "--cases", "5", "--no-progress", "--data-dir", str(tmp_path / "demo"), timeout=120
     )
@@ -85,6 +85,31 @@ def test_a_real_exchange_is_backed_up_purged_and_its_audit_chain_verifies(tmp_pa
     ok = run("audit", "verify", "--config", "tongban.toml", env=env)
     assert ok.returncode == 0, ok.stdout
     assert "intact" in ok.stdout
+    # Each case traced: its state, then its events, deliveries and audit entries in time order.
+    with sqlite3.connect(tmp_path / "demo" / "tongban.db") as conn:
+        xids = [r[0] for r in conn.execute("SELECT exchange_id FROM cases ORDER BY seq")]
+    for xid in (xids[0], xids[-1]):
+        trace = run("cases", "trace", xid, "--config", "tongban.toml", env=env)
+        assert trace.returncode == 0, trace.stderr
+        lines = trace.stdout.splitlines()
+        assert lines[0].startswith(f"exchange {xid}  case number 442000-")
+        assert "status CASE_STATUS_COMPLETED_APPROVED, DELIVERY_STATE_DELIVERED" in lines[2]
+        timeline = [line.split(None, 2)[1:] for line in lines[4:]]
+        assert timeline[0] == ["status", "CASE_STATUS_SUBMITTED reported by 442000"]
+        first_delivery = next(t[1] for t in timeline if t[0] == "outbox")
+        assert first_delivery.startswith("delivery #")
+        assert " of the case to shenzhen (440300): delivered at " in first_delivery
+        assert sum(t[0] == "outbox" for t in timeline) == 4  # the case, then 3 statuses back
+        assert sum(t[1].startswith("case.submit by zhongshan") for t in timeline) == 1
+        as_json = json.loads(
+            run("cases", "trace", xid, "--json", "--config", "tongban.toml", env=env).stdout
+        )
+        assert "canonical" not in as_json  # no personal data
+        assert len(as_json["deliveries"]) == 4
+        assert [e["status"] for e in as_json["events"]][-1] == "CASE_STATUS_COMPLETED_APPROVED"
+    missing = run("cases", "trace", "0" * 32, "--config", "tongban.toml", env=env)
+    assert missing.returncode == 1
+    assert "no case 00000000000000000000000000000000 in the store" in missing.stderr
     # A backup, put in place of the store elsewhere, holds the same chain.
     backup = run(
         "db", "backup", str(tmp_path / "b" / "t.db"), "--json", "--config", "tongban.toml", env=env
