@@ -57,11 +57,16 @@ def backup_sqlite(db: Path, dest: Path, *, replace: bool = False) -> BackupRepor
     """Copy the store ``db`` to ``dest`` as of now; raise :class:`BackupError` if it cannot."""
     if not db.is_file():
         raise BackupError(f"{db}: no store there")
+    if dest.is_dir():
+        raise BackupError(f"{dest} is a folder: name the backup file")
     if dest.exists() and not replace:
         raise BackupError(f"{dest} exists (use --force to replace it)")
     if dest.resolve() == db.resolve():
         raise BackupError(f"{dest} is the store itself")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BackupError(f"cannot write {dest}: {exc.strerror}") from None
     partial = dest.with_name(f".{dest.name}.partial")
     partial.unlink(missing_ok=True)
     started = time.monotonic()
@@ -86,7 +91,9 @@ def backup_sqlite(db: Path, dest: Path, *, replace: bool = False) -> BackupRepor
         os.replace(partial, dest)
         _fsync(dest.parent)
     except sqlite3.Error as exc:
-        raise BackupError(f"cannot copy {db}: {exc}") from None
+        raise BackupError(f"cannot copy {db} to {dest}: {exc}") from None
+    except OSError as exc:
+        raise BackupError(f"cannot write {dest}: {exc.strerror}") from None
     finally:
         for leftover in (partial, partial.with_name(partial.name + "-wal")):
             leftover.unlink(missing_ok=True)

@@ -120,3 +120,8 @@ def test_a_backup_is_refused_where_it_cannot_be_whole(tmp_path: Path) -> None:
     with pytest.raises(BackupError, match="no such table: cases"):
         backup_sqlite(db, tmp_path / "b.db")  # not a Tongban store: nothing kept
     assert list(tmp_path.iterdir()) == [db]
+    with pytest.raises(BackupError, match="is a folder"):
+        backup_sqlite(db, tmp_path, replace=True)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(BackupError, match="cannot write"):
+        backup_sqlite(db, tmp_path / "file" / "b.db")  # below a file: no folder there
