@@ -78,13 +78,16 @@ class RetentionService:
         counts = await self.store.read(purge_counts, self.store.read_engine, cuts)
         return PurgeReport(cuts, counts)
 
-    async def purge(self, actor: str = "gateway", *, share: float = 1.0) -> PurgeReport:
+    async def purge(
+        self, actor: str = "gateway", *, share: float = 1.0, stop: asyncio.Event | None = None
+    ) -> PurgeReport:
         """Purge every table past its cut-off, ``batch_rows`` rows a transaction.
 
         ``share`` < 1 paces it: after each transaction it waits until that transaction's time
         is ``share`` of the time since it began, so the writer's other callers (submissions,
         deliveries' outcomes) are not held behind a long purge (a first purge of a large store:
-        ~40k rows/s on SQLite)."""
+        ~40k rows/s on SQLite). It ends between two transactions once ``stop`` is set (the
+        gateway is stopping): the rest waits for the next purge."""
         report = PurgeReport(self.cuts(self.store.clock()))
         for table, cut in report.cuts.items():
             bound = await self.store.read(purge_bound, self.store.read_engine, table, cut)
@@ -102,6 +105,8 @@ class RetentionService:
                 self._count(report, table, step.deleted)
                 if table == "cases":
                     self._count(report, "events", step.events)
+                if stop is not None and stop.is_set():
+                    return report
                 if not step.more:
                     break
                 after = step.last
@@ -128,7 +133,7 @@ class RetentionService:
                 return
             wait = interval
             try:
-                report = await self.purge(share=PACED_SHARE)
+                report = await self.purge(share=PACED_SHARE, stop=stop)
             except Exception as exc:  # noqa: BLE001 - the store is down: try at the next turn
                 log.warning("purge failed", extra={"error": f"{type(exc).__name__}: {exc}"})
                 continue

@@ -289,3 +289,22 @@ async def test_a_serving_gateway_purges_on_its_own(tmp_path: Path) -> None:
         store = ex.gateway.services.store
         length, head = store.reader.audit_head()
         assert verify_chain(store.reader.audit_rows(), length, head).ok
+
+
+async def test_a_purge_ends_between_two_transactions_when_the_gateway_stops(
+    store: Store,
+) -> None:
+    for age in range(40, 35, -1):
+        request(store, age)
+    stop = asyncio.Event()
+    deleted: list[int] = []
+
+    def on_purged(table: str, n: int) -> None:
+        deleted.append(n)
+        stop.set()  # the gateway stops during the first transaction
+
+    svc = RetentionService(POLICY, store, on_purged=on_purged)
+    report = await svc.purge(stop=stop)
+    assert report.deleted == {"requests": 3}  # one transaction of batch_rows (3), no more
+    assert len(left(store)["requests"]) == 2
+    assert (await svc.purge()).deleted == {"requests": 2, "outbox": 0, "cases": 0, "events": 0}
