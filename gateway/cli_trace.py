@@ -16,7 +16,8 @@ from typing import Any
 
 from .cli_ops import read_store
 from .cli_serve import read_settings
-from .store.reads import AuditRecord, CaseRecord, EventRecord, OutboxRecord, StoreReader
+from .services.trace import read_trace
+from .store.reads import AuditRecord, EventRecord, OutboxRecord
 
 __all__ = ["add_cases_command"]
 
@@ -56,22 +57,12 @@ def timeline(
     return sorted(out, key=lambda x: x[0])
 
 
-def _trace(
-    reader: StoreReader, exchange_id: str
-) -> tuple[CaseRecord, list[EventRecord], list[OutboxRecord], list[AuditRecord]] | None:
-    case = reader.case(exchange_id)
-    if case is None:
-        return None
-    rows, entries = reader.trail(exchange_id, case.submitted_at)
-    return case, reader.events(exchange_id), rows, entries
-
-
 def cmd_cases_trace(args: argparse.Namespace) -> int:
     """Print one case's state and timeline."""
     settings = read_settings(args.config)
     if settings is None:
         return 2
-    read = read_store(settings, "store", lambda reader: [_trace(reader, args.exchange_id)])
+    read = read_store(settings, "store", lambda reader: [read_trace(reader, args.exchange_id)])
     if read is None:
         return 2
     found = read[0]
@@ -82,7 +73,7 @@ def cmd_cases_trace(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    case, events, rows, entries = found
+    case, events, rows, entries = found.case, found.events, found.deliveries, found.audit
     facts: dict[str, Any] = {k: v for k, v in asdict(case).items() if k not in ("canonical", "seq")}
     if args.json:
         print(

@@ -1,4 +1,4 @@
-"""OperationsService: dead letters for operators."""
+"""OperationsService: dead letters and case traces, for operators."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from tongban.v1 import operations_pb2 as ops
 from ..auth import Authenticator, Caller
 from ..errors import PermissionDenied
 from ..services.dead_letters import DeadLetterService, to_proto
+from ..services.trace import CaseTraceService
+from ..services.trace import to_proto as trace_to_proto
 from ..settings import Settings
 
 __all__ = ["OperationsServicer"]
@@ -17,10 +19,17 @@ __all__ = ["OperationsServicer"]
 class OperationsServicer:
     """Implements ``tongban.v1.OperationsService`` (operator partners only)."""
 
-    def __init__(self, dead: DeadLetterService, auth: Authenticator, settings: Settings) -> None:
+    def __init__(
+        self,
+        dead: DeadLetterService,
+        auth: Authenticator,
+        settings: Settings,
+        traces: CaseTraceService | None = None,
+    ) -> None:
         self.dead = dead
         self.auth = auth
         self.settings = settings
+        self.traces = traces or CaseTraceService(dead.store)
 
     def _operator(self, context: grpc.aio.ServicerContext) -> Caller:
         caller = self.auth.caller(context)
@@ -54,3 +63,10 @@ class OperationsServicer:
         return ops.ReplayDeadLettersResponse(
             replayed_ids=await self.dead.replay(caller.partner, ids)
         )
+
+    async def TraceCase(
+        self, request: ops.TraceCaseRequest, context: grpc.aio.ServicerContext
+    ) -> ops.TraceCaseResponse:
+        """One case's state and history, without its personal data."""
+        self._operator(context)
+        return trace_to_proto(await self.traces.trace(request.exchange_id))

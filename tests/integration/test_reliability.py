@@ -18,7 +18,7 @@ from gateway.partner_sim import InboxSimulator, start_simulator
 from gateway.services.delivery import DeliveryObserver
 from tongban.v1 import case_exchange_pb2 as cx
 from tongban.v1 import case_exchange_pb2_grpc as cx_grpc
-from tongban.v1 import common_pb2
+from tongban.v1 import common_pb2, records_pb2
 from tongban.v1 import operations_pb2 as ops
 from tongban.v1 import operations_pb2_grpc as ops_grpc
 
@@ -197,6 +197,30 @@ async def test_permanent_rejection_dead_letter_then_replay(
             with pytest.raises(grpc.aio.AioRpcError) as info:  # not an operator
                 await stub.ListDeadLetters(ops.ListDeadLettersRequest(), metadata=ZS)
             assert rich_error(info.value)["reason"] == "PERMISSION_DENIED"
+            # The case's trace shows the dead letter, with the partner's reason.
+            trace = await stub.TraceCase(ops.TraceCaseRequest(exchange_id=xid), metadata=OPS)
+            assert (trace.exchange_id, trace.delivery_state) == (
+                xid,
+                cx.DELIVERY_STATE_DEAD_LETTERED,
+            )
+            (parked,) = trace.deliveries
+            assert (parked.id, parked.state, parked.kind) == (letter.id, "dead", "case")
+            assert parked.last_error == letter.reason
+            assert [e.status for e in trace.events] == [records_pb2.CASE_STATUS_SUBMITTED]
+            assert [a.action for a in trace.audit_entries] == ["case.submit", "delivery.dead"]
+            assert "SQRZJHM" not in str(trace)  # nothing of the record, let alone personal data
+            for bad, code, reason in (
+                ("", grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST"),
+                ("0" * 32, grpc.StatusCode.NOT_FOUND, "CASE_NOT_FOUND"),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await stub.TraceCase(ops.TraceCaseRequest(exchange_id=bad), metadata=OPS)
+                err = rich_error(info.value)
+                assert (err["code"], err["reason"]) == (code, reason)
+            assert err["fields"] == ["exchange_id"]
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.TraceCase(ops.TraceCaseRequest(exchange_id=xid), metadata=ZS)
+            assert rich_error(info.value)["reason"] == "PERMISSION_DENIED"
             # Fix the mapping, reload, replay: delivered, the dead-letter queue is empty.
             case_yaml.write_text(good, "utf-8")
             assert gw.services.mappings.reload().ok
@@ -209,6 +233,11 @@ async def test_permanent_rejection_dead_letter_then_replay(
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await stub.GetDeadLetter(ops.GetDeadLetterRequest(id=letter.id), metadata=OPS)
             assert info.value.code() == grpc.StatusCode.NOT_FOUND
+            trace = await stub.TraceCase(ops.TraceCaseRequest(exchange_id=xid), metadata=OPS)
+            (delivered,) = trace.deliveries
+            assert (delivered.state, delivered.replays) == ("delivered", 1)
+            assert delivered.delivered_at.seconds > 0
+            assert "delivery.replay" in [a.action for a in trace.audit_entries]
     finally:
         await gw.stop(grace=0)
 

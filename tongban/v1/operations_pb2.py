@@ -23,29 +23,39 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from tongban.v1 import case_exchange_pb2 as tongban_dot_v1_dot_case__exchange__pb2
+from tongban.v1 import records_pb2 as tongban_dot_v1_dot_records__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btongban/v1/operations.proto\x12\ntongban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf8\x01\n\nDeadLetter\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x13\n\x0b\x65xchange_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x16\n\x0etarget_partner\x18\x04 \x01(\t\x12\x13\n\x0btarget_city\x18\x05 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x64\x65\x61\x64_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07replays\x18\n \x01(\x05\"?\n\x16ListDeadLettersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"`\n\x17ListDeadLettersResponse\x12,\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32\x16.tongban.v1.DeadLetter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x14GetDeadLetterRequest\x12\n\n\x02id\x18\x01 \x01(\x03\"D\n\x15GetDeadLetterResponse\x12+\n\x0b\x64\x65\x61\x64_letter\x18\x01 \x01(\x0b\x32\x16.tongban.v1.DeadLetter\"4\n\x18ReplayDeadLettersRequest\x12\x0b\n\x03ids\x18\x01 \x03(\x03\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\"1\n\x19ReplayDeadLettersResponse\x12\x14\n\x0creplayed_ids\x18\x01 \x03(\x03\x32\xa7\x02\n\x11OperationsService\x12Z\n\x0fListDeadLetters\x12\".tongban.v1.ListDeadLettersRequest\x1a#.tongban.v1.ListDeadLettersResponse\x12T\n\rGetDeadLetter\x12 .tongban.v1.GetDeadLetterRequest\x1a!.tongban.v1.GetDeadLetterResponse\x12`\n\x11ReplayDeadLetters\x12$.tongban.v1.ReplayDeadLettersRequest\x1a%.tongban.v1.ReplayDeadLettersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btongban/v1/operations.proto\x12\ntongban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1etongban/v1/case_exchange.proto\x1a\x18tongban/v1/records.proto\"\xf8\x01\n\nDeadLetter\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x13\n\x0b\x65xchange_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x16\n\x0etarget_partner\x18\x04 \x01(\t\x12\x13\n\x0btarget_city\x18\x05 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x64\x65\x61\x64_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07replays\x18\n \x01(\x05\"?\n\x16ListDeadLettersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"`\n\x17ListDeadLettersResponse\x12,\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32\x16.tongban.v1.DeadLetter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x14GetDeadLetterRequest\x12\n\n\x02id\x18\x01 \x01(\x03\"D\n\x15GetDeadLetterResponse\x12+\n\x0b\x64\x65\x61\x64_letter\x18\x01 \x01(\x0b\x32\x16.tongban.v1.DeadLetter\"4\n\x18ReplayDeadLettersRequest\x12\x0b\n\x03ids\x18\x01 \x03(\x03\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\"1\n\x19ReplayDeadLettersResponse\x12\x14\n\x0creplayed_ids\x18\x01 \x03(\x03\"\'\n\x10TraceCaseRequest\x12\x13\n\x0b\x65xchange_id\x18\x01 \x01(\t\"\xee\x02\n\x08\x44\x65livery\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x11\n\tevent_seq\x18\x03 \x01(\x03\x12\x16\n\x0etarget_partner\x18\x04 \x01(\t\x12\x13\n\x0btarget_city\x18\x05 \x01(\t\x12\r\n\x05state\x18\x06 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\x05\x12\x12\n\nlast_error\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fnext_attempt_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x64\x65livered_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x64\x65\x61\x64_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07replays\x18\r \x01(\x05\"\x83\x01\n\nAuditEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x0f\n\x07outcome\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\"\xd8\x03\n\x11TraceCaseResponse\x12\x13\n\x0b\x65xchange_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x61se_number\x18\x02 \x01(\t\x12\x11\n\tsubmitter\x18\x03 \x01(\t\x12\x16\n\x0ereceiving_city\x18\x04 \x01(\t\x12\x15\n\rhandling_city\x18\x05 \x01(\t\x12&\n\x06status\x18\x06 \x01(\x0e\x32\x16.tongban.v1.CaseStatus\x12\x31\n\x0e\x64\x65livery_state\x18\x07 \x01(\x0e\x32\x19.tongban.v1.DeliveryState\x12\x18\n\x10mapping_versions\x18\x08 \x01(\t\x12\x30\n\x0csubmitted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x06\x65vents\x18\x0b \x03(\x0b\x32\x17.tongban.v1.StatusEvent\x12(\n\ndeliveries\x18\x0c \x03(\x0b\x32\x14.tongban.v1.Delivery\x12-\n\raudit_entries\x18\r \x03(\x0b\x32\x16.tongban.v1.AuditEntry2\xf1\x02\n\x11OperationsService\x12Z\n\x0fListDeadLetters\x12\".tongban.v1.ListDeadLettersRequest\x1a#.tongban.v1.ListDeadLettersResponse\x12T\n\rGetDeadLetter\x12 .tongban.v1.GetDeadLetterRequest\x1a!.tongban.v1.GetDeadLetterResponse\x12`\n\x11ReplayDeadLetters\x12$.tongban.v1.ReplayDeadLettersRequest\x1a%.tongban.v1.ReplayDeadLettersResponse\x12H\n\tTraceCase\x12\x1c.tongban.v1.TraceCaseRequest\x1a\x1d.tongban.v1.TraceCaseResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tongban.v1.operations_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DEADLETTER']._serialized_start=77
-  _globals['_DEADLETTER']._serialized_end=325
-  _globals['_LISTDEADLETTERSREQUEST']._serialized_start=327
-  _globals['_LISTDEADLETTERSREQUEST']._serialized_end=390
-  _globals['_LISTDEADLETTERSRESPONSE']._serialized_start=392
-  _globals['_LISTDEADLETTERSRESPONSE']._serialized_end=488
-  _globals['_GETDEADLETTERREQUEST']._serialized_start=490
-  _globals['_GETDEADLETTERREQUEST']._serialized_end=524
-  _globals['_GETDEADLETTERRESPONSE']._serialized_start=526
-  _globals['_GETDEADLETTERRESPONSE']._serialized_end=594
-  _globals['_REPLAYDEADLETTERSREQUEST']._serialized_start=596
-  _globals['_REPLAYDEADLETTERSREQUEST']._serialized_end=648
-  _globals['_REPLAYDEADLETTERSRESPONSE']._serialized_start=650
-  _globals['_REPLAYDEADLETTERSRESPONSE']._serialized_end=699
-  _globals['_OPERATIONSSERVICE']._serialized_start=702
-  _globals['_OPERATIONSSERVICE']._serialized_end=997
+  _globals['_DEADLETTER']._serialized_start=135
+  _globals['_DEADLETTER']._serialized_end=383
+  _globals['_LISTDEADLETTERSREQUEST']._serialized_start=385
+  _globals['_LISTDEADLETTERSREQUEST']._serialized_end=448
+  _globals['_LISTDEADLETTERSRESPONSE']._serialized_start=450
+  _globals['_LISTDEADLETTERSRESPONSE']._serialized_end=546
+  _globals['_GETDEADLETTERREQUEST']._serialized_start=548
+  _globals['_GETDEADLETTERREQUEST']._serialized_end=582
+  _globals['_GETDEADLETTERRESPONSE']._serialized_start=584
+  _globals['_GETDEADLETTERRESPONSE']._serialized_end=652
+  _globals['_REPLAYDEADLETTERSREQUEST']._serialized_start=654
+  _globals['_REPLAYDEADLETTERSREQUEST']._serialized_end=706
+  _globals['_REPLAYDEADLETTERSRESPONSE']._serialized_start=708
+  _globals['_REPLAYDEADLETTERSRESPONSE']._serialized_end=757
+  _globals['_TRACECASEREQUEST']._serialized_start=759
+  _globals['_TRACECASEREQUEST']._serialized_end=798
+  _globals['_DELIVERY']._serialized_start=801
+  _globals['_DELIVERY']._serialized_end=1167
+  _globals['_AUDITENTRY']._serialized_start=1170
+  _globals['_AUDITENTRY']._serialized_end=1301
+  _globals['_TRACECASERESPONSE']._serialized_start=1304
+  _globals['_TRACECASERESPONSE']._serialized_end=1776
+  _globals['_OPERATIONSSERVICE']._serialized_start=1779
+  _globals['_OPERATIONSSERVICE']._serialized_end=2148
 # @@protoc_insertion_point(module_scope)

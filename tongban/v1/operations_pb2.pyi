@@ -8,6 +8,8 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from tongban.v1 import case_exchange_pb2 as _case_exchange_pb2
+from tongban.v1 import records_pb2 as _records_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -232,3 +234,227 @@ class ReplayDeadLettersResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReplayDeadLettersResponse: _TypeAlias = ReplayDeadLettersResponse  # noqa: Y015
+
+@_typing.final
+class TraceCaseRequest(_message.Message):
+    """Request for OperationsService.TraceCase."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXCHANGE_ID_FIELD_NUMBER: _builtins.int
+    exchange_id: _builtins.str
+    """The case."""
+    def __init__(
+        self,
+        *,
+        exchange_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exchange_id", b"exchange_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TraceCaseRequest: _TypeAlias = TraceCaseRequest  # noqa: Y015
+
+@_typing.final
+class Delivery(_message.Message):
+    """One delivery of a case or of one of its status events (an outbox row)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    EVENT_SEQ_FIELD_NUMBER: _builtins.int
+    TARGET_PARTNER_FIELD_NUMBER: _builtins.int
+    TARGET_CITY_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _builtins.int
+    DELIVERED_AT_FIELD_NUMBER: _builtins.int
+    DEAD_AT_FIELD_NUMBER: _builtins.int
+    REPLAYS_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """Outbox row id."""
+    kind: _builtins.str
+    """"case" (delivery to the handling city) or "status" (to the receiving city)."""
+    event_seq: _builtins.int
+    """For a status delivery: the status event delivered (its cursor)."""
+    target_partner: _builtins.str
+    """Partner the delivery is for."""
+    target_city: _builtins.str
+    """Region code of that partner's city."""
+    state: _builtins.str
+    """"pending", "delivered" or "dead" (a dead letter)."""
+    attempts: _builtins.int
+    """Attempts made."""
+    last_error: _builtins.str
+    """The partner's last error, if any."""
+    replays: _builtins.int
+    """How often it was replayed from the dead-letter queue."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was queued."""
+
+    @_builtins.property
+    def next_attempt_at(self) -> _timestamp_pb2.Timestamp:
+        """When a pending delivery is next attempted."""
+
+    @_builtins.property
+    def delivered_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was delivered."""
+
+    @_builtins.property
+    def dead_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was parked as a dead letter."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        kind: _builtins.str = ...,
+        event_seq: _builtins.int = ...,
+        target_partner: _builtins.str = ...,
+        target_city: _builtins.str = ...,
+        state: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        next_attempt_at: _timestamp_pb2.Timestamp | None = ...,
+        delivered_at: _timestamp_pb2.Timestamp | None = ...,
+        dead_at: _timestamp_pb2.Timestamp | None = ...,
+        replays: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "dead_at", b"dead_at", "delivered_at", b"delivered_at", "next_attempt_at", b"next_attempt_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "created_at", b"created_at", "dead_at", b"dead_at", "delivered_at", b"delivered_at", "event_seq", b"event_seq", "id", b"id", "kind", b"kind", "last_error", b"last_error", "next_attempt_at", b"next_attempt_at", "replays", b"replays", "state", b"state", "target_city", b"target_city", "target_partner", b"target_partner"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Delivery: _TypeAlias = Delivery  # noqa: Y015
+
+@_typing.final
+class AuditEntry(_message.Message):
+    """One entry of the hash-chained audit log."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """Position in the chain."""
+    actor: _builtins.str
+    """Who: a partner id, "gateway", or the operator command's name."""
+    action: _builtins.str
+    """What, such as "case.submit", "case.deliver", "case.status", "delivery.replay"."""
+    outcome: _builtins.str
+    """The outcome, such as "accepted", "delivered", "dead"."""
+    detail: _builtins.str
+    """More about it (a target city, a status)."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When it was written."""
+
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        actor: _builtins.str = ...,
+        action: _builtins.str = ...,
+        outcome: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "detail", b"detail", "outcome", b"outcome", "seq", b"seq", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditEntry: _TypeAlias = AuditEntry  # noqa: Y015
+
+@_typing.final
+class TraceCaseResponse(_message.Message):
+    """Response of OperationsService.TraceCase."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXCHANGE_ID_FIELD_NUMBER: _builtins.int
+    CASE_NUMBER_FIELD_NUMBER: _builtins.int
+    SUBMITTER_FIELD_NUMBER: _builtins.int
+    RECEIVING_CITY_FIELD_NUMBER: _builtins.int
+    HANDLING_CITY_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    DELIVERY_STATE_FIELD_NUMBER: _builtins.int
+    MAPPING_VERSIONS_FIELD_NUMBER: _builtins.int
+    SUBMITTED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    DELIVERIES_FIELD_NUMBER: _builtins.int
+    AUDIT_ENTRIES_FIELD_NUMBER: _builtins.int
+    exchange_id: _builtins.str
+    """The case."""
+    case_number: _builtins.str
+    """Case number assigned by the receiving city."""
+    submitter: _builtins.str
+    """Partner that submitted it."""
+    receiving_city: _builtins.str
+    """Region code of the receiving city."""
+    handling_city: _builtins.str
+    """Region code of the handling city."""
+    status: _records_pb2.CaseStatus.ValueType
+    """Its canonical status now."""
+    delivery_state: _case_exchange_pb2.DeliveryState.ValueType
+    """Where its delivery to the handling city stands."""
+    mapping_versions: _builtins.str
+    """Mapping versions it was translated with."""
+    @_builtins.property
+    def submitted_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was submitted."""
+
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When it last changed."""
+
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_records_pb2.StatusEvent]:
+        """Its status history, oldest first."""
+
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___Delivery]:
+        """Its deliveries, oldest first."""
+
+    @_builtins.property
+    def audit_entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditEntry]:
+        """Its audit entries, in chain order."""
+
+    def __init__(
+        self,
+        *,
+        exchange_id: _builtins.str = ...,
+        case_number: _builtins.str = ...,
+        submitter: _builtins.str = ...,
+        receiving_city: _builtins.str = ...,
+        handling_city: _builtins.str = ...,
+        status: _records_pb2.CaseStatus.ValueType = ...,
+        delivery_state: _case_exchange_pb2.DeliveryState.ValueType = ...,
+        mapping_versions: _builtins.str = ...,
+        submitted_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        events: _abc.Iterable[_records_pb2.StatusEvent] | None = ...,
+        deliveries: _abc.Iterable[Global___Delivery] | None = ...,
+        audit_entries: _abc.Iterable[Global___AuditEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["submitted_at", b"submitted_at", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_entries", b"audit_entries", "case_number", b"case_number", "deliveries", b"deliveries", "delivery_state", b"delivery_state", "events", b"events", "exchange_id", b"exchange_id", "handling_city", b"handling_city", "mapping_versions", b"mapping_versions", "receiving_city", b"receiving_city", "status", b"status", "submitted_at", b"submitted_at", "submitter", b"submitter", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TraceCaseResponse: _TypeAlias = TraceCaseResponse  # noqa: Y015

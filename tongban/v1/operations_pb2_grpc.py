@@ -52,6 +52,11 @@ class OperationsServiceStub:
                 request_serializer=tongban_dot_v1_dot_operations__pb2.ReplayDeadLettersRequest.SerializeToString,
                 response_deserializer=tongban_dot_v1_dot_operations__pb2.ReplayDeadLettersResponse.FromString,
                 _registered_method=True)
+        self.TraceCase = channel.unary_unary(
+                '/tongban.v1.OperationsService/TraceCase',
+                request_serializer=tongban_dot_v1_dot_operations__pb2.TraceCaseRequest.SerializeToString,
+                response_deserializer=tongban_dot_v1_dot_operations__pb2.TraceCaseResponse.FromString,
+                _registered_method=True)
 
 
 class OperationsServiceServicer:
@@ -81,6 +86,14 @@ class OperationsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TraceCase(self, request, context):
+        """Returns where one case is and how it got there: its state, status events, deliveries and
+        audit entries, never its personal data (NOT_FOUND once purged by retention).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperationsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -98,6 +111,11 @@ def add_OperationsServiceServicer_to_server(servicer, server):
                     servicer.ReplayDeadLetters,
                     request_deserializer=tongban_dot_v1_dot_operations__pb2.ReplayDeadLettersRequest.FromString,
                     response_serializer=tongban_dot_v1_dot_operations__pb2.ReplayDeadLettersResponse.SerializeToString,
+            ),
+            'TraceCase': grpc.unary_unary_rpc_method_handler(
+                    servicer.TraceCase,
+                    request_deserializer=tongban_dot_v1_dot_operations__pb2.TraceCaseRequest.FromString,
+                    response_serializer=tongban_dot_v1_dot_operations__pb2.TraceCaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -184,6 +202,33 @@ class OperationsService:
             '/tongban.v1.OperationsService/ReplayDeadLetters',
             tongban_dot_v1_dot_operations__pb2.ReplayDeadLettersRequest.SerializeToString,
             tongban_dot_v1_dot_operations__pb2.ReplayDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TraceCase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongban.v1.OperationsService/TraceCase',
+            tongban_dot_v1_dot_operations__pb2.TraceCaseRequest.SerializeToString,
+            tongban_dot_v1_dot_operations__pb2.TraceCaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,10 @@ class OperationsServiceStub:
     """Returns one dead letter."""
     ReplayDeadLetters: _grpc.UnaryUnaryMultiCallable[_operations_pb2.ReplayDeadLettersRequest, _operations_pb2.ReplayDeadLettersResponse]
     """Puts dead letters back into the outbox for delivery (given ids, or all)."""
+    TraceCase: _grpc.UnaryUnaryMultiCallable[_operations_pb2.TraceCaseRequest, _operations_pb2.TraceCaseResponse]
+    """Returns where one case is and how it got there: its state, status events, deliveries and
+    audit entries, never its personal data (NOT_FOUND once purged by retention).
+    """
 
 @_typing.type_check_only
 class OperationsServiceAsyncStub(OperationsServiceStub):
@@ -57,6 +61,10 @@ class OperationsServiceAsyncStub(OperationsServiceStub):
     """Returns one dead letter."""
     ReplayDeadLetters: _aio.UnaryUnaryMultiCallable[_operations_pb2.ReplayDeadLettersRequest, _operations_pb2.ReplayDeadLettersResponse]  # type: ignore[assignment]
     """Puts dead letters back into the outbox for delivery (given ids, or all)."""
+    TraceCase: _aio.UnaryUnaryMultiCallable[_operations_pb2.TraceCaseRequest, _operations_pb2.TraceCaseResponse]  # type: ignore[assignment]
+    """Returns where one case is and how it got there: its state, status events, deliveries and
+    audit entries, never its personal data (NOT_FOUND once purged by retention).
+    """
 
 class OperationsServiceServicer(metaclass=_abc_1.ABCMeta):
     """Dead letters are deliveries that failed permanently or exhausted their retries. They are kept
@@ -87,5 +95,15 @@ class OperationsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_operations_pb2.ReplayDeadLettersResponse, _abc.Awaitable[_operations_pb2.ReplayDeadLettersResponse]]:
         """Puts dead letters back into the outbox for delivery (given ids, or all)."""
+
+    @_abc_1.abstractmethod
+    def TraceCase(
+        self,
+        request: _operations_pb2.TraceCaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operations_pb2.TraceCaseResponse, _abc.Awaitable[_operations_pb2.TraceCaseResponse]]:
+        """Returns where one case is and how it got there: its state, status events, deliveries and
+        audit entries, never its personal data (NOT_FOUND once purged by retention).
+        """
 
 def add_OperationsServiceServicer_to_server(servicer: OperationsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
