@@ -271,7 +271,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
     def verify(reader: StoreReader) -> ChainReport:
         length, head = reader.audit_head()
-        return verify_chain(reader.audit_rows(), length, head)
+        return verify_chain(reader.audit_rows(length), length, head)
 
     report = read_store(settings, "audit log", verify)
     if report is None:

@@ -121,7 +121,7 @@ def _check(copy: Path, dest: Path, seconds: float) -> BackupReport:
     try:
         reader = StoreReader(engine)
         length, head = reader.audit_head()
-        chain = verify_chain(reader.audit_rows(), length, head)
+        chain = verify_chain(reader.audit_rows(length), length, head)
     finally:
         engine.dispose()
     if not chain.ok:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -354,7 +355,20 @@ class StoreReader:
             row = conn.execute(select(AUDIT_HEAD.c.length, AUDIT_HEAD.c.hash)).one()
         return int(row.length), str(row.hash)
 
-    def audit_rows(self) -> list[Any]:
-        """The whole audit log in chain order (for verification)."""
-        with self.engine.connect() as conn:
-            return list(conn.execute(select(AUDIT).order_by(AUDIT.c.seq)))
+    def audit_rows(self, upto: int, page: int = 10_000) -> Iterator[Any]:
+        """The audit log's entries 1 to ``upto`` (the head's length, read first) in chain
+        order, ``page`` at a time: memory stays flat for a log of millions of entries, and
+        entries a running gateway appends meanwhile are not part of the walk."""
+        after = 0
+        while after < upto:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(AUDIT)
+                    .where(AUDIT.c.seq > after, AUDIT.c.seq <= upto)
+                    .order_by(AUDIT.c.seq)
+                    .limit(page)
+                ).all()
+            if not rows:
+                return
+            yield from rows
+            after = rows[-1].seq
