@@ -190,6 +190,13 @@ class GatewayMetrics:
             registry=r,
             multiprocess_mode="max",
         )
+        self.gateways_live = Gauge(
+            "tongban_gateways_live",
+            "Gateway processes delivering from the store, seen by their heartbeats in the last "
+            "15 s (they share each partner's max_in_flight_total).",
+            registry=r,
+            multiprocess_mode="max",
+        )
         self.tls_reloads = Counter(
             "tongban_tls_reloads_total",
             "Server certificate files read again after they changed, by outcome (ok, rejected).",
@@ -396,3 +403,7 @@ class MetricsDeliveryObserver(DeliveryObserver):
     def circuit(self, partner: str, state: str) -> None:
         """A circuit changed."""
         self.m.circuit_changed(partner, state)
+
+    def gateways(self, n: int) -> None:
+        """Gateway processes delivering from the store."""
+        self.m.gateways_live.set(n)

@@ -223,6 +223,10 @@ class PartnerSettings(_Model):
     # Calls to this partner's inbox in progress at once, per process (default: every delivery
     # worker but one when other partners have inboxes too, else every worker).
     max_in_flight: Annotated[int, Field(ge=1, le=256)] | None = None
+    # Calls to its inbox in progress at once across every gateway process delivering from the
+    # store: each of the N seen lately makes at most total // N of them (at least one), and
+    # never more than its max_in_flight.
+    max_in_flight_total: Annotated[int, Field(ge=1, le=4096)] | None = None
 
     @field_validator("city")
     @classmethod

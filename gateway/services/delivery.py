@@ -28,6 +28,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 import uuid
 from collections import Counter, deque
@@ -58,7 +60,9 @@ from ..store.intents import (
     DeliveredIntent,
     ExtendLeaseIntent,
     FailedIntent,
+    HeartbeatIntent,
     ReleaseIntent,
+    RetireIntent,
 )
 from ..store.reads import CaseRecord, EventRecord
 from ..store.store import Store
@@ -128,6 +132,15 @@ class DeliveryObserver:
     def calls(self, partner: str, n: int) -> None:
         """``n`` calls to ``partner`` are in progress in this process."""
 
+    def gateways(self, n: int) -> None:
+        """``n`` gateway processes deliver from the store (this one included)."""
+
+
+#: How often a delivering process writes its heartbeat, and how long one counts it as live.
+HEARTBEAT_SECONDS = 5.0
+LIVE_SECONDS = 15.0
+#: Rows of gateways not seen for this long (killed) are removed when another one stops.
+FORGET_SECONDS = 86400.0
 
 #: How long a claimed row's case, read with its claim, may be used for its first attempt.
 PREFETCH_FRESH_SECONDS = 1.0
@@ -186,6 +199,15 @@ class DeliveryService:
         self._caps = {
             p: c.max_in_flight for p, c in settings.partners.items() if c.max_in_flight is not None
         }
+        # Partners whose calls are capped across every gateway delivering from the store: each
+        # of the gateways seen lately (heartbeats in the store) takes an equal share.
+        self._totals = {
+            p: c.max_in_flight_total
+            for p, c in settings.partners.items()
+            if c.max_in_flight_total is not None
+        }
+        self.live_gateways = 1
+        self.heartbeat_seconds = HEARTBEAT_SECONDS
         # Calls in progress per partner, and rows waiting for a partner's call to end (it had
         # max_in_flight of them when they were taken from the queue).
         self._calls: dict[str, int] = {}
@@ -246,6 +268,7 @@ class DeliveryService:
             asyncio.create_task(self._worker(stop), name=f"delivery-{i}")
             for i in range(cfg.workers)
         ]
+        workers.append(asyncio.create_task(self._heartbeat(stop), name="delivery-heartbeat"))
         try:
             while not stop.is_set():
                 free = cfg.batch_size - self._queue.qsize()
@@ -275,6 +298,8 @@ class DeliveryService:
             # Outcomes the partners gave are committed before the store closes.
             await asyncio.gather(*self._settling, return_exceptions=True)
             await self._release()
+            with contextlib.suppress(Exception):  # else its heartbeat simply goes stale
+                await self.store.write(RetireIntent(self.owner, self.clock() - FORGET_SECONDS))
 
     async def _release(self) -> None:
         """Hand back the rows still held (queued, waiting for a call slot, or their call cut
@@ -336,8 +361,44 @@ class DeliveryService:
             self._prefetched[r.id] = (now, cases.get(r.exchange_id), event)
 
     def max_in_flight(self, partner: str) -> int:
-        """How many calls to ``partner`` this process makes at once (see ``__init__``)."""
-        return self._caps.get(partner, self._default_cap)
+        """How many calls to ``partner`` this process makes at once (see ``__init__``): its
+        ``max_in_flight``, and at most its share of ``max_in_flight_total``."""
+        cap = self._caps.get(partner, self._default_cap)
+        total = self._totals.get(partner)
+        if total is not None:
+            cap = min(cap, max(total // self.live_gateways, 1))
+        return cap
+
+    async def _heartbeat(self, stop: asyncio.Event) -> None:
+        """Say this process is alive every ``heartbeat_seconds`` and learn how many gateways
+        deliver from the store (the shares of ``max_in_flight_total``), until ``stop``."""
+        started = self.clock()
+        beat = HeartbeatIntent(self.owner, socket.gethostname(), os.getpid(), started, LIVE_SECONDS)
+        while not stop.is_set():
+            try:
+                live = await self.store.write(beat)
+            except Exception as exc:  # noqa: BLE001 - store down: the last count stands
+                log.warning("heartbeat failed", extra={"error": type(exc).__name__})
+            else:
+                if live != self.live_gateways:
+                    log.info(
+                        "gateways delivering from the store",
+                        extra={"gateways": live, "was": self.live_gateways},
+                    )
+                    self.live_gateways = live
+                    self._wake_parked()
+                self.observer.gateways(live)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.heartbeat_seconds)
+
+    def _wake_parked(self) -> None:
+        """Rows waiting for a partner's call slot go back to the queue where the partner's
+        share grew (a gateway left): the workers take them up to the new cap."""
+        for partner, parked in self._parked.items():
+            room = self.max_in_flight(partner) - self._calls.get(partner, 0)
+            while parked and room > 0:
+                self._queue.put_nowait(parked.popleft())
+                room -= 1
 
     async def _worker(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

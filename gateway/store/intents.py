@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from itertools import zip_longest
 from typing import Any
 
-from sqlalchemy import and_, insert, select, update
+from sqlalchemy import and_, delete, func, insert, select, update
 
 from ..domain.lifecycle import allowed
 from ..errors import CaseNotFound, IllegalTransition, RequestIdReused
-from .writer import CASES, EVENTS, OUTBOX, AuditEntry, Batch, Intent
+from .writer import CASES, EVENTS, GATEWAYS, OUTBOX, AuditEntry, Batch, Intent
 
 __all__ = [
     "ClaimIntent",
@@ -21,9 +21,11 @@ __all__ = [
     "DeliveredIntent",
     "ExtendLeaseIntent",
     "FailedIntent",
+    "HeartbeatIntent",
     "ReleaseIntent",
     "ReplayIntent",
     "ReportStatusIntent",
+    "RetireIntent",
     "SubmitCaseIntent",
 ]
 
@@ -517,3 +519,54 @@ class ReplayIntent(Intent):
                 )
             )
         return ids
+
+
+@dataclass
+class HeartbeatIntent(Intent):
+    """A delivering gateway process says it is alive (its row's ``seen_at`` is now). Returns
+    how many gateways were seen within ``live_seconds``, itself included."""
+
+    owner: str
+    host: str
+    pid: int
+    started_at: float
+    live_seconds: float
+
+    def run(self, batch: Batch) -> int:
+        conn, now = batch.conn, batch.now
+        seen = conn.execute(
+            update(GATEWAYS).where(GATEWAYS.c.owner == self.owner).values(seen_at=now)
+        ).rowcount
+        if not seen:
+            conn.execute(
+                insert(GATEWAYS).values(
+                    owner=self.owner,
+                    host=self.host[:255],
+                    pid=self.pid,
+                    started_at=self.started_at,
+                    seen_at=now,
+                )
+            )
+        live = conn.execute(
+            select(func.count()).where(GATEWAYS.c.seen_at > now - self.live_seconds)
+        ).scalar_one()
+        return max(int(live), 1)
+
+
+@dataclass
+class RetireIntent(Intent):
+    """A delivering gateway process stops: its row goes (the others' shares grow at their
+    next heartbeat), with rows of gateways not seen for a long while (killed ones)."""
+
+    owner: str
+    forget_before: float
+
+    def run(self, batch: Batch) -> int:
+        return int(
+            batch.conn.execute(
+                delete(GATEWAYS).where(
+                    (GATEWAYS.c.owner == self.owner) | (GATEWAYS.c.seen_at < self.forget_before)
+                )
+            ).rowcount
+            or 0
+        )

@@ -6,6 +6,7 @@ events      status history of every case; ``seq`` is the WatchCases cursor
 outbox      deliveries to partner systems: pending -> delivered | dead (the dead-letter queue)
 audit       append-only, hash-chained log of who did what
 audit_head  the chain's last hash, locked while appending
+gateways    the gateway processes delivering from the store, and when each was last seen
 """
 
 from __future__ import annotations
@@ -13,7 +14,15 @@ from __future__ import annotations
 from sqlalchemy import Column, Index, LargeBinary, Text
 from sqlmodel import Field, SQLModel
 
-__all__ = ["AuditHead", "AuditRow", "CaseRow", "EventRow", "OutboxRow", "RequestRow"]
+__all__ = [
+    "AuditHead",
+    "AuditRow",
+    "CaseRow",
+    "EventRow",
+    "GatewayRow",
+    "OutboxRow",
+    "RequestRow",
+]
 
 
 class CaseRow(SQLModel, table=True):
@@ -119,3 +128,16 @@ class AuditHead(SQLModel, table=True):
     id: int = Field(default=1, primary_key=True)
     length: int = 0
     hash: str = Field(max_length=64)
+
+
+class GatewayRow(SQLModel, table=True):
+    """A gateway process delivering from this store (0004): it writes ``seen_at`` every few
+    seconds while it runs and removes its row when it stops."""
+
+    __tablename__ = "gateways"
+
+    owner: str = Field(max_length=64, primary_key=True)  # its outbox lease owner
+    host: str = Field(max_length=255)
+    pid: int
+    started_at: float
+    seen_at: float

@@ -1,6 +1,6 @@
 """The migrations build the tables the code declares, on SQLite and on PostgreSQL; 0002
 drops the outbox's unread exchange index and 0003 replaces its claim index with one by
-partner, without touching its rows."""
+partner, without touching its rows; 0004 adds the gateways table."""
 
 from __future__ import annotations
 
@@ -88,3 +88,13 @@ def test_0003_indexes_the_outbox_by_partner_and_keeps_the_rows(db_engine: Engine
     assert [r[0] for r in rows] == ["x-0", "x-1", "x-2"]
     _downgrade(db_engine, "0002")  # and back, for a gateway of revision 0002
     assert _outbox_indexes(db_engine) == {"ix_outbox_claim"}
+
+
+def test_0004_adds_the_gateways_table_and_takes_it_away(db_engine: Engine) -> None:
+    upgrade(db_engine, "0003")
+    assert "gateways" not in inspect(db_engine).get_table_names()
+    upgrade(db_engine)
+    assert current_revision(db_engine) == "0004"
+    assert _differences(db_engine) == []
+    _downgrade(db_engine, "0003")  # and back, for a gateway of revision 0003
+    assert "gateways" not in inspect(db_engine).get_table_names()

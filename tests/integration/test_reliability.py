@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
+from sqlalchemy import text
 
 from adapters.transports import FakePartnerTransport
 from gateway.app import Gateway, bootstrap
@@ -872,3 +873,78 @@ async def test_a_row_refused_after_failing_keeps_its_error(tmp_path: Path) -> No
         assert next_at == svc.breakers["sz"].open_until
     finally:
         await gw.stop(grace=0)
+
+
+@pytest.mark.postgres
+async def test_replicas_share_a_partner_s_max_in_flight_total(
+    tmp_path: Path, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two gateways on one PostgreSQL store, Shenzhen's inbox slow, its max_in_flight_total 2:
+    each gateway makes one call to it at once (three each without the total), and when one
+    gateway stops, the other takes the whole total."""
+    from gateway.services import delivery
+    from gateway.store.engine import make_engine, upgrade
+
+    monkeypatch.setattr(delivery, "HEARTBEAT_SECONDS", 0.1)
+    url = f"postgresql+psycopg://127.0.0.1:5432/test?options=-csearch_path%3D{pg_schema}"
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    release = asyncio.Event()
+    in_call = 0
+    most = 0
+
+    async def slow(kind: str, request: Any) -> None:
+        nonlocal in_call, most
+        in_call += 1
+        most = max(most, in_call)
+        try:
+            await release.wait()
+        finally:
+            in_call -= 1
+
+    async def up(kind: str, request: Any) -> None:
+        return None
+
+    env = {
+        "TONGBAN_STORE__URL": url,
+        "TONGBAN_DELIVERY__WORKERS": "4",
+        "TONGBAN_PARTNERS__SZ__MAX_IN_FLIGHT_TOTAL": "2",
+    }
+    gws = [
+        await two_city_gateway(
+            tmp_path / name, FakePartnerTransport(slow), FakePartnerTransport(up), **env
+        )
+        for name in ("a", "b")
+    ]
+    try:
+        svcs = [gw.services.delivery for gw in gws]
+        await until(lambda: all(s.live_gateways == 2 for s in svcs), 5)
+        assert [(s.max_in_flight("sz"), s.max_in_flight("gz")) for s in svcs] == [(1, 3)] * 2
+        registry = gws[0].services.metrics.registry
+        assert registry.get_sample_value("tongban_gateways_live") == 2
+        await submit_many(gws[0].address, 6, "shared")
+        await until(lambda: in_call == 2, 5)
+        await asyncio.sleep(0.5)  # no third call: each gateway holds its one
+        assert most == 2
+        await gws.pop().stop(grace=0)  # it retires: the other's share becomes the total
+        await until(lambda: svcs[0].live_gateways == 1, 5)
+        assert svcs[0].max_in_flight("sz") == 2
+        await until(lambda: in_call == 2, 5)  # a row it held waits no more
+        release.set()
+        store = gws[0].services.store
+
+        def pending() -> int:
+            with store.engine.connect() as conn:
+                return int(
+                    conn.execute(
+                        text("SELECT count(*) FROM outbox WHERE state <> 'delivered'")
+                    ).scalar_one()
+                )
+
+        await until(lambda: pending() == 0, 10)
+        assert most == 2
+    finally:
+        release.set()
+        for gw in gws:
+            await gw.stop(grace=0)
