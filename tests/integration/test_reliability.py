@@ -683,25 +683,34 @@ async def test_claims_interleave_partners_and_sweep_rows_of_removed_ones(tmp_pat
         await gw.stop(grace=0)
 
 
+class HeldInbox:
+    """A partner inbox that answers only once ``release`` is set; counts its calls in progress
+    (``in_call``) and the most it had at once (``most``)."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.in_call = 0
+        self.most = 0
+
+    async def __call__(self, kind: str, request: Any) -> None:
+        self.in_call += 1
+        self.most = max(self.most, self.in_call)
+        try:
+            await self.release.wait()
+        finally:
+            self.in_call -= 1
+
+
+async def up(kind: str, request: Any) -> None:
+    """A partner inbox that accepts everything at once."""
+    return
+
+
 async def test_a_slow_partner_leaves_a_worker_to_the_others(tmp_path: Path) -> None:
     """Shenzhen's inbox answers, but slowly (here: not until released). With three workers and
     two partner inboxes it gets at most two calls at once, and a Guangzhou case submitted after
     Shenzhen's is delivered meanwhile; once Shenzhen answers, its cases are all delivered."""
-    release = asyncio.Event()
-    in_call = 0
-    most = 0
-
-    async def slow(kind: str, request: Any) -> None:
-        nonlocal in_call, most
-        in_call += 1
-        most = max(most, in_call)
-        try:
-            await release.wait()
-        finally:
-            in_call -= 1
-
-    async def up(kind: str, request: Any) -> None:
-        return None
+    slow = HeldInbox()
 
     sz, gz = FakePartnerTransport(slow), FakePartnerTransport(up)
     gw = await two_city_gateway(tmp_path, sz, gz, TONGBAN_DELIVERY__WORKERS="3")
@@ -709,25 +718,25 @@ async def test_a_slow_partner_leaves_a_worker_to_the_others(tmp_path: Path) -> N
         svc = gw.services.delivery
         assert (svc.max_in_flight("sz"), svc.max_in_flight("gz")) == (2, 2)
         sz_cases = await submit_many(gw.address, 5, "slow")
-        await until(lambda: in_call == 2, 5)
+        await until(lambda: slow.in_call == 2, 5)
         (gz_case,) = await submit_many(gw.address, 1, "fast", city="440100")
         await until(lambda: bool(gz.calls), 3)
         assert [c[1].idempotency_key for c in gz.calls] == [gz_case]
-        assert most == 2
+        assert slow.most == 2
         registry = gw.services.metrics.registry
 
         def calls_metric() -> float | None:
             return registry.get_sample_value("tongban_delivery_calls_in_flight", {"partner": "sz"})
 
         assert calls_metric() == 2
-        release.set()
-        await until(lambda: len(sz.calls) == 5 and in_call == 0, 10)
+        slow.release.set()
+        await until(lambda: len(sz.calls) == 5 and slow.in_call == 0, 10)
         await until(lambda: calls_metric() == 0, 5)
         assert sorted(c[1].idempotency_key for c in sz.calls) == sorted(sz_cases)
-        assert most == 2
+        assert slow.most == 2
         await until(lambda: all(r[0] == "delivered" for r in outbox_rows(gw).values()), 5)
     finally:
-        release.set()
+        slow.release.set()
         await gw.stop(grace=0)
 
 
@@ -890,21 +899,7 @@ async def test_replicas_share_a_partner_s_max_in_flight_total(
     engine = make_engine(url)
     upgrade(engine)
     engine.dispose()
-    release = asyncio.Event()
-    in_call = 0
-    most = 0
-
-    async def slow(kind: str, request: Any) -> None:
-        nonlocal in_call, most
-        in_call += 1
-        most = max(most, in_call)
-        try:
-            await release.wait()
-        finally:
-            in_call -= 1
-
-    async def up(kind: str, request: Any) -> None:
-        return None
+    slow = HeldInbox()
 
     env = {
         "TONGBAN_STORE__URL": url,
@@ -924,14 +919,14 @@ async def test_replicas_share_a_partner_s_max_in_flight_total(
         registry = gws[0].services.metrics.registry
         assert registry.get_sample_value("tongban_gateways_live") == 2
         await submit_many(gws[0].address, 6, "shared")
-        await until(lambda: in_call == 2, 5)
+        await until(lambda: slow.in_call == 2, 5)
         await asyncio.sleep(0.5)  # no third call: each gateway holds its one
-        assert most == 2
+        assert slow.most == 2
         await gws.pop().stop(grace=0)  # it retires: the other's share becomes the total
         await until(lambda: svcs[0].live_gateways == 1, 5)
         assert svcs[0].max_in_flight("sz") == 2
-        await until(lambda: in_call == 2, 5)  # a row it held waits no more
-        release.set()
+        await until(lambda: slow.in_call == 2, 5)  # a row it held waits no more
+        slow.release.set()
         store = gws[0].services.store
 
         def pending() -> int:
@@ -943,8 +938,8 @@ async def test_replicas_share_a_partner_s_max_in_flight_total(
                 )
 
         await until(lambda: pending() == 0, 10)
-        assert most == 2
+        assert slow.most == 2
     finally:
-        release.set()
+        slow.release.set()
         for gw in gws:
             await gw.stop(grace=0)
