@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from .cli_serve import read_settings
 from .errors import GatewayError
 from .services.dead_letters import DeadLetterService
+from .services.delivery import LIVE_SECONDS
 from .services.retention import RetentionService
 from .settings import Settings
 from .store.backup import BackupError, backup_sqlite
@@ -203,9 +204,10 @@ def cmd_outbox_status(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     now = time.time()
-    rows = read_store(settings, "outbox", lambda reader: reader.backlog(now))
-    if rows is None:
+    read = read_store(settings, "outbox", lambda r: (r.backlog(now), r.gateways()))
+    if read is None:
         return 2
+    rows, gateways = read
     if args.json:
         print(
             json.dumps(
@@ -241,6 +243,13 @@ def cmd_outbox_status(args: argparse.Namespace) -> int:
             f"  {r.last_error[:80]}"
         )
     print(f"{sum(r.pending for r in rows)} pending for {len(rows)} partner(s)")
+    live = [g for g in gateways if now - g[4] < LIVE_SECONDS]
+    print(
+        f"{len(live)} gateway process(es) delivering"
+        + "".join(
+            f"; {host} pid {pid}, seen {now - seen:.0f}s ago" for _, host, pid, _, seen in live
+        )
+    )
     return 0
 
 
@@ -322,7 +331,8 @@ def add_ops_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     st = obs.add_parser(
         "status",
         help="pending rows per partner: due now, waiting (backoff or open circuit), held by a "
-        "gateway, the next attempt, the oldest row's age, attempts and last error",
+        "gateway, the next attempt, the oldest row's age, attempts and last error; then the "
+        "gateway processes delivering (their heartbeats)",
     )
     st.add_argument("--json", action="store_true", help="one JSON array, a partner per object")
     st.add_argument("--config", help="TOML settings file")

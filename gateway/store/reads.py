@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, func, or_, select, text
 
-from .writer import AUDIT, AUDIT_HEAD, CASES, EVENTS, OUTBOX
+from .writer import AUDIT, AUDIT_HEAD, CASES, EVENTS, GATEWAYS, OUTBOX
 
 __all__ = [
     "AuditRecord",
@@ -312,6 +312,21 @@ class StoreReader:
             "oldest_age": max(0.0, float(now - oldest)) if oldest is not None else 0.0,
             "dead": float(dead),
         }
+
+    def gateways(self) -> list[tuple[str, str, int, float, float]]:
+        """The delivering gateway processes' heartbeats: (owner, host, pid, started, seen),
+        the latest seen first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    GATEWAYS.c.owner,
+                    GATEWAYS.c.host,
+                    GATEWAYS.c.pid,
+                    GATEWAYS.c.started_at,
+                    GATEWAYS.c.seen_at,
+                ).order_by(GATEWAYS.c.seen_at.desc())
+            )
+            return [tuple(r) for r in rows]
 
     def backlog(self, now: float) -> list[PartnerBacklog]:
         """The pending rows of each partner that has any, by partner: one pass over the pending

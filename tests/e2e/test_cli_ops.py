@@ -4,6 +4,7 @@ list/show/replay, audit verify, outbox status, cases trace."""
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 
@@ -167,6 +168,11 @@ def test_outbox_status_shows_what_waits_for_each_partner(tmp_path) -> None:
         ("guangzhou", "dead", 1, now - 5, 0, "INVALID_ARGUMENT: rejected", now - 5),
     ]
     with sqlite3.connect(tmp_path / "tongban.db") as conn:
+        # Two gateways' heartbeats: one seen 2 s ago, one (killed) a minute ago.
+        conn.executemany(
+            "INSERT INTO gateways (owner, host, pid, started_at, seen_at) VALUES (?, ?, ?, ?, ?)",
+            [("w-a", "gw-1", 101, now - 600, now - 2), ("w-b", "gw-2", 202, now - 600, now - 60)],
+        )
         for i, (partner, state, attempts, nxt, lease, error, created) in enumerate(rows):
             conn.execute(
                 "INSERT INTO outbox (exchange_id, kind, target_partner, target_city, state,"
@@ -201,4 +207,7 @@ def test_outbox_status_shows_what_waits_for_each_partner(tmp_path) -> None:
     assert lines[0].split()[:6] == ["partner", "city", "pending", "due", "waiting", "held"]
     assert lines[2].split()[:6] == ["shenzhen", "440300", "3", "0", "2", "1"]
     assert "UNAVAILABLE: connection refused" in lines[2]
-    assert lines[-1] == "4 pending for 2 partner(s)"
+    assert lines[-2] == "4 pending for 2 partner(s)"
+    assert re.fullmatch(
+        r"1 gateway process\(es\) delivering; gw-1 pid 101, seen \d+s ago", lines[-1]
+    )
