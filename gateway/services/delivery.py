@@ -3,7 +3,8 @@
 Each worker process runs one claimer and ``delivery.workers`` concurrent deliveries. Claims take
 each partner's due rows in turn, at most 4 x its ``max_in_flight`` held at once, and a partner
 gets at most ``max_in_flight`` calls at once: one city's backlog or slowness does not hold back
-deliveries to the others. Rows are
+deliveries to the others. With ``max_in_flight_total`` the processes delivering from the store
+(each writes a heartbeat there every few seconds) share a partner's calls between them. Rows are
 leased (PostgreSQL claims use FOR UPDATE SKIP LOCKED, so replicas never take the same row); a
 lease that is not settled in time returns the row to the pool, so a crashed process loses
 nothing. Before each attempt a delivery makes sure its lease outlasts the attempt's timeout by
