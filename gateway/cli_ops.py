@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
-import datetime as dt
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,6 +29,7 @@ from .store.engine import current_revision
 from .store.reads import StoreReader
 from .store.retention import PURGED, describe
 from .store.store import Store
+from .timestamps import utc_text
 
 __all__ = ["add_ops_commands"]
 
@@ -57,23 +58,31 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 _KEPT = {"requests": "idempotency records", "outbox": "delivered outbox rows", "cases": "cases"}
 
 
+@contextlib.asynccontextmanager
+async def _writing(settings: Settings) -> AsyncIterator[Store]:
+    """The configured store with its writer running (a command that writes), stopped after."""
+    store = Store(settings.store.effective_url)
+    store.start()
+    try:
+        yield store
+    finally:
+        await store.stop()
+
+
 async def _purge(args: argparse.Namespace) -> int:
     settings = read_settings(args.config)
     if settings is None:
         return 2
-    store = Store(settings.store.effective_url)
-    store.start()
-    svc = RetentionService(settings.retention, store)
-    try:
+    async with _writing(settings) as store:
+        svc = RetentionService(settings.retention, store)
         if not svc.enabled:
             print("retention keeps everything (retention.*_days are all 0): nothing to purge")
             return 0
-        report = await (svc.dry_run() if args.dry_run else svc.purge("cli"))
-    except SQLAlchemyError as exc:
-        print(f"error: cannot purge the store: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        await store.stop()
+        try:
+            report = await (svc.dry_run() if args.dry_run else svc.purge("cli"))
+        except SQLAlchemyError as exc:
+            print(f"error: cannot purge the store: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
     if report.skipped:
         print("another gateway is purging the store now; nothing done", file=sys.stderr)
         return 1
@@ -137,18 +146,18 @@ def cmd_db_purge(args: argparse.Namespace) -> int:
 
 
 def _when(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return "-" if seconds is None else utc_text(seconds)
 
 
 async def _dead(args: argparse.Namespace) -> int:
     settings = read_settings(args.config)
     if settings is None:
         return 2
-    store = Store(settings.store.effective_url)
-    store.start()
-    svc = DeadLetterService(store)
+    async with _writing(settings) as store:
+        return await _dead_command(args, DeadLetterService(store))
+
+
+async def _dead_command(args: argparse.Namespace, svc: DeadLetterService) -> int:
     try:
         if args.dl_command == "list":
             rows, _ = await svc.page(args.limit, "")
@@ -174,8 +183,6 @@ async def _dead(args: argparse.Namespace) -> int:
     except GatewayError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
-    finally:
-        await store.stop()
 
 
 def _row(r: Any) -> dict[str, Any]:

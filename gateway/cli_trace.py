@@ -8,7 +8,6 @@ attempts, last error) and its audit entries, oldest first.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import sys
 from dataclasses import asdict
@@ -18,12 +17,13 @@ from .cli_ops import read_store
 from .cli_serve import read_settings
 from .services.trace import read_trace
 from .store.reads import AuditRecord, EventRecord, OutboxRecord
+from .timestamps import utc_text
 
 __all__ = ["add_cases_command"]
 
 
 def _when(seconds: float) -> str:
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    return utc_text(seconds, millis=True)
 
 
 def _delivery(r: OutboxRecord) -> str:

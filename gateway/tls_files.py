@@ -12,7 +12,6 @@ refused with a warning, and the old one keeps serving until the files change aga
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import threading
 import time
@@ -23,6 +22,8 @@ from pathlib import Path
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
+from .timestamps import utc_text
 
 __all__ = ["CertificateError", "ServerCertificates", "certificate_expiry"]
 
@@ -41,9 +42,13 @@ def _certificates(path: Path, data: bytes) -> list[x509.Certificate]:
     return certs
 
 
+def _earliest(certs: list[x509.Certificate]) -> float:
+    return min(c.not_valid_after_utc.timestamp() for c in certs)
+
+
 def certificate_expiry(path: Path) -> float:
     """When the earliest-expiring certificate in ``path`` (PEM, one or a bundle) expires."""
-    return min(c.not_valid_after_utc.timestamp() for c in _certificates(path, path.read_bytes()))
+    return _earliest(_certificates(path, path.read_bytes()))
 
 
 @dataclass(frozen=True)
@@ -106,15 +111,13 @@ class ServerCertificates:
         if key.public_key().public_bytes(*spki) != chain[0].public_key().public_bytes(*spki):
             raise CertificateError(f"{self.key}: not the key of the certificate in {self.cert}")
         now = self.clock()
-        expiry = {"server": min(c.not_valid_after_utc.timestamp() for c in chain)}
+        expiry = {"server": _earliest(chain)}
         if ca_pem is not None:
             assert self.client_ca is not None
-            expiry["client_ca"] = min(
-                c.not_valid_after_utc.timestamp() for c in _certificates(self.client_ca, ca_pem)
-            )
+            expiry["client_ca"] = _earliest(_certificates(self.client_ca, ca_pem))
         for which, until in expiry.items():
             if until <= now:
-                when = dt.datetime.fromtimestamp(until, dt.UTC).isoformat()
+                when = utc_text(until)
                 path = self.cert if which == "server" else self.client_ca
                 raise CertificateError(f"{path}: expired at {when}")
         config = grpc.ssl_server_certificate_configuration(
@@ -159,9 +162,7 @@ class ServerCertificates:
                     "server certificate reloaded",
                     extra={
                         "subject": loaded.subject,
-                        "not_after": dt.datetime.fromtimestamp(
-                            loaded.expiry["server"], dt.UTC
-                        ).isoformat(),
+                        "not_after": utc_text(loaded.expiry["server"]),
                     },
                 )
                 self._count("ok")

@@ -18,12 +18,12 @@ entry; on PostgreSQL one replica purges a schema at a time (a transaction's advi
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, bindparam, text
 
 from ..domain.lifecycle import TERMINAL
+from ..timestamps import utc_text
 from .reads import time_bound
 from .writer import AuditEntry, Batch, Intent
 
@@ -117,7 +117,7 @@ def purge_counts(engine: Engine, cuts: dict[str, float]) -> dict[str, int]:
 
 def describe(table: str, n: int, cut: float, events: int = 0) -> str:
     """``n`` purged rows of ``table``, in words (the audit entry's detail, the command's line)."""
-    when = dt.datetime.fromtimestamp(cut, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    when = utc_text(cut)
     with_events = f", with {events} status events" if table == "cases" else ""
     return f"{n} {PURGED[table]} before {when}{with_events}"
 
