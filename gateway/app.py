@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +52,7 @@ from .services.identity import IdentityService
 from .services.retention import RetentionService
 from .settings import Settings
 from .store.store import Store
-from .tls_files import ServerCertificates, certificate_expiry
+from .tls_files import ClientCertificates, ServerCertificates
 
 __all__ = ["Gateway", "Services", "bootstrap", "create_server"]
 
@@ -98,30 +98,50 @@ class Services:
     observer: CallObserver | None = None
 
 
-def make_transports(settings: Settings) -> dict[str, PartnerTransport]:
+def make_transports(
+    settings: Settings, metrics: GatewayMetrics | None = None
+) -> dict[str, PartnerTransport]:
     """One transport per partner that has an inbox (over TLS, with the gateway's client
-    certificate, when its settings say so)."""
+    certificate, when its settings say so). The TLS files are checked now (a
+    :class:`CertificateError` names what is wrong) and watched while the gateway runs."""
     out: dict[str, PartnerTransport] = {}
     for pid, p in settings.partners.items():
         ib = p.inbox
+        if ib.transport == "none":
+            continue
+        certificates = None
+        if ib.uses_tls:
+            certificates = ClientCertificates(
+                pid,
+                ib.ca,
+                ib.client_cert,
+                ib.client_key,
+                on_reload=_count_reload(metrics, f"client:{pid}"),
+                on_expiry=_set_expiry(metrics, f"client:{pid}"),
+            )
         if ib.transport == "grpc":
-            if ib.uses_tls:
-                creds = grpc.ssl_channel_credentials(
-                    root_certificates=ib.ca.read_bytes() if ib.ca else None,
-                    private_key=ib.client_key.read_bytes() if ib.client_key else None,
-                    certificate_chain=ib.client_cert.read_bytes() if ib.client_cert else None,
-                )
-                out[pid] = GrpcInboxTransport(ib.target, creds, server_name=ib.server_name)
-            else:
-                out[pid] = GrpcInboxTransport(ib.target)
+            out[pid] = GrpcInboxTransport(
+                ib.target, server_name=ib.server_name, certificates=certificates
+            )
         elif ib.transport == "http":
-            ctx = None
-            if ib.uses_tls:
-                ctx = ssl.create_default_context(cafile=str(ib.ca) if ib.ca else None)
-                if ib.client_cert and ib.client_key:
-                    ctx.load_cert_chain(str(ib.client_cert), str(ib.client_key))
-            out[pid] = HttpInboxTransport(ib.target, ssl_context=ctx, server_name=ib.server_name)
+            out[pid] = HttpInboxTransport(
+                ib.target, server_name=ib.server_name, certificates=certificates
+            )
     return out
+
+
+def _count_reload(metrics: GatewayMetrics | None, which: str) -> Callable[[str], None] | None:
+    if metrics is None:
+        return None
+    for outcome in ("ok", "rejected"):
+        metrics.tls_reloads.labels(which, outcome)
+    return lambda outcome: metrics.tls_reloads.labels(which, outcome).inc()
+
+
+def _set_expiry(metrics: GatewayMetrics | None, which: str) -> Callable[[float], None] | None:
+    if metrics is None:
+        return None
+    return metrics.certificate_expiry.labels(which).set
 
 
 def bootstrap(
@@ -157,7 +177,7 @@ def bootstrap(
         settings,
         mappings,
         store,
-        transports if transports is not None else make_transports(settings),
+        transports if transports is not None else make_transports(settings, metrics),
         clock=clock,
         observer=delivery_observer or MetricsDeliveryObserver(metrics),
     )
@@ -179,10 +199,6 @@ def bootstrap(
         ),
     )
     services.observer = call_observer(metrics)
-    for pid, p in settings.partners.items():
-        if p.inbox.client_cert is not None:
-            expiry = certificate_expiry(p.inbox.client_cert)
-            metrics.certificate_expiry.labels(f"client:{pid}").set(expiry)
     services.servicers["TranslationService"] = TranslationServicer(
         mappings,
         settings.server.max_record_bytes,
@@ -254,7 +270,7 @@ def create_server(
             tls.cert,
             tls.key,
             tls.client_ca,
-            on_reload=lambda outcome: metrics.tls_reloads.labels(outcome).inc(),
+            on_reload=lambda outcome: metrics.tls_reloads.labels("server", outcome).inc(),
             on_expiry=lambda which, until: metrics.certificate_expiry.labels(which).set(until),
         )
         creds = certificates.credentials()

@@ -199,12 +199,13 @@ class GatewayMetrics:
         )
         self.tls_reloads = Counter(
             "tongban_tls_reloads_total",
-            "Server certificate files read again after they changed, by outcome (ok, rejected).",
-            ("outcome",),
+            "Certificate files read again after they changed, by certificate (server, "
+            "client:<partner>) and outcome (ok, rejected).",
+            ("certificate", "outcome"),
             registry=r,
         )
         for outcome in ("ok", "rejected"):
-            self.tls_reloads.labels(outcome)
+            self.tls_reloads.labels("server", outcome)
         self.certificate_expiry = Gauge(
             "tongban_tls_certificate_expiry_timestamp_seconds",
             "When a certificate in use expires (UNIX seconds): server, client_ca (the earliest "

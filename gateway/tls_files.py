@@ -8,11 +8,18 @@ certificate's own, nothing has expired, the client CA holds at least one certifi
 that passes replaces the old one for the connections that follow (those open keep theirs); one
 that does not (a rotation half-way through: the new certificate written, its key not yet) is
 refused with a warning, and the old one keeps serving until the files change again.
+
+The gateway's side of a partner's inbox is watched the same way by :class:`ClientCertificates`:
+the trust anchors for the partner's certificate and the gateway's own client certificate and key.
+A transport asks :meth:`ClientCertificates.poll` before each call (the files are looked at no
+more than once a second) and opens a new channel with a set that passes; calls in flight finish
+on the old one.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +32,13 @@ from cryptography.hazmat.primitives import serialization
 
 from .timestamps import utc_text
 
-__all__ = ["CertificateError", "ServerCertificates", "certificate_expiry"]
+__all__ = [
+    "CertificateError",
+    "ClientCertificates",
+    "ClientMaterial",
+    "ServerCertificates",
+    "certificate_expiry",
+]
 
 log = logging.getLogger("tongban.tls")
 
@@ -49,6 +62,45 @@ def _earliest(certs: list[x509.Certificate]) -> float:
 def certificate_expiry(path: Path) -> float:
     """When the earliest-expiring certificate in ``path`` (PEM, one or a bundle) expires."""
     return _earliest(_certificates(path, path.read_bytes()))
+
+
+def _signature(paths: list[Path]) -> tuple[tuple[int, int, int], ...]:
+    """What tells that files changed: their modification times, sizes and inodes."""
+    out = []
+    for p in paths:
+        try:
+            st = p.stat()
+        except OSError:
+            out.append((-1, -1, -1))  # gone: a change, refused once by the load
+            continue
+        out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+    return tuple(out)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise CertificateError(f"{exc.filename}: {exc.strerror}") from None
+
+
+def _key_pair(cert: Path, cert_pem: bytes, key: Path, key_pem: bytes) -> list[x509.Certificate]:
+    """The chain in ``cert``, checked to parse and to be the certificate of the key in ``key``."""
+    chain = _certificates(cert, cert_pem)
+    try:
+        private = serialization.load_pem_private_key(key_pem, None)
+    except (ValueError, TypeError) as exc:
+        raise CertificateError(f"{key}: not an unencrypted PEM private key ({exc})") from None
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if private.public_key().public_bytes(*spki) != chain[0].public_key().public_bytes(*spki):
+        raise CertificateError(f"{key}: not the key of the certificate in {cert}")
+    return chain
+
+
+def _unexpired(expiry: dict[str, float], paths: dict[str, Path], now: float) -> None:
+    for which, until in expiry.items():
+        if until <= now:
+            raise CertificateError(f"{paths[which]}: expired at {utc_text(until)}")
 
 
 @dataclass(frozen=True)
@@ -83,43 +135,20 @@ class ServerCertificates:
         return [p for p in (self.cert, self.key, self.client_ca) if p is not None]
 
     def _signature(self) -> tuple[tuple[int, int, int], ...]:
-        out = []
-        for p in self._paths:
-            try:
-                st = p.stat()
-            except OSError:
-                out.append((-1, -1, -1))  # gone: a change, refused once by load()
-                continue
-            out.append((st.st_mtime_ns, st.st_size, st.st_ino))
-        return tuple(out)
+        return _signature(self._paths)
 
     def load(self) -> _Loaded:
         """Read and check the files; raise :class:`CertificateError` naming what is wrong."""
-        try:
-            cert_pem, key_pem = self.cert.read_bytes(), self.key.read_bytes()
-            ca_pem = self.client_ca.read_bytes() if self.client_ca is not None else None
-        except OSError as exc:
-            raise CertificateError(f"{exc.filename}: {exc.strerror}") from None
-        chain = _certificates(self.cert, cert_pem)
-        try:
-            key = serialization.load_pem_private_key(key_pem, None)
-        except (ValueError, TypeError) as exc:
-            raise CertificateError(
-                f"{self.key}: not an unencrypted PEM private key ({exc})"
-            ) from None
-        spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        if key.public_key().public_bytes(*spki) != chain[0].public_key().public_bytes(*spki):
-            raise CertificateError(f"{self.key}: not the key of the certificate in {self.cert}")
-        now = self.clock()
+        cert_pem, key_pem = _read(self.cert), _read(self.key)
+        chain = _key_pair(self.cert, cert_pem, self.key, key_pem)
         expiry = {"server": _earliest(chain)}
-        if ca_pem is not None:
-            assert self.client_ca is not None
+        paths = {"server": self.cert}
+        ca_pem = None
+        if self.client_ca is not None:
+            ca_pem = _read(self.client_ca)
             expiry["client_ca"] = _earliest(_certificates(self.client_ca, ca_pem))
-        for which, until in expiry.items():
-            if until <= now:
-                when = utc_text(until)
-                path = self.cert if which == "server" else self.client_ca
-                raise CertificateError(f"{path}: expired at {when}")
+            paths["client_ca"] = self.client_ca
+        _unexpired(expiry, paths, self.clock())
         config = grpc.ssl_server_certificate_configuration(
             [(key_pem, cert_pem)], root_certificates=ca_pem
         )
@@ -170,6 +199,131 @@ class ServerCertificates:
         except Exception:
             log.warning("cannot look at the server certificate files", exc_info=True)
             return None
+
+    def _count(self, outcome: str) -> None:
+        if self.on_reload is not None:
+            self.on_reload(outcome)
+
+
+@dataclass(frozen=True)
+class ClientMaterial:
+    """A checked set of a partner inbox's TLS files, as read."""
+
+    ca: bytes | None  # trust anchors for the partner's certificate; None: the system's
+    cert: bytes | None  # the gateway's client certificate chain (mutual TLS), or None
+    key: bytes | None
+    expiry: float | None  # when the client certificate expires (UNIX seconds)
+    generation: int  # 1 for the set read at start, +1 for each set adopted since
+    cert_path: Path | None = None
+    key_path: Path | None = None
+
+    def grpc_credentials(self) -> grpc.ChannelCredentials:
+        """Channel credentials holding this set."""
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert
+        )
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """An SSL context (for an HTTPS inbox) holding this set's trust anchors and client
+        certificate (:mod:`ssl` reads the certificate from its files, checked just before)."""
+        ctx = ssl.create_default_context(
+            cadata=self.ca.decode("ascii", "replace") if self.ca is not None else None
+        )
+        if self.cert_path is not None:
+            try:
+                ctx.load_cert_chain(self.cert_path, self.key_path)
+            except ssl.SSLError as exc:  # changed again since the check
+                raise CertificateError(f"{self.cert_path}: {exc}") from None
+        return ctx
+
+
+class ClientCertificates:
+    """The TLS files of a partner's inbox: ``ca`` (the partner's trust anchors) and the
+    gateway's ``cert`` and ``key``, read at start and again when they change."""
+
+    #: The files are looked at no more often than this (seconds), however many calls are made.
+    POLL_SECONDS = 1.0
+
+    def __init__(
+        self,
+        partner: str,
+        ca: Path | None,
+        cert: Path | None,
+        key: Path | None,
+        *,
+        on_reload: Callable[[str], None] | None = None,
+        on_expiry: Callable[[float], None] | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        poll_seconds: float = POLL_SECONDS,
+    ) -> None:
+        if (cert is None) != (key is None):
+            raise CertificateError(f"partner {partner}: a client certificate needs its key")
+        self.partner = partner
+        self.ca, self.cert, self.key = ca, cert, key
+        self.on_reload, self.on_expiry = on_reload, on_expiry
+        self.clock, self.monotonic, self.poll_seconds = clock, monotonic, poll_seconds
+        self._paths = [p for p in (ca, cert, key) if p is not None]
+        self._seen = _signature(self._paths)
+        self._next_look = monotonic() + poll_seconds
+        self.current = self._adopt(self.load(generation=1))
+
+    def load(self, *, generation: int) -> ClientMaterial:
+        """Read and check the files; raise :class:`CertificateError` naming what is wrong."""
+        ca_pem = cert_pem = key_pem = None
+        expiry = None
+        if self.ca is not None:
+            ca_pem = _read(self.ca)
+            _certificates(self.ca, ca_pem)  # parses (an expired anchor may still be in a bundle)
+        if self.cert is not None and self.key is not None:
+            cert_pem, key_pem = _read(self.cert), _read(self.key)
+            expiry = _earliest(_key_pair(self.cert, cert_pem, self.key, key_pem))
+            _unexpired({"client": expiry}, {"client": self.cert}, self.clock())
+        return ClientMaterial(ca_pem, cert_pem, key_pem, expiry, generation, self.cert, self.key)
+
+    def _adopt(self, material: ClientMaterial) -> ClientMaterial:
+        if self.on_expiry is not None and material.expiry is not None:
+            self.on_expiry(material.expiry)
+        return material
+
+    def poll(self) -> ClientMaterial | None:
+        """A new set if the files changed since last looked at and pass the checks, else None
+        (the transport keeps the set it has). Cheap: one clock reading between looks."""
+        now = self.monotonic()
+        if now < self._next_look:
+            return None
+        self._next_look = now + self.poll_seconds
+        try:
+            signature = _signature(self._paths)
+            if signature == self._seen:
+                return None
+            self._seen = signature
+            try:
+                material = self.load(generation=self.current.generation + 1)
+            except CertificateError as exc:
+                log.warning(
+                    "new inbox certificate files refused; the old ones are still used",
+                    extra={"partner": self.partner, "error": str(exc)},
+                )
+                self._count("rejected")
+                return None
+        except Exception:
+            log.warning(
+                "cannot look at the inbox certificate files",
+                extra={"partner": self.partner},
+                exc_info=True,
+            )
+            return None
+        log.info(
+            "inbox certificate files reloaded",
+            extra={
+                "partner": self.partner,
+                "not_after": utc_text(material.expiry) if material.expiry is not None else "",
+            },
+        )
+        self._count("ok")
+        self.current = self._adopt(material)
+        return material
 
     def _count(self, outcome: str) -> None:
         if self.on_reload is not None:

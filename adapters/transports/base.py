@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Protocol
+
+import grpc
 
 from tongban.v1 import partner_inbox_pb2 as inbox
 
-__all__ = ["PartnerTransport", "TransportError"]
+__all__ = ["CertificateSet", "CertificateSource", "PartnerTransport", "TransportError"]
 
 
 class TransportError(Exception):
@@ -54,4 +57,29 @@ class PartnerTransport(Protocol):
 
     async def close(self) -> None:
         """Release connections."""
+        ...
+
+
+class CertificateSet(Protocol):
+    """A checked set of the TLS files of a partner's inbox (trust anchors, client certificate)."""
+
+    def grpc_credentials(self) -> grpc.ChannelCredentials:
+        """gRPC channel credentials holding the set."""
+        ...
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """An SSL context (HTTPS) holding the set."""
+        ...
+
+
+class CertificateSource(Protocol):
+    """The TLS files of a partner's inbox, watched (``gateway.tls_files.ClientCertificates``)."""
+
+    @property
+    def current(self) -> CertificateSet:
+        """The set in use."""
+        ...
+
+    def poll(self) -> CertificateSet | None:
+        """A new set when the files changed and pass their checks, else None."""
         ...

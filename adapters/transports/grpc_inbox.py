@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -9,7 +11,7 @@ from grpc_status import rpc_status
 from tongban.v1 import partner_inbox_pb2 as inbox
 from tongban.v1 import partner_inbox_pb2_grpc as inbox_grpc
 
-from .base import TransportError
+from .base import CertificateSource, TransportError
 
 __all__ = ["GrpcInboxTransport"]
 
@@ -37,7 +39,15 @@ def _retry_after(err: grpc.aio.AioRpcError) -> float | None:
 
 
 class GrpcInboxTransport:
-    """A grpc.aio client of PartnerInboxService (one channel, reused)."""
+    """A grpc.aio client of PartnerInboxService (one channel, reused).
+
+    With ``certificates`` (the TLS files of the partner's inbox, watched), a call made after
+    the files changed and passed their checks opens a new channel with them; calls in flight
+    finish on the old channel, which is then closed.
+    """
+
+    #: How long calls in flight on a replaced channel may go on (seconds).
+    CLOSE_GRACE_SECONDS = 60.0
 
     def __init__(
         self,
@@ -45,20 +55,42 @@ class GrpcInboxTransport:
         credentials: grpc.ChannelCredentials | None = None,
         *,
         server_name: str = "",
+        certificates: CertificateSource | None = None,
     ) -> None:
         self.target = target
         # The name the partner's certificate must carry, when the target is an address.
-        options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+        self._options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+        self._certificates = certificates
+        if certificates is not None:
+            credentials = certificates.current.grpc_credentials()
+        self._open(credentials)
+        self._closing: dict[asyncio.Task[None], grpc.aio.Channel] = {}
+
+    def _open(self, credentials: grpc.ChannelCredentials | None) -> None:
         self._channel = (
-            grpc.aio.secure_channel(target, credentials, options=options)
+            grpc.aio.secure_channel(self.target, credentials, options=self._options)
             if credentials
-            else grpc.aio.insecure_channel(target)
+            else grpc.aio.insecure_channel(self.target)
         )
         self._stub = inbox_grpc.PartnerInboxServiceStub(self._channel)
 
-    async def _call(self, method: object, request: object, timeout: float) -> object:
+    def _refresh(self) -> None:
+        """Open a new channel if the certificate files changed and pass their checks."""
+        if self._certificates is None:
+            return
+        material = self._certificates.poll()
+        if material is None:
+            return
+        old = self._channel
+        self._open(material.grpc_credentials())
+        task = asyncio.get_running_loop().create_task(old.close(self.CLOSE_GRACE_SECONDS))
+        self._closing[task] = old
+        task.add_done_callback(self._closing.pop)
+
+    async def _call(self, method: str, request: object, timeout: float) -> object:
+        self._refresh()
         try:
-            return await method(request, timeout=timeout)  # type: ignore[operator]
+            return await getattr(self._stub, method)(request, timeout=timeout)
         except grpc.aio.AioRpcError as err:
             code = err.code()
             raise TransportError(
@@ -72,7 +104,7 @@ class GrpcInboxTransport:
         self, request: inbox.DeliverCaseRequest, timeout: float
     ) -> inbox.DeliverCaseResponse:
         """Deliver a case."""
-        out = await self._call(self._stub.DeliverCase, request, timeout)
+        out = await self._call("DeliverCase", request, timeout)
         assert isinstance(out, inbox.DeliverCaseResponse)
         return out
 
@@ -80,7 +112,7 @@ class GrpcInboxTransport:
         self, request: inbox.DeliverStatusRequest, timeout: float
     ) -> inbox.DeliverStatusResponse:
         """Deliver a status change."""
-        out = await self._call(self._stub.DeliverStatus, request, timeout)
+        out = await self._call("DeliverStatus", request, timeout)
         assert isinstance(out, inbox.DeliverStatusResponse)
         return out
 
@@ -88,7 +120,7 @@ class GrpcInboxTransport:
         self, request: inbox.LookupPersonRequest, timeout: float
     ) -> inbox.LookupPersonResponse:
         """Look a person up."""
-        out = await self._call(self._stub.LookupPerson, request, timeout)
+        out = await self._call("LookupPerson", request, timeout)
         assert isinstance(out, inbox.LookupPersonResponse)
         return out
 
@@ -96,10 +128,14 @@ class GrpcInboxTransport:
         self, request: inbox.LookupEnterpriseRequest, timeout: float
     ) -> inbox.LookupEnterpriseResponse:
         """Look an enterprise up."""
-        out = await self._call(self._stub.LookupEnterprise, request, timeout)
+        out = await self._call("LookupEnterprise", request, timeout)
         assert isinstance(out, inbox.LookupEnterpriseResponse)
         return out
 
     async def close(self) -> None:
-        """Close the channel."""
+        """Close the channel (and any replaced one still finishing its calls)."""
         await self._channel.close()
+        for task, old in list(self._closing.items()):
+            task.cancel()  # stop waiting for its calls ...
+            await asyncio.gather(task, return_exceptions=True)
+            await old.close()  # ... and cancel them

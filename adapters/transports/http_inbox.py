@@ -7,7 +7,9 @@ seconds); anything else is permanent, with the partner's reason kept.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import ssl
 from typing import Any
 
@@ -17,9 +19,11 @@ from google.protobuf import json_format
 from tongban.v1 import common_pb2
 from tongban.v1 import partner_inbox_pb2 as inbox
 
-from .base import TransportError
+from .base import CertificateSource, TransportError
 
 __all__ = ["HttpInboxTransport"]
+
+log = logging.getLogger("tongban.tls")
 
 _RETRYABLE = {408, 429, 500, 502, 503, 504}
 
@@ -52,7 +56,12 @@ def _refused(resp: httpx.Response) -> TransportError:
 
 
 class HttpInboxTransport:
-    """An httpx client of a partner's JSON API."""
+    """An httpx client of a partner's JSON API.
+
+    With ``certificates`` (the TLS files of the partner's inbox, watched), a request made after
+    the files changed and passed their checks goes through a new client holding them; requests
+    in flight finish on the old client, which is closed after the last of them.
+    """
 
     def __init__(
         self,
@@ -61,21 +70,55 @@ class HttpInboxTransport:
         *,
         ssl_context: ssl.SSLContext | None = None,
         server_name: str = "",
+        certificates: CertificateSource | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         # ``ssl_context``: trust anchors and the gateway's client certificate (mutual TLS);
         # ``server_name``: the name the partner's certificate must carry (and SNI), when the
         # URL's host is an address.
-        self._client = client or httpx.AsyncClient(
+        self._certificates = certificates
+        if certificates is not None:
+            ssl_context = certificates.current.ssl_context()
+        self._client = client or self._new_client(ssl_context)
+        self._extensions = {"sni_hostname": server_name} if server_name else None
+        self._users: dict[httpx.AsyncClient, int] = {}  # requests in flight, per client
+        self._closing: set[asyncio.Task[None]] = set()
+
+    @staticmethod
+    def _new_client(ssl_context: ssl.SSLContext | None) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
             timeout=httpx.Timeout(5.0, connect=2.0),
             verify=ssl_context if ssl_context is not None else True,
         )
-        self._extensions = {"sni_hostname": server_name} if server_name else None
+
+    def _refresh(self) -> None:
+        """Take a new client if the certificate files changed and pass their checks."""
+        if self._certificates is None:
+            return
+        material = self._certificates.poll()
+        if material is None:
+            return
+        try:
+            ssl_context = material.ssl_context()
+        except ValueError as exc:  # CertificateError: the files changed again meanwhile
+            log.warning("inbox certificate files not taken", extra={"error": str(exc)})
+            return
+        old, self._client = self._client, self._new_client(ssl_context)
+        if old not in self._users:
+            self._close_later(old)
+
+    def _close_later(self, client: httpx.AsyncClient) -> None:
+        task = asyncio.get_running_loop().create_task(client.aclose())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def _send(self, method: str, path: str, timeout: float, **kwargs: Any) -> httpx.Response:
         """One request to the partner; a failure to get an answer as a retryable TransportError."""
+        self._refresh()
+        client = self._client
+        self._users[client] = self._users.get(client, 0) + 1
         try:
-            return await self._client.request(
+            return await client.request(
                 method,
                 f"{self.base_url}{path}",
                 timeout=timeout,
@@ -97,6 +140,12 @@ class HttpInboxTransport:
             raise TransportError(
                 f"TLS failed: {exc.reason or type(exc).__name__}", retryable=True, code="TLS"
             ) from None
+        finally:
+            left = self._users.pop(client) - 1
+            if left:
+                self._users[client] = left
+            elif client is not self._client:
+                self._close_later(client)  # replaced, and its last request is done
 
     async def _post(
         self, path: str, key: str, body: dict[str, Any], timeout: float
@@ -173,5 +222,8 @@ class HttpInboxTransport:
         return inbox.LookupEnterpriseResponse(foreign=_foreign(data))
 
     async def close(self) -> None:
-        """Close the client."""
-        await self._client.aclose()
+        """Close the client (and any replaced one still finishing its requests)."""
+        for client in [self._client, *self._users]:
+            if not client.is_closed:
+                await client.aclose()
+        await asyncio.gather(*self._closing, return_exceptions=True)

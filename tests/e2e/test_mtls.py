@@ -184,13 +184,23 @@ async def test_a_rotated_server_certificate_serves_new_connections_at_once(
         await stub.SubmitCase(submit("r2"), timeout=10)  # the open connection goes on
     async with channel(gateway, certs / "ca.pem", certs, "zhongshan") as after:
         await cx_grpc.CaseExchangeServiceStub(after).SubmitCase(submit("r3"), timeout=10)
-    assert metrics.get_sample_value("tongban_tls_reloads_total", {"outcome": "ok"}) == 1
+    assert (
+        metrics.get_sample_value(
+            "tongban_tls_reloads_total", {"certificate": "server", "outcome": "ok"}
+        )
+        == 1
+    )
     # Half a rotation: a new key without its certificate. Refused; the last pair serves.
     other = tmp_path / "other-ca"
     (certs / "gateway-key.pem").write_bytes((other / "zhongshan-key.pem").read_bytes())
     still = await asyncio.to_thread(served_certificate, gateway.port, certs)
     assert still.serial_number == rotated.serial_number
-    assert metrics.get_sample_value("tongban_tls_reloads_total", {"outcome": "rejected"}) == 1
+    assert (
+        metrics.get_sample_value(
+            "tongban_tls_reloads_total", {"certificate": "server", "outcome": "rejected"}
+        )
+        == 1
+    )
     async with channel(gateway, certs / "ca.pem", certs, "zhongshan") as later:
         await cx_grpc.CaseExchangeServiceStub(later).SubmitCase(submit("r4"), timeout=10)
 
@@ -200,3 +210,19 @@ def test_serve_refuses_a_key_that_is_not_its_certificates(tmp_path: Path, certs:
     out = run("serve", env=env(tmp_path, certs), timeout=30)
     assert out.returncode == 2
     assert f"error: tls: {certs / 'gateway-key.pem'}: not the key of the certificate" in out.stderr
+
+
+def test_serve_refuses_an_inbox_client_key_that_is_not_its_certificates(
+    tmp_path: Path, certs: Path
+) -> None:
+    settings = env(tmp_path, certs) | {
+        "TONGBAN_PARTNERS__SHENZHEN__INBOX__TLS": "true",
+        "TONGBAN_PARTNERS__SHENZHEN__INBOX__CA": str(certs / "ca.pem"),
+        "TONGBAN_PARTNERS__SHENZHEN__INBOX__CLIENT_CERT": str(certs / "gateway.pem"),
+        "TONGBAN_PARTNERS__SHENZHEN__INBOX__CLIENT_KEY": str(certs / "zhongshan-key.pem"),
+    }
+    out = run("serve", env=settings, timeout=30)
+    assert out.returncode == 2
+    assert (
+        f"error: tls: {certs / 'zhongshan-key.pem'}: not the key of the certificate" in out.stderr
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import http.server
 import json
+import shutil
 import ssl
 import threading
 from collections.abc import Iterator
@@ -15,11 +16,12 @@ import grpc
 import pytest
 from cryptography import x509
 
-from adapters.transports import TransportError
+from adapters.transports import GrpcInboxTransport, HttpInboxTransport, TransportError
 from gateway.app import Gateway, make_transports
 from gateway.certs import issue, make_ca
 from gateway.partner_sim import InboxSimulator, start_simulator
 from gateway.settings import ConfigError
+from gateway.tls_files import ClientCertificates
 from tongban.v1 import case_exchange_pb2 as cx
 from tongban.v1 import case_exchange_pb2_grpc as cx_grpc
 from tongban.v1 import common_pb2
@@ -31,13 +33,25 @@ ZS_CASE = json.loads((ROOT / "mappings/zhongshan/samples/case/01-case.json").rea
 
 
 class CertifiedInbox(InboxSimulator):
-    """The partner inbox, noting the client certificate names of each delivery."""
+    """The partner inbox, noting the client certificate names of each delivery; a delivery
+    whose idempotency key starts with "slow" waits for ``gate``."""
 
     peers: list[list[bytes]]
+    gate: asyncio.Event
 
     async def DeliverCase(self, request: Any, context: Any) -> Any:
         self.peers.append(list(context.auth_context().get("x509_common_name", [])))
+        if request.idempotency_key.startswith("slow"):
+            await self.gate.wait()
         return await super().DeliverCase(request, context)
+
+
+def replace_files(source: Path, name: str, folder: Path) -> None:
+    """Put ``name``'s certificate and key from ``source`` in ``folder`` as tongban-gateway*.pem,
+    each written beside and renamed over the old (as an operator's rotation does)."""
+    for suffix in (".pem", "-key.pem"):
+        shutil.copyfile(source / f"{name}{suffix}", folder / "next.tmp")
+        (folder / "next.tmp").replace(folder / f"tongban-gateway{suffix}")
 
 
 @pytest.fixture
@@ -49,12 +63,14 @@ def pki(tmp_path: Path) -> Path:
     other = tmp_path / "other"
     make_ca(other)
     issue(other, "tongban-gateway")  # the same name from a CA the partner does not trust
+    issue(ca, "tongban-gateway-next")  # its successor, from the partner's CA
     return ca
 
 
 async def _partner(tmp_path: Path, pki: Path) -> tuple[CertifiedInbox, grpc.aio.Server, int]:
     sim = CertifiedInbox(tmp_path / "sz.db")
     sim.peers = []
+    sim.gate = asyncio.Event()
     creds = grpc.ssl_server_credentials(
         [
             (
@@ -89,6 +105,17 @@ def _env(port: int, pki: Path, client: Path | None) -> dict[str, str]:
     return env
 
 
+def assert_client_expiry(gw: Gateway, cert_file: Path) -> None:
+    """The gateway's expiry gauge for its Shenzhen client certificate is ``cert_file``'s."""
+    cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    assert (
+        gw.services.metrics.registry.get_sample_value(
+            "tongban_tls_certificate_expiry_timestamp_seconds", {"certificate": "client:sz"}
+        )
+        == cert.not_valid_after_utc.timestamp()
+    )
+
+
 async def _submit(gw: Gateway, rid: str) -> None:
     async with grpc.aio.insecure_channel(gw.address) as ch:
         await cx_grpc.CaseExchangeServiceStub(ch).SubmitCase(
@@ -114,13 +141,7 @@ async def test_the_partner_sees_the_gateway_certificate(tmp_path: Path, pki: Pat
         assert got.kind == "case"
         assert sim.peers == [[b"tongban-gateway"]]
         # Its expiry is watched (TongbanCertificateExpiresSoon).
-        cert = x509.load_pem_x509_certificate((pki / "tongban-gateway.pem").read_bytes())
-        assert (
-            gw.services.metrics.registry.get_sample_value(
-                "tongban_tls_certificate_expiry_timestamp_seconds", {"certificate": "client:sz"}
-            )
-            == cert.not_valid_after_utc.timestamp()
-        )
+        assert_client_expiry(gw, pki / "tongban-gateway.pem")
     finally:
         await gw.stop(grace=0)
         await server.stop(0)
@@ -146,6 +167,75 @@ async def test_without_a_trusted_client_certificate_nothing_is_delivered(
         assert [r.delivery_state for r in rows] != ["DELIVERY_STATE_DELIVERED"]
     finally:
         await gw.stop(grace=0)
+        await server.stop(0)
+        sim.close()
+
+
+async def test_a_replaced_client_certificate_is_used_without_a_restart(
+    tmp_path: Path, pki: Path
+) -> None:
+    """The gateway starts with a certificate the partner does not trust; its files are
+    replaced with a trusted one while it runs, and the waiting case is delivered."""
+    sim, server, port = await _partner(tmp_path, pki)
+    held = tmp_path / "gateway-certs"
+    held.mkdir()
+    replace_files(tmp_path / "other", "tongban-gateway", held)
+    gw = Gateway(make_settings(tmp_path, **_env(port, pki, held)))
+    await gw.start()
+    metrics = gw.services.metrics.registry
+    try:
+        await _submit(gw, "rotate-1")
+        await asyncio.sleep(1.0)  # refused in the handshake, retried
+        assert sim.calls == 0
+        replace_files(pki, "tongban-gateway", held)
+        got = await asyncio.wait_for(sim.received.get(), 10)
+        assert got.kind == "case"
+        assert sim.peers == [[b"tongban-gateway"]]
+        outcome = {"certificate": "client:sz", "outcome": "ok"}
+        assert metrics.get_sample_value("tongban_tls_reloads_total", outcome) == 1
+        assert_client_expiry(gw, pki / "tongban-gateway.pem")
+    finally:
+        await gw.stop(grace=0)
+        await server.stop(0)
+        sim.close()
+
+
+def _case(key: str) -> inbox_pb2.DeliverCaseRequest:
+    return inbox_pb2.DeliverCaseRequest(
+        idempotency_key=key,
+        source_city="442000",
+        foreign=common_pb2.ForeignRecord(schema="shenzhen.case", json=b"{}"),
+    )
+
+
+async def test_a_call_in_flight_finishes_on_the_replaced_channel(tmp_path: Path, pki: Path) -> None:
+    sim, server, port = await _partner(tmp_path, pki)
+    held = tmp_path / "gateway-certs"
+    held.mkdir()
+    replace_files(pki, "tongban-gateway", held)
+    certificates = ClientCertificates(
+        "sz",
+        pki / "ca.pem",
+        held / "tongban-gateway.pem",
+        held / "tongban-gateway-key.pem",
+        poll_seconds=0,
+    )
+    transport = GrpcInboxTransport(
+        f"127.0.0.1:{port}", server_name="inbox.shenzhen.example", certificates=certificates
+    )
+    try:
+        slow = asyncio.create_task(transport.deliver_case(_case("slow-1"), timeout=10))
+        while not sim.peers:
+            await asyncio.sleep(0.01)
+        replace_files(pki, "tongban-gateway-next", held)
+        await transport.deliver_case(_case("fast-1"), timeout=10)  # on a new channel
+        assert not slow.done()
+        sim.gate.set()
+        await asyncio.wait_for(slow, 10)  # the old channel finished its call
+        assert sim.peers == [[b"tongban-gateway"], [b"tongban-gateway-next"]]
+        assert certificates.current.generation == 2
+    finally:
+        await transport.close()
         await server.stop(0)
         sim.close()
 
@@ -229,5 +319,34 @@ async def test_https_inbox_with_client_certificate(
                 await transport.deliver_case(request, timeout=5)
             assert err.value.retryable
             assert _Inbox.seen == []
+    finally:
+        await transport.close()
+
+
+async def test_https_inbox_takes_a_replaced_client_certificate(
+    tmp_path: Path, pki: Path, https_inbox: int
+) -> None:
+    held = tmp_path / "gateway-certs"
+    held.mkdir()
+    replace_files(tmp_path / "other", "tongban-gateway", held)  # not trusted by the partner
+    transport = HttpInboxTransport(
+        f"https://127.0.0.1:{https_inbox}",
+        server_name="inbox.shenzhen.example",
+        certificates=ClientCertificates(
+            "sz",
+            pki / "ca.pem",
+            held / "tongban-gateway.pem",
+            held / "tongban-gateway-key.pem",
+            poll_seconds=0,
+        ),
+    )
+    try:
+        with pytest.raises(TransportError):
+            await transport.deliver_case(_case("k-1"), timeout=5)
+        assert _Inbox.seen == []
+        replace_files(pki, "tongban-gateway-next", held)
+        answer = await transport.deliver_case(_case("k-1"), timeout=5)
+        assert answer.partner_reference == "P-1"
+        assert _Inbox.seen == ["tongban-gateway-next"]
     finally:
         await transport.close()
