@@ -43,12 +43,14 @@ from .metrics import (
 from .rpc.case_exchange import CaseExchangeServicer
 from .rpc.identity import IdentityServicer
 from .rpc.operations import OperationsServicer
+from .rpc.peering import PeerInboxServicer
 from .rpc.registration import CallObserver, DeadlineWatchdog, register_service
 from .rpc.translation import TranslationServicer
 from .services.cases import CaseService
 from .services.dead_letters import DeadLetterService
 from .services.delivery import DeliveryObserver, DeliveryService
 from .services.identity import IdentityService
+from .services.peering import PeerInbox
 from .services.retention import RetentionService
 from .settings import Settings
 from .store.store import Store
@@ -208,9 +210,13 @@ def bootstrap(
         on_batch=metrics.translate_batch_calls.observe,
     )
     services.servicers["CaseExchangeService"] = CaseExchangeServicer(cases, auth)
-    services.servicers["IdentityService"] = IdentityServicer(
-        IdentityService(settings, mappings, store, delivery.transports, metrics), auth
-    )
+    identity = IdentityService(settings, mappings, store, delivery.transports, metrics)
+    services.servicers["IdentityService"] = IdentityServicer(identity, auth)
+    peers = {pid for pid, p in settings.partners.items() if p.peer}
+    if peers:  # federated mode: peer gateways deliver here
+        services.servicers["PartnerInboxService"] = PeerInboxServicer(
+            PeerInbox(cases, identity, store, peers), auth
+        )
     services.servicers["OperationsService"] = OperationsServicer(
         DeadLetterService(store), auth, settings
     )

@@ -34,6 +34,7 @@ class Caller:
     city: str
     acl: AclSettings = field(default_factory=AclSettings)
     operator: bool = False
+    peer: bool = False  # another Tongban gateway: may call this one's PartnerInboxService
 
     def may_target(self, city: str) -> bool:
         """Whether it may submit cases for ``city``."""
@@ -76,7 +77,7 @@ class Authenticator:
         self._by_token: dict[str, Caller] = {}
         self._by_cert: dict[str, Caller] = {}
         for pid, p in settings.partners.items():
-            caller = Caller(pid, p.city, p.acl, p.operator)
+            caller = Caller(pid, p.city, p.acl, p.operator, p.peer)
             if p.token:
                 self._by_token[f"Bearer {p.token}"] = caller
             self._by_cert[p.cert_name or pid] = caller
@@ -122,7 +123,7 @@ class Authenticator:
 
 
 class AccessGuard:
-    """Runs before every tongban.v1 handler: authenticate, rate-limit, operator ACL."""
+    """Runs before every tongban.v1 handler: authenticate, rate-limit, operator and peer ACL."""
 
     def __init__(
         self, settings: Settings, auth: Authenticator, clock: Callable[[], float] = time.monotonic
@@ -146,4 +147,6 @@ class AccessGuard:
             raise RateLimited("rate limit exceeded for this partner", retry_after=wait)
         if service == "tongban.v1.OperationsService" and not caller.operator:
             raise PermissionDenied("this partner is not an operator")
+        if service == "tongban.v1.PartnerInboxService" and not caller.peer:
+            raise PermissionDenied("this partner is not a peer gateway")
         _CURRENT.set(caller)

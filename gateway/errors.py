@@ -30,6 +30,7 @@ __all__ = [
     "BackendUnavailable",
     "CaseNotFound",
     "DeadLetterNotFound",
+    "ExchangeIdTaken",
     "GatewayError",
     "HomeCityNotServed",
     "IllegalTransition",
@@ -37,6 +38,7 @@ __all__ = [
     "InvalidPageToken",
     "InvalidRequest",
     "NotRepresentable",
+    "OutOfOrder",
     "PartnerRefused",
     "PermissionDenied",
     "RateLimited",
@@ -120,6 +122,19 @@ class DeadLetterNotFound(GatewayError):
 
 class RequestIdReused(GatewayError):
     """The request_id was used before with a different body."""
+
+
+class ExchangeIdTaken(GatewayError):
+    """A peer gateway delivered a case under an exchange id that another case holds here."""
+
+
+class OutOfOrder(GatewayError):
+    """A peer gateway's status change arrived before an earlier one of the same case; retry
+    after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, field: str = "", retry_after: float = 1.0) -> None:
+        super().__init__(message, field)
+        self.retry_after = retry_after
 
 
 class IllegalTransition(GatewayError):

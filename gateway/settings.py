@@ -217,6 +217,9 @@ class PartnerSettings(_Model):
     rate_limit: RateLimit = RateLimit()
     token: str = ""  # development-only bearer token (refused when TLS is on)
     operator: bool = False  # may call OperationsService (dead letters)
+    # Another Tongban gateway (federated mode): it may deliver cases and statuses to this
+    # gateway's PartnerInboxService, and cases to it travel as canonical records.
+    peer: bool = False
     inbox: InboxSettings = InboxSettings()
     retry: RetryPolicy | None = None  # overrides delivery.retry for deliveries to this partner
     circuit: CircuitPolicy | None = None
@@ -234,6 +237,12 @@ class PartnerSettings(_Model):
         if len(v) != 6 or not (v.isascii() and v.isdigit()):
             raise ValueError("must be a six-digit GB/T 2260 region code, e.g. '442000'")
         return v
+
+    @model_validator(mode="after")
+    def _peer_over_grpc(self) -> PartnerSettings:
+        if self.peer and self.inbox.transport != "grpc":
+            raise ValueError("a peer gateway is reached over gRPC: set inbox.transport = 'grpc'")
+        return self
 
 
 class DeliverySettings(_Model):

@@ -46,6 +46,8 @@ _TABLE: list[tuple[type[Exception], grpc.StatusCode, str]] = [
     (e.DeadLetterNotFound, grpc.StatusCode.NOT_FOUND, "DEAD_LETTER_NOT_FOUND"),
     (e.RequestIdReused, grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED"),
     (e.IllegalTransition, grpc.StatusCode.FAILED_PRECONDITION, "ILLEGAL_TRANSITION"),
+    (e.ExchangeIdTaken, grpc.StatusCode.ALREADY_EXISTS, "EXCHANGE_ID_TAKEN"),
+    (e.OutOfOrder, grpc.StatusCode.ABORTED, "OUT_OF_ORDER"),
     (e.InvalidPageToken, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN"),
     (e.UnknownStatusCode, grpc.StatusCode.INVALID_ARGUMENT, "UNKNOWN_CODE"),
     (e.NotRepresentable, grpc.StatusCode.FAILED_PRECONDITION, "MAPPING_FAILED"),
@@ -156,7 +158,7 @@ def status_for(
                 field=_clip(exc.field, _MAX_FIELD), description=message, reason=reason
             )
             details.append(br)
-        if isinstance(exc, e.RateLimited | e.BackendUnavailable):
+        if isinstance(exc, e.RateLimited | e.BackendUnavailable | e.OutOfOrder):
             secs = max(exc.retry_after, 0.0)
             delay = duration_pb2.Duration(seconds=int(secs), nanos=int((secs % 1) * 1e9))
             details.append(error_details_pb2.RetryInfo(retry_delay=delay))

@@ -93,7 +93,8 @@ class CaseService:
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _inbox_partner(self, city: str) -> str | None:
+    def inbox_partner(self, city: str) -> str | None:
+        """The partner that receives ``city``'s deliveries, if it has an inbox."""
         return self._rules.inboxes.get(city)
 
     def _own_schema(self, ms: MappingSet, caller: Caller) -> str:
@@ -363,6 +364,12 @@ class CaseService:
         self, caller: Caller, request: cx.ReportStatusRequest
     ) -> cx.ReportStatusResponse:
         """The handling city reports progress (in its codes); illegal changes are refused."""
+        return (await self.report_replayed(caller, request))[0]
+
+    async def report_replayed(
+        self, caller: Caller, request: cx.ReportStatusRequest
+    ) -> tuple[cx.ReportStatusResponse, bool]:
+        """:meth:`report`, and whether the answer is a replay of the request's first one."""
         ms = self.mappings.current
         _check_id(request.request_id, "request_id")
         if not request.exchange_id:
@@ -401,7 +408,7 @@ class CaseService:
             if request.HasField("occurred_at")
             else self.clock()
         )
-        receiver = self._inbox_partner(row.receiving_city)
+        receiver = self.inbox_partner(row.receiving_city)
         notify = (
             (receiver, row.receiving_city)
             if receiver and row.receiving_city != caller.city
@@ -409,7 +416,7 @@ class CaseService:
         )
         body_hash = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
 
-        stored, _ = await self.store.write(
+        stored, replayed = await self.store.write(
             ReportStatusIntent(
                 partner=caller.partner,
                 reporter_city=caller.city,
@@ -424,7 +431,7 @@ class CaseService:
                 make_response=report_response,
             )
         )
-        return cx.ReportStatusResponse.FromString(stored)
+        return cx.ReportStatusResponse.FromString(stored), replayed
 
     # -- watch -------------------------------------------------------------------------------
 

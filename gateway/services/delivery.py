@@ -192,6 +192,7 @@ class DeliveryService:
         # Only partners with an inbox have rows to claim. Each gets at most its max_in_flight
         # calls at once; by default every worker but one when other partners have inboxes too
         # (a slow partner then leaves a worker to the others), else every worker.
+        self._peers = frozenset(pid for pid, p in settings.partners.items() if p.peer)
         self._inboxes = tuple(
             p for p, c in settings.partners.items() if c.inbox.transport != "none"
         )
@@ -452,7 +453,10 @@ class DeliveryService:
             case = await self.store.read(self.store.reader.case, row.exchange_id)
         if case is None:
             raise _Permanent("CASE_MISSING: the case row does not exist")
-        schema = ms.schema_for(row.target_city, "case")
+        # A peer gateway takes canonical records (it holds the handling city's mapping).
+        schema = (
+            None if row.target_partner in self._peers else ms.schema_for(row.target_city, "case")
+        )
         if row.kind == "case":
             record = orjson.loads(case.canonical)
             record["status"] = (

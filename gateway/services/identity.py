@@ -95,14 +95,21 @@ class IdentityService:
         caller.check_kind(kind, "purpose")
         return self.settings.purposes[purpose]
 
-    def _home_partner(self, city: str) -> tuple[str, PartnerTransport]:
+    def _home_partner(self, city: str, caller: Caller) -> tuple[str, PartnerTransport]:
         found = self.settings.partner_for_city(city)
         if found is None or found[0] not in self.transports:
             raise HomeCityNotServed("the home city of this identity is not served", "home_city")
+        if caller.peer and found[1].peer:
+            # A peer gateway asks the home city's own gateway; passing the query on to another
+            # peer would let a misconfigured pair bounce it between them.
+            raise HomeCityNotServed(
+                "the home city of this identity is served by another gateway", "home_city"
+            )
         return found[0], self.transports[found[0]]
 
     async def _fetch(
         self,
+        caller: Caller,
         kind: str,
         key: str,
         home: str,
@@ -114,7 +121,7 @@ class IdentityService:
         if cached is not None and now - cached[0] < ttl:
             self._cache.move_to_end((kind, key))
             return cached[1]
-        partner, transport = self._home_partner(home)
+        partner, transport = self._home_partner(home, caller)
         timeout = self.settings.partners[partner].retry or self.settings.delivery.retry
         try:
             answer = await ask(transport, timeout.attempt_timeout_seconds)
@@ -198,7 +205,12 @@ class IdentityService:
             requesting_city=caller.city,
         )
         return await self._fetch(
-            "person", number, home, ttl, lambda t, timeout: t.lookup_person(request, timeout)
+            caller,
+            "person",
+            number,
+            home,
+            ttl,
+            lambda t, timeout: t.lookup_person(request, timeout),
         )
 
     # -- RPCs --------------------------------------------------------------------------------
@@ -236,6 +248,7 @@ class IdentityService:
         home = home_city_of_credit_code(code)
         try:
             record = await self._fetch(
+                caller,
                 "enterprise",
                 code,
                 home,

@@ -178,9 +178,11 @@ class CasePreparer:
         return partner
 
     def __call__(
-        self, request: cx.SubmitCaseRequest, body: bytes | None = None
+        self, request: cx.SubmitCaseRequest, body: bytes | None = None, exchange_id: str = ""
     ) -> SubmitCaseIntent:
-        """The intent storing ``request`` (raises the error refusing it)."""
+        """The intent storing ``request`` (raises the error refusing it), under a new exchange
+        id, or under ``exchange_id`` (a case a peer gateway delivered keeps the id it has
+        there, so that its statuses find it on the way back)."""
         request_id = request.request_id
         check_id(request_id, "request_id")
         target = request.target_city
@@ -241,15 +243,17 @@ class CasePreparer:
             )
         canonical.pop("status", None)
         canonical.pop("status_history", None)
-        exchange_id = f"{self._id_prefix}{self.rng.getrandbits(80):020x}"
+        given = bool(exchange_id)
+        if not given:
+            exchange_id = f"{self._id_prefix}{self.rng.getrandbits(80):020x}"
         if body is None:
             body = request.SerializeToString(deterministic=True)
-        if warnings:
+        if warnings or given:
             response = cx.SubmitCaseResponse(
                 exchange_id=exchange_id,
                 status=records_pb2.CASE_STATUS_SUBMITTED,
                 accepted_at=_ts(self.now),
-                warnings=warnings_to_proto(warnings),
+                warnings=warnings_to_proto(warnings) if warnings else None,
             ).SerializeToString()
         else:
             response = self._answer_head + exchange_id.encode() + self._answer_tail

@@ -78,6 +78,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """FAILED_PRECONDITION: the partner system refused the query (its message is included)."""
     ERROR_REASON_HOME_CITY_NOT_SERVED: _ErrorReason.ValueType  # 22
     """NOT_FOUND: the home city of the identity is not served by this gateway."""
+    ERROR_REASON_EXCHANGE_ID_TAKEN: _ErrorReason.ValueType  # 23
+    """ALREADY_EXISTS: a peer gateway delivered a case under an exchange id that another case
+    holds here.
+    """
+    ERROR_REASON_OUT_OF_ORDER: _ErrorReason.ValueType  # 24
+    """ABORTED: a peer gateway's status change arrived before an earlier one of the same case;
+    retry after RetryInfo's delay.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Reasons found in google.rpc.ErrorInfo.reason (without the ERROR_REASON_ prefix)."""
@@ -130,4 +138,12 @@ ERROR_REASON_PARTNER_REFUSED: ErrorReason.ValueType  # 21
 """FAILED_PRECONDITION: the partner system refused the query (its message is included)."""
 ERROR_REASON_HOME_CITY_NOT_SERVED: ErrorReason.ValueType  # 22
 """NOT_FOUND: the home city of the identity is not served by this gateway."""
+ERROR_REASON_EXCHANGE_ID_TAKEN: ErrorReason.ValueType  # 23
+"""ALREADY_EXISTS: a peer gateway delivered a case under an exchange id that another case
+holds here.
+"""
+ERROR_REASON_OUT_OF_ORDER: ErrorReason.ValueType  # 24
+"""ABORTED: a peer gateway's status change arrived before an earlier one of the same case;
+retry after RetryInfo's delay.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -1,0 +1,207 @@
+"""Federated mode: cases and statuses that a peer Tongban gateway delivers to this one.
+
+In a federation each city runs its own gateway, and gateways deliver to each other over
+``PartnerInboxService`` with canonical records (the X-Road model). A case keeps one exchange id
+across every gateway it passes: the peer's delivery carries it as the idempotency key, this
+gateway stores the case under it, and the statuses the handling city reports here travel back
+with it, so the peer finds its case. What a peer delivers goes through the same checks as a
+submission (its ACL, the canonical record's checks, the case lifecycle) and the same store
+transaction (case, status event, outbox row, audit entry).
+
+Statuses of one case may arrive out of order (the sender's outbox delivers rows concurrently and
+retries them). A status newer than the last one the handling city reported (by its
+``occurred_at``) that is not a legal next step here is answered ABORTED with RetryInfo: the
+sender retries it once the change between has arrived, so the changes are applied in the
+order they happened. One that is not newer was applied before, or has been overtaken: it is
+acknowledged and not applied again.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from tongban.v1 import case_exchange_pb2 as cx
+from tongban.v1 import identity_pb2, records_pb2
+from tongban.v1 import partner_inbox_pb2 as inbox
+
+from ..auth import Caller
+from ..domain.lifecycle import TERMINAL, TRANSITIONS
+from ..errors import (
+    CaseNotFound,
+    ExchangeIdTaken,
+    InvalidRequest,
+    OutOfOrder,
+    PermissionDenied,
+)
+from ..store.store import Store
+from ..timestamps import utc_text
+from .cases import CaseService
+from .identity import IdentityService
+from .submission import check_id
+
+__all__ = ["PeerInbox"]
+
+log = logging.getLogger("tongban.peering")
+
+#: An exchange id is stored in a column of this many characters.
+EXCHANGE_ID_MAX = 40
+
+#: Statuses the gateways set themselves, not the handling city's system.
+_GATEWAYS_OWN = frozenset({"CASE_STATUS_SUBMITTED", "CASE_STATUS_RECEIVED"})
+
+#: How long a peer waits before retrying a status that came before an earlier one (seconds).
+OUT_OF_ORDER_RETRY_SECONDS = 1.0
+
+
+class PeerInbox:
+    """What this gateway does with a peer gateway's deliveries."""
+
+    def __init__(
+        self, cases: CaseService, identity: IdentityService, store: Store, peers: set[str]
+    ) -> None:
+        self.cases = cases
+        self.identity = identity
+        self.store = store
+        self.peers = peers  # partner ids of the peer gateways
+
+    def _not_through_a_peer(self, partner: str | None, message: str, field: str) -> None:
+        """Refuse what this gateway would pass on to another peer gateway: a misconfigured
+        pair would bounce it between them. A federation asks the owning city's gateway."""
+        if partner in self.peers:
+            raise PermissionDenied(message, field)
+
+    async def deliver_case(
+        self, caller: Caller, request: inbox.DeliverCaseRequest
+    ) -> inbox.DeliverCaseResponse:
+        """Store the peer's case under its exchange id, to be delivered to its handling city."""
+        key = request.idempotency_key
+        check_id(key, "idempotency_key")
+        if len(key) > EXCHANGE_ID_MAX or not key.isascii() or " " in key:
+            raise InvalidRequest(
+                f"idempotency_key must be an exchange id (1-{EXCHANGE_ID_MAX} ASCII characters "
+                "without spaces)",
+                "idempotency_key",
+            )
+        if request.source_city != caller.city:
+            raise PermissionDenied(
+                f"source_city must be the city this peer speaks for ({caller.city})",
+                "source_city",
+            )
+        if request.WhichOneof("record") != "canonical":
+            raise InvalidRequest("a peer gateway delivers the canonical case", "canonical")
+        target = request.canonical.handling_city
+        if not target:
+            raise InvalidRequest("the case names no handling city", "canonical.handling_city")
+        self._not_through_a_peer(
+            self.cases.inbox_partner(target),
+            f"city {target} is handled by another gateway, not here",
+            "canonical.handling_city",
+        )
+        held = await self.store.read(self.store.reader.case, key)
+        if held is not None:
+            if held.submitter != caller.partner:
+                raise ExchangeIdTaken("another case holds this exchange id here", "idempotency_key")
+            # A retry (the answer to the first delivery was lost), even past the idempotency
+            # records' retention.
+            return inbox.DeliverCaseResponse(partner_reference=key, duplicate=True)
+        submit = cx.SubmitCaseRequest(request_id=key, target_city=target)
+        submit.canonical.CopyFrom(request.canonical)
+        intent = self.cases.preparer(caller)(submit, exchange_id=key)
+        _, replayed = await self.store.write(intent)
+        log.info(
+            "case received from a peer gateway",
+            extra={"exchange_id": key, "partner": caller.partner, "target_city": target},
+        )
+        return inbox.DeliverCaseResponse(partner_reference=key, duplicate=bool(replayed))
+
+    async def deliver_status(
+        self, caller: Caller, request: inbox.DeliverStatusRequest
+    ) -> inbox.DeliverStatusResponse:
+        """Apply the handling city's status change, which its gateway reports back here."""
+        check_id(request.idempotency_key, "idempotency_key")
+        if not request.exchange_id:
+            raise InvalidRequest("exchange_id is required", "exchange_id")
+        if request.status == records_pb2.CASE_STATUS_UNSPECIFIED:
+            raise InvalidRequest("a peer gateway reports the canonical status", "status")
+        if not request.HasField("occurred_at"):
+            raise InvalidRequest("occurred_at is required", "occurred_at")
+        new = records_pb2.CaseStatus.Name(request.status)
+        at = request.occurred_at.ToNanoseconds() / 1e9
+        case = await self.store.read(self.store.reader.case, request.exchange_id)
+        if case is None or caller.city not in (case.receiving_city, case.handling_city):
+            raise CaseNotFound("no such case for this partner", "exchange_id")
+        events = await self.store.read(self.store.reader.events, case.exchange_id)
+        if any(e.status == new and e.occurred_at == at for e in events):
+            return inbox.DeliverStatusResponse(duplicate=True)  # applied before
+        # The last change the handling city's system reported (SUBMITTED and RECEIVED are the
+        # gateways' own, stamped by their clocks).
+        latest = max(
+            (
+                e.occurred_at
+                for e in events
+                if e.reported_by == caller.city and e.status not in _GATEWAYS_OWN
+            ),
+            default=0.0,
+        )
+        if at <= latest:
+            return inbox.DeliverStatusResponse(duplicate=True)  # overtaken by a newer change
+        if new == case.status and new in _GATEWAYS_OWN:
+            return inbox.DeliverStatusResponse(duplicate=True)  # RECEIVED: set here too
+        if new not in TRANSITIONS.get(case.status, frozenset()) and case.status not in TERMINAL:
+            # Newer, and not a step from here: a change between the two is still on its way
+            # (a terminal case cannot move at all: ILLEGAL_TRANSITION below).
+            raise OutOfOrder(
+                f"the case is in {case.status} here: an earlier status change of it has not "
+                f"arrived yet ({new} occurred at {utc_text(at)})",
+                "status",
+                OUT_OF_ORDER_RETRY_SECONDS,
+            )
+        report = cx.ReportStatusRequest(
+            request_id=request.idempotency_key,
+            exchange_id=request.exchange_id,
+            status=request.status,
+            note=request.note,
+        )
+        report.occurred_at.CopyFrom(request.occurred_at)
+        _, replayed = await self.cases.report_replayed(caller, report)
+        return inbox.DeliverStatusResponse(duplicate=replayed)
+
+    def _asked_by(self, caller: Caller, requesting_city: str) -> None:
+        if requesting_city != caller.city:
+            raise PermissionDenied(
+                f"requesting_city must be the city this peer speaks for ({caller.city})",
+                "requesting_city",
+            )
+
+    async def lookup_person(
+        self, caller: Caller, request: inbox.LookupPersonRequest
+    ) -> inbox.LookupPersonResponse:
+        """A person of a city this gateway serves (not one it would ask another peer about),
+        minimised to the purpose as this gateway's settings allow the peer: the home city's
+        gateway decides what leaves it."""
+        self._asked_by(caller, request.requesting_city)
+        answer = await self.identity.resolve_person(
+            caller,
+            identity_pb2.ResolvePersonRequest(
+                certificate_type=request.certificate_type,
+                certificate_number=request.certificate_number,
+                purpose=request.purpose,
+                schema="tongban.v1.Person",
+            ),
+        )
+        return inbox.LookupPersonResponse(canonical=answer.canonical)
+
+    async def lookup_enterprise(
+        self, caller: Caller, request: inbox.LookupEnterpriseRequest
+    ) -> inbox.LookupEnterpriseResponse:
+        """An enterprise registered in a city this gateway serves, minimised likewise."""
+        self._asked_by(caller, request.requesting_city)
+        answer = await self.identity.resolve_enterprise(
+            caller,
+            identity_pb2.ResolveEnterpriseRequest(
+                credit_code=request.credit_code,
+                purpose=request.purpose,
+                schema="tongban.v1.Enterprise",
+            ),
+        )
+        return inbox.LookupEnterpriseResponse(canonical=answer.canonical)

@@ -1,0 +1,384 @@
+"""Federated mode: each city runs its own gateway and the gateways deliver to each other
+(gateway/services/peering.py). A case keeps one exchange id across both; the handling city's
+statuses travel back to the receiving city's gateway and reach its system in its own codes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from gateway.app import Gateway
+from gateway.certs import issue, make_ca
+from gateway.partner_sim import InboxSimulator, start_simulator
+from gateway.settings import ConfigError
+from tongban.v1 import case_exchange_pb2 as cx
+from tongban.v1 import case_exchange_pb2_grpc as cx_grpc
+from tongban.v1 import common_pb2, records_pb2
+from tongban.v1 import identity_pb2 as idp
+from tongban.v1 import identity_pb2_grpc as id_grpc
+from tongban.v1 import partner_inbox_pb2 as inbox
+from tongban.v1 import partner_inbox_pb2_grpc as inbox_grpc
+
+from .conftest import ROOT, make_settings, rich_error
+
+ZS_CASE = json.loads((ROOT / "mappings/zhongshan/samples/case/01-case.json").read_text("utf-8"))
+PERSON = "440303199001010015"  # a Shenzhen resident (Luohu, 440303)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Federation:
+    """Zhongshan's gateway and Shenzhen's, each with its city's system behind it."""
+
+    pki: Path
+    zs_gw: Gateway
+    sz_gw: Gateway
+    zs_sim: InboxSimulator  # Zhongshan's system: receives its cases' statuses
+    sz_sim: InboxSimulator  # Shenzhen's system: receives the cases it handles
+
+
+def _secure(address: str, pki: Path, name: str) -> grpc.aio.Channel:
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=(pki / "ca.pem").read_bytes(),
+        private_key=(pki / f"{name}-key.pem").read_bytes(),
+        certificate_chain=(pki / f"{name}.pem").read_bytes(),
+    )
+    return grpc.aio.secure_channel(address, creds)
+
+
+def _gateway_env(
+    pki: Path, me: str, port: int, local: tuple[str, str, int], peer: tuple[str, str, int]
+) -> dict[str, str]:
+    """A city's gateway: its own system ``local`` (id, city, inbox port) and the other city's
+    gateway ``peer`` (id, city, port), both over mutual TLS, one federation CA."""
+    lid, lcity, lport = local
+    pid, pcity, pport = peer
+    L, P = f"TONGBAN_PARTNERS__{lid.upper()}__", f"TONGBAN_PARTNERS__{pid.upper()}__"
+    return {
+        "TONGBAN_SERVER__PORT": str(port),
+        "TONGBAN_AUTH__MODE": "mtls",
+        "TONGBAN_TLS__CERT": str(pki / f"{me}-server.pem"),
+        "TONGBAN_TLS__KEY": str(pki / f"{me}-server-key.pem"),
+        "TONGBAN_TLS__CLIENT_CA": str(pki / "ca.pem"),
+        "TONGBAN_DELIVERY__RETRY__INITIAL_BACKOFF_SECONDS": "0.05",
+        "TONGBAN_DELIVERY__RETRY__MAX_BACKOFF_SECONDS": "0.2",
+        # What a person lookup for case handling may disclose. Shenzhen's gateway, the home
+        # of the people in these tests, discloses less than Zhongshan's would: the phone stays.
+        "TONGBAN_PURPOSES__CASE_HANDLING__PERSON_FIELDS": json.dumps(
+            ["name", "sex", "certificate_number"] + (["phone"] if me == "zs-gateway" else [])
+        ),
+        f"{L}CITY": lcity,
+        f"{L}INBOX__TRANSPORT": "grpc",
+        f"{L}INBOX__TARGET": f"127.0.0.1:{lport}",
+        f"{L}ACL__PURPOSES": '["case_handling"]',
+        f"{P}CITY": pcity,
+        f"{P}PEER": "true",
+        f"{P}CERT_NAME": pid,
+        f"{P}ACL__PURPOSES": '["case_handling"]',
+        f"{P}INBOX__TRANSPORT": "grpc",
+        f"{P}INBOX__TARGET": f"127.0.0.1:{pport}",
+        f"{P}INBOX__TLS": "true",
+        f"{P}INBOX__CA": str(pki / "ca.pem"),
+        f"{P}INBOX__CLIENT_CERT": str(pki / f"{me}.pem"),
+        f"{P}INBOX__CLIENT_KEY": str(pki / f"{me}-key.pem"),
+    }
+
+
+@pytest.fixture
+async def federation(tmp_path: Path) -> AsyncIterator[Federation]:
+    pki = tmp_path / "pki"
+    make_ca(pki)
+    for name in ("zs-gateway", "sz-gateway"):
+        issue(pki, f"{name}-server", server=True, hosts=["127.0.0.1"])
+        issue(pki, name)  # its client certificate, for the other gateway's inbox
+    for name in ("zhongshan", "shenzhen", "guangzhou"):
+        issue(pki, name)
+    zs_sim, sz_sim = InboxSimulator(tmp_path / "zs.db"), InboxSimulator(tmp_path / "sz.db")
+    sz_sim.persons[PERSON] = records_pb2.Person(
+        name="张三", certificate_number=PERSON, sex=records_pb2.SEX_MALE, phone="13800138000"
+    )
+    zs_server, zs_port = await start_simulator(zs_sim)
+    sz_server, sz_port = await start_simulator(sz_sim)
+    try:
+        async with _gateways(pki, tmp_path, zs_port, sz_port) as (zs_gw, sz_gw):
+            yield Federation(pki, zs_gw, sz_gw, zs_sim, sz_sim)
+    finally:
+        await zs_server.stop(0)
+        await sz_server.stop(0)
+        zs_sim.close()
+        sz_sim.close()
+
+
+@contextlib.asynccontextmanager
+async def _gateways(
+    pki: Path, tmp_path: Path, zs_port: int, sz_port: int
+) -> AsyncIterator[tuple[Gateway, Gateway]]:
+    zs_gw_port, sz_gw_port = free_port(), free_port()
+    zs_gw = Gateway(
+        make_settings(
+            tmp_path / "zs-gw",
+            **_gateway_env(
+                pki,
+                "zs-gateway",
+                zs_gw_port,
+                ("zhongshan", "442000", zs_port),
+                ("sz-gateway", "440300", sz_gw_port),
+            ),
+        )
+    )
+    sz_env = _gateway_env(
+        pki,
+        "sz-gateway",
+        sz_gw_port,
+        ("shenzhen", "440300", sz_port),
+        ("zs-gateway", "442000", zs_gw_port),
+    )
+    # Guangzhou's system also calls Shenzhen's gateway, as a partner but not a peer.
+    sz_env["TONGBAN_PARTNERS__GUANGZHOU__CITY"] = "440100"
+    sz_gw = Gateway(make_settings(tmp_path / "sz-gw", **sz_env))
+    await sz_gw.start()
+    try:
+        await zs_gw.start()
+        try:
+            yield zs_gw, sz_gw
+        finally:
+            await zs_gw.stop(grace=0)
+    finally:
+        await sz_gw.stop(grace=0)
+
+
+async def _received(sim: InboxSimulator, kind: str, n: int = 1) -> list[dict[str, object]]:
+    out = []
+    while len(out) < n:
+        got = await asyncio.wait_for(sim.received.get(), 15)
+        if got.kind == kind:
+            out.append({"key": got.key, **got.payload})
+    return out
+
+
+async def _submit_at_zhongshan(f: Federation, request_id: str, case_number: str) -> str:
+    """Zhongshan's system submits a case for Shenzhen to its gateway; its exchange id."""
+    async with _secure(f.zs_gw.address, f.pki, "zhongshan") as zs:
+        answer = await cx_grpc.CaseExchangeServiceStub(zs).SubmitCase(
+            cx.SubmitCaseRequest(
+                request_id=request_id,
+                target_city="440300",
+                foreign=common_pb2.ForeignRecord(
+                    schema="zhongshan.case",
+                    json=json.dumps(dict(ZS_CASE, SBLSH=case_number)).encode(),
+                ),
+            ),
+            timeout=10,
+        )
+    return str(answer.exchange_id)
+
+
+async def test_a_case_crosses_two_gateways_and_its_statuses_come_back(f: Federation) -> None:
+    xid = await _submit_at_zhongshan(f, "fed-1", ZS_CASE["SBLSH"])
+    # Shenzhen's system gets the case in its own schema, under the same exchange id.
+    (case,) = await _received(f.sz_sim, "case")
+    assert case["key"] == xid
+    assert case["schema"] == "shenzhen.case"
+    assert case["source_city"] == "442000"
+    held = await f.sz_gw.services.store.read(f.sz_gw.services.store.reader.case, xid)
+    assert held is not None
+    assert (held.submitter, held.receiving_city, held.handling_city) == (
+        "zs-gateway",
+        "442000",
+        "440300",
+    )
+    # Shenzhen reports to its own gateway; the changes reach Zhongshan's gateway and system.
+    async with _secure(f.sz_gw.address, f.pki, "shenzhen") as sz:
+        stub = cx_grpc.CaseExchangeServiceStub(sz)
+        for n, status in enumerate(
+            (records_pb2.CASE_STATUS_ACCEPTED, records_pb2.CASE_STATUS_COMPLETED_APPROVED)
+        ):
+            await stub.ReportStatus(
+                cx.ReportStatusRequest(request_id=f"r{n}", exchange_id=xid, status=status),
+                timeout=10,
+            )
+    store = f.zs_gw.services.store
+    for _ in range(300):
+        mine = await store.read(store.reader.case, xid)
+        assert mine is not None
+        if mine.status == "CASE_STATUS_COMPLETED_APPROVED":
+            break
+        await asyncio.sleep(0.05)
+    assert mine.status == "CASE_STATUS_COMPLETED_APPROVED"
+    events = await store.read(store.reader.events, xid)
+    assert [e.status for e in events] == [
+        "CASE_STATUS_SUBMITTED",
+        "CASE_STATUS_RECEIVED",
+        "CASE_STATUS_ACCEPTED",
+        "CASE_STATUS_COMPLETED_APPROVED",
+    ]
+    assert {e.reported_by for e in events[1:]} == {"440300"}
+    # Zhongshan's system is told in Zhongshan's codes (RECEIVED once, from its own gateway).
+    statuses = await _received(f.zs_sim, "status", 3)
+    assert [s["status_code"] for s in statuses] == ["01", "02", "06"]
+    assert {s["exchange_id"] for s in statuses} == {xid}
+
+
+async def test_a_person_is_resolved_through_the_home_city_s_gateway(f: Federation) -> None:
+    async with _secure(f.zs_gw.address, f.pki, "zhongshan") as zs:
+        answer = await id_grpc.IdentityServiceStub(zs).ResolvePerson(
+            idp.ResolvePersonRequest(
+                certificate_number=PERSON, purpose="case_handling", schema="tongban.v1.Person"
+            ),
+            timeout=10,
+        )
+    assert answer.home_city == "440300"
+    assert answer.canonical.name == "张三"
+    assert answer.canonical.certificate_number == PERSON
+    assert not answer.canonical.phone  # Shenzhen's gateway does not disclose it for this purpose
+
+
+def _case(xid: str, source: str = "442000") -> inbox.DeliverCaseRequest:
+    case = records_pb2.Case(
+        case_number=f"442000-2026-{xid}",
+        receiving_city=source,
+        handling_city="440300",
+        service_item_code="11442000MB2D27065Y4440111006000",
+        service_item_name="公共场所卫生许可",
+    )
+    return inbox.DeliverCaseRequest(idempotency_key=xid, source_city=source, canonical=case)
+
+
+async def test_what_a_peer_delivers_is_checked(f: Federation) -> None:
+    address = f.sz_gw.address
+    async with _secure(address, f.pki, "zs-gateway") as ch:
+        stub = inbox_grpc.PartnerInboxServiceStub(ch)
+        first = await stub.DeliverCase(_case("0190aa00000000000000000000000001"), timeout=10)
+        again = await stub.DeliverCase(_case("0190aa00000000000000000000000001"), timeout=10)
+        assert (first.duplicate, again.duplicate) == (False, True)
+        bad = _case("0190aa00000000000000000000000002")
+        bad.foreign.CopyFrom(common_pb2.ForeignRecord(schema="zhongshan.case", json=b"{}"))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.DeliverCase(bad, timeout=10)
+        assert rich_error(err.value)["fields"] == ["canonical"]
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.DeliverCase(_case("0190aa00000000000000000000000003", "440100"), timeout=10)
+        assert rich_error(err.value)["code"] == grpc.StatusCode.PERMISSION_DENIED
+        assert rich_error(err.value)["fields"] == ["source_city"]
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.DeliverCase(_case("has space"), timeout=10)
+        assert rich_error(err.value)["fields"] == ["idempotency_key"]
+    # A partner that is not a peer gateway may not deliver at all.
+    async with _secure(address, f.pki, "guangzhou") as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await inbox_grpc.PartnerInboxServiceStub(ch).DeliverCase(
+                _case("0190aa00000000000000000000000004", "440100"), timeout=10
+            )
+        assert rich_error(err.value)["code"] == grpc.StatusCode.PERMISSION_DENIED
+    # An exchange id that a case of another submitter holds is refused.
+    async with _secure(address, f.pki, "shenzhen") as ch:
+        own = await cx_grpc.CaseExchangeServiceStub(ch).SubmitCase(
+            cx.SubmitCaseRequest(
+                request_id="own-1",
+                target_city="442000",
+                canonical=records_pb2.Case(
+                    case_number="440300-2026-1",
+                    service_item_code="11440300MB2D27065Y4440111006000",
+                    service_item_name="公共场所卫生许可",
+                ),
+            ),
+            timeout=10,
+        )
+    async with _secure(address, f.pki, "zs-gateway") as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await inbox_grpc.PartnerInboxServiceStub(ch).DeliverCase(
+                _case(own.exchange_id), timeout=10
+            )
+        got = rich_error(err.value)
+        assert (got["code"], got["reason"]) == (
+            grpc.StatusCode.ALREADY_EXISTS,
+            "EXCHANGE_ID_TAKEN",
+        )
+
+
+async def test_statuses_out_of_order_are_retried_then_applied_in_order(f: Federation) -> None:
+    """Zhongshan's gateway, told by Shenzhen's of a case's changes in the wrong order."""
+    xid = await _submit_at_zhongshan(f, "ooo-1", "442000-2026-ooo")
+    await _received(f.sz_sim, "case")
+    store = f.zs_gw.services.store
+
+    def status(seq: int, code: int, at: float) -> inbox.DeliverStatusRequest:
+        req = inbox.DeliverStatusRequest(
+            idempotency_key=f"{xid}:{seq}", exchange_id=xid, status=code, reported_by="440300"
+        )
+        req.occurred_at.FromNanoseconds(int(at * 1e9))
+        return req
+
+    base = 2_000_000_000.0  # after the RECEIVED the gateway stamped
+    async with _secure(f.zs_gw.address, f.pki, "sz-gateway") as ch:
+        stub = inbox_grpc.PartnerInboxServiceStub(ch)
+        for _ in range(100):  # until Zhongshan's gateway has marked its delivery RECEIVED
+            case = await store.read(store.reader.case, xid)
+            if case is not None and case.status == "CASE_STATUS_RECEIVED":
+                break
+            await asyncio.sleep(0.05)
+        # RECEIVED, which this gateway set itself when its delivery succeeded: acknowledged.
+        assert (await stub.DeliverStatus(status(2, 2, base), timeout=10)).duplicate
+        # IN_PROGRESS before ACCEPTED: ABORTED, retry later; applied after ACCEPTED.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.DeliverStatus(status(4, 5, base + 2), timeout=10)
+        got = rich_error(err.value)
+        assert (got["code"], got["reason"], got["retry"]) == (
+            grpc.StatusCode.ABORTED,
+            "OUT_OF_ORDER",
+            1.0,
+        )
+        assert not (await stub.DeliverStatus(status(3, 3, base + 1), timeout=10)).duplicate
+        assert not (await stub.DeliverStatus(status(4, 5, base + 2), timeout=10)).duplicate
+        # Back to IN_PROGRESS before the SUPPLEMENT_REQUIRED between: the same wait.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.DeliverStatus(status(7, 5, base + 5), timeout=10)
+        assert rich_error(err.value)["reason"] == "OUT_OF_ORDER"
+        assert not (await stub.DeliverStatus(status(6, 6, base + 4), timeout=10)).duplicate
+        assert not (await stub.DeliverStatus(status(7, 5, base + 5), timeout=10)).duplicate
+        # A retry of one applied, and a change overtaken: acknowledged, not applied again.
+        assert (await stub.DeliverStatus(status(3, 3, base + 1), timeout=10)).duplicate
+        assert (await stub.DeliverStatus(status(5, 6, base + 3), timeout=10)).duplicate
+        # Nothing moves a case after a terminal status.
+        assert not (await stub.DeliverStatus(status(8, 7, base + 6), timeout=10)).duplicate
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.DeliverStatus(status(9, 5, base + 7), timeout=10)
+        assert rich_error(err.value)["reason"] == "ILLEGAL_TRANSITION"
+    events = await store.read(store.reader.events, xid)
+    assert [e.status for e in events] == [
+        "CASE_STATUS_SUBMITTED",
+        "CASE_STATUS_RECEIVED",
+        "CASE_STATUS_ACCEPTED",
+        "CASE_STATUS_IN_PROGRESS",
+        "CASE_STATUS_SUPPLEMENT_REQUIRED",
+        "CASE_STATUS_IN_PROGRESS",
+        "CASE_STATUS_COMPLETED_APPROVED",
+    ]
+
+
+@pytest.fixture
+def f(federation: Federation) -> Federation:
+    return federation
+
+
+def test_a_peer_is_reached_over_grpc(tmp_path: Path) -> None:
+    env = {"TONGBAN_PARTNERS__SZGW__CITY": "440300", "TONGBAN_PARTNERS__SZGW__PEER": "true"}
+    with pytest.raises(ConfigError, match="a peer gateway is reached over gRPC"):
+        make_settings(tmp_path, **env)
+    env["TONGBAN_PARTNERS__SZGW__INBOX__TRANSPORT"] = "http"
+    env["TONGBAN_PARTNERS__SZGW__INBOX__TARGET"] = "https://sz.example"
+    with pytest.raises(ConfigError, match="a peer gateway is reached over gRPC"):
+        make_settings(tmp_path, **env)
