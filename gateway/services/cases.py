@@ -408,12 +408,11 @@ class CaseService:
             if request.HasField("occurred_at")
             else self.clock()
         )
-        receiver = self.inbox_partner(row.receiving_city)
-        notify = (
-            (receiver, row.receiving_city)
-            if receiver and row.receiving_city != caller.city
-            else None
-        )
+        # The case's other city is told: the receiving city of the handling city's progress,
+        # the handling city of a withdrawal by the receiving city.
+        other = row.receiving_city if caller.city == row.handling_city else row.handling_city
+        receiver = self.inbox_partner(other)
+        notify = (receiver, other) if receiver and other != caller.city else None
         body_hash = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
 
         stored, replayed = await self.store.write(

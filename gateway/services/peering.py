@@ -117,7 +117,9 @@ class PeerInbox:
     async def deliver_status(
         self, caller: Caller, request: inbox.DeliverStatusRequest
     ) -> inbox.DeliverStatusResponse:
-        """Apply the handling city's status change, which its gateway reports back here."""
+        """Apply a status change of a case the two gateways share: the handling city's
+        progress, reported back here by its gateway, or a withdrawal by the receiving city,
+        passed on by its gateway."""
         check_id(request.idempotency_key, "idempotency_key")
         if not request.exchange_id:
             raise InvalidRequest("exchange_id is required", "exchange_id")
@@ -128,7 +130,12 @@ class PeerInbox:
         new = records_pb2.CaseStatus.Name(request.status)
         at = request.occurred_at.ToNanoseconds() / 1e9
         case = await self.store.read(self.store.reader.case, request.exchange_id)
-        if case is None or caller.city not in (case.receiving_city, case.handling_city):
+        if case is None:
+            # A withdrawal can overtake the case it withdraws (two rows of the sender's outbox).
+            raise OutOfOrder(
+                "the case has not arrived here yet", "exchange_id", OUT_OF_ORDER_RETRY_SECONDS
+            )
+        if caller.city not in (case.receiving_city, case.handling_city):
             raise CaseNotFound("no such case for this partner", "exchange_id")
         events = await self.store.read(self.store.reader.events, case.exchange_id)
         if any(e.status == new and e.occurred_at == at for e in events):

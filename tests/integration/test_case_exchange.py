@@ -253,6 +253,26 @@ async def test_report_status_lifecycle_and_watch(exchange: Exchange) -> None:
     await wait_for(lambda: {p["status_code"] for p in exchange.zs.statuses()} >= {"01", "02", "06"})
 
 
+async def test_a_withdrawal_reaches_the_handling_city(exchange: Exchange) -> None:
+    resp = await exchange.stub.SubmitCase(submit_req("wd1", ZS_CASE), metadata=ZS)
+    xid = resp.exchange_id
+    await wait_for(lambda: len(exchange.sz.applied("case")) == 1)
+    await exchange.stub.ReportStatus(  # Zhongshan's 09: the applicant withdrew
+        cx.ReportStatusRequest(request_id="wd1-w", exchange_id=xid, status_code="09"), metadata=ZS
+    )
+    await wait_for(lambda: len(exchange.sz.statuses()) == 1)
+    (told,) = exchange.sz.statuses()
+    assert (told["exchange_id"], told["status_code"], told["reported_by"]) == (
+        xid,
+        "WITHDRAWN",  # in Shenzhen's codes
+        "442000",
+    )
+    # Zhongshan, which reported it, is not told of its own change (only of RECEIVED before).
+    await wait_for(lambda: len(exchange.zs.statuses()) >= 1)
+    await asyncio.sleep(0.3)
+    assert [s["status_code"] for s in exchange.zs.statuses()] == ["01"]
+
+
 async def test_list_cases_keyset_pages(exchange: Exchange) -> None:
     for i in range(7):
         await exchange.stub.SubmitCase(

@@ -232,6 +232,25 @@ async def test_a_case_crosses_two_gateways_and_its_statuses_come_back(f: Federat
     assert {s["exchange_id"] for s in statuses} == {xid}
 
 
+async def test_a_withdrawal_at_zhongshan_reaches_shenzhen_s_system(f: Federation) -> None:
+    xid = await _submit_at_zhongshan(f, "wd-1", "442000-2026-wd")
+    await _received(f.sz_sim, "case")
+    async with _secure(f.zs_gw.address, f.pki, "zhongshan") as zs:
+        await cx_grpc.CaseExchangeServiceStub(zs).ReportStatus(
+            cx.ReportStatusRequest(request_id="wd-1-w", exchange_id=xid, status_code="09"),
+            timeout=10,
+        )
+    (told,) = await _received(f.sz_sim, "status")
+    assert (told["exchange_id"], told["status_code"], told["reported_by"]) == (
+        xid,
+        "WITHDRAWN",
+        "442000",
+    )
+    held = await f.sz_gw.services.store.read(f.sz_gw.services.store.reader.case, xid)
+    assert held is not None
+    assert held.status == "CASE_STATUS_WITHDRAWN"
+
+
 async def test_a_person_is_resolved_through_the_home_city_s_gateway(f: Federation) -> None:
     async with _secure(f.zs_gw.address, f.pki, "zhongshan") as zs:
         answer = await id_grpc.IdentityServiceStub(zs).ResolvePerson(
@@ -276,6 +295,14 @@ async def test_what_a_peer_delivers_is_checked(f: Federation) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.DeliverCase(_case("has space"), timeout=10)
         assert rich_error(err.value)["fields"] == ["idempotency_key"]
+        # A status of a case that has not arrived (yet): retried later.
+        early = inbox.DeliverStatusRequest(
+            idempotency_key="k", exchange_id="0190aa0000000000000000000000beef", status=10
+        )
+        early.occurred_at.GetCurrentTime()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.DeliverStatus(early, timeout=10)
+        assert rich_error(err.value)["reason"] == "OUT_OF_ORDER"
     # A partner that is not a peer gateway may not deliver at all.
     async with _secure(address, f.pki, "guangzhou") as ch:
         with pytest.raises(grpc.aio.AioRpcError) as err:

@@ -83,7 +83,8 @@ class PartnerInboxServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeliverStatus(self, request, context):
-        """Tells the receiving city that its case changed status, in that city's codes.
+        """Tells a city that a case it shares changed status, in that city's codes: the receiving
+        city of the handling city's progress, the handling city of a withdrawal.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -46,7 +46,9 @@ class PartnerInboxServiceStub:
     DeliverCase: _grpc.UnaryUnaryMultiCallable[_partner_inbox_pb2.DeliverCaseRequest, _partner_inbox_pb2.DeliverCaseResponse]
     """Delivers a case to its handling city, in that city's schema."""
     DeliverStatus: _grpc.UnaryUnaryMultiCallable[_partner_inbox_pb2.DeliverStatusRequest, _partner_inbox_pb2.DeliverStatusResponse]
-    """Tells the receiving city that its case changed status, in that city's codes."""
+    """Tells a city that a case it shares changed status, in that city's codes: the receiving
+    city of the handling city's progress, the handling city of a withdrawal.
+    """
     LookupPerson: _grpc.UnaryUnaryMultiCallable[_partner_inbox_pb2.LookupPersonRequest, _partner_inbox_pb2.LookupPersonResponse]
     """Looks up a person in the home city's system (identity resolution)."""
     LookupEnterprise: _grpc.UnaryUnaryMultiCallable[_partner_inbox_pb2.LookupEnterpriseRequest, _partner_inbox_pb2.LookupEnterpriseResponse]
@@ -68,7 +70,9 @@ class PartnerInboxServiceAsyncStub(PartnerInboxServiceStub):
     DeliverCase: _aio.UnaryUnaryMultiCallable[_partner_inbox_pb2.DeliverCaseRequest, _partner_inbox_pb2.DeliverCaseResponse]  # type: ignore[assignment]
     """Delivers a case to its handling city, in that city's schema."""
     DeliverStatus: _aio.UnaryUnaryMultiCallable[_partner_inbox_pb2.DeliverStatusRequest, _partner_inbox_pb2.DeliverStatusResponse]  # type: ignore[assignment]
-    """Tells the receiving city that its case changed status, in that city's codes."""
+    """Tells a city that a case it shares changed status, in that city's codes: the receiving
+    city of the handling city's progress, the handling city of a withdrawal.
+    """
     LookupPerson: _aio.UnaryUnaryMultiCallable[_partner_inbox_pb2.LookupPersonRequest, _partner_inbox_pb2.LookupPersonResponse]  # type: ignore[assignment]
     """Looks up a person in the home city's system (identity resolution)."""
     LookupEnterprise: _aio.UnaryUnaryMultiCallable[_partner_inbox_pb2.LookupEnterpriseRequest, _partner_inbox_pb2.LookupEnterpriseResponse]  # type: ignore[assignment]
@@ -99,7 +103,9 @@ class PartnerInboxServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _partner_inbox_pb2.DeliverStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_partner_inbox_pb2.DeliverStatusResponse, _abc.Awaitable[_partner_inbox_pb2.DeliverStatusResponse]]:
-        """Tells the receiving city that its case changed status, in that city's codes."""
+        """Tells a city that a case it shares changed status, in that city's codes: the receiving
+        city of the handling city's progress, the handling city of a withdrawal.
+        """
 
     @_abc_1.abstractmethod
     def LookupPerson(
