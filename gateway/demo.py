@@ -11,6 +11,12 @@ Zhongshan (442000) collects applications at its window for service items that Sh
    in Shenzhen's own status words (ReportStatus);
 4. the demo checks that every case was delivered once, every status reached Zhongshan, and
    prints an account.
+
+With ``--federated`` each city runs its own gateway (federated mode, the X-Road model): Zhongshan
+submits to Zhongshan's gateway, which delivers the canonical case to Shenzhen's gateway over
+mutual TLS; Shenzhen's gateway delivers it to Shenzhen's system and carries Shenzhen's statuses
+back. Every call, the cities' systems' included, then goes over mutual TLS with certificates
+of a development CA made in the data directory.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import socket
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +45,10 @@ from tongban.v1 import case_exchange_pb2_grpc as cx_grpc
 from tongban.v1 import common_pb2
 
 from .app import Gateway
+from .certs import issue, make_ca
 from .logs import configure_logging
 from .partner_sim import InboxSimulator, start_simulator
+from .services.delivery import DeliveryObserver
 from .settings import load_settings
 
 __all__ = ["add_demo_command"]
@@ -79,13 +89,11 @@ def make_cases(n: int, seed: int = 2026) -> list[dict[str, Any]]:
     return out
 
 
-async def _shenzhen_handles(
-    sim: InboxSimulator, address: str, token: str, n: int, stop: asyncio.Event
-) -> int:
+async def _shenzhen_handles(sim: InboxSimulator, city: _City, n: int, stop: asyncio.Event) -> int:
     """Shenzhen's clerks: accept then approve every received case, in Shenzhen's codes."""
     handled = 0
-    meta = [("authorization", f"Bearer {token}")]
-    async with grpc.aio.insecure_channel(address) as ch:
+    meta = city.metadata
+    async with city.channel() as ch:
         stub = cx_grpc.CaseExchangeServiceStub(ch)
         pending: list[asyncio.Task[None]] = []
 
@@ -130,6 +138,144 @@ async def _shenzhen_handles(
     return handled
 
 
+@dataclass
+class _City:
+    """How a city's system reaches its gateway."""
+
+    address: str
+    channel: Callable[[], grpc.aio.Channel]
+    metadata: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class _Topology:
+    """The gateways the demo runs and how each city's system reaches its own."""
+
+    zhongshan: _City
+    shenzhen: _City
+    gateways: list[Gateway]
+    shenzhen_deliveries: DeliveryObserver  # of the gateway delivering to Shenzhen's system
+    lines: list[str]  # what the demo prints of it
+    database: Path
+    between: DeliveryObserver | None = None  # of Shenzhen's gateway, delivering to Zhongshan's
+
+
+_TIMINGS = {
+    "TONGBAN_MAPPINGS__PATH": str(ROOT / "mappings"),
+    "TONGBAN_MAPPINGS__WATCH": "false",
+    "TONGBAN_DELIVERY__RETRY__INITIAL_BACKOFF_SECONDS": "0.05",
+    "TONGBAN_DELIVERY__RETRY__MAX_BACKOFF_SECONDS": "1",
+    "TONGBAN_DELIVERY__RETRY__MAX_ATTEMPTS": "30",
+    "TONGBAN_DELIVERY__CIRCUIT__RESET_SECONDS": "0.5",
+    "TONGBAN_LOG__LEVEL": "WARNING",
+}
+
+
+def _hub(data: Path, port: int, metrics_port: int, zs_port: int, sz_port: int) -> _Topology:
+    """One gateway for both cities; their systems call it with development tokens."""
+    env = {
+        **_TIMINGS,
+        "TONGBAN_SERVER__PORT": str(port),
+        "TONGBAN_STORE__DATA_DIR": str(data),
+        "TONGBAN_METRICS__PORT": str(metrics_port),
+        "TONGBAN_PARTNERS__ZHONGSHAN__CITY": "442000",
+        "TONGBAN_PARTNERS__ZHONGSHAN__TOKEN": "demo-zhongshan",
+        "TONGBAN_PARTNERS__ZHONGSHAN__INBOX__TRANSPORT": "grpc",
+        "TONGBAN_PARTNERS__ZHONGSHAN__INBOX__TARGET": f"127.0.0.1:{zs_port}",
+        "TONGBAN_PARTNERS__SHENZHEN__CITY": "440300",
+        "TONGBAN_PARTNERS__SHENZHEN__TOKEN": "demo-shenzhen",
+        "TONGBAN_PARTNERS__SHENZHEN__INBOX__TRANSPORT": "grpc",
+        "TONGBAN_PARTNERS__SHENZHEN__INBOX__TARGET": f"127.0.0.1:{sz_port}",
+    }
+    settings = load_settings(None, env=env)
+    configure_logging(settings.log.level, "text")
+    gateway = Gateway(settings)
+    address = gateway.address
+
+    def channel() -> grpc.aio.Channel:
+        return grpc.aio.insecure_channel(address)
+
+    return _Topology(
+        _City(address, channel, [("authorization", "Bearer demo-zhongshan")]),
+        _City(address, channel, [("authorization", "Bearer demo-shenzhen")]),
+        [gateway],
+        gateway.services.delivery.observer,
+        [f"  gateway {address}; partner inboxes: Zhongshan :{zs_port}, Shenzhen :{sz_port}"],
+        data / "tongban.db",
+    )
+
+
+def _federation(data: Path, port: int, metrics_port: int, zs_port: int, sz_port: int) -> _Topology:
+    """A gateway per city, peers over mutual TLS; each city's system calls its own gateway
+    with its own certificate."""
+    pki = data / "pki"
+    make_ca(pki)
+    for name in ("zs-gateway", "sz-gateway"):
+        issue(pki, f"{name}-server", server=True, hosts=["localhost", "127.0.0.1"])
+        issue(pki, name)  # its client certificate, presented to the other gateway
+    for name in ("zhongshan", "shenzhen"):
+        issue(pki, name)
+    ports = {"zs-gateway": port or _free_port(), "sz-gateway": _free_port()}
+
+    def env(me: str, own: tuple[str, str, int], peer: tuple[str, str]) -> dict[str, str]:
+        oid, ocity, oport = own
+        pid, pcity = peer
+        o, p = f"TONGBAN_PARTNERS__{oid.upper()}__", f"TONGBAN_PARTNERS__{pid.upper()}__"
+        return {
+            **_TIMINGS,
+            "TONGBAN_SERVER__PORT": str(ports[me]),
+            "TONGBAN_STORE__DATA_DIR": str(data / me),
+            "TONGBAN_METRICS__PORT": str(metrics_port if me == "zs-gateway" else _free_port()),
+            "TONGBAN_AUTH__MODE": "mtls",
+            "TONGBAN_TLS__CERT": str(pki / f"{me}-server.pem"),
+            "TONGBAN_TLS__KEY": str(pki / f"{me}-server-key.pem"),
+            "TONGBAN_TLS__CLIENT_CA": str(pki / "ca.pem"),
+            f"{o}CITY": ocity,
+            f"{o}INBOX__TRANSPORT": "grpc",
+            f"{o}INBOX__TARGET": f"127.0.0.1:{oport}",
+            f"{p}CITY": pcity,
+            f"{p}PEER": "true",
+            f"{p}INBOX__TRANSPORT": "grpc",
+            f"{p}INBOX__TARGET": f"127.0.0.1:{ports[pid]}",
+            f"{p}INBOX__TLS": "true",
+            f"{p}INBOX__CA": str(pki / "ca.pem"),
+            f"{p}INBOX__CLIENT_CERT": str(pki / f"{me}.pem"),
+            f"{p}INBOX__CLIENT_KEY": str(pki / f"{me}-key.pem"),
+        }
+
+    zs_settings = load_settings(
+        None, env=env("zs-gateway", ("zhongshan", "442000", zs_port), ("sz-gateway", "440300"))
+    )
+    sz_settings = load_settings(
+        None, env=env("sz-gateway", ("shenzhen", "440300", sz_port), ("zs-gateway", "442000"))
+    )
+    configure_logging(zs_settings.log.level, "text")
+    zs_gw, sz_gw = Gateway(zs_settings), Gateway(sz_settings)
+
+    def city(gateway: Gateway, name: str) -> _City:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=(pki / "ca.pem").read_bytes(),
+            private_key=(pki / f"{name}-key.pem").read_bytes(),
+            certificate_chain=(pki / f"{name}.pem").read_bytes(),
+        )
+        address = gateway.address
+        return _City(address, lambda: grpc.aio.secure_channel(address, creds))
+
+    return _Topology(
+        city(zs_gw, "zhongshan"),
+        city(sz_gw, "shenzhen"),
+        [sz_gw, zs_gw],
+        sz_gw.services.delivery.observer,
+        [
+            f"  Zhongshan's gateway {zs_gw.address} and Shenzhen's gateway {sz_gw.address}, "
+            f"peers over mutual TLS (certificates in {pki})",
+            f"  city systems' inboxes: Zhongshan :{zs_port}, Shenzhen :{sz_port}",
+        ],
+        data / "zs-gateway" / "tongban.db",
+        sz_gw.services.delivery.observer,
+    )
+
+
 async def _run(args: argparse.Namespace) -> int:
     data = Path(args.data_dir).resolve()
     if data.exists():
@@ -139,52 +285,29 @@ async def _run(args: argparse.Namespace) -> int:
     sz_sim = InboxSimulator(data / "shenzhen-inbox.db", fail_rate=args.fail_rate, seed=11)
     zs_server, zs_port = await start_simulator(zs_sim)
     sz_server, sz_port = await start_simulator(sz_sim)
-    port = args.port or _free_port()
     metrics_port = args.metrics_port or _free_port()
-    env = {
-        "TONGBAN_SERVER__PORT": str(port),
-        "TONGBAN_STORE__DATA_DIR": str(data),
-        "TONGBAN_MAPPINGS__PATH": str(ROOT / "mappings"),
-        "TONGBAN_MAPPINGS__WATCH": "false",
-        "TONGBAN_METRICS__PORT": str(metrics_port),
-        "TONGBAN_DELIVERY__RETRY__INITIAL_BACKOFF_SECONDS": "0.05",
-        "TONGBAN_DELIVERY__RETRY__MAX_BACKOFF_SECONDS": "1",
-        "TONGBAN_DELIVERY__RETRY__MAX_ATTEMPTS": "30",
-        "TONGBAN_DELIVERY__CIRCUIT__RESET_SECONDS": "0.5",
-        "TONGBAN_PARTNERS__ZHONGSHAN__CITY": "442000",
-        "TONGBAN_PARTNERS__ZHONGSHAN__TOKEN": "demo-zhongshan",
-        "TONGBAN_PARTNERS__ZHONGSHAN__INBOX__TRANSPORT": "grpc",
-        "TONGBAN_PARTNERS__ZHONGSHAN__INBOX__TARGET": f"127.0.0.1:{zs_port}",
-        "TONGBAN_PARTNERS__SHENZHEN__CITY": "440300",
-        "TONGBAN_PARTNERS__SHENZHEN__TOKEN": "demo-shenzhen",
-        "TONGBAN_PARTNERS__SHENZHEN__INBOX__TRANSPORT": "grpc",
-        "TONGBAN_PARTNERS__SHENZHEN__INBOX__TARGET": f"127.0.0.1:{sz_port}",
-        "TONGBAN_LOG__LEVEL": "WARNING",
-    }
-    settings = load_settings(None, env=env)
-    configure_logging(settings.log.level, "text")
-    gateway = Gateway(settings)
-    observer = gateway.services.delivery.observer  # counts for the account, feeds /metrics
-    await gateway.start()
-    address = gateway.address
+    build = _federation if args.federated else _hub
+    topology = build(data, args.port or _free_port(), metrics_port, zs_port, sz_port)
+    for gateway in topology.gateways:
+        await gateway.start()
+    observer = topology.shenzhen_deliveries  # counts for the account, feeds /metrics
+    zhongshan = topology.zhongshan
     n = args.cases
     out = sys.stdout
     print(f"Tongban demo: Zhongshan (442000) submits {n} cases for Shenzhen (440300)", file=out)
-    print(
-        f"  gateway {address}; partner inboxes: Zhongshan :{zs_port}, Shenzhen :{sz_port} "
-        f"(fails {args.fail_rate:.0%} of calls transiently)",
-        file=out,
-    )
+    for line in topology.lines:
+        print(line, file=out)
+    print(f"  Shenzhen's system fails {args.fail_rate:.0%} of calls transiently", file=out)
     started = time.monotonic()
     stop = asyncio.Event()
-    zs_meta = [("authorization", "Bearer demo-zhongshan")]
+    zs_meta = zhongshan.metadata
     final = {"06", "07", "08", "03", "09"}
     seen: dict[str, list[str]] = {}
     ok = True
-    async with grpc.aio.insecure_channel(address) as ch:
+    async with zhongshan.channel() as ch:
         stub = cx_grpc.CaseExchangeServiceStub(ch)
         watch = stub.WatchCases(cx.WatchCasesRequest(from_beginning=True), metadata=zs_meta)
-        shenzhen = asyncio.create_task(_shenzhen_handles(sz_sim, address, "demo-shenzhen", n, stop))
+        shenzhen = asyncio.create_task(_shenzhen_handles(sz_sim, topology.shenzhen, n, stop))
         cases = make_cases(n)
 
         async def requests() -> Any:
@@ -273,8 +396,15 @@ async def _run(args: argparse.Namespace) -> int:
     for path, count in flow.most_common():
         print(f"    {count:>4} × {path}", file=out)
     print(f"  status updates in Zhongshan's inbox: {len(zs_sim.applied('status'))}", file=out)
+    if topology.between is not None:
+        back = topology.between.attempts
+        print(
+            f"  statuses from Shenzhen's gateway to Zhongshan's: {back.get(('442000', 'ok'), 0)} "
+            f"delivered, {back.get(('442000', 'retryable'), 0)} retried (out of order or busy)",
+            file=out,
+        )
     print(f"  time taken ..................... {elapsed:.2f}s", file=out)
-    print(f"  database ....................... {data / 'tongban.db'}", file=out)
+    print(f"  database ....................... {topology.database}", file=out)
     print(f"  metrics ........................ http://127.0.0.1:{metrics_port}/metrics", file=out)
     complete = (
         len(done) == len(ids) == n
@@ -293,9 +423,15 @@ async def _run(args: argparse.Namespace) -> int:
         file=out,
     )
     if args.keep_running:
+        try_it = (
+            f"grpcurl -cacert {data / 'pki/ca.pem'} -cert {data / 'pki/zhongshan.pem'} "
+            f"-key {data / 'pki/zhongshan-key.pem'} {zhongshan.address}"
+            if args.federated
+            else f"grpcurl -plaintext -H 'authorization: Bearer demo-zhongshan' {zhongshan.address}"
+        )
         print(
-            f"\nStill running (Ctrl-C to stop); metrics at http://127.0.0.1:{metrics_port}/metrics. Try: grpcurl -plaintext -H 'authorization: Bearer "
-            f"demo-zhongshan' {address} tongban.v1.CaseExchangeService/ListCases",
+            f"\nStill running (Ctrl-C to stop); metrics at http://127.0.0.1:{metrics_port}/metrics. "
+            f"Try: {try_it} tongban.v1.CaseExchangeService/ListCases",
             file=out,
             flush=True,
         )
@@ -303,7 +439,8 @@ async def _run(args: argparse.Namespace) -> int:
             await asyncio.Event().wait()
         except asyncio.CancelledError:
             pass
-    await gateway.stop(grace=1)
+    for gateway in reversed(topology.gateways):
+        await gateway.stop(grace=1)
     await zs_server.stop(0)
     await sz_server.stop(0)
     zs_sim.close()
@@ -341,4 +478,9 @@ def add_demo_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument("--timeout", type=float, default=120, help="give up after this many seconds")
     p.add_argument("--keep-running", action="store_true", help="leave everything up afterwards")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--federated",
+        action="store_true",
+        help="a gateway per city, peers over mutual TLS (federated mode) instead of one hub",
+    )
     p.set_defaults(func=cmd_demo)

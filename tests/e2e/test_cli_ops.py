@@ -77,6 +77,28 @@ def test_audit_verify_catches_an_edited_row(tmp_path) -> None:
     assert "BROKEN at entry 5" in gone.stdout
 
 
+def test_the_federated_demo_crosses_two_gateways(tmp_path) -> None:
+    data = tmp_path / "fed"
+    out = run(
+        "demo", "--federated", "--cases", "8", "--no-progress", "--data-dir", str(data),
+        timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "peers over mutual TLS" in out.stdout
+    assert "every case delivered once and completed" in out.stdout
+    held = {}
+    for gw in ("zs-gateway", "sz-gateway"):
+        env = {"TONGBAN_STORE__DATA_DIR": str(data / gw)}
+        ok = run("audit", "verify", "--config", "tongban.toml", env=env)
+        assert ok.returncode == 0, ok.stdout
+        with sqlite3.connect(data / gw / "tongban.db") as conn:
+            held[gw] = dict(conn.execute("SELECT exchange_id, status FROM cases"))
+    # One exchange id per case on both gateways, and both see it completed.
+    assert len(held["zs-gateway"]) == 8
+    assert held["zs-gateway"] == held["sz-gateway"]
+    assert set(held["zs-gateway"].values()) == {"CASE_STATUS_COMPLETED_APPROVED"}
+
+
 def test_a_real_exchange_is_traced_backed_up_purged_and_its_audit_chain_verifies(tmp_path) -> None:
     out = run(
         "demo", "--cases", "5", "--no-progress", "--data-dir", str(tmp_path / "demo"), timeout=120
