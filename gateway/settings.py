@@ -239,9 +239,16 @@ class PartnerSettings(_Model):
         return v
 
     @model_validator(mode="after")
-    def _peer_over_grpc(self) -> PartnerSettings:
-        if self.peer and self.inbox.transport != "grpc":
+    def _peer_over_mutual_tls(self) -> PartnerSettings:
+        if not self.peer:
+            return self
+        if self.inbox.transport != "grpc":
             raise ValueError("a peer gateway is reached over gRPC: set inbox.transport = 'grpc'")
+        if not self.inbox.tls or self.inbox.client_cert is None:
+            raise ValueError(
+                "a peer gateway is reached over mutual TLS (it knows this gateway by its "
+                "certificate): set inbox.tls, inbox.client_cert and inbox.client_key"
+            )
         return self
 
 
@@ -316,6 +323,12 @@ class Settings(_Model):
             )
         if self.auth.mode == "mtls" and self.tls.client_ca is None:
             raise ValueError("auth.mode 'mtls' needs tls.cert, tls.key and tls.client_ca")
+        peers = [pid for pid, p in self.partners.items() if p.peer]
+        if peers and self.auth.mode != "mtls":
+            raise ValueError(
+                f"peer gateways ({', '.join(peers)}) are known by their certificates: "
+                "auth.mode must be 'mtls'"
+            )
         for pid, p in self.partners.items():
             unknown = [x for x in p.acl.purposes if x not in self.purposes]
             if unknown:

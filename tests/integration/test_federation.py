@@ -98,14 +98,8 @@ def _gateway_env(
 
 
 @pytest.fixture
-async def federation(tmp_path: Path) -> AsyncIterator[Federation]:
-    pki = tmp_path / "pki"
-    make_ca(pki)
-    for name in ("zs-gateway", "sz-gateway"):
-        issue(pki, f"{name}-server", server=True, hosts=["127.0.0.1"])
-        issue(pki, name)  # its client certificate, for the other gateway's inbox
-    for name in ("zhongshan", "shenzhen", "guangzhou"):
-        issue(pki, name)
+async def federation(tmp_path: Path, federation_pki: Path) -> AsyncIterator[Federation]:
+    pki = federation_pki
     zs_sim, sz_sim = InboxSimulator(tmp_path / "zs.db"), InboxSimulator(tmp_path / "sz.db")
     sz_sim.persons[PERSON] = records_pb2.Person(
         name="张三", certificate_number=PERSON, sex=records_pb2.SEX_MALE, phone="13800138000"
@@ -401,7 +395,8 @@ def f(federation: Federation) -> Federation:
     return federation
 
 
-def test_a_peer_is_reached_over_grpc(tmp_path: Path) -> None:
+def test_a_peer_is_reached_over_mutual_tls(federation_pki: Path, tmp_path: Path) -> None:
+    pki = federation_pki
     env = {"TONGBAN_PARTNERS__SZGW__CITY": "440300", "TONGBAN_PARTNERS__SZGW__PEER": "true"}
     with pytest.raises(ConfigError, match="a peer gateway is reached over gRPC"):
         make_settings(tmp_path, **env)
@@ -409,3 +404,29 @@ def test_a_peer_is_reached_over_grpc(tmp_path: Path) -> None:
     env["TONGBAN_PARTNERS__SZGW__INBOX__TARGET"] = "https://sz.example"
     with pytest.raises(ConfigError, match="a peer gateway is reached over gRPC"):
         make_settings(tmp_path, **env)
+    env["TONGBAN_PARTNERS__SZGW__INBOX__TRANSPORT"] = "grpc"
+    env["TONGBAN_PARTNERS__SZGW__INBOX__TARGET"] = "sz.example:50051"
+    with pytest.raises(ConfigError, match="reached over mutual TLS"):
+        make_settings(tmp_path, **env)
+    env["TONGBAN_PARTNERS__SZGW__INBOX__TLS"] = "true"
+    env["TONGBAN_PARTNERS__SZGW__INBOX__CLIENT_CERT"] = str(pki / "zs-gateway.pem")
+    env["TONGBAN_PARTNERS__SZGW__INBOX__CLIENT_KEY"] = str(pki / "zs-gateway-key.pem")
+    with pytest.raises(ConfigError, match=r"auth\.mode must be 'mtls'"):
+        make_settings(tmp_path, **env)
+    env["TONGBAN_AUTH__MODE"] = "mtls"
+    env["TONGBAN_TLS__CERT"] = str(pki / "zs-gateway-server.pem")
+    env["TONGBAN_TLS__KEY"] = str(pki / "zs-gateway-server-key.pem")
+    env["TONGBAN_TLS__CLIENT_CA"] = str(pki / "ca.pem")
+    assert make_settings(tmp_path, **env).partners["szgw"].peer
+
+
+@pytest.fixture
+def federation_pki(tmp_path: Path) -> Path:
+    pki = tmp_path / "pki"
+    make_ca(pki)
+    for name in ("zs-gateway", "sz-gateway"):
+        issue(pki, f"{name}-server", server=True, hosts=["127.0.0.1"])
+        issue(pki, name)  # its client certificate, for the other gateway's inbox
+    for name in ("zhongshan", "shenzhen", "guangzhou"):
+        issue(pki, name)
+    return pki
