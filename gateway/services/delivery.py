@@ -73,6 +73,12 @@ __all__ = ["DeliveryObserver", "DeliveryService"]
 
 log = logging.getLogger("tongban.delivery")
 
+#: Retryable outcomes that do not count against a partner's circuit: it answered, and only this
+#: request must come again later (ABORTED: a peer gateway's OUT_OF_ORDER, a status that came
+#: before an earlier one of its case). A burst of them would otherwise open the circuit and
+#: hold back every delivery to a partner that is up.
+_ANSWERED = frozenset({"ABORTED"})
+
 
 class _Permanent(Exception):
     def __init__(self, reason: str) -> None:
@@ -616,12 +622,13 @@ class DeliveryService:
                             last_error = scrub(exc.message)  # partner text: may quote personal data
                             last_code = exc.code or "ERROR"
                             recorded = True
-                            if exc.retryable:
+                            if exc.retryable and exc.code not in _ANSWERED:
                                 breaker.record_failure()
-                                self.observer.attempt(row.target_city, "retryable")
                             else:
                                 breaker.record_success()  # the partner answered: it is up
-                                self.observer.attempt(row.target_city, "permanent")
+                            self.observer.attempt(
+                                row.target_city, "retryable" if exc.retryable else "permanent"
+                            )
                             raise
                         recorded = True
                         breaker.record_success()

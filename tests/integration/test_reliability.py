@@ -612,6 +612,43 @@ async def test_an_open_circuit_defers_its_partners_rows_without_calling(tmp_path
         await gw.stop(grace=0)
 
 
+async def test_aborted_answers_are_retried_without_opening_the_circuit(tmp_path: Path) -> None:
+    """ABORTED (a peer gateway's OUT_OF_ORDER) means the partner is up and only this request
+    must come again: retried, and not counted against the circuit, which UNAVAILABLE opens."""
+    from adapters.transports import TransportError
+
+    tries: dict[str, int] = {}
+
+    async def handler(kind: str, request: Any) -> None:
+        key = request.idempotency_key
+        tries[key] = tries.get(key, 0) + 1
+        if tries[key] <= 4:
+            raise TransportError("later", retryable=True, code="ABORTED", retry_after=0.01)
+
+    from gateway.services.delivery import DeliveryService
+    from gateway.store.intents import ClaimIntent
+
+    gw, fake = await fake_partner_gateway(
+        tmp_path,
+        handler,
+        TONGBAN_DELIVERY__RETRY__INITIAL_BACKOFF_SECONDS="0.01",
+        TONGBAN_DELIVERY__RETRY__MAX_BACKOFF_SECONDS="0.05",
+        TONGBAN_DELIVERY__CIRCUIT__FAILURE_THRESHOLD="2",
+        TONGBAN_DELIVERY__CIRCUIT__RESET_SECONDS="60",
+    )
+    try:
+        svc: DeliveryService = gw.services.delivery
+        ids = await submit_many(gw.address, 3, "aborted")
+        claimed = await gw.services.store.write(ClaimIntent(svc.owner, 3, 30))
+        assert [await svc.deliver(r) for r in claimed] == ["delivered"] * 3
+        assert all(tries[x] == 5 for x in ids)
+        assert len(fake.calls) == 15
+        assert "open" not in [state for _, state in svc.breakers["sz"].transitions]
+        assert svc.observer.attempts[("440300", "retryable")] == 12
+    finally:
+        await gw.stop(grace=0)
+
+
 async def test_group_commit_shares_commits(
     tmp_path: Path, shenzhen: tuple[InboxSimulator, int]
 ) -> None:
