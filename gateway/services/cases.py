@@ -60,6 +60,24 @@ __all__ = ["CaseService"]
 log = logging.getLogger("tongban.cases")
 
 
+def enum_name(enum: Any, value: int, field: str) -> str:
+    """The name of ``value`` in the protobuf enum ``enum``. Proto3 enums are open: a caller can
+    send any number, and one without a name is INVALID_ARGUMENT naming ``field``."""
+    try:
+        return str(enum.Name(value))
+    except ValueError:
+        raise InvalidRequest(f"{field}: {value} is not one of its values", field) from None
+
+
+def instant(ts: Any, field: str) -> float:
+    """UNIX seconds of a request's ``google.protobuf.Timestamp``; one outside the years
+    0001-9999 (a caller can send any seconds) is INVALID_ARGUMENT naming ``field``."""
+    try:
+        return float(ts.ToNanoseconds() / 1e9)
+    except ValueError:
+        raise InvalidRequest(f"{field} is not a valid timestamp", field) from None
+
+
 def report_response(status: str, seq: int) -> bytes:
     """The answer to an accepted status report (built where the event's seq is known)."""
     return cx.ReportStatusResponse(
@@ -335,8 +353,14 @@ class CaseService:
             raise InvalidRequest("page_size must not be negative", "page_size")
         size = min(size, 500)
         schema = self._view_schema(ms, caller, request.schema)
-        status = records_pb2.CaseStatus.Name(request.status) if request.status else ""
-        state = cx.DeliveryState.Name(request.delivery_state) if request.delivery_state else ""
+        status = (
+            enum_name(records_pb2.CaseStatus, request.status, "status") if request.status else ""
+        )
+        state = (
+            enum_name(cx.DeliveryState, request.delivery_state, "delivery_state")
+            if request.delivery_state
+            else ""
+        )
         query = hashlib.sha256(
             f"{status}|{request.receiving_city}|{request.handling_city}|{state}|{caller.partner}".encode()
         ).hexdigest()[:16]
@@ -385,7 +409,7 @@ class CaseService:
                     f"status code is not in the code list of {own}", "status_code"
                 )
         else:
-            new = records_pb2.CaseStatus.Name(request.status)
+            new = enum_name(records_pb2.CaseStatus, request.status, "status")
         if len(request.note) > 2000:
             raise InvalidRequest("note is longer than 2000 characters", "note")
         update: dict[str, Any] | None = None
@@ -404,7 +428,7 @@ class CaseService:
             caller, await self.store.read(self.store.reader.case, request.exchange_id)
         )
         occurred = (
-            request.occurred_at.ToNanoseconds() / 1e9
+            instant(request.occurred_at, "occurred_at")
             if request.HasField("occurred_at")
             else self.clock()
         )

@@ -35,7 +35,7 @@ from ..errors import (
 )
 from ..store.store import Store
 from ..timestamps import utc_text
-from .cases import CaseService
+from .cases import CaseService, enum_name, instant
 from .identity import IdentityService
 from .submission import check_id
 
@@ -127,8 +127,8 @@ class PeerInbox:
             raise InvalidRequest("a peer gateway reports the canonical status", "status")
         if not request.HasField("occurred_at"):
             raise InvalidRequest("occurred_at is required", "occurred_at")
-        new = records_pb2.CaseStatus.Name(request.status)
-        at = request.occurred_at.ToNanoseconds() / 1e9
+        new = enum_name(records_pb2.CaseStatus, request.status, "status")
+        at = instant(request.occurred_at, "occurred_at")
         case = await self.store.read(self.store.reader.case, request.exchange_id)
         if case is None:
             # A withdrawal can overtake the case it withdraws (two rows of the sender's outbox).

@@ -273,6 +273,35 @@ async def test_a_withdrawal_reaches_the_handling_city(exchange: Exchange) -> Non
     assert [s["status_code"] for s in exchange.zs.statuses()] == ["01"]
 
 
+async def test_enum_values_and_timestamps_out_of_range_are_invalid_arguments(
+    exchange: Exchange,
+) -> None:
+    """Proto3 enums are open and a Timestamp's seconds unchecked on the wire: a caller can send
+    a status 99 or the year 36812. Each is INVALID_ARGUMENT naming its field, not INTERNAL."""
+    resp = await exchange.stub.SubmitCase(submit_req("enum1", ZS_CASE), metadata=ZS)
+    bad_time = cx.ReportStatusRequest(
+        request_id="enum1-t", exchange_id=resp.exchange_id, status=records_pb2.CASE_STATUS_WITHDRAWN
+    )
+    bad_time.occurred_at.seconds = 2**40
+    calls = [
+        exchange.stub.ReportStatus(
+            cx.ReportStatusRequest(request_id="enum1-s", exchange_id=resp.exchange_id, status=99),
+            metadata=ZS,
+        ),
+        exchange.stub.ReportStatus(bad_time, metadata=ZS),
+        exchange.stub.ListCases(cx.ListCasesRequest(status=99), metadata=ZS),
+        exchange.stub.ListCases(cx.ListCasesRequest(delivery_state=42), metadata=ZS),
+    ]
+    fields = []
+    for call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        err = rich_error(info.value)
+        assert err["code"] == grpc.StatusCode.INVALID_ARGUMENT
+        fields.append(err["fields"])
+    assert fields == [["status"], ["occurred_at"], ["status"], ["delivery_state"]]
+
+
 async def test_list_cases_keyset_pages(exchange: Exchange) -> None:
     for i in range(7):
         await exchange.stub.SubmitCase(

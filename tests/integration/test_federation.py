@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -430,3 +432,63 @@ def federation_pki(tmp_path: Path) -> Path:
     for name in ("zhongshan", "shenzhen", "guangzhou"):
         issue(pki, name)
     return pki
+
+
+async def test_hostile_peer_deliveries_get_clear_statuses(f: Federation) -> None:
+    """Generated junk from a peer: every DeliverCase and DeliverStatus is answered with OK or a
+    clear client status (never INTERNAL or UNKNOWN), and what is refused leaves no case."""
+    rng = random.Random(20)
+    junk = ["", " ", "x" * 41, "x" * 300, "\x00", "'; DROP TABLE cases; --", "../../etc", "4403"]
+    junk += [f"0190aa{rng.getrandbits(100):026x}" for _ in range(4)]
+    ok_codes = {
+        grpc.StatusCode.OK,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.ABORTED,
+    }
+    store = f.sz_gw.services.store
+    before = len(await store.read(store.reader.cases, ["442000"], before_seq=None, limit=1000))
+    accepted = 0
+    async with _secure(f.sz_gw.address, f.pki, "zs-gateway") as ch:
+        stub = inbox_grpc.PartnerInboxServiceStub(ch)
+        for i in range(120):
+            if i % 2:
+                req = _case(rng.choice(junk), rng.choice(["442000", "440300", "", "x"]))
+                case = req.canonical
+                case.handling_city = rng.choice(["440300", "442000", "999999", "", "44030"])
+                case.case_number = rng.choice(junk)
+                case.applicant.certificate_number = rng.choice(junk)
+                case.applicant.sex = rng.choice([0, 1, 9, 77])
+                case.case_type = rng.choice([0, 1, 99])
+                case.channel = rng.choice([0, 2, -5])
+                case.handling_mode = rng.choice([0, 1, 55])
+                case.applied_at.seconds = rng.choice([0, 1_700_000_000, 2**40])
+                case.status = rng.choice([0, 3, 123])
+                if rng.random() < 0.2:
+                    req.ClearField("canonical")
+                code = await _code_of(stub.DeliverCase(req, timeout=10))
+                accepted += code == grpc.StatusCode.OK
+            else:
+                status = inbox.DeliverStatusRequest(
+                    idempotency_key=rng.choice(junk),
+                    exchange_id=rng.choice(junk),
+                    status=rng.choice([0, 3, 5, 7, 10, 99, -1]),
+                    note=rng.choice(junk),
+                )
+                if rng.random() < 0.8:
+                    status.occurred_at.seconds = rng.choice([0, 1, 2_000_000_000, 2**40, -(2**40)])
+                code = await _code_of(stub.DeliverStatus(status, timeout=10))
+            assert code in ok_codes, code
+    after = len(await store.read(store.reader.cases, ["442000"], before_seq=None, limit=1000))
+    assert after - before == accepted
+
+
+async def _code_of(call: Any) -> grpc.StatusCode:
+    try:
+        await call
+    except grpc.aio.AioRpcError as err:
+        return err.code()
+    return grpc.StatusCode.OK
