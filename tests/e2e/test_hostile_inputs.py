@@ -241,6 +241,24 @@ def test_random_bytes_as_protobuf_messages(server: Server, raw: bytes, method: s
         assert outcome != "OK" or method.endswith("ListCases")
 
 
+INT32 = st.integers(-(2**31), 2**31 - 1)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=NOT_HEALTH)
+@given(status=INT32, state=INT32, seconds=st.integers(-(2**62), 2**62), nanos=INT32)
+def test_hostile_enum_numbers_and_timestamps(
+    server: Server, status: int, state: int, seconds: int, nanos: int
+) -> None:
+    """Proto3 enums are open and Timestamps unchecked on the wire: any number can arrive."""
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        stub = cx_grpc.CaseExchangeServiceStub(ch)
+        req = cx.ReportStatusRequest(request_id="enum", exchange_id="x", status=status)
+        req.occurred_at.seconds, req.occurred_at.nanos = seconds, nanos
+        assert check(server, stub.ReportStatus, req, metadata=ZS) != "OK"
+        listing = cx.ListCasesRequest(status=status, delivery_state=state)
+        check(server, stub.ListCases, listing, metadata=ZS)
+
+
 @settings(max_examples=30, deadline=None, suppress_health_check=NOT_HEALTH)
 @given(number=hostile_text, purpose=hostile_text | st.just("case_handling"), schema=hostile_text)
 def test_hostile_identity_queries(server: Server, number: str, purpose: str, schema: str) -> None:
