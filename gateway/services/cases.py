@@ -78,6 +78,24 @@ def instant(ts: Any, field: str) -> float:
         raise InvalidRequest(f"{field} is not a valid timestamp", field) from None
 
 
+#: How far ahead of this gateway's clock a reported change may be stamped (clock skew). A
+#: change stamped later would also make every later one look overtaken to a peer gateway.
+FUTURE_SKEW_SECONDS = 300.0
+
+
+def occurred_at(ts: Any, now: float) -> float:
+    """UNIX seconds of a reported change's ``occurred_at``: a valid timestamp, not more than
+    :data:`FUTURE_SKEW_SECONDS` ahead of ``now`` (else INVALID_ARGUMENT naming it)."""
+    at = instant(ts, "occurred_at")
+    if at > now + FUTURE_SKEW_SECONDS:
+        raise InvalidRequest(
+            f"occurred_at is in the future (over {FUTURE_SKEW_SECONDS:g} s ahead of this "
+            "gateway's clock)",
+            "occurred_at",
+        )
+    return at
+
+
 def report_response(status: str, seq: int) -> bytes:
     """The answer to an accepted status report (built where the event's seq is known)."""
     return cx.ReportStatusResponse(
@@ -427,11 +445,8 @@ class CaseService:
         row = self._visible(
             caller, await self.store.read(self.store.reader.case, request.exchange_id)
         )
-        occurred = (
-            instant(request.occurred_at, "occurred_at")
-            if request.HasField("occurred_at")
-            else self.clock()
-        )
+        now = self.clock()
+        occurred = occurred_at(request.occurred_at, now) if request.HasField("occurred_at") else now
         # The case's other city is told: the receiving city of the handling city's progress,
         # the handling city of a withdrawal by the receiving city.
         other = row.receiving_city if caller.city == row.handling_city else row.handling_city

@@ -35,7 +35,7 @@ from ..errors import (
 )
 from ..store.store import Store
 from ..timestamps import utc_text
-from .cases import CaseService, enum_name, instant
+from .cases import CaseService, enum_name, occurred_at
 from .identity import IdentityService
 from .submission import check_id
 
@@ -128,7 +128,7 @@ class PeerInbox:
         if not request.HasField("occurred_at"):
             raise InvalidRequest("occurred_at is required", "occurred_at")
         new = enum_name(records_pb2.CaseStatus, request.status, "status")
-        at = instant(request.occurred_at, "occurred_at")
+        at = occurred_at(request.occurred_at, self.cases.clock())
         case = await self.store.read(self.store.reader.case, request.exchange_id)
         if case is None:
             # A withdrawal can overtake the case it withdraws (two rows of the sender's outbox).

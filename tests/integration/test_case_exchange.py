@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -277,18 +278,23 @@ async def test_enum_values_and_timestamps_out_of_range_are_invalid_arguments(
     exchange: Exchange,
 ) -> None:
     """Proto3 enums are open and a Timestamp's seconds unchecked on the wire: a caller can send
-    a status 99 or the year 36812. Each is INVALID_ARGUMENT naming its field, not INTERNAL."""
+    a status 99 or the year 36812. Each is INVALID_ARGUMENT naming its field, not INTERNAL; so
+    is a change stamped an hour ahead of the gateway's clock."""
     resp = await exchange.stub.SubmitCase(submit_req("enum1", ZS_CASE), metadata=ZS)
     bad_time = cx.ReportStatusRequest(
         request_id="enum1-t", exchange_id=resp.exchange_id, status=records_pb2.CASE_STATUS_WITHDRAWN
     )
     bad_time.occurred_at.seconds = 2**40
+    future = cx.ReportStatusRequest()
+    future.CopyFrom(bad_time)
+    future.occurred_at.seconds = int(time.time()) + 3600  # an hour ahead of the gateway's clock
     calls = [
         exchange.stub.ReportStatus(
             cx.ReportStatusRequest(request_id="enum1-s", exchange_id=resp.exchange_id, status=99),
             metadata=ZS,
         ),
         exchange.stub.ReportStatus(bad_time, metadata=ZS),
+        exchange.stub.ReportStatus(future, metadata=ZS),
         exchange.stub.ListCases(cx.ListCasesRequest(status=99), metadata=ZS),
         exchange.stub.ListCases(cx.ListCasesRequest(delivery_state=42), metadata=ZS),
     ]
@@ -299,7 +305,7 @@ async def test_enum_values_and_timestamps_out_of_range_are_invalid_arguments(
         err = rich_error(info.value)
         assert err["code"] == grpc.StatusCode.INVALID_ARGUMENT
         fields.append(err["fields"])
-    assert fields == [["status"], ["occurred_at"], ["status"], ["delivery_state"]]
+    assert fields == [["status"], ["occurred_at"], ["occurred_at"], ["status"], ["delivery_state"]]
 
 
 async def test_list_cases_keyset_pages(exchange: Exchange) -> None:

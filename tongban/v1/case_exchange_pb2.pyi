@@ -461,7 +461,9 @@ class ReportStatusRequest(_message.Message):
     """Free-text note (reasons, requested supplements)."""
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
-        """When the change happened; the gateway's time when absent."""
+        """When the change happened; the gateway's time when absent. At most 5 minutes ahead of the
+        gateway's clock (INVALID_ARGUMENT otherwise).
+        """
 
     @_builtins.property
     def record(self) -> _common_pb2.ForeignRecord:
