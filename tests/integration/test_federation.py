@@ -10,12 +10,14 @@ import json
 import random
 import socket
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+import psycopg
 import pytest
 
 from gateway.app import Gateway
@@ -100,8 +102,37 @@ def _gateway_env(
     }
 
 
-@pytest.fixture
-async def federation(tmp_path: Path, federation_pki: Path) -> AsyncIterator[Federation]:
+@contextlib.contextmanager
+def _stores(kind: str) -> Iterator[dict[str, str]]:
+    """Each gateway's ``TONGBAN_STORE__URL``: none (a SQLite file in its data directory), or a
+    schema of its own on the PostgreSQL server, migrated, dropped afterwards."""
+    if kind == "sqlite":
+        yield {}
+        return
+    from gateway.store.engine import make_engine, upgrade
+
+    names = {gw: f"tb_{uuid.uuid4().hex[:10]}" for gw in ("zs-gateway", "sz-gateway")}
+    urls = {}
+    with psycopg.connect("host=127.0.0.1 dbname=test", autocommit=True) as conn:
+        for gw, name in names.items():
+            conn.execute(f'CREATE SCHEMA "{name}"')
+            urls[gw] = f"postgresql+psycopg://127.0.0.1:5432/test?options=-csearch_path%3D{name}"
+            engine = make_engine(urls[gw])
+            upgrade(engine)
+            engine.dispose()
+    try:
+        yield urls
+    finally:
+        with psycopg.connect("host=127.0.0.1 dbname=test", autocommit=True) as conn:
+            for name in names.values():
+                conn.execute(f'DROP SCHEMA "{name}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def federation(
+    request: pytest.FixtureRequest, tmp_path: Path, federation_pki: Path
+) -> AsyncIterator[Federation]:
+    """Both gateways on SQLite, then both on PostgreSQL."""
     pki = federation_pki
     zs_sim, sz_sim = InboxSimulator(tmp_path / "zs.db"), InboxSimulator(tmp_path / "sz.db")
     sz_sim.persons[PERSON] = records_pb2.Person(
@@ -110,8 +141,9 @@ async def federation(tmp_path: Path, federation_pki: Path) -> AsyncIterator[Fede
     zs_server, zs_port = await start_simulator(zs_sim)
     sz_server, sz_port = await start_simulator(sz_sim)
     try:
-        async with _gateways(pki, tmp_path, zs_port, sz_port) as (zs_gw, sz_gw):
-            yield Federation(pki, zs_gw, sz_gw, zs_sim, sz_sim)
+        with _stores(request.param) as urls:
+            async with _gateways(pki, tmp_path, zs_port, sz_port, urls) as (zs_gw, sz_gw):
+                yield Federation(pki, zs_gw, sz_gw, zs_sim, sz_sim)
     finally:
         await zs_server.stop(0)
         await sz_server.stop(0)
@@ -121,20 +153,15 @@ async def federation(tmp_path: Path, federation_pki: Path) -> AsyncIterator[Fede
 
 @contextlib.asynccontextmanager
 async def _gateways(
-    pki: Path, tmp_path: Path, zs_port: int, sz_port: int
+    pki: Path, tmp_path: Path, zs_port: int, sz_port: int, urls: dict[str, str]
 ) -> AsyncIterator[tuple[Gateway, Gateway]]:
     zs_gw_port, sz_gw_port = free_port(), free_port()
-    zs_gw = Gateway(
-        make_settings(
-            tmp_path / "zs-gw",
-            **_gateway_env(
-                pki,
-                "zs-gateway",
-                zs_gw_port,
-                ("zhongshan", "442000", zs_port),
-                ("sz-gateway", "440300", sz_gw_port),
-            ),
-        )
+    zs_env = _gateway_env(
+        pki,
+        "zs-gateway",
+        zs_gw_port,
+        ("zhongshan", "442000", zs_port),
+        ("sz-gateway", "440300", sz_gw_port),
     )
     sz_env = _gateway_env(
         pki,
@@ -145,6 +172,10 @@ async def _gateways(
     )
     # Guangzhou's system also calls Shenzhen's gateway, as a partner but not a peer.
     sz_env["TONGBAN_PARTNERS__GUANGZHOU__CITY"] = "440100"
+    for gw, env in (("zs-gateway", zs_env), ("sz-gateway", sz_env)):
+        if gw in urls:
+            env["TONGBAN_STORE__URL"] = urls[gw]
+    zs_gw = Gateway(make_settings(tmp_path / "zs-gw", **zs_env))
     sz_gw = Gateway(make_settings(tmp_path / "sz-gw", **sz_env))
     await sz_gw.start()
     try:
