@@ -214,8 +214,19 @@ def bootstrap(
     services.servicers["IdentityService"] = IdentityServicer(identity, auth)
     peers = {pid for pid, p in settings.partners.items() if p.peer}
     if peers:  # federated mode: peer gateways deliver here
+        counter = metrics.peer_status_changes
+        for peer in peers:
+            for outcome in ("applied", "out_of_order", "overtaken"):
+                counter.labels(peer, outcome)
         services.servicers["PartnerInboxService"] = PeerInboxServicer(
-            PeerInbox(cases, identity, store, peers), auth
+            PeerInbox(
+                cases,
+                identity,
+                store,
+                peers,
+                on_status=lambda peer, outcome: counter.labels(peer, outcome).inc(),
+            ),
+            auth,
         )
     services.servicers["OperationsService"] = OperationsServicer(
         DeadLetterService(store), auth, settings

@@ -206,6 +206,14 @@ class GatewayMetrics:
         )
         for outcome in ("ok", "rejected"):
             self.tls_reloads.labels("server", outcome)
+        self.peer_status_changes = Counter(
+            "tongban_peer_status_changes_total",
+            "Status changes a peer gateway delivered, by peer and outcome: applied, repeated "
+            "(applied before), own (RECEIVED, set here too), overtaken (older than one applied: "
+            "not applied), out_of_order (ABORTED: an earlier one has not arrived), refused.",
+            ("peer", "outcome"),
+            registry=r,
+        )
         self.certificate_expiry = Gauge(
             "tongban_tls_certificate_expiry_timestamp_seconds",
             "When a certificate in use expires (UNIX seconds): server, client_ca (the earliest "

@@ -19,6 +19,7 @@ acknowledged and not applied again.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from tongban.v1 import case_exchange_pb2 as cx
 from tongban.v1 import identity_pb2, records_pb2
@@ -29,6 +30,7 @@ from ..domain.lifecycle import TERMINAL, TRANSITIONS
 from ..errors import (
     CaseNotFound,
     ExchangeIdTaken,
+    GatewayError,
     InvalidRequest,
     OutOfOrder,
     PermissionDenied,
@@ -57,12 +59,18 @@ class PeerInbox:
     """What this gateway does with a peer gateway's deliveries."""
 
     def __init__(
-        self, cases: CaseService, identity: IdentityService, store: Store, peers: set[str]
+        self,
+        cases: CaseService,
+        identity: IdentityService,
+        store: Store,
+        peers: set[str],
+        on_status: Callable[[str, str], None] | None = None,
     ) -> None:
         self.cases = cases
         self.identity = identity
         self.store = store
         self.peers = peers  # partner ids of the peer gateways
+        self.on_status = on_status  # (peer, outcome) of each status change delivered
 
     def _not_through_a_peer(self, partner: str | None, message: str, field: str) -> None:
         """Refuse what this gateway would pass on to another peer gateway: a misconfigured
@@ -119,7 +127,31 @@ class PeerInbox:
     ) -> inbox.DeliverStatusResponse:
         """Apply a status change of a case the two gateways share: the handling city's
         progress, reported back here by its gateway, or a withdrawal by the receiving city,
-        passed on by its gateway."""
+        passed on by its gateway. Each is counted by outcome (``on_status``)."""
+        try:
+            outcome = await self._apply_status(caller, request)
+        except OutOfOrder:
+            self._count(caller, "out_of_order")
+            raise
+        except GatewayError:
+            self._count(caller, "refused")
+            raise
+        self._count(caller, outcome)
+        if outcome == "overtaken":
+            log.warning(
+                "a peer's status change was overtaken by a newer one: not applied",
+                extra={"exchange_id": request.exchange_id, "partner": caller.partner},
+            )
+        return inbox.DeliverStatusResponse(duplicate=outcome != "applied")
+
+    def _count(self, caller: Caller, outcome: str) -> None:
+        if self.on_status is not None:
+            self.on_status(caller.partner, outcome)
+
+    async def _apply_status(self, caller: Caller, request: inbox.DeliverStatusRequest) -> str:
+        """``applied``, or why not: ``repeated`` (applied before), ``overtaken`` (older than
+        a change applied), ``own`` (RECEIVED, which this gateway set itself); raises what
+        refuses it."""
         check_id(request.idempotency_key, "idempotency_key")
         if not request.exchange_id:
             raise InvalidRequest("exchange_id is required", "exchange_id")
@@ -139,7 +171,7 @@ class PeerInbox:
             raise CaseNotFound("no such case for this partner", "exchange_id")
         events = await self.store.read(self.store.reader.events, case.exchange_id)
         if any(e.status == new and e.occurred_at == at for e in events):
-            return inbox.DeliverStatusResponse(duplicate=True)  # applied before
+            return "repeated"
         # The last change the handling city's system reported (SUBMITTED and RECEIVED are the
         # gateways' own, stamped by their clocks).
         latest = max(
@@ -151,9 +183,9 @@ class PeerInbox:
             default=0.0,
         )
         if at <= latest:
-            return inbox.DeliverStatusResponse(duplicate=True)  # overtaken by a newer change
+            return "overtaken"
         if new == case.status and new in _GATEWAYS_OWN:
-            return inbox.DeliverStatusResponse(duplicate=True)  # RECEIVED: set here too
+            return "own"  # RECEIVED: set here too when its delivery succeeded
         if new not in TRANSITIONS.get(case.status, frozenset()) and case.status not in TERMINAL:
             # Newer, and not a step from here: a change between the two is still on its way
             # (a terminal case cannot move at all: ILLEGAL_TRANSITION below).
@@ -171,7 +203,7 @@ class PeerInbox:
         )
         report.occurred_at.CopyFrom(request.occurred_at)
         _, replayed = await self.cases.report_replayed(caller, report)
-        return inbox.DeliverStatusResponse(duplicate=replayed)
+        return "repeated" if replayed else "applied"
 
     def _asked_by(self, caller: Caller, requesting_city: str) -> None:
         if requesting_city != caller.city:

@@ -412,6 +412,21 @@ async def test_statuses_out_of_order_are_retried_then_applied_in_order(f: Federa
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.DeliverStatus(status(9, 5, base + 7), timeout=10)
         assert rich_error(err.value)["reason"] == "ILLEGAL_TRANSITION"
+    # Each outcome counted. Shenzhen's gateway also delivers its own RECEIVED meanwhile:
+    # "own" here, or "applied" if it came before this gateway recorded its delivery.
+    counted = {
+        o: f.zs_gw.services.metrics.registry.get_sample_value(
+            "tongban_peer_status_changes_total", {"peer": "sz-gateway", "outcome": o}
+        )
+        for o in ("applied", "out_of_order", "overtaken", "repeated", "refused")
+    }
+    assert counted.pop("applied") in (5, 6)
+    assert counted == {
+        "out_of_order": 2,
+        "overtaken": 1,
+        "repeated": 1,
+        "refused": 1,
+    }
     events = await store.read(store.reader.events, xid)
     assert [e.status for e in events] == [
         "CASE_STATUS_SUBMITTED",
