@@ -473,8 +473,18 @@ def add_demo_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument(
         "--data-dir", default="data/demo", help="where the store lives (default data/demo)"
     )
-    p.add_argument("--port", type=int, default=0, help="gateway port (default: any free port)")
-    p.add_argument("--metrics-port", type=int, default=0, help="metrics port (default: any free)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=0,
+        help="gateway port, Zhongshan's with --federated (default: any free port)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="metrics port, Zhongshan's gateway's with --federated (default: any free)",
+    )
     p.add_argument("--timeout", type=float, default=120, help="give up after this many seconds")
     p.add_argument("--keep-running", action="store_true", help="leave everything up afterwards")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
