@@ -212,7 +212,7 @@ def bootstrap(
     services.servicers["CaseExchangeService"] = CaseExchangeServicer(cases, auth)
     identity = IdentityService(settings, mappings, store, delivery.transports, metrics)
     services.servicers["IdentityService"] = IdentityServicer(identity, auth)
-    peers = {pid for pid, p in settings.partners.items() if p.peer}
+    peers = settings.peers
     if peers:  # federated mode: peer gateways deliver here
         counter = metrics.peer_status_changes
         for peer in peers:

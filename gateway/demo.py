@@ -205,42 +205,65 @@ def _hub(data: Path, port: int, metrics_port: int, zs_port: int, sz_port: int) -
     )
 
 
+#: The two gateways of a development federation, each with its city's system.
+GATEWAYS = ("zs-gateway", "sz-gateway")
+
+
+def make_federation_pki(folder: Path, systems: tuple[str, ...]) -> Path:
+    """A development CA in ``folder`` with, for each of :data:`GATEWAYS`, a server certificate
+    (``<name>-server.pem``, for localhost) and a client certificate (``<name>.pem``, presented
+    to the other's inbox), and a client certificate for each city system in ``systems``."""
+    make_ca(folder)
+    for name in GATEWAYS:
+        issue(folder, f"{name}-server", server=True, hosts=["localhost", "127.0.0.1"])
+        issue(folder, name)
+    for name in systems:
+        issue(folder, name)
+    return folder
+
+
+def peer_gateway_env(
+    pki: Path, me: str, port: int, own: tuple[str, str, int], peer: tuple[str, str, int]
+) -> dict[str, str]:
+    """Settings (``TONGBAN_*``) of gateway ``me`` of a development federation on
+    :func:`make_federation_pki`'s certificates: mutual TLS on ``port``, its city's system
+    ``own`` (partner id, city, inbox port) and the other city's gateway ``peer`` (partner id,
+    city, port) as a peer."""
+    oid, ocity, oport = own
+    pid, pcity, pport = peer
+    o, p = f"TONGBAN_PARTNERS__{oid.upper()}__", f"TONGBAN_PARTNERS__{pid.upper()}__"
+    return {
+        "TONGBAN_SERVER__PORT": str(port),
+        "TONGBAN_AUTH__MODE": "mtls",
+        "TONGBAN_TLS__CERT": str(pki / f"{me}-server.pem"),
+        "TONGBAN_TLS__KEY": str(pki / f"{me}-server-key.pem"),
+        "TONGBAN_TLS__CLIENT_CA": str(pki / "ca.pem"),
+        f"{o}CITY": ocity,
+        f"{o}INBOX__TRANSPORT": "grpc",
+        f"{o}INBOX__TARGET": f"127.0.0.1:{oport}",
+        f"{p}CITY": pcity,
+        f"{p}PEER": "true",
+        f"{p}INBOX__TRANSPORT": "grpc",
+        f"{p}INBOX__TARGET": f"127.0.0.1:{pport}",
+        f"{p}INBOX__TLS": "true",
+        f"{p}INBOX__CA": str(pki / "ca.pem"),
+        f"{p}INBOX__CLIENT_CERT": str(pki / f"{me}.pem"),
+        f"{p}INBOX__CLIENT_KEY": str(pki / f"{me}-key.pem"),
+    }
+
+
 def _federation(data: Path, port: int, metrics_port: int, zs_port: int, sz_port: int) -> _Topology:
     """A gateway per city, peers over mutual TLS; each city's system calls its own gateway
     with its own certificate."""
-    pki = data / "pki"
-    make_ca(pki)
-    for name in ("zs-gateway", "sz-gateway"):
-        issue(pki, f"{name}-server", server=True, hosts=["localhost", "127.0.0.1"])
-        issue(pki, name)  # its client certificate, presented to the other gateway
-    for name in ("zhongshan", "shenzhen"):
-        issue(pki, name)
+    pki = make_federation_pki(data / "pki", ("zhongshan", "shenzhen"))
     ports = {"zs-gateway": port or _free_port(), "sz-gateway": _free_port()}
 
     def env(me: str, own: tuple[str, str, int], peer: tuple[str, str]) -> dict[str, str]:
-        oid, ocity, oport = own
-        pid, pcity = peer
-        o, p = f"TONGBAN_PARTNERS__{oid.upper()}__", f"TONGBAN_PARTNERS__{pid.upper()}__"
         return {
             **_TIMINGS,
-            "TONGBAN_SERVER__PORT": str(ports[me]),
+            **peer_gateway_env(pki, me, ports[me], own, (*peer, ports[peer[0]])),
             "TONGBAN_STORE__DATA_DIR": str(data / me),
             "TONGBAN_METRICS__PORT": str(metrics_port if me == "zs-gateway" else _free_port()),
-            "TONGBAN_AUTH__MODE": "mtls",
-            "TONGBAN_TLS__CERT": str(pki / f"{me}-server.pem"),
-            "TONGBAN_TLS__KEY": str(pki / f"{me}-server-key.pem"),
-            "TONGBAN_TLS__CLIENT_CA": str(pki / "ca.pem"),
-            f"{o}CITY": ocity,
-            f"{o}INBOX__TRANSPORT": "grpc",
-            f"{o}INBOX__TARGET": f"127.0.0.1:{oport}",
-            f"{p}CITY": pcity,
-            f"{p}PEER": "true",
-            f"{p}INBOX__TRANSPORT": "grpc",
-            f"{p}INBOX__TARGET": f"127.0.0.1:{ports[pid]}",
-            f"{p}INBOX__TLS": "true",
-            f"{p}INBOX__CA": str(pki / "ca.pem"),
-            f"{p}INBOX__CLIENT_CERT": str(pki / f"{me}.pem"),
-            f"{p}INBOX__CLIENT_KEY": str(pki / f"{me}-key.pem"),
         }
 
     zs_settings = load_settings(

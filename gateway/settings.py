@@ -323,10 +323,9 @@ class Settings(_Model):
             )
         if self.auth.mode == "mtls" and self.tls.client_ca is None:
             raise ValueError("auth.mode 'mtls' needs tls.cert, tls.key and tls.client_ca")
-        peers = [pid for pid, p in self.partners.items() if p.peer]
-        if peers and self.auth.mode != "mtls":
+        if self.peers and self.auth.mode != "mtls":
             raise ValueError(
-                f"peer gateways ({', '.join(peers)}) are known by their certificates: "
+                f"peer gateways ({', '.join(sorted(self.peers))}) are known by their certificates: "
                 "auth.mode must be 'mtls'"
             )
         for pid, p in self.partners.items():
@@ -334,6 +333,11 @@ class Settings(_Model):
             if unknown:
                 raise ValueError(f"partners.{pid}.acl.purposes: unknown purpose(s) {unknown}")
         return self
+
+    @property
+    def peers(self) -> frozenset[str]:
+        """Ids of the partners that are other Tongban gateways (federated mode)."""
+        return frozenset(pid for pid, p in self.partners.items() if p.peer)
 
     def partner_for_city(self, city: str) -> tuple[str, PartnerSettings] | None:
         """The partner that speaks for a city region code."""

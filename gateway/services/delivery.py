@@ -198,7 +198,7 @@ class DeliveryService:
         # Only partners with an inbox have rows to claim. Each gets at most its max_in_flight
         # calls at once; by default every worker but one when other partners have inboxes too
         # (a slow partner then leaves a worker to the others), else every worker.
-        self._peers = frozenset(pid for pid, p in settings.partners.items() if p.peer)
+        self._peers = settings.peers
         self._inboxes = tuple(
             p for p, c in settings.partners.items() if c.inbox.transport != "none"
         )

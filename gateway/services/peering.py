@@ -63,7 +63,7 @@ class PeerInbox:
         cases: CaseService,
         identity: IdentityService,
         store: Store,
-        peers: set[str],
+        peers: frozenset[str],
         on_status: Callable[[str, str], None] | None = None,
     ) -> None:
         self.cases = cases

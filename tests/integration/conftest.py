@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from grpc_status import rpc_status
 
 from gateway.app import Gateway
 from gateway.settings import Settings, load_settings
+from gateway.store.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,6 +45,18 @@ def make_settings(tmp_path: Path, **env: str) -> Settings:
     }
     base.update(env)
     return load_settings(None, env=base)
+
+
+@contextlib.asynccontextmanager
+async def running_store(url: str, clock: Callable[[], float] = time.time) -> AsyncIterator[Store]:
+    """A store on ``url``, migrated, its writer started; stopped afterwards."""
+    store = Store(url, clock=clock)
+    store.migrate()
+    store.start()
+    try:
+        yield store
+    finally:
+        await store.stop()
 
 
 @pytest.fixture

@@ -14,16 +14,13 @@ from gateway.store.intents import ReplayIntent
 from gateway.store.store import Store
 from gateway.store.writer import AUDIT, OUTBOX
 
+from .conftest import running_store
+
 
 @pytest.fixture
 async def store(db_url: str) -> AsyncIterator[Store]:
-    s = Store(db_url)
-    s.migrate()
-    s.start()
-    try:
+    async with running_store(db_url) as s:
         yield s
-    finally:
-        await s.stop()
 
 
 async def append(store: Store, n: int) -> None:

@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 from gateway.app import Gateway
-from gateway.certs import issue, make_ca
+from gateway.demo import make_federation_pki, peer_gateway_env
 from gateway.partner_sim import InboxSimulator, start_simulator
 from gateway.settings import ConfigError
 from tongban.v1 import case_exchange_pb2 as cx
@@ -67,17 +67,10 @@ def _secure(address: str, pki: Path, name: str) -> grpc.aio.Channel:
 def _gateway_env(
     pki: Path, me: str, port: int, local: tuple[str, str, int], peer: tuple[str, str, int]
 ) -> dict[str, str]:
-    """A city's gateway: its own system ``local`` (id, city, inbox port) and the other city's
-    gateway ``peer`` (id, city, port), both over mutual TLS, one federation CA."""
-    lid, lcity, lport = local
-    pid, pcity, pport = peer
-    L, P = f"TONGBAN_PARTNERS__{lid.upper()}__", f"TONGBAN_PARTNERS__{pid.upper()}__"
+    """A city's gateway of the demo's federation (``peer_gateway_env``), with fast retries and
+    identity purposes."""
     return {
-        "TONGBAN_SERVER__PORT": str(port),
-        "TONGBAN_AUTH__MODE": "mtls",
-        "TONGBAN_TLS__CERT": str(pki / f"{me}-server.pem"),
-        "TONGBAN_TLS__KEY": str(pki / f"{me}-server-key.pem"),
-        "TONGBAN_TLS__CLIENT_CA": str(pki / "ca.pem"),
+        **peer_gateway_env(pki, me, port, local, peer),
         "TONGBAN_DELIVERY__RETRY__INITIAL_BACKOFF_SECONDS": "0.05",
         "TONGBAN_DELIVERY__RETRY__MAX_BACKOFF_SECONDS": "0.2",
         # What a person lookup for case handling may disclose. Shenzhen's gateway, the home
@@ -85,20 +78,8 @@ def _gateway_env(
         "TONGBAN_PURPOSES__CASE_HANDLING__PERSON_FIELDS": json.dumps(
             ["name", "sex", "certificate_number"] + (["phone"] if me == "zs-gateway" else [])
         ),
-        f"{L}CITY": lcity,
-        f"{L}INBOX__TRANSPORT": "grpc",
-        f"{L}INBOX__TARGET": f"127.0.0.1:{lport}",
-        f"{L}ACL__PURPOSES": '["case_handling"]',
-        f"{P}CITY": pcity,
-        f"{P}PEER": "true",
-        f"{P}CERT_NAME": pid,
-        f"{P}ACL__PURPOSES": '["case_handling"]',
-        f"{P}INBOX__TRANSPORT": "grpc",
-        f"{P}INBOX__TARGET": f"127.0.0.1:{pport}",
-        f"{P}INBOX__TLS": "true",
-        f"{P}INBOX__CA": str(pki / "ca.pem"),
-        f"{P}INBOX__CLIENT_CERT": str(pki / f"{me}.pem"),
-        f"{P}INBOX__CLIENT_KEY": str(pki / f"{me}-key.pem"),
+        f"TONGBAN_PARTNERS__{local[0].upper()}__ACL__PURPOSES": '["case_handling"]',
+        f"TONGBAN_PARTNERS__{peer[0].upper()}__ACL__PURPOSES": '["case_handling"]',
     }
 
 
@@ -471,14 +452,7 @@ def test_a_peer_is_reached_over_mutual_tls(federation_pki: Path, tmp_path: Path)
 
 @pytest.fixture
 def federation_pki(tmp_path: Path) -> Path:
-    pki = tmp_path / "pki"
-    make_ca(pki)
-    for name in ("zs-gateway", "sz-gateway"):
-        issue(pki, f"{name}-server", server=True, hosts=["127.0.0.1"])
-        issue(pki, name)  # its client certificate, for the other gateway's inbox
-    for name in ("zhongshan", "shenzhen", "guangzhou"):
-        issue(pki, name)
-    return pki
+    return make_federation_pki(tmp_path / "pki", ("zhongshan", "shenzhen", "guangzhou"))
 
 
 async def test_hostile_peer_deliveries_get_clear_statuses(f: Federation) -> None:

@@ -16,19 +16,16 @@ from gateway.store.intents import ClaimIntent, DeferPartnerIntent, FailedIntent
 from gateway.store.store import Store
 from gateway.store.writer import OUTBOX
 
+from .conftest import running_store
+
 NOW = 1_000.0
 
 
 @pytest.fixture
 async def store(db_url: str) -> AsyncIterator[Store]:
     clock = [NOW]
-    s = Store(db_url, clock=lambda: clock[0])
-    s.migrate()
-    s.start()
-    try:
+    async with running_store(db_url, clock=lambda: clock[0]) as s:
         yield s
-    finally:
-        await s.stop()
 
 
 def add(store: Store, partner: str, due: float, **values: Any) -> int:

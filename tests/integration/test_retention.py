@@ -23,6 +23,7 @@ from gateway.store.store import Store
 from gateway.store.writer import AUDIT, CASES, EVENTS, OUTBOX, REQUESTS
 from tongban.v1 import case_exchange_pb2 as cx
 
+from .conftest import running_store
 from .test_case_exchange import SZ, ZS, ZS_CASE, running_exchange, submit_req, wait_for
 
 DAY = 86400.0
@@ -32,13 +33,8 @@ POLICY = RetentionSettings(request_days=30, delivered_days=30, closed_case_days=
 
 @pytest.fixture
 async def store(db_url: str) -> AsyncIterator[Store]:
-    s = Store(db_url, clock=lambda: NOW)
-    s.migrate()
-    s.start()
-    try:
+    async with running_store(db_url, clock=lambda: NOW) as s:
         yield s
-    finally:
-        await s.stop()
 
 
 def insert_row(store: Store, table: Any, **values: Any) -> Any:
