@@ -26,10 +26,17 @@ class ChainReport:
     reason: str = ""
 
 
-def verify_chain(rows: Iterable[Any], head_length: int, head_hash: str) -> ChainReport:
-    """Walk ``rows`` (in seq order) and the recorded head; report the first inconsistency."""
-    prev = GENESIS
-    expected_seq = 1
+def verify_chain(
+    rows: Iterable[Any],
+    head_length: int,
+    head_hash: str,
+    after: int = 0,
+    after_hash: str = GENESIS,
+) -> ChainReport:
+    """Walk ``rows`` (in seq order, from entry ``after + 1``, whose previous hash is
+    ``after_hash``) and the recorded head; report the first inconsistency."""
+    prev = after_hash
+    expected_seq = after + 1
     checked = 0
     for row in rows:
         if row.seq != expected_seq:
@@ -44,11 +51,11 @@ def verify_chain(rows: Iterable[Any], head_length: int, head_hash: str) -> Chain
         prev = row.hash
         expected_seq += 1
         checked += 1
-    if checked != head_length or prev != head_hash:
+    if after + checked != head_length or prev != head_hash:
         return ChainReport(
             False,
             checked,
-            checked + 1,
-            f"chain ends at entry {checked} but the head records {head_length}",
+            after + checked + 1,
+            f"chain ends at entry {after + checked} but the head records {head_length}",
         )
     return ChainReport(True, checked)

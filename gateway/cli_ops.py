@@ -1,4 +1,4 @@
-"""``tongban db upgrade|backup|purge``, ``audit verify``, ``outbox status`` and ``dead-letters
+"""``tongban db upgrade|backup|purge``, ``audit verify|archive``, ``outbox status`` and ``dead-letters
 list|show|replay``: operator commands that work on the store named by the configuration, whether
 or not a gateway is running."""
 
@@ -12,6 +12,7 @@ import json
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -278,28 +279,130 @@ def read_store(settings: Settings, what: str, read: Callable[[StoreReader], T]) 
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    """Walk the audit chain; exit 1 at the first broken link."""
+    """Walk the audit chain (and its archive files); exit 1 at the first broken link."""
     from .audit import ChainReport, verify_chain
+    from .store.audit_archive import ArchivesReport, verify_archives
 
     settings = read_settings(args.config)
     if settings is None:
         return 2
-
-    def verify(reader: StoreReader) -> ChainReport:
-        length, head = reader.audit_head()
-        return verify_chain(reader.audit_rows(length), length, head)
-
-    report = read_store(settings, "audit log", verify)
-    if report is None:
+    archives = Path(args.archives) if args.archives else None
+    if archives is not None and not archives.is_dir():
+        print(f"error: --archives {archives}: no such directory", file=sys.stderr)
         return 2
+
+    def verify(reader: StoreReader) -> tuple[ChainReport, tuple[int, str], ArchivesReport | None]:
+        archived = reader.audit_archived()
+        length, head = reader.audit_head()
+        chain = verify_chain(reader.audit_rows(length, after=archived[0]), length, head, *archived)
+        files = None
+        if archives is not None:
+            recorded = {r.file: r.sha256 for r in reader.audit_archives()}
+            files = verify_archives(archives, archived, recorded)
+        return chain, archived, files
+
+    found = read_store(settings, "audit log", verify)
+    if found is None:
+        return 2
+    report, (archived, _), files = found
+    ok = report.ok and (files is None or files.ok)
     if report.ok:
-        print(f"audit chain intact: {report.checked} entries")
+        since = f" (entries {archived + 1} on; 1-{archived} archived)" if archived else ""
+        print(f"audit chain intact: {report.checked} entries in the store{since}")
+    else:
+        print(
+            f"audit chain BROKEN at entry {report.broken_seq}: {report.reason} "
+            f"({report.checked} entries verified before it)"
+        )
+    if files is not None and files.ok:
+        print(f"archives intact: {files.files} files, entries 1-{files.entries}")
+        for name in files.ignored:
+            print(f"  {name}: not recorded by the store (an archive interrupted), not checked")
+    elif files is not None:
+        print(f"archives BROKEN: {files.problem} ({files.files} files verified before it)")
+    elif archived:
+        print(f"entries 1-{archived} are in archive files: check them with --archives DIR")
+    return 0 if ok else 1
+
+
+def cmd_audit_archive(args: argparse.Namespace) -> int:
+    """Move audit entries older than the cut-off into archive files."""
+    return asyncio.run(_archive(args))
+
+
+def _cutoff(args: argparse.Namespace, settings: Settings) -> float | None:
+    """``--before`` (an ISO 8601 date or time, UTC unless it says), or ``--days`` ago
+    (default: ``retention.audit_days``)."""
+    if args.before is None:
+        days = settings.retention.audit_days if args.days is None else float(args.days)
+        return time.time() - days * 86400
+    try:
+        when = datetime.fromisoformat(args.before)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+async def _archive(args: argparse.Namespace) -> int:
+    from .store.audit_archive import ArchiveError, archive_audit
+
+    settings = read_settings(args.config)
+    if settings is None:
+        return 2
+    if args.before is None and args.days is None and settings.retention.audit_days <= 0:
+        print("error: give --before or --days (retention.audit_days is 0)", file=sys.stderr)
+        return 2
+    directory = Path(args.dir) if args.dir else settings.retention.audit_archive_dir
+    if directory is None:
+        print("error: give --dir (retention.audit_archive_dir is not set)", file=sys.stderr)
+        return 2
+    cut = _cutoff(args, settings)
+    if cut is None:
+        print(f"error: --before {args.before!r}: not an ISO 8601 date or time", file=sys.stderr)
+        return 2
+    per_file = settings.retention.audit_entries_per_file if args.per_file is None else args.per_file
+    if per_file < 1:
+        print("error: --per-file must be at least 1", file=sys.stderr)
+        return 2
+    if cut > time.time():
+        print(f"error: the cut-off {utc_text(cut)} is in the future", file=sys.stderr)
+        return 2
+    try:
+        async with _writing(settings) as store:
+            files = await archive_audit(store, directory, cut, per_file, "cli")
+            archived, _ = await store.read(store.reader.audit_archived)
+    except (ArchiveError, OSError, SQLAlchemyError) as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "cutoff": utc_text(cut),
+                    "archived_upto": archived,
+                    "files": [
+                        {
+                            "file": str(f.path),
+                            "first": f.first,
+                            "last": f.last,
+                            "sha256": f.sha256,
+                        }
+                        for f in files
+                    ],
+                }
+            )
+        )
         return 0
+    for f in files:
+        print(f"archived entries {f.first}-{f.last} to {f.path} (sha256 {f.sha256})")
+    entries = sum(f.entries for f in files)
     print(
-        f"audit chain BROKEN at entry {report.broken_seq}: {report.reason} "
-        f"({report.checked} entries verified before it)"
+        f"{entries} entries made before {utc_text(cut)} archived in {len(files)} files; "
+        f"the store's chain starts after entry {archived}"
     )
-    return 1
+    return 0
 
 
 def add_ops_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -330,9 +433,48 @@ def add_ops_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     pg.set_defaults(func=cmd_db_purge)
     au = sub.add_parser("audit", help="the hash-chained audit log")
     aus = au.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
-    ver = aus.add_parser("verify", help="walk the chain; report the first broken link (exit 1)")
+    ver = aus.add_parser(
+        "verify",
+        help="walk the chain kept in the store (and with --archives, its archive files); "
+        "report the first broken link (exit 1)",
+    )
+    ver.add_argument(
+        "--archives",
+        metavar="DIR",
+        help="also check the archive files in DIR: each entry, each file following the one "
+        "before it from the chain's start, the last reaching the store's chain, and each "
+        "file's SHA-256 against the store's record",
+    )
     ver.add_argument("--config", help="TOML settings file")
     ver.set_defaults(func=cmd_audit_verify)
+    ar = aus.add_parser(
+        "archive",
+        help="move entries older than a cut-off out of the store into gzip files of JSON lines "
+        "in DIR (oldest first, each file checked before its entries are deleted); the chain "
+        "stays verifiable with `audit verify --archives DIR`",
+    )
+    when = ar.add_mutually_exclusive_group()
+    when.add_argument(
+        "--before", help="archive entries made before this ISO 8601 date or time (UTC unless given)"
+    )
+    when.add_argument(
+        "--days",
+        type=float,
+        help="archive entries made more than this many days ago (default: retention.audit_days)",
+    )
+    ar.add_argument(
+        "--dir",
+        help="the directory the archive files go to (default: retention.audit_archive_dir)",
+    )
+    ar.add_argument(
+        "--per-file",
+        type=int,
+        help="entries per file, deleted from the store in one transaction (default: "
+        "retention.audit_entries_per_file, 10000)",
+    )
+    ar.add_argument("--json", action="store_true", help="one JSON object")
+    ar.add_argument("--config", help="TOML settings file")
+    ar.set_defaults(func=cmd_audit_archive)
     ob = sub.add_parser("outbox", help="what waits for delivery, partner by partner")
     obs = ob.add_subparsers(dest="outbox_command", required=True, metavar="COMMAND")
     st = obs.add_parser(

@@ -177,11 +177,12 @@ class GatewayMetrics:
         )
         self.purged = Counter(
             "tongban_store_purged_rows_total",
-            "Rows purged from the store by retention (requests, outbox, cases, events).",
+            "Rows purged from the store by retention (requests, outbox, cases, events), and audit "
+            "entries moved to archive files (audit).",
             ("table",),
             registry=r,
         )
-        for table in ("requests", "outbox", "cases", "events"):
+        for table in ("requests", "outbox", "cases", "events", "audit"):
             self.purged.labels(table)
         self.last_purge = Gauge(
             "tongban_store_last_purge_timestamp_seconds",

@@ -281,6 +281,18 @@ class RetentionSettings(_Model):
     # `tongban db purge` command still does).
     interval_seconds: Annotated[float, Field(ge=0, le=7 * 86400)] = 3600.0
     batch_rows: Annotated[int, Field(ge=1, le=100_000)] = 1000  # rows per transaction
+    # Audit entries older than this move from the store into archive files in
+    # audit_archive_dir (`tongban audit archive`, by a serving gateway with each purge); the
+    # chain stays verifiable with `tongban audit verify --archives DIR`. 0: the store keeps them.
+    audit_days: Annotated[float, Field(ge=0, le=36500)] = 0.0
+    audit_archive_dir: Path | None = None
+    audit_entries_per_file: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+
+    @model_validator(mode="after")
+    def _archive_needs_a_directory(self) -> RetentionSettings:
+        if self.audit_days > 0 and self.audit_archive_dir is None:
+            raise ValueError("'audit_days' needs 'audit_archive_dir': where the archive files go")
+        return self
 
 
 class AuthSettings(_Model):

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..settings import RetentionSettings
+from ..store.audit_archive import ArchiveFile, archive_audit
 from ..store.retention import PURGED, PurgeIntent, purge_bound, purge_counts
 from ..store.store import Store
 
@@ -69,8 +70,34 @@ class RetentionService:
 
     @property
     def enabled(self) -> bool:
-        """Whether anything is ever purged."""
-        return bool(self.cuts(0.0))
+        """Whether anything is ever purged (or archived)."""
+        return bool(self.cuts(0.0)) or self.archives
+
+    @property
+    def archives(self) -> bool:
+        """Whether audit entries are moved to archive files (``audit_days``)."""
+        return self.settings.audit_days > 0 and self.settings.audit_archive_dir is not None
+
+    async def archive(
+        self, actor: str = "gateway", *, share: float = 1.0, stop: asyncio.Event | None = None
+    ) -> list[ArchiveFile]:
+        """Move audit entries older than ``audit_days`` into ``audit_archive_dir``."""
+        directory = self.settings.audit_archive_dir
+        if not self.archives or directory is None:
+            return []
+        files = await archive_audit(
+            self.store,
+            directory,
+            self.store.clock() - self.settings.audit_days * DAY,
+            self.settings.audit_entries_per_file,
+            actor,
+            share=share,
+            stop=stop,
+        )
+        n = sum(f.entries for f in files)
+        if n and self.on_purged is not None:
+            self.on_purged("audit", n)
+        return files
 
     async def dry_run(self) -> PurgeReport:
         """What a purge would delete now, deleting nothing."""
@@ -137,6 +164,20 @@ class RetentionService:
             except Exception as exc:  # noqa: BLE001 - the store is down: try at the next turn
                 log.warning("purge failed", extra={"error": f"{type(exc).__name__}: {exc}"})
                 continue
+            try:
+                files = await self.archive(share=PACED_SHARE, stop=stop)
+            except Exception as exc:  # noqa: BLE001 - a broken chain, a full disk, the store
+                # down, another archive running: logged, and the next turn tries again
+                log.warning("audit archive failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+                files = []
+            if files:
+                log.info(
+                    "audit entries archived",
+                    extra={
+                        "entries": sum(f.entries for f in files),
+                        "files": [f.path.name for f in files],
+                    },
+                )
             if self.on_done is not None:
                 self.on_done(time.time())
             if report.total or report.skipped:

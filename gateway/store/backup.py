@@ -120,8 +120,9 @@ def _check(copy: Path, dest: Path, seconds: float) -> BackupReport:
     engine = create_engine(f"sqlite:///{copy}")
     try:
         reader = StoreReader(engine)
+        archived = reader.audit_archived()
         length, head = reader.audit_head()
-        chain = verify_chain(reader.audit_rows(length), length, head)
+        chain = verify_chain(reader.audit_rows(length, after=archived[0]), length, head, *archived)
     finally:
         engine.dispose()
     if not chain.ok:

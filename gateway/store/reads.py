@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, or_, select, text
+from sqlalchemy import Connection, Engine, and_, func, inspect, or_, select, text
 
-from .writer import AUDIT, AUDIT_HEAD, CASES, EVENTS, GATEWAYS, OUTBOX
+from .writer import AUDIT, AUDIT_ARCHIVES, AUDIT_HEAD, CASES, EVENTS, GATEWAYS, GENESIS, OUTBOX
 
 __all__ = [
     "AuditRecord",
@@ -370,11 +370,38 @@ class StoreReader:
             row = conn.execute(select(AUDIT_HEAD.c.length, AUDIT_HEAD.c.hash)).one()
         return int(row.length), str(row.hash)
 
-    def audit_rows(self, upto: int, page: int = 10_000) -> Iterator[Any]:
-        """The audit log's entries 1 to ``upto`` (the head's length, read first) in chain
-        order, ``page`` at a time: memory stays flat for a log of millions of entries, and
-        entries a running gateway appends meanwhile are not part of the walk."""
-        after = 0
+    def audit_archived(self) -> tuple[int, str]:
+        """(the last entry moved to an archive file, its hash): the store's chain continues
+        after it. (0, GENESIS) when nothing was archived."""
+        with self.engine.connect() as conn:
+            if not self._archives_table(conn):
+                return 0, GENESIS
+            row = conn.execute(
+                select(AUDIT_ARCHIVES.c.last_seq, AUDIT_ARCHIVES.c.last_hash)
+                .order_by(AUDIT_ARCHIVES.c.last_seq.desc())
+                .limit(1)
+            ).first()
+        return (int(row.last_seq), str(row.last_hash)) if row else (0, GENESIS)
+
+    def audit_archives(self) -> list[Any]:
+        """Every archive file recorded, in chain order."""
+        with self.engine.connect() as conn:
+            if not self._archives_table(conn):
+                return []
+            return list(
+                conn.execute(select(AUDIT_ARCHIVES).order_by(AUDIT_ARCHIVES.c.last_seq)).all()
+            )
+
+    @staticmethod
+    def _archives_table(conn: Connection) -> bool:
+        # A store not yet migrated to 0005 (`tongban audit verify` does not migrate) has
+        # nothing archived.
+        return inspect(conn).has_table(AUDIT_ARCHIVES.name)
+
+    def audit_rows(self, upto: int, page: int = 10_000, after: int = 0) -> Iterator[Any]:
+        """The audit log's entries ``after + 1`` to ``upto`` (the head's length, read first)
+        in chain order, ``page`` at a time: memory stays flat for a log of millions of
+        entries, and entries a running gateway appends meanwhile are not part of the walk."""
         while after < upto:
             with self.engine.connect() as conn:
                 rows = conn.execute(

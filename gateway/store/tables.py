@@ -6,6 +6,7 @@ events      status history of every case; ``seq`` is the WatchCases cursor
 outbox      deliveries to partner systems: pending -> delivered | dead (the dead-letter queue)
 audit       append-only, hash-chained log of who did what
 audit_head  the chain's last hash, locked while appending
+audit_archives  the audit chain's entries moved to archive files (``tongban audit archive``)
 gateways    the gateway processes delivering from the store, and when each was last seen
 """
 
@@ -15,6 +16,7 @@ from sqlalchemy import Column, Index, LargeBinary, Text
 from sqlmodel import Field, SQLModel
 
 __all__ = [
+    "AuditArchiveRow",
     "AuditHead",
     "AuditRow",
     "CaseRow",
@@ -128,6 +130,21 @@ class AuditHead(SQLModel, table=True):
     id: int = Field(default=1, primary_key=True)
     length: int = 0
     hash: str = Field(max_length=64)
+
+
+class AuditArchiveRow(SQLModel, table=True):
+    """Entries ``first_seq``..``last_seq`` of the audit chain, moved to the archive file
+    ``file`` (0005): the store no longer holds them, and its chain starts after the highest
+    ``last_seq``, from ``last_hash``."""
+
+    __tablename__ = "audit_archives"
+
+    last_seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    first_seq: int
+    last_hash: str = Field(max_length=64)
+    file: str = Field(max_length=255)
+    sha256: str = Field(max_length=64)
+    archived_at: float
 
 
 class GatewayRow(SQLModel, table=True):

@@ -33,7 +33,16 @@ from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import BackendUnavailable, GatewayError
-from .tables import AuditHead, AuditRow, CaseRow, EventRow, GatewayRow, OutboxRow, RequestRow
+from .tables import (
+    AuditArchiveRow,
+    AuditHead,
+    AuditRow,
+    CaseRow,
+    EventRow,
+    GatewayRow,
+    OutboxRow,
+    RequestRow,
+)
 
 __all__ = [
     "AuditEntry",
@@ -53,6 +62,7 @@ EVENTS: Table = EventRow.__table__  # type: ignore[attr-defined]
 OUTBOX: Table = OutboxRow.__table__  # type: ignore[attr-defined]
 AUDIT: Table = AuditRow.__table__  # type: ignore[attr-defined]
 AUDIT_HEAD: Table = AuditHead.__table__  # type: ignore[attr-defined]
+AUDIT_ARCHIVES: Table = AuditArchiveRow.__table__  # type: ignore[attr-defined]
 GATEWAYS: Table = GatewayRow.__table__  # type: ignore[attr-defined]
 GENESIS = "0" * 64
 

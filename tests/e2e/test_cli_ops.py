@@ -7,6 +7,7 @@ import json
 import re
 import sqlite3
 import time
+from pathlib import Path
 
 from .conftest import run
 
@@ -15,7 +16,7 @@ def test_db_upgrade_and_dead_letter_commands(tmp_path) -> None:
     env = {"TONGBAN_STORE__DATA_DIR": str(tmp_path)}
     up = run("db", "upgrade", "--config", "tongban.toml", env=env)
     assert up.returncode == 0, up.stderr
-    assert "store at revision 0004 (was empty)" in up.stdout
+    assert "store at revision 0005 (was empty)" in up.stdout
     db = tmp_path / "tongban.db"
     now = time.time()
     with sqlite3.connect(db) as conn:
@@ -171,6 +172,36 @@ def test_a_real_exchange_is_traced_backed_up_purged_and_its_audit_chain_verifies
     assert counts == [0, 0, 0, 0]
     ok = run("audit", "verify", "--config", "tongban.toml", env=env)
     assert ok.returncode == 0, ok.stdout
+    # The audit log archived: every entry made so far into files of 10, then checked with them.
+    archives = tmp_path / "archives"
+    bad = run("audit", "archive", "--before", "May 1st", "--dir", str(archives), "--config",
+              "tongban.toml", env=env)  # fmt: skip
+    assert (bad.returncode, bad.stderr) == (
+        2, "error: --before 'May 1st': not an ISO 8601 date or time\n"
+    )  # fmt: skip
+    time.sleep(0.05)
+    moved = run("audit", "archive", "--days", "0", "--per-file", "10", "--dir", str(archives),
+                "--json", "--config", "tongban.toml", env=env)  # fmt: skip
+    assert moved.returncode == 0, moved.stderr
+    files = json.loads(moved.stdout)["files"]
+    upto = json.loads(moved.stdout)["archived_upto"]
+    assert files[0]["first"] == 1
+    assert files[-1]["last"] == upto
+    assert len(files) == -(-upto // 10)
+    plain = run("audit", "verify", "--config", "tongban.toml", env=env)
+    assert plain.returncode == 0, plain.stdout
+    assert f"(entries {upto + 1} on; 1-{upto} archived)" in plain.stdout
+    assert f"entries 1-{upto} are in archive files: check them with --archives DIR" in plain.stdout
+    full = run("audit", "verify", "--archives", str(archives), "--config", "tongban.toml", env=env)
+    assert full.returncode == 0, full.stdout
+    assert f"archives intact: {len(files)} files, entries 1-{upto}" in full.stdout
+    # A backup of the store that archived still checks its chain, from where it now starts.
+    again = run("db", "backup", str(tmp_path / "b" / "t2.db"), "--config", "tongban.toml", env=env)
+    assert again.returncode == 0, again.stderr
+    Path(files[0]["file"]).unlink()
+    gone = run("audit", "verify", "--archives", str(archives), "--config", "tongban.toml", env=env)
+    assert gone.returncode == 1
+    assert "archives BROKEN: entries 1..10 have no file" in gone.stdout
 
 
 TABLES = ("requests", "outbox", "cases", "events")

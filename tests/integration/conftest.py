@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,9 @@ from grpc_status import rpc_status
 
 from gateway.app import Gateway
 from gateway.settings import Settings, load_settings
+from gateway.store.intents import ReplayIntent
 from gateway.store.store import Store
+from gateway.store.writer import OUTBOX
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,6 +60,31 @@ async def running_store(url: str, clock: Callable[[], float] = time.time) -> Asy
         yield store
     finally:
         await store.stop()
+
+
+async def append_audit_entries(store: Store, n: int, *, one_by_one: bool = False) -> None:
+    """``n`` audit entries: dead letters put in, then replayed (an entry each), in one
+    transaction, or with ``one_by_one`` in one each (each at its own reading of the clock)."""
+    for size in [1] * n if one_by_one else [n]:
+        with store.engine.begin() as conn:
+            for _ in range(size):
+                conn.execute(
+                    OUTBOX.insert().values(
+                        exchange_id=uuid.uuid4().hex,
+                        kind="case",
+                        target_partner="sz",
+                        target_city="440300",
+                        state="dead",
+                        attempts=1,
+                        next_attempt_at=0.0,
+                        lease_until=0.0,
+                        last_error="x",
+                        created_at=0.0,
+                        dead_at=0.0,
+                        replays=0,
+                    )
+                )
+        assert len(await store.write(ReplayIntent("ops", None))) == size
 
 
 @pytest.fixture

@@ -3,18 +3,16 @@ read first, a page at a time, and still finds a broken link."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy import insert, update
+from sqlalchemy import update
 
 from gateway.audit import verify_chain
-from gateway.store.intents import ReplayIntent
 from gateway.store.store import Store
-from gateway.store.writer import AUDIT, OUTBOX
+from gateway.store.writer import AUDIT
 
-from .conftest import running_store
+from .conftest import append_audit_entries, running_store
 
 
 @pytest.fixture
@@ -24,26 +22,7 @@ async def store(db_url: str) -> AsyncIterator[Store]:
 
 
 async def append(store: Store, n: int) -> None:
-    """``n`` audit entries: dead letters put in, then replayed (one entry each)."""
-    with store.engine.begin() as conn:
-        for _ in range(n):
-            conn.execute(
-                insert(OUTBOX).values(
-                    exchange_id=uuid.uuid4().hex,
-                    kind="case",
-                    target_partner="sz",
-                    target_city="440300",
-                    state="dead",
-                    attempts=1,
-                    next_attempt_at=0.0,
-                    lease_until=0.0,
-                    last_error="x",
-                    created_at=0.0,
-                    dead_at=0.0,
-                    replays=0,
-                )
-            )
-    assert len(await store.write(ReplayIntent("ops", None))) == n
+    await append_audit_entries(store, n)
 
 
 async def test_a_chain_verifies_while_entries_are_appended(store: Store) -> None:

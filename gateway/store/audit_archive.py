@@ -1,0 +1,365 @@
+"""Audit archives: the oldest entries of the hash chain moved out of the store into files.
+
+The audit log is append-only and would grow for ever; like X-Road's message log archiver,
+``tongban audit archive`` moves entries older than a cut-off into gzip files of JSON lines and
+deletes them from the store, in chain order, without breaking the chain's evidence:
+
+* a file holds entries ``first``..``last``: a header line (format, ``first``, the hash before
+  it), one line per entry (every column), and a trailer line (``last``, its hash, the count).
+  A file cut short has no trailer and fails to read;
+* it is written next to its final name, flushed to disk, checked by reading it back, and only
+  then renamed (the directory flushed too). Only then is the store told (:class:`ArchiveIntent`):
+  in one transaction the entries are deleted and a row of ``audit_archives`` records the file,
+  its last entry's hash and its SHA-256, and a new audit entry says so;
+* the store's chain now starts after the archived entries, from the last one's hash: ``tongban
+  audit verify`` checks it from there, and with ``--archives DIR`` checks every file too, each
+  linked to the one before it from the chain's start, the last one to where the store's chain
+  begins, and each file's SHA-256 against the store's record. A file edited, dropped, reordered
+  or replaced breaks one of these links.
+
+Files are named by their first entry (``audit-000000000001.jsonl.gz``): an archive interrupted
+after writing its file and before the store recorded it writes the same name again next time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import text
+
+from .reads import time_bound
+from .writer import (
+    AUDIT,
+    AUDIT_ARCHIVES,
+    AUDIT_HEAD,
+    GENESIS,
+    AuditEntry,
+    Batch,
+    Intent,
+    audit_hash,
+)
+
+if TYPE_CHECKING:
+    from .store import Store
+
+__all__ = [
+    "FORMAT",
+    "ArchiveError",
+    "ArchiveFile",
+    "ArchiveIntent",
+    "ArchivesReport",
+    "archive_audit",
+    "archive_name",
+    "read_archive",
+    "verify_archives",
+    "write_archive",
+]
+
+#: The first line's ``format``.
+FORMAT = "tongban-audit-archive/1"
+
+_COLUMNS = ("seq", "ts", "actor", "action", "subject", "detail", "outcome", "prev_hash", "hash")
+_NAME = re.compile(r"^audit-(\d{12})\.jsonl\.gz$")
+
+
+class ArchiveError(Exception):
+    """An archive file that cannot be written or does not check out."""
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveFile:
+    """One archive file: entries ``first``..``last``, the hash before the first, the last's
+    hash, and the file's SHA-256."""
+
+    path: Path
+    first: int
+    last: int
+    prev_hash: str
+    last_hash: str
+    sha256: str
+
+    @property
+    def entries(self) -> int:
+        return self.last - self.first + 1
+
+
+def archive_name(first: int) -> str:
+    """The file name of the archive starting at entry ``first``."""
+    return f"audit-{first:012d}.jsonl.gz"
+
+
+def _check(row: Any, seq: int, prev: str) -> str:
+    """The entry's hash, after checking it follows ``prev`` as entry ``seq``; raises
+    ArchiveError naming what is wrong."""
+    if row.seq != seq:
+        raise ArchiveError(f"entry {seq} is missing (found {row.seq})")
+    if row.prev_hash != prev:
+        raise ArchiveError(f"entry {seq}: link to the previous entry is broken")
+    entry = AuditEntry(row.actor, row.action, row.subject, row.outcome, row.detail)
+    if audit_hash(prev, row.seq, row.ts, entry) != row.hash:
+        raise ArchiveError(f"entry {seq}: content does not match its hash")
+    return str(row.hash)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_archive(rows: Iterable[Any], first: int, prev_hash: str, directory: Path) -> ArchiveFile:
+    """Write ``rows`` (entries ``first``.., in chain order, following ``prev_hash``) to an
+    archive file in ``directory``, checking each link on the way; read it back before it
+    takes its name. Raises ArchiveError if the rows do not chain, or there are none."""
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / archive_name(first)
+    partial = final.with_name(final.name + ".partial")
+    seq, prev = first, prev_hash
+    try:
+        with partial.open("wb") as raw:
+            # mtime 0: the same entries give the same bytes (and SHA-256) when written again
+            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as out:
+                header = {"format": FORMAT, "first": first, "prev_hash": prev_hash}
+                out.write(json.dumps(header).encode() + b"\n")
+                for row in rows:
+                    try:
+                        prev = _check(row, seq, prev)
+                    except ArchiveError as exc:
+                        raise ArchiveError(f"the store's audit chain is broken: {exc}") from None
+                    line = {c: getattr(row, c) for c in _COLUMNS}
+                    out.write(json.dumps(line, ensure_ascii=False).encode() + b"\n")
+                    seq += 1
+                if seq == first:
+                    raise ArchiveError(f"no entries from {first} to archive")
+                trailer = {"last": seq - 1, "last_hash": prev, "entries": seq - first}
+                out.write(json.dumps(trailer).encode() + b"\n")
+            raw.flush()
+            os.fsync(raw.fileno())
+        written = read_archive(partial)
+        if (written.first, written.last, written.last_hash) != (first, seq - 1, prev):
+            raise ArchiveError(f"{partial}: reads back as another range")  # pragma: no cover
+        partial.replace(final)
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    finally:
+        partial.unlink(missing_ok=True)
+    return ArchiveFile(final, first, seq - 1, prev_hash, prev, written.sha256)
+
+
+class _Row:
+    """An entry as read from a file (the columns as attributes)."""
+
+    __slots__ = _COLUMNS
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        for c in _COLUMNS:
+            setattr(self, c, values[c])
+
+
+def read_archive(path: Path) -> ArchiveFile:
+    """Read and check one archive file: its header, every entry's link and hash, its trailer.
+    Raises ArchiveError naming the file and the first problem."""
+    try:
+        with gzip.open(path, "rb") as f:
+            lines = iter(f)
+            header = json.loads(next(lines, b"null"))
+            if not isinstance(header, dict) or header.get("format") != FORMAT:
+                raise ArchiveError(f"{path.name}: not a {FORMAT} file")
+            first, prev = int(header["first"]), str(header["prev_hash"])
+            seq, trailer = first, None
+            for raw in lines:
+                line = json.loads(raw)
+                if "last" in line:
+                    trailer = line
+                    break
+                try:
+                    prev = _check(_Row(line), seq, prev)
+                except ArchiveError as exc:
+                    raise ArchiveError(f"{path.name}: {exc}") from None
+                seq += 1
+            if trailer is None:
+                raise ArchiveError(f"{path.name}: cut short (no trailer after entry {seq - 1})")
+            if next(lines, None) is not None:
+                raise ArchiveError(f"{path.name}: lines after the trailer")
+            if (trailer["last"], trailer["last_hash"], trailer["entries"]) != (
+                seq - 1,
+                prev,
+                seq - first,
+            ):
+                raise ArchiveError(f"{path.name}: the trailer does not match the entries")
+    except ArchiveError:
+        raise
+    except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+        raise ArchiveError(f"{path.name}: unreadable ({type(exc).__name__}: {exc})") from exc
+    return ArchiveFile(path, first, seq - 1, str(header["prev_hash"]), prev, _sha256(path))
+
+
+@dataclass(frozen=True, slots=True)
+class ArchivesReport:
+    """Outcome of checking a directory of archives against the store."""
+
+    ok: bool
+    files: int
+    entries: int
+    problem: str = ""
+    ignored: tuple[str, ...] = ()  # files past the store's archived point (not recorded)
+
+
+def verify_archives(
+    directory: Path, archived: tuple[int, str], recorded: dict[str, str]
+) -> ArchivesReport:
+    """Check every archive file in ``directory``: each one on its own (:func:`read_archive`),
+    linked to the one before it from the chain's start, the last ending where the store's chain
+    begins (``archived``: its last archived entry and hash), and each file's SHA-256 equal to
+    the one the store recorded (``recorded``: file name -> SHA-256)."""
+    upto, upto_hash = archived
+    found = sorted(p for p in directory.glob("audit-*.jsonl.gz") if _NAME.match(p.name))
+    expected, prev, files, ignored = 1, GENESIS, 0, []
+    try:
+        for path in found:
+            if int(_NAME.match(path.name).group(1)) > upto:  # type: ignore[union-attr]
+                ignored.append(path.name)
+                continue
+            a = read_archive(path)
+            if a.first != expected:
+                return ArchivesReport(
+                    False, files, expected - 1, f"entries {expected}..{a.first - 1} have no file"
+                )
+            if a.prev_hash != prev:
+                return ArchivesReport(
+                    False, files, expected - 1, f"{path.name}: does not follow the file before it"
+                )
+            if recorded.get(path.name) != a.sha256:
+                return ArchivesReport(
+                    False,
+                    files,
+                    expected - 1,
+                    f"{path.name}: its SHA-256 is not the one the store recorded",
+                )
+            expected, prev, files = a.last + 1, a.last_hash, files + 1
+    except ArchiveError as exc:
+        return ArchivesReport(False, files, expected - 1, str(exc))
+    if expected - 1 != upto or prev != upto_hash:
+        return ArchivesReport(
+            False,
+            files,
+            expected - 1,
+            f"the files end at entry {expected - 1}, the store's chain starts after entry {upto}",
+        )
+    return ArchivesReport(True, files, upto, ignored=tuple(ignored))
+
+
+@dataclass
+class ArchiveIntent(Intent):
+    """Delete entries ``first``..``last`` of the audit chain, now in the archive file ``file``,
+    and record it; returns False, changing nothing, if the store's chain does not start at
+    ``first`` (another archive ran meanwhile) or entry ``last`` is not the one archived."""
+
+    actor: str
+    first: int
+    last: int
+    last_hash: str
+    file: str
+    sha256: str
+
+    def run(self, batch: Batch) -> bool:
+        conn = batch.conn
+        lock = " FOR UPDATE" if batch.is_postgres else ""  # one archive at a time
+        conn.execute(text(f"SELECT length FROM {AUDIT_HEAD.name} WHERE id = 1{lock}"))  # noqa: S608
+        done = conn.execute(text(f"SELECT MAX(last_seq) FROM {AUDIT_ARCHIVES.name}")).scalar()  # noqa: S608
+        if (done or 0) != self.first - 1:
+            return False
+        last = conn.execute(
+            text(f"SELECT hash FROM {AUDIT.name} WHERE seq = :s"),  # noqa: S608
+            {"s": self.last},
+        ).scalar()
+        if last != self.last_hash:
+            return False
+        conn.execute(
+            text(f"DELETE FROM {AUDIT.name} WHERE seq >= :a AND seq <= :b"),  # noqa: S608
+            {"a": self.first, "b": self.last},
+        )
+        conn.execute(
+            AUDIT_ARCHIVES.insert().values(
+                last_seq=self.last,
+                first_seq=self.first,
+                last_hash=self.last_hash,
+                file=self.file,
+                sha256=self.sha256,
+                archived_at=batch.now,
+            )
+        )
+        detail = f"entries {self.first}-{self.last}, sha256 {self.sha256}"
+        batch.audit.append(AuditEntry(self.actor, "audit.archive", self.file, "archived", detail))
+        return True
+
+
+def _archivable(store: Store, cut: float) -> int:
+    """The last entry made before ``cut`` (0: none)."""
+    with store.read_engine.connect() as conn:
+        return time_bound(conn, AUDIT.name, "seq", "ts", cut)
+
+
+async def archive_audit(
+    store: Store,
+    directory: Path,
+    cut: float,
+    per_file: int,
+    actor: str,
+    *,
+    share: float = 1.0,
+    stop: asyncio.Event | None = None,
+) -> list[ArchiveFile]:
+    """Move every audit entry made before ``cut`` into archive files of at most ``per_file``
+    entries in ``directory``, oldest first, a file and its transaction at a time.
+
+    ``share`` < 1 paces it as retention's purge is paced: after each file it waits until the
+    file's time is ``share`` of the time since it began. It ends between two files once
+    ``stop`` is set.
+
+    Raises ArchiveError if the store's chain does not check out over what is archived, or if
+    another archive of the same store ran meanwhile (its file is then left for it).
+    """
+    done: list[ArchiveFile] = []
+    bound = await store.read(_archivable, store, cut)
+    while True:
+        after, after_hash = await store.read(store.reader.audit_archived)
+        if bound <= after or (stop is not None and stop.is_set()):
+            return done
+        started = time.monotonic()
+        last = min(bound, after + per_file)
+        rows = store.reader.audit_rows(last, after=after)
+        written = await store.read(write_archive, rows, after + 1, after_hash, directory)
+        recorded = await store.write(
+            ArchiveIntent(
+                actor,
+                written.first,
+                written.last,
+                written.last_hash,
+                written.path.name,
+                written.sha256,
+            )
+        )
+        if not recorded:
+            raise ArchiveError(
+                f"another archive of this store ran meanwhile: {written.path.name} was not "
+                "recorded; run it again"
+            )
+        done.append(written)
+        if share < 1.0:
+            await asyncio.sleep((time.monotonic() - started) * (1.0 / share - 1.0))
