@@ -2,8 +2,10 @@
 
 Side by side with the bare echo, in each round: the gateway as shipped; with a Translate
 handler that returns a constant (no translation); that, with calls observed by no metrics; and
-that, with the method wrapper (metrics, access guard, deadline watchdog) taken away too; and the
-gateway as shipped on uvloop (``server.event_loop``), against the same echo.
+that, with the method wrapper (metrics, access guard, deadline watchdog) taken away too; the
+gateway as shipped on uvloop (``server.event_loop``), against the same echo; and the gateway as
+shipped also serving the echo's own method, driven instead of Translate (``echo_in_gateway``):
+the same handler as the bare echo, in the gateway's process beside everything it runs.
 Variants are the real `tongban serve` with one function replaced at start (see
 ``_variant_main``); they exist to explain figures, not to be run in production. Each round
 prints each variant's rate ratio and its server CPU per call (the echo's in the same round /
@@ -42,6 +44,9 @@ VARIANTS = {
     # against the echo on the loop this script's environment gives it (asyncio's own unless
     # TONGBAN_SERVER__EVENT_LOOP says otherwise): what the loop alone changes.
     "uvloop": {"TONGBAN_SERVER__EVENT_LOOP": "uvloop"},
+    # The echo's handler served by the gateway's process (driven instead of Translate): what
+    # the process costs a call before any of the gateway's work on it.
+    "echo_in_gateway": {"BENCH_VARIANT": "echo"},
 }
 
 
@@ -65,6 +70,27 @@ def _variant_main() -> None:
         from gateway.rpc import registration
 
         app.call_observer = lambda metrics: registration._NullObserver()  # type: ignore[assignment]
+    if "echo" in parts:
+        import grpc
+
+        from gateway import app
+
+        build = app.create_server
+
+        def with_echo(*args: Any, **kwargs: Any) -> Any:
+            server, port, health = build(*args, **kwargs)
+
+            async def unary(request: bytes, context: Any) -> bytes:
+                return request
+
+            handlers = {"Unary": grpc.unary_unary_rpc_method_handler(unary)}
+            server.add_generic_rpc_handlers(
+                (grpc.method_handlers_generic_handler(ECHO_SERVICE, handlers),)
+            )
+            server.add_registered_method_handlers(ECHO_SERVICE, handlers)
+            return server, port, health
+
+        app.create_server = with_echo  # type: ignore[assignment]
     if "nowrap" in parts:
         from gateway.rpc import registration
 
@@ -102,12 +128,15 @@ def main() -> None:
                         [b"x" * len(requests[0])],
                         seconds=args.seconds,
                     )
+                    echoing = env.get("BENCH_VARIANT") == "echo"
                     g = drive_measured(
                         gw.proc.pid,
                         "unary",
                         f"127.0.0.1:{gw.port}",
-                        "/tongban.v1.TranslationService/Translate",
-                        requests,
+                        f"/{ECHO_SERVICE}/Unary"
+                        if echoing
+                        else "/tongban.v1.TranslationService/Translate",
+                        [b"x" * len(requests[0])] if echoing else requests,
                         seconds=args.seconds,
                     )
                     assert not g["errors"], g["errors"]
