@@ -198,6 +198,7 @@ def bootstrap(
             store,
             on_purged=metrics.purged_rows,
             on_done=metrics.last_purge.set,
+            on_archive_failed=metrics.audit_archive_failures.inc,
         ),
     )
     services.observer = call_observer(metrics)

@@ -184,6 +184,12 @@ class GatewayMetrics:
         )
         for table in ("requests", "outbox", "cases", "events", "audit"):
             self.purged.labels(table)
+        self.audit_archive_failures = Counter(
+            "tongban_audit_archive_failures_total",
+            "Audit archives (retention.audit_days) that failed: the store's chain broken, the "
+            "directory not writable, the store down. The gateway's log says why.",
+            registry=r,
+        )
         self.last_purge = Gauge(
             "tongban_store_last_purge_timestamp_seconds",
             "When retention last purged the store, or found nothing to purge (UNIX seconds); "

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..settings import RetentionSettings
-from ..store.audit_archive import ArchiveFile, archive_audit
+from ..store.audit_archive import ArchiveFile, ArchiveRaced, archive_audit
 from ..store.retention import PURGED, PurgeIntent, purge_bound, purge_counts
 from ..store.store import Store
 
@@ -53,11 +53,13 @@ class RetentionService:
         *,
         on_purged: Callable[[str, int], None] | None = None,
         on_done: Callable[[float], None] | None = None,
+        on_archive_failed: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.on_purged = on_purged
         self.on_done = on_done  # a serving gateway's purge ended (or another replica's did)
+        self.on_archive_failed = on_archive_failed
 
     def cuts(self, now: float) -> dict[str, float]:
         """Each purged table's cut-off time (UNIX seconds); a table kept for ever is absent."""
@@ -164,12 +166,16 @@ class RetentionService:
             except Exception as exc:  # noqa: BLE001 - the store is down: try at the next turn
                 log.warning("purge failed", extra={"error": f"{type(exc).__name__}: {exc}"})
                 continue
+            files: list[ArchiveFile] = []
             try:
                 files = await self.archive(share=PACED_SHARE, stop=stop)
+            except ArchiveRaced as exc:  # another replica archives into a shared directory
+                log.info("audit archive skipped", extra={"reason": str(exc)})
             except Exception as exc:  # noqa: BLE001 - a broken chain, a full disk, the store
-                # down, another archive running: logged, and the next turn tries again
+                # down: logged and counted (an alert), and the next turn tries again
                 log.warning("audit archive failed", extra={"error": f"{type(exc).__name__}: {exc}"})
-                files = []
+                if self.on_archive_failed is not None:
+                    self.on_archive_failed()
             if files:
                 log.info(
                     "audit entries archived",

@@ -57,6 +57,7 @@ __all__ = [
     "ArchiveError",
     "ArchiveFile",
     "ArchiveIntent",
+    "ArchiveRaced",
     "ArchivesReport",
     "archive_audit",
     "archive_name",
@@ -74,6 +75,10 @@ _NAME = re.compile(r"^audit-(\d{12})\.jsonl\.gz$")
 
 class ArchiveError(Exception):
     """An archive file that cannot be written or does not check out."""
+
+
+class ArchiveRaced(ArchiveError):
+    """Another archive of the same store moved the chain while this one wrote its file."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,7 +361,7 @@ async def archive_audit(
             )
         )
         if not recorded:
-            raise ArchiveError(
+            raise ArchiveRaced(
                 f"another archive of this store ran meanwhile: {written.path.name} was not "
                 "recorded; run it again"
             )

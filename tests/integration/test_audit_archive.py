@@ -4,6 +4,7 @@ archive racing the first is caught. On SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import io
 import json
@@ -19,6 +20,7 @@ from gateway.settings import ConfigError, RetentionSettings, load_settings
 from gateway.store.audit_archive import (
     ArchiveError,
     ArchiveIntent,
+    ArchiveRaced,
     archive_audit,
     read_archive,
     verify_archives,
@@ -220,3 +222,40 @@ def test_audit_days_need_an_archive_directory() -> None:
         env={"TONGBAN_RETENTION__AUDIT_DAYS": "365", "TONGBAN_RETENTION__AUDIT_ARCHIVE_DIR": "a"},
     )
     assert settings.retention.audit_archive_dir == Path("a")
+
+
+async def test_a_failing_archive_is_counted_and_a_raced_one_is_not(
+    store: Store, tmp_path: Path
+) -> None:
+    await append(store, 3)
+    (tmp_path / "taken").write_text("a file where the directory should be")
+    failed: list[int] = []
+    settings = RetentionSettings(
+        request_days=0,
+        delivered_days=0,
+        audit_days=1 / DAY,
+        audit_archive_dir=tmp_path / "taken",
+        interval_seconds=0.05,
+    )
+    svc = RetentionService(settings, store, on_archive_failed=lambda: failed.append(1))
+    stop = asyncio.Event()
+    task = asyncio.create_task(svc.run(stop))
+    async with asyncio.timeout(10):
+        while len(failed) < 2:  # tried again at the next turn, and failing again
+            await asyncio.sleep(0.01)
+    # Another replica archives into a shared directory first: skipped, not a failure.
+    raced = 0
+
+    async def lose(*args: object, **kwargs: object) -> list[object]:
+        nonlocal raced
+        raced += 1
+        raise ArchiveRaced("another archive of this store ran meanwhile")
+
+    failures = len(failed)
+    svc.archive = lose  # type: ignore[method-assign]
+    async with asyncio.timeout(10):
+        while raced < 2:
+            await asyncio.sleep(0.01)
+    stop.set()
+    await task
+    assert len(failed) == failures
