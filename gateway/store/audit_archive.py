@@ -241,7 +241,11 @@ def verify_archives(
                 ignored.append(path.name)
                 continue
             a = read_archive(path)
-            if a.first != expected:
+            if a.first < expected:
+                return ArchivesReport(
+                    False, files, expected - 1, f"{path.name}: overlaps the file before it"
+                )
+            if a.first > expected:
                 return ArchivesReport(
                     False, files, expected - 1, f"entries {expected}..{a.first - 1} have no file"
                 )

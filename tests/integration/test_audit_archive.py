@@ -151,6 +151,13 @@ async def test_a_changed_missing_or_cut_file_is_caught(store: Store, tmp_path: P
     middle.unlink()
     assert verify_archives(tmp_path / "a", archived, sums).problem == "entries 5..8 have no file"
     middle.write_bytes(original)
+    # A copy of the first file under the second's name (the second's own name taken away).
+    middle.rename(tmp_path / "second.gz")
+    middle.write_bytes(files[0].path.read_bytes())
+    assert verify_archives(tmp_path / "a", archived, sums).problem == (
+        "audit-000000000005.jsonl.gz: overlaps the file before it"
+    )
+    (tmp_path / "second.gz").replace(middle)
     files[2].path.rename(tmp_path / "elsewhere.gz")  # the last file gone
     assert verify_archives(tmp_path / "a", archived, sums).problem == (
         "the files end at entry 8, the store's chain starts after entry 11"
