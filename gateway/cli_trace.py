@@ -83,6 +83,7 @@ def cmd_cases_trace(args: argparse.Namespace) -> int:
                     "events": [asdict(e) for e in events],
                     "deliveries": [asdict(r) for r in rows],
                     "audit": [asdict(a) for a in entries],
+                    "audit_archived_through": found.audit_archived_through,
                 },
                 ensure_ascii=False,
             )
@@ -97,6 +98,11 @@ def cmd_cases_trace(args: argparse.Namespace) -> int:
     print(f"  mappings {case.mapping_versions}")
     for at, source, text in timeline(events, rows, entries):
         print(f"{_when(at)}  {source:<6}  {text}")
+    if found.audit_archived_through:
+        print(
+            f"  (its audit entries among 1-{found.audit_archived_through} are in archive files: "
+            "tongban audit archive)"
+        )
     return 0
 
 

@@ -3,6 +3,7 @@ personal data. Shared by ``OperationsService.TraceCase`` and ``tongban cases tra
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from tongban.v1 import case_exchange_pb2 as cx
@@ -25,6 +26,9 @@ class CaseTrace:
     events: list[EventRecord]
     deliveries: list[OutboxRecord]
     audit: list[AuditRecord]
+    # Entries 1 to this one are in archive files, and the case is older than the first entry
+    # the store still holds: its earlier entries are among them (0: all its entries are here).
+    audit_archived_through: int = 0
 
 
 def read_trace(reader: StoreReader, exchange_id: str) -> CaseTrace | None:
@@ -33,6 +37,9 @@ def read_trace(reader: StoreReader, exchange_id: str) -> CaseTrace | None:
     if case is None:
         return None
     rows, entries = reader.trail(exchange_id, case.submitted_at)
+    archived, _ = reader.audit_archived()
+    if archived and case.submitted_at < reader.audit_entry_time(archived + 1, math.inf):
+        return CaseTrace(case, reader.events(exchange_id), rows, entries, archived)
     return CaseTrace(case, reader.events(exchange_id), rows, entries)
 
 
@@ -88,6 +95,7 @@ def to_proto(t: CaseTrace) -> ops.TraceCaseResponse:
             )
             for a in t.audit
         ],
+        audit_archived_through=t.audit_archived_through,
     )
 
 

@@ -383,6 +383,12 @@ class StoreReader:
             ).first()
         return (int(row.last_seq), str(row.last_hash)) if row else (0, GENESIS)
 
+    def audit_entry_time(self, seq: int, default: float) -> float:
+        """When audit entry ``seq`` was made (``default`` if the store does not hold it)."""
+        with self.engine.connect() as conn:
+            ts = conn.execute(select(AUDIT.c.ts).where(AUDIT.c.seq == seq)).scalar()
+        return default if ts is None else float(ts)
+
     def audit_archives(self) -> list[Any]:
         """Every archive file recorded, in chain order."""
         with self.engine.connect() as conn:

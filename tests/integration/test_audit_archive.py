@@ -8,6 +8,7 @@ import asyncio
 import gzip
 import io
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -266,3 +267,35 @@ async def test_a_failing_archive_is_counted_and_a_raced_one_is_not(
     stop.set()
     await task
     assert len(failed) == failures
+
+
+async def test_the_serving_gateways_turn_archives_and_logs_it(
+    store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    await append(store, 4)
+    settings = RetentionSettings(
+        request_days=0,
+        delivered_days=0,
+        audit_days=1 / DAY,
+        audit_archive_dir=tmp_path / "a",
+        interval_seconds=0.05,
+    )
+    counted: list[tuple[str, int]] = []
+    svc = RetentionService(settings, store, on_purged=lambda t, n: counted.append((t, n)))
+    stop = asyncio.Event()
+    with caplog.at_level(logging.INFO, logger="tongban.retention"):
+        task = asyncio.create_task(svc.run(stop))
+        async with asyncio.timeout(10):
+            while not counted:
+                await asyncio.sleep(0.01)
+        stop.set()
+        await task
+    upto = store.reader.audit_archived()[0]
+    assert upto >= 3
+    assert counted[0][0] == "audit"
+    report = verify_archives(tmp_path / "a", store.reader.audit_archived(), recorded(store))
+    assert report.ok
+    assert verify_store(store)[0]
+    archived = [r for r in caplog.records if r.getMessage() == "audit entries archived"]
+    assert archived
+    assert archived[0].files[0] == "audit-000000000001.jsonl.gz"  # type: ignore[attr-defined]

@@ -17,6 +17,7 @@ from adapters.transports import FakePartnerTransport
 from gateway.app import Gateway, bootstrap
 from gateway.partner_sim import InboxSimulator, start_simulator
 from gateway.services.delivery import DeliveryObserver
+from gateway.store.audit_archive import archive_audit
 from tongban.v1 import case_exchange_pb2 as cx
 from tongban.v1 import case_exchange_pb2_grpc as cx_grpc
 from tongban.v1 import common_pb2, records_pb2
@@ -239,6 +240,15 @@ async def test_permanent_rejection_dead_letter_then_replay(
             assert (delivered.state, delivered.replays) == ("delivered", 1)
             assert delivered.delivered_at.seconds > 0
             assert "delivery.replay" in [a.action for a in trace.audit_entries]
+            assert trace.audit_archived_through == 0
+            # Its audit entries archived: the trace says where they went.
+            store = gw.services.store
+            moved = await archive_audit(store, tmp_path / "audit", store.clock(), 100, "ops")
+            assert moved
+            trace = await stub.TraceCase(ops.TraceCaseRequest(exchange_id=xid), metadata=OPS)
+            assert list(trace.audit_entries) == []
+            assert trace.audit_archived_through == moved[-1].last
+            assert len(trace.deliveries) == 1  # the rest of the trace is still there
     finally:
         await gw.stop(grace=0)
 

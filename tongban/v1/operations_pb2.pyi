@@ -398,6 +398,7 @@ class TraceCaseResponse(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     DELIVERIES_FIELD_NUMBER: _builtins.int
     AUDIT_ENTRIES_FIELD_NUMBER: _builtins.int
+    AUDIT_ARCHIVED_THROUGH_FIELD_NUMBER: _builtins.int
     exchange_id: _builtins.str
     """The case."""
     case_number: _builtins.str
@@ -414,6 +415,11 @@ class TraceCaseResponse(_message.Message):
     """Where its delivery to the handling city stands."""
     mapping_versions: _builtins.str
     """Mapping versions it was translated with."""
+    audit_archived_through: _builtins.int
+    """Non-zero when the case is older than the store's audit chain: entries 1 to this one were
+    moved to archive files (`tongban audit archive`), and its entries made before are there,
+    not in audit_entries.
+    """
     @_builtins.property
     def submitted_at(self) -> _timestamp_pb2.Timestamp:
         """When it was submitted."""
@@ -432,7 +438,7 @@ class TraceCaseResponse(_message.Message):
 
     @_builtins.property
     def audit_entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditEntry]:
-        """Its audit entries, in chain order."""
+        """Its audit entries still in the store, in chain order."""
 
     def __init__(
         self,
@@ -450,10 +456,11 @@ class TraceCaseResponse(_message.Message):
         events: _abc.Iterable[_records_pb2.StatusEvent] | None = ...,
         deliveries: _abc.Iterable[Global___Delivery] | None = ...,
         audit_entries: _abc.Iterable[Global___AuditEntry] | None = ...,
+        audit_archived_through: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["submitted_at", b"submitted_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_entries", b"audit_entries", "case_number", b"case_number", "deliveries", b"deliveries", "delivery_state", b"delivery_state", "events", b"events", "exchange_id", b"exchange_id", "handling_city", b"handling_city", "mapping_versions", b"mapping_versions", "receiving_city", b"receiving_city", "status", b"status", "submitted_at", b"submitted_at", "submitter", b"submitter", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_archived_through", b"audit_archived_through", "audit_entries", b"audit_entries", "case_number", b"case_number", "deliveries", b"deliveries", "delivery_state", b"delivery_state", "events", b"events", "exchange_id", b"exchange_id", "handling_city", b"handling_city", "mapping_versions", b"mapping_versions", "receiving_city", b"receiving_city", "status", b"status", "submitted_at", b"submitted_at", "submitter", b"submitter", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
