@@ -38,9 +38,8 @@ def read_trace(reader: StoreReader, exchange_id: str) -> CaseTrace | None:
         return None
     rows, entries = reader.trail(exchange_id, case.submitted_at)
     archived, _ = reader.audit_archived()
-    if archived and case.submitted_at < reader.audit_entry_time(archived + 1, math.inf):
-        return CaseTrace(case, reader.events(exchange_id), rows, entries, archived)
-    return CaseTrace(case, reader.events(exchange_id), rows, entries)
+    older = archived and case.submitted_at < reader.audit_entry_time(archived + 1, math.inf)
+    return CaseTrace(case, reader.events(exchange_id), rows, entries, archived if older else 0)
 
 
 def to_proto(t: CaseTrace) -> ops.TraceCaseResponse:
