@@ -325,6 +325,46 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _archive_dry_run(
+    args: argparse.Namespace, settings: Settings, cut: float, per_file: int
+) -> int:
+    """What an archive up to ``cut`` would move, moving nothing."""
+    from .store.audit_archive import archivable_through
+
+    found = read_store(
+        settings,
+        "audit log",
+        lambda reader: (reader.audit_archived()[0], archivable_through(reader.engine, cut)),
+    )
+    if found is None:
+        return 2
+    archived, through = found
+    n = max(0, through - archived)
+    files = -(-n // per_file)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "dry_run": True,
+                    "cutoff": utc_text(cut),
+                    "archived_upto": archived,
+                    "first": archived + 1 if n else None,
+                    "last": through if n else None,
+                    "entries": n,
+                    "files": files,
+                }
+            )
+        )
+    elif n:
+        print(
+            f"would archive entries {archived + 1}-{through} ({n} entries made before "
+            f"{utc_text(cut)}) in {files} files of at most {per_file}"
+        )
+    else:
+        print(f"nothing to archive: no entry made before {utc_text(cut)} is still in the store")
+    return 0
+
+
 def cmd_audit_archive(args: argparse.Namespace) -> int:
     """Move audit entries older than the cut-off into archive files."""
     return asyncio.run(_archive(args))
@@ -355,7 +395,7 @@ async def _archive(args: argparse.Namespace) -> int:
         print("error: give --before or --days (retention.audit_days is 0)", file=sys.stderr)
         return 2
     directory = Path(args.dir) if args.dir else settings.retention.audit_archive_dir
-    if directory is None:
+    if directory is None and not args.dry_run:
         print("error: give --dir (retention.audit_archive_dir is not set)", file=sys.stderr)
         return 2
     cut = _cutoff(args, settings)
@@ -369,6 +409,9 @@ async def _archive(args: argparse.Namespace) -> int:
     if cut > time.time():
         print(f"error: the cut-off {utc_text(cut)} is in the future", file=sys.stderr)
         return 2
+    if args.dry_run:
+        return _archive_dry_run(args, settings, cut, per_file)
+    assert directory is not None
     try:
         async with _writing(settings) as store:
             files = await archive_audit(store, directory, cut, per_file, "cli")
@@ -471,6 +514,9 @@ def add_ops_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         type=int,
         help="entries per file, deleted from the store in one transaction (default: "
         "retention.audit_entries_per_file, 10000)",
+    )
+    ar.add_argument(
+        "--dry-run", action="store_true", help="say which entries would move; move nothing"
     )
     ar.add_argument("--json", action="store_true", help="one JSON object")
     ar.add_argument("--config", help="TOML settings file")

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
 from .reads import time_bound
 from .writer import (
@@ -59,6 +59,7 @@ __all__ = [
     "ArchiveIntent",
     "ArchiveRaced",
     "ArchivesReport",
+    "archivable_through",
     "archive_audit",
     "archive_name",
     "read_archive",
@@ -318,9 +319,10 @@ class ArchiveIntent(Intent):
         return True
 
 
-def _archivable(store: Store, cut: float) -> int:
-    """The last entry made before ``cut`` (0: none)."""
-    with store.read_engine.connect() as conn:
+def archivable_through(engine: Engine, cut: float) -> int:
+    """The last entry made before ``cut`` (0: none): an archive up to ``cut`` moves the
+    entries after the store's archived point up to this one."""
+    with engine.connect() as conn:
         return time_bound(conn, AUDIT.name, "seq", "ts", cut)
 
 
@@ -345,7 +347,7 @@ async def archive_audit(
     another archive of the same store ran meanwhile (its file is then left for it).
     """
     done: list[ArchiveFile] = []
-    bound = await store.read(_archivable, store, cut)
+    bound = await store.read(archivable_through, store.read_engine, cut)
     while True:
         after, after_hash = await store.read(store.reader.audit_archived)
         if bound <= after or (stop is not None and stop.is_set()):

@@ -180,6 +180,11 @@ def test_a_real_exchange_is_traced_backed_up_purged_and_its_audit_chain_verifies
         2, "error: --before 'May 1st': not an ISO 8601 date or time\n"
     )  # fmt: skip
     time.sleep(0.05)
+    would = run("audit", "archive", "--days", "0", "--per-file", "10", "--dry-run", "--json",
+                "--config", "tongban.toml", env=env)  # fmt: skip
+    assert would.returncode == 0, would.stderr
+    would_move = json.loads(would.stdout)
+    assert not archives.exists()  # a dry run moves nothing
     moved = run("audit", "archive", "--days", "0", "--per-file", "10", "--dir", str(archives),
                 "--json", "--config", "tongban.toml", env=env)  # fmt: skip
     assert moved.returncode == 0, moved.stderr
@@ -188,6 +193,14 @@ def test_a_real_exchange_is_traced_backed_up_purged_and_its_audit_chain_verifies
     assert files[0]["first"] == 1
     assert files[-1]["last"] == upto
     assert len(files) == -(-upto // 10)
+    # The dry run said what moved (the entries made before its own, slightly earlier, cut-off).
+    assert (would_move["first"], would_move["files"]) == (1, len(files))
+    assert would_move["last"] <= upto
+    nothing = run("audit", "archive", "--before", "2000-01-01", "--dry-run", "--config",
+                  "tongban.toml", env=env)  # fmt: skip
+    assert nothing.stdout == (
+        "nothing to archive: no entry made before 2000-01-01T00:00:00Z is still in the store\n"
+    )
     plain = run("audit", "verify", "--config", "tongban.toml", env=env)
     assert plain.returncode == 0, plain.stdout
     assert f"(entries {upto + 1} on; 1-{upto} archived)" in plain.stdout
