@@ -9,21 +9,40 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .store.writer import GENESIS, AuditEntry, audit_hash
 
-__all__ = ["ChainReport", "verify_chain"]
+if TYPE_CHECKING:
+    from .store.reads import StoreReader
+
+__all__ = ["ChainReport", "link_problem", "verify_chain", "verify_store_chain"]
 
 
 @dataclass(frozen=True, slots=True)
 class ChainReport:
-    """Outcome of a verification: ``ok``, entries checked, and the first broken link if any."""
+    """Outcome of a verification: ``ok``, entries checked (from entry ``after + 1``, following
+    ``after_hash``: the entries before are in archive files), and the first broken link if any."""
 
     ok: bool
     checked: int
     broken_seq: int | None = None
     reason: str = ""
+    after: int = 0
+    after_hash: str = GENESIS
+
+
+def link_problem(row: Any, seq: int, prev: str) -> str:
+    """What is wrong with ``row`` as entry ``seq`` of the chain, following the hash ``prev``
+    ("" when nothing is). Shared by the store's chain and the archive files'."""
+    if row.seq != seq:
+        return f"missing (found entry {row.seq})"
+    if row.prev_hash != prev:
+        return "link to the previous entry is broken"
+    entry = AuditEntry(row.actor, row.action, row.subject, row.outcome, row.detail)
+    if audit_hash(prev, row.seq, row.ts, entry) != row.hash:
+        return "content does not match its hash"
+    return ""
 
 
 def verify_chain(
@@ -36,20 +55,13 @@ def verify_chain(
     """Walk ``rows`` (in seq order, from entry ``after + 1``, whose previous hash is
     ``after_hash``) and the recorded head; report the first inconsistency."""
     prev = after_hash
-    expected_seq = after + 1
     checked = 0
     for row in rows:
-        if row.seq != expected_seq:
-            return ChainReport(
-                False, checked, expected_seq, f"entry {expected_seq} is missing (found {row.seq})"
-            )
-        if row.prev_hash != prev:
-            return ChainReport(False, checked, row.seq, "link to the previous entry is broken")
-        entry = AuditEntry(row.actor, row.action, row.subject, row.outcome, row.detail)
-        if audit_hash(prev, row.seq, row.ts, entry) != row.hash:
-            return ChainReport(False, checked, row.seq, "entry content does not match its hash")
+        seq = after + checked + 1
+        problem = link_problem(row, seq, prev)
+        if problem:
+            return ChainReport(False, checked, seq, problem, after, after_hash)
         prev = row.hash
-        expected_seq += 1
         checked += 1
     if after + checked != head_length or prev != head_hash:
         return ChainReport(
@@ -57,5 +69,15 @@ def verify_chain(
             checked,
             after + checked + 1,
             f"chain ends at entry {after + checked} but the head records {head_length}",
+            after,
+            after_hash,
         )
-    return ChainReport(True, checked)
+    return ChainReport(True, checked, after=after, after_hash=after_hash)
+
+
+def verify_store_chain(reader: StoreReader) -> ChainReport:
+    """Verify the chain a store holds: from after its archived entries (if any) to its head,
+    read first (entries a running gateway appends meanwhile are not part of the walk)."""
+    after, after_hash = reader.audit_archived()
+    length, head = reader.audit_head()
+    return verify_chain(reader.audit_rows(length, after=after), length, head, after, after_hash)

@@ -280,7 +280,7 @@ def read_store(settings: Settings, what: str, read: Callable[[StoreReader], T]) 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Walk the audit chain (and its archive files); exit 1 at the first broken link."""
-    from .audit import ChainReport, verify_chain
+    from .audit import ChainReport, verify_store_chain
     from .store.audit_archive import ArchivesReport, verify_archives
 
     settings = read_settings(args.config)
@@ -291,20 +291,18 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         print(f"error: --archives {archives}: no such directory", file=sys.stderr)
         return 2
 
-    def verify(reader: StoreReader) -> tuple[ChainReport, tuple[int, str], ArchivesReport | None]:
-        archived = reader.audit_archived()
-        length, head = reader.audit_head()
-        chain = verify_chain(reader.audit_rows(length, after=archived[0]), length, head, *archived)
-        files = None
-        if archives is not None:
-            recorded = {r.file: r.sha256 for r in reader.audit_archives()}
-            files = verify_archives(archives, archived, recorded)
-        return chain, archived, files
+    def verify(reader: StoreReader) -> tuple[ChainReport, ArchivesReport | None]:
+        chain = verify_store_chain(reader)
+        if archives is None:
+            return chain, None
+        recorded = {r.file: r.sha256 for r in reader.audit_archives()}
+        return chain, verify_archives(archives, (chain.after, chain.after_hash), recorded)
 
     found = read_store(settings, "audit log", verify)
     if found is None:
         return 2
-    report, (archived, _), files = found
+    report, files = found
+    archived = report.after
     ok = report.ok and (files is None or files.ok)
     if report.ok:
         since = f" (entries {archived + 1} on; 1-{archived} archived)" if archived else ""

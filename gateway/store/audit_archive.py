@@ -37,17 +37,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, text
 
+from ..audit import link_problem
 from .reads import time_bound
-from .writer import (
-    AUDIT,
-    AUDIT_ARCHIVES,
-    AUDIT_HEAD,
-    GENESIS,
-    AuditEntry,
-    Batch,
-    Intent,
-    audit_hash,
-)
+from .writer import AUDIT, AUDIT_ARCHIVES, AUDIT_HEAD, GENESIS, AuditEntry, Batch, Intent
 
 if TYPE_CHECKING:
     from .store import Store
@@ -107,13 +99,9 @@ def archive_name(first: int) -> str:
 def _check(row: Any, seq: int, prev: str) -> str:
     """The entry's hash, after checking it follows ``prev`` as entry ``seq``; raises
     ArchiveError naming what is wrong."""
-    if row.seq != seq:
-        raise ArchiveError(f"entry {seq} is missing (found {row.seq})")
-    if row.prev_hash != prev:
-        raise ArchiveError(f"entry {seq}: link to the previous entry is broken")
-    entry = AuditEntry(row.actor, row.action, row.subject, row.outcome, row.detail)
-    if audit_hash(prev, row.seq, row.ts, entry) != row.hash:
-        raise ArchiveError(f"entry {seq}: content does not match its hash")
+    problem = link_problem(row, seq, prev)
+    if problem:
+        raise ArchiveError(f"entry {seq}: {problem}")
     return str(row.hash)
 
 
@@ -243,34 +231,21 @@ def verify_archives(
                 continue
             a = read_archive(path)
             if a.first < expected:
-                return ArchivesReport(
-                    False, files, expected - 1, f"{path.name}: overlaps the file before it"
-                )
+                raise ArchiveError(f"{path.name}: overlaps the file before it")
             if a.first > expected:
-                return ArchivesReport(
-                    False, files, expected - 1, f"entries {expected}..{a.first - 1} have no file"
-                )
+                raise ArchiveError(f"entries {expected}..{a.first - 1} have no file")
             if a.prev_hash != prev:
-                return ArchivesReport(
-                    False, files, expected - 1, f"{path.name}: does not follow the file before it"
-                )
+                raise ArchiveError(f"{path.name}: does not follow the file before it")
             if recorded.get(path.name) != a.sha256:
-                return ArchivesReport(
-                    False,
-                    files,
-                    expected - 1,
-                    f"{path.name}: its SHA-256 is not the one the store recorded",
-                )
+                raise ArchiveError(f"{path.name}: its SHA-256 is not the one the store recorded")
             expected, prev, files = a.last + 1, a.last_hash, files + 1
+        if expected - 1 != upto or prev != upto_hash:
+            raise ArchiveError(
+                f"the files end at entry {expected - 1}, the store's chain starts after entry "
+                f"{upto}"
+            )
     except ArchiveError as exc:
         return ArchivesReport(False, files, expected - 1, str(exc))
-    if expected - 1 != upto or prev != upto_hash:
-        return ArchivesReport(
-            False,
-            files,
-            expected - 1,
-            f"the files end at entry {expected - 1}, the store's chain starts after entry {upto}",
-        )
     return ArchivesReport(True, files, upto, ignored=tuple(ignored))
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine
 
-from ..audit import verify_chain
+from ..audit import verify_store_chain
 from .reads import StoreReader
 
 __all__ = ["BackupError", "BackupReport", "backup_sqlite"]
@@ -120,9 +120,7 @@ def _check(copy: Path, dest: Path, seconds: float) -> BackupReport:
     engine = create_engine(f"sqlite:///{copy}")
     try:
         reader = StoreReader(engine)
-        archived = reader.audit_archived()
-        length, head = reader.audit_head()
-        chain = verify_chain(reader.audit_rows(length, after=archived[0]), length, head, *archived)
+        chain = verify_store_chain(reader)
     finally:
         engine.dispose()
     if not chain.ok:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from gateway.audit import verify_chain
+from gateway.audit import verify_store_chain
 from gateway.services.retention import DAY, RetentionService
 from gateway.settings import ConfigError, RetentionSettings, load_settings
 from gateway.store.audit_archive import (
@@ -54,11 +54,7 @@ async def append(store: Store, n: int) -> None:
 
 
 def verify_store(store: Store) -> tuple[bool, int]:
-    archived = store.reader.audit_archived()
-    length, head = store.reader.audit_head()
-    report = verify_chain(
-        store.reader.audit_rows(length, after=archived[0]), length, head, *archived
-    )
+    report = verify_store_chain(store.reader)
     return report.ok, report.checked
 
 
@@ -232,19 +228,24 @@ def test_audit_days_need_an_archive_directory() -> None:
     assert settings.retention.audit_archive_dir == Path("a")
 
 
+def archiving_often(directory: Path) -> RetentionSettings:
+    """A serving gateway's retention that only archives, every 50 ms, what is 1 s old."""
+    return RetentionSettings(
+        request_days=0,
+        delivered_days=0,
+        audit_days=1 / DAY,
+        audit_archive_dir=directory,
+        interval_seconds=0.05,
+    )
+
+
 async def test_a_failing_archive_is_counted_and_a_raced_one_is_not(
     store: Store, tmp_path: Path
 ) -> None:
     await append(store, 3)
     (tmp_path / "taken").write_text("a file where the directory should be")
     failed: list[int] = []
-    settings = RetentionSettings(
-        request_days=0,
-        delivered_days=0,
-        audit_days=1 / DAY,
-        audit_archive_dir=tmp_path / "taken",
-        interval_seconds=0.05,
-    )
+    settings = archiving_often(tmp_path / "taken")
     svc = RetentionService(settings, store, on_archive_failed=lambda: failed.append(1))
     stop = asyncio.Event()
     task = asyncio.create_task(svc.run(stop))
@@ -273,13 +274,7 @@ async def test_the_serving_gateways_turn_archives_and_logs_it(
     store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     await append(store, 4)
-    settings = RetentionSettings(
-        request_days=0,
-        delivered_days=0,
-        audit_days=1 / DAY,
-        audit_archive_dir=tmp_path / "a",
-        interval_seconds=0.05,
-    )
+    settings = archiving_often(tmp_path / "a")
     counted: list[tuple[str, int]] = []
     svc = RetentionService(settings, store, on_purged=lambda t, n: counted.append((t, n)))
     stop = asyncio.Event()
