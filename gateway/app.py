@@ -170,6 +170,7 @@ def bootstrap(
         log_level=settings.log.level,
         commit_delay=settings.store.commit_delay_ms / 1000,
         commit_delay_per_caller=settings.store.commit_delay_per_caller_ms / 1000,
+        keyring=settings.store.keyring,
     )
     if store.is_sqlite:
         store.migrate()
@@ -333,14 +334,21 @@ class Gateway:
         self._tasks.append(asyncio.create_task(self._probe_store()))
         self._tasks.append(asyncio.create_task(self.services.watchdog.run(self._stop)))
         self._tasks.append(asyncio.create_task(self.services.retention.run(self._stop)))
+        keyring = self.settings.store.keyring
         log.info(
             "gateway serving",
             extra={
                 "address": self.address,
                 "mapping_fast_path": native_enabled(),
                 "event_loop": loop_name(asyncio.get_running_loop()),
+                "sealing_key": keyring.active if keyring else None,
             },
         )
+        if keyring is None and self.settings.auth.mode == "mtls":
+            log.warning(
+                "personal data is stored in the clear: set store.keys_file to seal it "
+                "(docs/security.md#personal-data-at-rest)"
+            )
 
     async def _probe_store(self, interval: float = 1.0) -> None:
         """Ping the store; health follows it (NOT_SERVING while unreachable); refresh gauges.

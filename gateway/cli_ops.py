@@ -42,7 +42,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     settings = read_settings(args.config)
     if settings is None:
         return 2
-    store = Store(settings.store.effective_url)
+    store = Store(settings.store.effective_url, keyring=settings.store.keyring)
     try:
         before = current_revision(store.engine)
         store.migrate()
@@ -60,9 +60,9 @@ _KEPT = {"requests": "idempotency records", "outbox": "delivered outbox rows", "
 
 
 @contextlib.asynccontextmanager
-async def _writing(settings: Settings) -> AsyncIterator[Store]:
+async def writing_store(settings: Settings) -> AsyncIterator[Store]:
     """The configured store with its writer running (a command that writes), stopped after."""
-    store = Store(settings.store.effective_url)
+    store = Store(settings.store.effective_url, keyring=settings.store.keyring)
     store.start()
     try:
         yield store
@@ -74,7 +74,7 @@ async def _purge(args: argparse.Namespace) -> int:
     settings = read_settings(args.config)
     if settings is None:
         return 2
-    async with _writing(settings) as store:
+    async with writing_store(settings) as store:
         svc = RetentionService(settings.retention, store)
         if not svc.enabled:
             print("retention keeps everything (retention.*_days are all 0): nothing to purge")
@@ -154,7 +154,7 @@ async def _dead(args: argparse.Namespace) -> int:
     settings = read_settings(args.config)
     if settings is None:
         return 2
-    async with _writing(settings) as store:
+    async with writing_store(settings) as store:
         return await _dead_command(args, DeadLetterService(store))
 
 
@@ -268,7 +268,7 @@ def _city(settings: Settings, partner: str) -> str:
 
 def read_store(settings: Settings, what: str, read: Callable[[StoreReader], T]) -> T | None:
     """``read`` from the configured store; None, once said why, if it cannot be read."""
-    store = Store(settings.store.effective_url)
+    store = Store(settings.store.effective_url, keyring=settings.store.keyring)
     try:
         return read(store.reader)
     except SQLAlchemyError as exc:
@@ -411,7 +411,7 @@ async def _archive(args: argparse.Namespace) -> int:
         return _archive_dry_run(args, settings, cut, per_file)
     assert directory is not None
     try:
-        async with _writing(settings) as store:
+        async with writing_store(settings) as store:
             files = await archive_audit(store, directory, cut, per_file, "cli")
             archived, _ = await store.read(store.reader.audit_archived)
     except (ArchiveError, OSError, SQLAlchemyError) as exc:
@@ -448,7 +448,7 @@ async def _archive(args: argparse.Namespace) -> int:
 
 def add_ops_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``db``, ``audit``, ``outbox`` and ``dead-letters``."""
-    db = sub.add_parser("db", help="store migrations, backups and retention")
+    db = sub.add_parser("db", help="store migrations, backups, retention and sealing keys")
     dbs = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
     up = dbs.add_parser("upgrade", help="apply every migration (alembic) to the configured store")
     up.add_argument("--config", help="TOML settings file")
@@ -472,6 +472,9 @@ def add_ops_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     pg.add_argument("--json", action="store_true", help="one JSON object")
     pg.add_argument("--config", help="TOML settings file")
     pg.set_defaults(func=cmd_db_purge)
+    from .cli_keys import add_key_commands  # it uses this module's store helpers
+
+    add_key_commands(dbs)
     au = sub.add_parser("audit", help="the hash-chained audit log")
     aus = au.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
     ver = aus.add_parser(

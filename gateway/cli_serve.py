@@ -95,7 +95,7 @@ def _serve_workers(settings: Settings, n: int) -> int:
     if settings.server.port == 0:
         print("error: --workers needs a fixed server.port", file=sys.stderr)
         return 2
-    store = Store(settings.store.effective_url)
+    store = Store(settings.store.effective_url, keyring=settings.store.keyring)
     if store.is_sqlite:
         store.migrate()
     store.dispose()

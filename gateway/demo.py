@@ -10,7 +10,8 @@ Zhongshan (442000) collects applications at its window for service items that Sh
 3. Shenzhen receives each case in Shenzhen's schema, accepts it and completes it, reporting
    in Shenzhen's own status words (ReportStatus);
 4. the demo checks that every case was delivered once, every status reached Zhongshan, and
-   prints an account.
+   that the store holds no personal data in the clear (each case's record sealed with SM4-GCM
+   under a development key made in the data directory), and prints an account.
 
 With ``--federated`` each city runs its own gateway (federated mode, the X-Road model): Zhongshan
 submits to Zhongshan's gateway, which delivers the canonical case to Shenzhen's gateway over
@@ -50,6 +51,9 @@ from .logs import configure_logging
 from .partner_sim import InboxSimulator, start_simulator
 from .services.delivery import DeliveryObserver
 from .settings import load_settings
+from .store.rekey import sealed_counts
+from .store.sealing import generate_key, write_keyring
+from .store.store import Store
 
 __all__ = ["add_demo_command"]
 
@@ -171,10 +175,23 @@ _TIMINGS = {
 }
 
 
+#: The id and cipher of the development key the demo's stores are sealed with.
+DEMO_KEY = ("demo", "sm4-gcm")
+
+
+def _demo_keys(data: Path) -> dict[str, str]:
+    """Settings sealing the store's personal data with a development key made in ``data``."""
+    path = data / "keys.toml"
+    kid, algorithm = DEMO_KEY
+    write_keyring(path, kid, {kid: (algorithm, generate_key(algorithm))})
+    return {"TONGBAN_STORE__KEYS_FILE": str(path)}
+
+
 def _hub(data: Path, port: int, metrics_port: int, zs_port: int, sz_port: int) -> _Topology:
     """One gateway for both cities; their systems call it with development tokens."""
     env = {
         **_TIMINGS,
+        **_demo_keys(data),
         "TONGBAN_SERVER__PORT": str(port),
         "TONGBAN_STORE__DATA_DIR": str(data),
         "TONGBAN_METRICS__PORT": str(metrics_port),
@@ -257,10 +274,12 @@ def _federation(data: Path, port: int, metrics_port: int, zs_port: int, sz_port:
     with its own certificate."""
     pki = make_federation_pki(data / "pki", ("zhongshan", "shenzhen"))
     ports = {"zs-gateway": port or _free_port(), "sz-gateway": _free_port()}
+    keys = _demo_keys(data)
 
     def env(me: str, own: tuple[str, str, int], peer: tuple[str, str]) -> dict[str, str]:
         return {
             **_TIMINGS,
+            **keys,
             **peer_gateway_env(pki, me, ports[me], own, (*peer, ports[peer[0]])),
             "TONGBAN_STORE__DATA_DIR": str(data / me),
             "TONGBAN_METRICS__PORT": str(metrics_port if me == "zs-gateway" else _free_port()),
@@ -297,6 +316,15 @@ def _federation(data: Path, port: int, metrics_port: int, zs_port: int, sz_port:
         data / "zs-gateway" / "tongban.db",
         sz_gw.services.delivery.observer,
     )
+
+
+def _sealed_counts(database: Path) -> dict[str, dict[str, int]]:
+    """Per column of personal data in the store at ``database``, values by sealing key."""
+    store = Store(f"sqlite:///{database}")
+    try:
+        return sealed_counts(store.engine)
+    finally:
+        store.dispose()
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -391,6 +419,7 @@ async def _run(args: argparse.Namespace) -> int:
         while time.monotonic() < deadline and len(zs_sim.applied("status")) < 3 * len(ids):
             await asyncio.sleep(0.1)
     elapsed = time.monotonic() - started
+    sealed = _sealed_counts(topology.database)
     delivered = sz_sim.applied("case")
     duplicates = sum(1 for c in delivered.values() if c > 1)
     flow = Counter(" → ".join(v) for v in seen.values())
@@ -426,6 +455,14 @@ async def _run(args: argparse.Namespace) -> int:
             f"delivered, {back.get(('442000', 'retryable'), 0)} retried (out of order or busy)",
             file=out,
         )
+    kid, algorithm = DEMO_KEY
+    records, notes = sealed.get("cases.canonical", {}), sealed.get("events.note", {})
+    clear = records.get("", 0) + notes.get("", 0)
+    print(
+        f"  personal data at rest .......... {records.get(kid, 0)} case records and "
+        f"{notes.get(kid, 0)} notes sealed ({algorithm}, key {kid!r}), {clear} in the clear",
+        file=out,
+    )
     print(f"  time taken ..................... {elapsed:.2f}s", file=out)
     print(f"  database ....................... {topology.database}", file=out)
     print(f"  metrics ........................ http://127.0.0.1:{metrics_port}/metrics", file=out)
@@ -434,6 +471,8 @@ async def _run(args: argparse.Namespace) -> int:
         and len(delivered) == n
         and duplicates == 0
         and all(v[:1] == ["00"] and v[-1] == "06" for v in seen.values())
+        and records.get(kid, 0) == n
+        and clear == 0
     )
     ok = ok and complete
     print(

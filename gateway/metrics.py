@@ -101,7 +101,8 @@ class GatewayMetrics:
             "tongban_delivery_deferrals_total",
             "Deliveries put back in the outbox for a later attempt, by target city and reason "
             "(backoff: a retry's wait was longer than retry.hold_max_seconds; circuit_open: "
-            "the partner's circuit refused calls).",
+            "the partner's circuit refused calls; sealed: the case's sealed record does not open "
+            "with this gateway's store.keys_file).",
             ("target_city", "reason"),
             registry=r,
         )

@@ -18,7 +18,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .store.sealing import Keyring, KeyringError
 
 __all__ = [
     "AclSettings",
@@ -77,6 +87,25 @@ class StoreSettings(_Model):
     # (0: never wait).
     commit_delay_ms: Annotated[float, Field(ge=0, le=100)] = 15.0
     commit_delay_per_caller_ms: Annotated[float, Field(ge=0, le=100)] = 0.5
+    # A TOML file of keys (readable by its owner only): with it, each case's canonical record
+    # and its status notes are sealed in the store (AES-256-GCM or SM4-GCM); without it, they
+    # are stored in the clear. docs/security.md#personal-data-at-rest.
+    keys_file: Path | None = None
+    _keyring: Keyring | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _load_keys(self) -> StoreSettings:
+        if self.keys_file is not None:
+            try:
+                self._keyring = Keyring.load(self.keys_file)
+            except KeyringError as exc:
+                raise ValueError(f"keys_file: {exc}") from None
+        return self
+
+    @property
+    def keyring(self) -> Keyring | None:
+        """The keys of ``keys_file``, read once when the settings were (None without it)."""
+        return self._keyring
 
     @property
     def effective_url(self) -> str:
@@ -371,6 +400,7 @@ def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     for section, key in (
         ("store", "data_dir"),
+        ("store", "keys_file"),
         ("mappings", "path"),
         ("tls", "cert"),
         ("tls", "key"),

@@ -66,6 +66,7 @@ from ..store.intents import (
     RetireIntent,
 )
 from ..store.reads import CaseRecord, EventRecord
+from ..store.sealing import SealError
 from ..store.store import Store
 from ..timestamps import timestamp
 
@@ -154,6 +155,9 @@ PREFETCH_FRESH_SECONDS = 1.0
 
 #: How often a claim also takes rows of partners no longer configured (to dead-letter them).
 SWEEP_SECONDS = 10.0
+
+#: How long a row whose case's sealed record does not open here waits before it is tried again.
+SEALED_RETRY_SECONDS = 60.0
 
 
 async def _lost() -> str:
@@ -648,6 +652,15 @@ class DeliveryService:
             return partial(self._defer, row, attempts, exc.until, "circuit_open", error)
         except _Permanent as exc:
             return partial(self._dead, row, attempts, exc.reason)
+        except SealError as exc:
+            # This gateway lacks the key of the case's record: no call was made, the partner is
+            # not to blame, and the row waits (not a dead letter) until the keys are fixed.
+            log.error(
+                "a case's sealed record does not open: delivery deferred",
+                extra={"exchange_id": row.exchange_id, "error": str(exc)},
+            )
+            until = self.clock() + SEALED_RETRY_SECONDS
+            return partial(self._defer, row, attempts - 1, until, "sealed", f"SEALED: {exc}")
         except TransportError as exc:
             if exc.retryable and attempts < policy.max_attempts:
                 # The next wait is too long to hold a worker: the outbox keeps the row, until

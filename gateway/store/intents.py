@@ -12,6 +12,7 @@ from sqlalchemy import and_, delete, func, insert, select, update
 
 from ..domain.lifecycle import allowed
 from ..errors import CaseNotFound, IllegalTransition, RequestIdReused
+from .sealing import CANONICAL, NOTE, open_value
 from .writer import CASES, EVENTS, GATEWAYS, OUTBOX, AuditEntry, Batch, Intent
 
 __all__ = [
@@ -68,6 +69,9 @@ class SubmitCaseIntent(Intent):
             return stored, True
         now = batch.now
         exchange_id = self.exchange_id
+        record = self.canonical
+        if batch.keyring is not None:
+            record = batch.keyring.seal(record, CANONICAL, exchange_id).encode("ascii")
         batch.remember_request(
             self.partner, self.request_id, "submit", self.body_hash, self.response
         )
@@ -78,7 +82,7 @@ class SubmitCaseIntent(Intent):
                 self.receiving_city,
                 self.handling_city,
                 self.case_number,
-                bytearray(self.canonical),  # bound as is (see Batch.remember_request)
+                bytearray(record),  # bound as is (see Batch.remember_request)
                 self.mapping_versions,
                 now,
                 now,
@@ -112,13 +116,19 @@ def _apply_status(
     values: dict[str, Any] = {"status": new, "updated_at": batch.now}
     if delivery_state:
         values["delivery_state"] = delivery_state
+    keyring = batch.keyring
     if canonical_update:
         row = batch.conn.execute(
             select(CASES.c.canonical).where(CASES.c.exchange_id == exchange_id)
         ).one()
-        record = json.loads(row.canonical)
+        record = json.loads(open_value(keyring, row.canonical, CANONICAL, exchange_id))
         record.update(canonical_update)
-        values["canonical"] = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+        text = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+        if keyring is not None:
+            text = keyring.seal(text.encode("utf-8"), CANONICAL, exchange_id)
+        values["canonical"] = text
+    if note and keyring is not None:
+        note = keyring.seal(note.encode("utf-8"), NOTE, exchange_id)
     batch.conn.execute(
         update(CASES)
         .where(and_(CASES.c.exchange_id == exchange_id, CASES.c.status == current))

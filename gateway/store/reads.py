@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, func, inspect, or_, select, text
 
+from .sealing import CANONICAL, NOTE, PREFIX, Keyring, SealError, key_id_of, open_value
 from .writer import AUDIT, AUDIT_ARCHIVES, AUDIT_HEAD, CASES, EVENTS, GATEWAYS, GENESIS, OUTBOX
 
 __all__ = [
@@ -128,23 +130,45 @@ def time_bound(conn: Connection, table: str, key: str, made: str, cut: float) ->
 
 
 class StoreReader:
-    """Read-only queries."""
+    """Read-only queries. With ``keyring``, sealed personal data is opened as it is read
+    (:mod:`.sealing`); a value the keyring cannot open raises :class:`SealError`."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, keyring: Keyring | None = None) -> None:
         self.engine = engine
+        self.keyring = keyring
+
+    def _case(self, row: Any, *, open_record: bool = True) -> CaseRecord:
+        case = CaseRecord(*row)
+        if open_record and case.canonical.startswith(PREFIX):
+            opened = open_value(self.keyring, case.canonical, CANONICAL, case.exchange_id)
+            case = dataclasses.replace(case, canonical=opened)
+        return case
+
+    def _event(self, row: Any, *, lenient: bool = False) -> EventRecord:
+        event = EventRecord(*row)
+        if event.note.startswith(PREFIX):
+            try:
+                opened = open_value(self.keyring, event.note, NOTE, event.exchange_id)
+            except SealError:
+                if not lenient:
+                    raise
+                opened = f"[sealed with key {key_id_of(event.note)}]"
+            event = dataclasses.replace(event, note=opened)
+        return event
 
     def ping(self) -> None:
         """Raise if the store is unreachable."""
         with self.engine.connect() as conn:
             conn.exec_driver_sql("SELECT 1")
 
-    def case(self, exchange_id: str) -> CaseRecord | None:
-        """One case by exchange id."""
+    def case(self, exchange_id: str, *, open_record: bool = True) -> CaseRecord | None:
+        """One case by exchange id (without ``open_record``, its record as stored: sealed or
+        not, for a reader that does not use it)."""
         with self.engine.connect() as conn:
             row = conn.execute(
                 select(*_CASE_COLS).where(CASES.c.exchange_id == exchange_id)
             ).first()
-        return CaseRecord(*row) if row else None
+        return self._case(row, open_record=open_record) if row else None
 
     def cases(
         self,
@@ -184,24 +208,25 @@ class StoreReader:
                     .limit(limit)
                 )
                 for r in conn.execute(stmt):
-                    found[r.seq] = CaseRecord(*r)
+                    found[r.seq] = self._case(r)
         return [found[k] for k in sorted(found, reverse=True)[:limit]]
 
-    def events(self, exchange_id: str) -> list[EventRecord]:
-        """The history of one case, oldest first."""
+    def events(self, exchange_id: str, *, lenient: bool = False) -> list[EventRecord]:
+        """The history of one case, oldest first. With ``lenient``, a note sealed with a key
+        this reader lacks reads as the key's name, instead of raising :class:`SealError`."""
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(*_EVENT_COLS)
                 .where(EVENTS.c.exchange_id == exchange_id)
                 .order_by(EVENTS.c.seq)
             )
-            return [EventRecord(*r) for r in rows]
+            return [self._event(r, lenient=lenient) for r in rows]
 
     def event(self, seq: int) -> EventRecord | None:
         """One event by seq."""
         with self.engine.connect() as conn:
             row = conn.execute(select(*_EVENT_COLS).where(EVENTS.c.seq == seq)).first()
-        return EventRecord(*row) if row else None
+        return self._event(row) if row else None
 
     def for_delivery(
         self, exchange_ids: list[str], event_seqs: list[int]
@@ -213,10 +238,10 @@ class StoreReader:
         with self.engine.connect() as conn:
             if exchange_ids:
                 stmt = select(*_CASE_COLS).where(CASES.c.exchange_id.in_(exchange_ids))
-                cases = {r.exchange_id: CaseRecord(*r) for r in conn.execute(stmt)}
+                cases = {r.exchange_id: self._case(r) for r in conn.execute(stmt)}
             if event_seqs:
                 stmt = select(*_EVENT_COLS).where(EVENTS.c.seq.in_(event_seqs))
-                events = {r.seq: EventRecord(*r) for r in conn.execute(stmt)}
+                events = {r.seq: self._event(r) for r in conn.execute(stmt)}
         return cases, events
 
     def events_after(
@@ -237,7 +262,7 @@ class StoreReader:
             .limit(limit)
         )
         with self.engine.connect() as conn:
-            return [(EventRecord(*r[:6]), r[6], r[7]) for r in conn.execute(stmt)]
+            return [(self._event(r[:6]), r[6], r[7]) for r in conn.execute(stmt)]
 
     def last_event_seq(self) -> int:
         """The newest event seq (0 when none)."""

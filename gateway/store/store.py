@@ -9,6 +9,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from .engine import make_engine, upgrade
 from .reads import StoreReader
+from .sealing import Keyring
 from .writer import Intent, StoreWriter
 from .writer_process import WriterProcess
 
@@ -32,8 +33,11 @@ class Store:
         log_level: str = "WARNING",
         commit_delay: float = 0.0,
         commit_delay_per_caller: float = 0.0005,
+        keyring: Keyring | None = None,
     ) -> None:
         self.url = url
+        #: Seals the personal data the store keeps (docs/security.md); None: in the clear.
+        self.keyring = keyring
         self.clock = clock
         self.engine = make_engine(url, pool_size=pool_size, write=True)
         self.read_engine = (
@@ -46,7 +50,7 @@ class Store:
             ":memory:",
         )
         self.writer_process = (
-            WriterProcess(url, pool_size=pool_size, log_level=log_level)
+            WriterProcess(url, pool_size=pool_size, log_level=log_level, keyring=keyring)
             if writer == "process" and not in_memory
             else None
         )
@@ -57,8 +61,9 @@ class Store:
             executor=self.writer_process.run if self.writer_process else None,
             commit_delay=commit_delay,
             commit_delay_per_caller=commit_delay_per_caller,
+            keyring=keyring,
         )
-        self.reader = StoreReader(self.read_engine)
+        self.reader = StoreReader(self.read_engine, keyring)
         self.notify = asyncio.Event()  # set after writes (WatchCases wakes up)
         self.outbox_ready = asyncio.Event()  # set after writes (delivery claimer wakes up)
 

@@ -33,6 +33,7 @@ from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import BackendUnavailable, GatewayError
+from .sealing import Keyring
 from .tables import (
     AuditArchiveRow,
     AuditHead,
@@ -245,6 +246,8 @@ class Batch:
     conn: Connection
     now: float
     is_postgres: bool
+    # Seals what the intents store of a case's personal data (None: stored in the clear).
+    keyring: Keyring | None = None
     cases: list[tuple[Any, ...]] = field(default_factory=list)
     requests: list[tuple[Any, ...]] = field(default_factory=list)
     events: list[tuple[Any, ...]] = field(default_factory=list)
@@ -487,8 +490,11 @@ class _Pending:
     group: bool = False
 
 
-def run_intents(engine: Engine, intents: list[Intent], now: float) -> list[Any]:
+def run_intents(
+    engine: Engine, intents: list[Intent], now: float, keyring: Keyring | None = None
+) -> list[Any]:
     """Run ``intents`` in one transaction stamped ``now``; one result (or error) per intent.
+    With ``keyring``, the personal data they store is sealed (:mod:`.sealing`).
 
     Blocking; never raises. Deferred intents are completed first (outside the transaction). If
     the database fails the batch, each intent is retried alone so that one bad apple cannot
@@ -496,11 +502,13 @@ def run_intents(engine: Engine, intents: list[Intent], now: float) -> list[Any]:
     in the writer thread, or in the writer process.
     """
     if any(isinstance(i, DeferredIntent) for i in intents):
-        return _run_completing(engine, intents, now)
-    return _run_or_retry(engine, intents, now)
+        return _run_completing(engine, intents, now, keyring)
+    return _run_or_retry(engine, intents, now, keyring)
 
 
-def _run_completing(engine: Engine, intents: list[Intent], now: float) -> list[Any]:
+def _run_completing(
+    engine: Engine, intents: list[Intent], now: float, keyring: Keyring | None
+) -> list[Any]:
     out: list[Any] = [None] * len(intents)
     ready: list[Intent] = []
     where: list[tuple[int, DeferredIntent | None]] = []
@@ -516,15 +524,17 @@ def _run_completing(engine: Engine, intents: list[Intent], now: float) -> list[A
             ready.append(intent)
             where.append((n, None))
     # The store down fails the completed intents; the refused keep their own errors.
-    results = _run_or_retry(engine, ready, now) if ready else []
+    results = _run_or_retry(engine, ready, now, keyring) if ready else []
     for (n, deferred), result in zip(where, results, strict=True):
         out[n] = deferred.outcome(result) if deferred is not None else result
     return out
 
 
-def _run_or_retry(engine: Engine, intents: list[Intent], now: float) -> list[Any]:
+def _run_or_retry(
+    engine: Engine, intents: list[Intent], now: float, keyring: Keyring | None
+) -> list[Any]:
     try:
-        return _run_batch(engine, intents, now)
+        return _run_batch(engine, intents, now, keyring)
     except Exception as exc:  # noqa: BLE001 - the store down fails the batch, not the writer
         if len(intents) == 1:
             log.error("store write failed", extra={"error": type(exc).__name__})
@@ -535,7 +545,7 @@ def _run_or_retry(engine: Engine, intents: list[Intent], now: float) -> list[Any
         store_errors = (SQLAlchemyError, engine.dialect.loaded_dbapi.Error)
         for intent in intents:
             try:
-                results.extend(_run_batch(engine, [intent], now))
+                results.extend(_run_batch(engine, [intent], now, keyring))
             except store_errors as exc:
                 results.append(BackendUnavailable(f"store error: {type(exc).__name__}"))
             except Exception as exc:  # noqa: BLE001 - a bug in one intent: report it to its caller
@@ -543,10 +553,12 @@ def _run_or_retry(engine: Engine, intents: list[Intent], now: float) -> list[Any
         return results
 
 
-def _run_batch(engine: Engine, intents: list[Intent], now: float) -> list[Any]:
+def _run_batch(
+    engine: Engine, intents: list[Intent], now: float, keyring: Keyring | None
+) -> list[Any]:
     results: list[Any] = []
     with engine.begin() as conn:
-        b = Batch(conn, now, engine.dialect.name == "postgresql")
+        b = Batch(conn, now, engine.dialect.name == "postgresql", keyring)
         keys = [k for i in intents for k in i.prefetch_keys()]
         if keys:
             b.seen_requests.update(b.known_requests(keys))
@@ -587,10 +599,11 @@ class StoreWriter:
         executor: Executor | None = None,
         commit_delay: float = 0.0,
         commit_delay_per_caller: float = 0.0005,
+        keyring: Keyring | None = None,
     ) -> None:
         self.clock = clock
         self.max_batch = max_batch
-        self.executor = executor or functools.partial(run_intents, engine)
+        self.executor = executor or functools.partial(run_intents, engine, keyring=keyring)
         self.commit_delay = commit_delay
         self.commit_delay_per_caller = commit_delay_per_caller
         self._last_callers = 0

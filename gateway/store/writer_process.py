@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackendUnavailable
+from .sealing import Keyring
 from .writer import DeferredIntent, Intent, pack_intents, unpack_intents
 
 __all__ = ["WriterProcess"]
@@ -58,10 +59,18 @@ class WriterProcess:
     loop added milliseconds to every batch).
     """
 
-    def __init__(self, url: str, *, pool_size: int = 5, log_level: str = "WARNING") -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 5,
+        log_level: str = "WARNING",
+        keyring: Keyring | None = None,
+    ) -> None:
         self.url = url
         self.pool_size = pool_size
         self.log_level = log_level
+        self.keyring = keyring
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._reader: asyncio.StreamReader | None = None
@@ -97,8 +106,9 @@ class WriterProcess:
             env=env,
         )
         theirs.close()
-        # The settings travel over the pipe, not the command line (a URL may hold a password).
-        settings = pickle.dumps((self.url, self.pool_size, self.log_level))
+        # The settings travel over the pipe, not the command line (a URL may hold a password,
+        # the keyring holds keys).
+        settings = pickle.dumps((self.url, self.pool_size, self.log_level, self.keyring))
         ours.sendall(_frame(settings))
         self._proc, self._sock = proc, ours
         self._shipped = []
@@ -199,7 +209,7 @@ def _child_main(conn: Connection) -> None:
     from .engine import make_engine
     from .writer import run_intents
 
-    url, pool_size, log_level = pickle.loads(conn.recv_bytes())  # noqa: S301 - our parent
+    url, pool_size, log_level, keyring = pickle.loads(conn.recv_bytes())  # noqa: S301 - parent
     configure_logging(log_level)
     engine = make_engine(url, pool_size=pool_size, write=True)
     gc.freeze()  # start-up objects stay: collections walk only each batch's
@@ -221,7 +231,8 @@ def _child_main(conn: Connection) -> None:
             for intent in intents:
                 if isinstance(intent, DeferredIntent):
                     intent.context = contexts.get(intent.token)
-            results = run_intents(engine, intents, now)  # the store down: BackendUnavailable
+            # The store down: BackendUnavailable.
+            results = run_intents(engine, intents, now, keyring)
             try:
                 conn.send_bytes(_dump(results))
             except OSError:

@@ -277,3 +277,74 @@ def test_outbox_status_shows_what_waits_for_each_partner(tmp_path) -> None:
     assert re.fullmatch(
         r"1 gateway process\(es\) delivering; gw-1 pid 101, seen \d+s ago", lines[-1]
     )
+
+
+def test_the_demo_store_is_sealed_and_its_keys_rotate(tmp_path) -> None:
+    """The demo seals every case record and note; an operator rotates to a new key and moves
+    every stored value to it, while the audit log records the moves and the chain holds."""
+    demo = tmp_path / "demo"
+    out = run("demo", "--cases", "4", "--no-progress", "--data-dir", str(demo), timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "4 case records and 8 notes sealed (sm4-gcm, key 'demo'), 0 in the clear" in out.stdout
+    keys = demo / "keys.toml"
+    assert keys.stat().st_mode & 0o777 == 0o600
+    with sqlite3.connect(demo / "tongban.db") as conn:
+        (record,) = conn.execute("SELECT canonical FROM cases LIMIT 1").fetchone()
+    assert record.startswith("enc1:demo:")
+    env = {"TONGBAN_STORE__DATA_DIR": str(demo)}
+    # Without the keys, status says which key it lacks; traces still work (no personal data).
+    lacking = run("db", "keys", "status", "--config", "tongban.toml", env=env)
+    assert lacking.returncode == 1
+    assert "sealed with keys the keys file lacks: demo" in lacking.stderr
+    assert "cases.canonical: 4 sealed with demo" in lacking.stdout
+    with sqlite3.connect(demo / "tongban.db") as conn:
+        (xid,) = conn.execute("SELECT exchange_id FROM cases LIMIT 1").fetchone()
+    trace = run("cases", "trace", xid, "--config", "tongban.toml", env=env)
+    assert trace.returncode == 0, trace.stderr
+    assert "[sealed with key demo]" in trace.stdout  # the notes, by their key's name
+    nothing = run("db", "reencrypt", "--config", "tongban.toml", env=env)
+    assert nothing.returncode == 2
+    assert "set store.keys_file" in nothing.stderr
+    # A second key: made active, the first still opens what it sealed.
+    env["TONGBAN_STORE__KEYS_FILE"] = str(keys)
+    new = run("db", "keys", "new", "--id", "k2", "--config", "tongban.toml", env=env)
+    assert new.returncode == 0, new.stderr
+    assert "key k2 (aes-256-gcm) added" in new.stdout
+    again = run("db", "keys", "new", "--id", "k2", "--file", str(keys))
+    assert again.returncode == 2
+    assert "already has a key 'k2'" in again.stderr
+    assert keys.stat().st_mode & 0o777 == 0o600
+    bad = run("db", "reencrypt", "--batch", "0", "--config", "tongban.toml", env=env)
+    assert bad.returncode == 2
+    moved = run("db", "reencrypt", "--batch", "3", "--json", "--config", "tongban.toml", env=env)
+    assert moved.returncode == 0, moved.stderr
+    assert json.loads(moved.stdout)["columns"] == {
+        "cases.canonical": {"read": 4, "sealed": 4, "changed": 0},
+        "events.note": {"read": 8, "sealed": 8, "changed": 0},
+    }
+    status = run("db", "keys", "status", "--json", "--config", "tongban.toml", env=env)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout) == {
+        "active": "k2",
+        "values": {"cases.canonical": {"k2": 4}, "events.note": {"k2": 8}},
+        "missing_keys": [],
+        "unused_keys": ["demo"],
+    }
+    verify = run("audit", "verify", "--config", "tongban.toml", env=env)
+    assert verify.returncode == 0, verify.stdout
+    with sqlite3.connect(demo / "tongban.db") as conn:
+        audited = conn.execute(
+            "SELECT detail FROM audit WHERE action = 'store.reencrypt' ORDER BY seq"
+        ).fetchall()
+    assert [d for (d,) in audited] == [
+        "3 values of cases.canonical sealed with key k2",
+        "1 values of cases.canonical sealed with key k2",
+        "3 values of events.note sealed with key k2",
+        "3 values of events.note sealed with key k2",
+        "2 values of events.note sealed with key k2",
+    ]
+    # Others may not read the keys file: every command refuses it, naming the fix.
+    keys.chmod(0o644)
+    refused = run("db", "keys", "status", "--config", "tongban.toml", env=env)
+    assert refused.returncode == 2
+    assert "chmod 600" in refused.stderr

@@ -1,0 +1,202 @@
+"""``tongban db keys new|status`` and ``tongban db reencrypt``: the keys that seal personal data
+in the store, and moving stored values to the active key (docs/security.md#personal-data-at-rest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from .cli_ops import read_store, writing_store
+from .cli_serve import read_settings
+from .store.rekey import SEALED_COLUMNS, ReencryptIntent, sealed_counts
+from .store.sealing import ALGORITHMS, Keyring, KeyringError, generate_key, write_keyring
+
+__all__ = ["add_key_commands"]
+
+
+def cmd_keys_new(args: argparse.Namespace) -> int:
+    """Add a new random key to a keys file (made if missing) and make it the active one."""
+    path = Path(args.file) if args.file else None
+    if path is None:
+        settings = read_settings(args.config)
+        if settings is None:
+            return 2
+        path = settings.store.keys_file
+        if path is None:
+            print("error: give --file, or set store.keys_file", file=sys.stderr)
+            return 2
+    keys: dict[str, tuple[str, str]] = {}
+    try:
+        if path.exists():
+            keys = Keyring.load(path).entries()
+        kid = args.id or datetime.now(UTC).strftime("k%Y%m%d%H%M%S")
+        if kid in keys:
+            print(f"error: {path} already has a key {kid!r}", file=sys.stderr)
+            return 2
+        keys[kid] = (args.algorithm, generate_key(args.algorithm))
+        write_keyring(path, kid, keys)
+    except KeyringError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    older = (
+        f"; it still opens what {', '.join(k for k in keys if k != kid)} sealed"
+        if len(keys) > 1
+        else ""
+    )
+    print(
+        f"key {kid} ({args.algorithm}) added to {path} and made active{older}. Gateways seal "
+        "with it once they start with this file; `tongban db reencrypt` moves stored values to it"
+    )
+    return 0
+
+
+def cmd_keys_status(args: argparse.Namespace) -> int:
+    """How many stored values each key seals; exit 1 if some are sealed with a key the keys
+    file lacks (they cannot be read)."""
+    settings = read_settings(args.config)
+    if settings is None:
+        return 2
+    counts = read_store(settings, "store", lambda reader: sealed_counts(reader.engine))
+    if counts is None:
+        return 1
+    ring = settings.store.keyring
+    known = set(ring.keys) if ring else set()
+    used = {kid for per in counts.values() for kid in per if kid}
+    # The active key seals what comes next: never one to drop, whatever it seals now.
+    active = {ring.active} if ring else set()
+    missing, unused = sorted(used - known), sorted(known - used - active)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "active": ring.active if ring else None,
+                    "values": counts,
+                    "missing_keys": missing,
+                    "unused_keys": unused,
+                }
+            )
+        )
+        return 1 if missing else 0
+    print(f"active key: {ring.active}" if ring else "no keys (store.keys_file unset)")
+    for column, per in counts.items():
+        parts = [
+            f"{n} in the clear" if not kid else f"{n} sealed with {kid}" for kid, n in per.items()
+        ]
+        print(f"{column}: {', '.join(parts) or 'no values'}")
+    if unused:
+        print(
+            f"older keys sealing no stored value: {', '.join(unused)} (drop one only once no "
+            "backup needs it)"
+        )
+    if missing:
+        print(
+            f"error: values are sealed with keys the keys file lacks: {', '.join(missing)}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+async def _reencrypt(args: argparse.Namespace) -> int:
+    settings = read_settings(args.config)
+    if settings is None:
+        return 2
+    if settings.store.keyring is None:
+        print("error: no keys to seal with: set store.keys_file", file=sys.stderr)
+        return 2
+    totals = {c: {"read": 0, "sealed": 0, "changed": 0} for c in SEALED_COLUMNS}
+    problem = ""
+    async with writing_store(settings) as store:
+        try:
+            for column, total in totals.items():
+                after = 0
+                while not problem:
+                    step = await store.write(ReencryptIntent("cli", column, after, args.batch))
+                    total["read"] += step.read
+                    total["sealed"] += step.sealed
+                    total["changed"] += step.changed
+                    problem, after = step.problem, step.last
+                    if step.read < args.batch:
+                        break
+        except SQLAlchemyError as exc:
+            print(f"error: cannot re-encrypt: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
+    active = settings.store.keyring.active
+    if args.json:
+        print(json.dumps({"active": active, "columns": totals, "problem": problem or None}))
+    else:
+        for column, total in totals.items():
+            again = (
+                f"; {total['changed']} changed meanwhile (run again)" if total["changed"] else ""
+            )
+            print(
+                f"{column}: sealed {total['sealed']} of {total['read']} values with key {active}{again}"
+            )
+    if problem:
+        print(f"error: stopped at {problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_reencrypt(args: argparse.Namespace) -> int:
+    """Seal with the active key every stored value that is in the clear or under another key."""
+    return asyncio.run(_reencrypt(args))
+
+
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return n
+
+
+def add_key_commands(dbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``db keys new|status`` and ``db reencrypt`` under ``tongban db``."""
+    keys = dbs.add_parser(
+        "keys", help="the keys that seal personal data in the store (store.keys_file)"
+    )
+    ks = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+    new = ks.add_parser(
+        "new",
+        help="add a new random key to the keys file (made, mode 600, if missing) and make it "
+        "the one new values are sealed with; older keys stay to open what they sealed",
+    )
+    new.add_argument("--file", help="the keys file (default: store.keys_file of --config)")
+    new.add_argument(
+        "--algorithm",
+        choices=sorted(ALGORITHMS),
+        default="aes-256-gcm",
+        help="the cipher (default aes-256-gcm; sm4-gcm is GB/T 32907's SM4)",
+    )
+    new.add_argument("--id", help="the key's id (default: k and the UTC time, kYYYYMMDDHHMMSS)")
+    new.add_argument("--config", help="TOML settings file")
+    new.set_defaults(func=cmd_keys_new)
+    st = ks.add_parser(
+        "status",
+        help="how many stored values each key seals, and how many are in the clear; exit 1 "
+        "if some are sealed with a key the keys file lacks",
+    )
+    st.add_argument("--json", action="store_true", help="one JSON object")
+    st.add_argument("--config", help="TOML settings file")
+    st.set_defaults(func=cmd_keys_status)
+    re = dbs.add_parser(
+        "reencrypt",
+        help="seal with the active key every stored value in the clear or under an older key, "
+        "a transaction per batch, each recorded in the audit log (safe while gateways run)",
+    )
+    re.add_argument(
+        "--batch", type=_positive, default=500, help="rows per transaction (default 500)"
+    )
+    re.add_argument("--json", action="store_true", help="one JSON object")
+    re.add_argument("--config", help="TOML settings file")
+    re.set_defaults(func=cmd_reencrypt)
