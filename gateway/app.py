@@ -53,8 +53,9 @@ from .services.identity import IdentityService
 from .services.peering import PeerInbox
 from .services.retention import RetentionService
 from .settings import Settings
+from .store.sealing import Keyring, KeyringError
 from .store.store import Store
-from .tls_files import ClientCertificates, ServerCertificates
+from .tls_files import ClientCertificates, ServerCertificates, file_signature
 
 __all__ = ["Gateway", "Services", "bootstrap", "create_server"]
 
@@ -312,6 +313,9 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self._metrics_server: Any = None
         self.store_healthy = True
+        # store.keys_file as read with the settings: a change is read again (_reload_keys).
+        keys = settings.store.keys_file
+        self._keys_seen = file_signature([keys]) if keys is not None else ()
 
     @property
     def address(self) -> str:
@@ -361,6 +365,7 @@ class Gateway:
         store, metrics = self.services.store, self.services.metrics
         refresh_at = 0.0
         while not self._stop.is_set():
+            self._reload_keys()
             try:
                 await asyncio.wait_for(store.read(store.reader.ping), timeout=interval * 3)
                 started = time.monotonic()
@@ -383,6 +388,33 @@ class Gateway:
                 )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), interval)
+
+    def _reload_keys(self) -> None:
+        """Read ``store.keys_file`` again if it changed (a key added or made active): checked
+        like at start; a file that fails is refused and the old keys go on."""
+        path = self.settings.store.keys_file
+        if path is None:
+            return
+        signature = file_signature([path])
+        if signature == self._keys_seen:
+            return
+        self._keys_seen = signature
+        reloads = self.services.metrics.keys_reloads
+        try:
+            keyring = Keyring.load(path)
+        except KeyringError as exc:
+            log.warning(
+                "new store keys file refused; the old keys still seal and open",
+                extra={"error": str(exc)},
+            )
+            reloads.labels("rejected").inc()
+            return
+        self.services.store.set_keyring(keyring)
+        reloads.labels("ok").inc()
+        log.info(
+            "store keys reloaded",
+            extra={"sealing_key": keyring.active, "keys": sorted(keyring.keys)},
+        )
 
     async def _set_health(self, status: int) -> None:
         await self.health.set("", status)

@@ -214,6 +214,15 @@ class GatewayMetrics:
         )
         for outcome in ("ok", "rejected"):
             self.tls_reloads.labels("server", outcome)
+        self.keys_reloads = Counter(
+            "tongban_store_keys_reloads_total",
+            "store.keys_file read again after it changed, by outcome (ok; rejected: the old "
+            "keys still seal and open).",
+            ("outcome",),
+            registry=r,
+        )
+        for outcome in ("ok", "rejected"):
+            self.keys_reloads.labels(outcome)
         self.peer_status_changes = Counter(
             "tongban_peer_status_changes_total",
             "Status changes a peer gateway delivered, by peer and outcome: applied, repeated "

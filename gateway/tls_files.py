@@ -38,6 +38,7 @@ __all__ = [
     "ClientMaterial",
     "ServerCertificates",
     "certificate_expiry",
+    "file_signature",
 ]
 
 log = logging.getLogger("tongban.tls")
@@ -64,7 +65,7 @@ def certificate_expiry(path: Path) -> float:
     return _earliest(_certificates(path, path.read_bytes()))
 
 
-def _signature(paths: list[Path]) -> tuple[tuple[int, int, int], ...]:
+def file_signature(paths: list[Path]) -> tuple[tuple[int, int, int], ...]:
     """What tells that files changed: their modification times, sizes and inodes."""
     out = []
     for p in paths:
@@ -135,7 +136,7 @@ class ServerCertificates:
         return [p for p in (self.cert, self.key, self.client_ca) if p is not None]
 
     def _signature(self) -> tuple[tuple[int, int, int], ...]:
-        return _signature(self._paths)
+        return file_signature(self._paths)
 
     def load(self) -> _Loaded:
         """Read and check the files; raise :class:`CertificateError` naming what is wrong."""
@@ -264,7 +265,7 @@ class ClientCertificates:
         self.on_reload, self.on_expiry = on_reload, on_expiry
         self.clock, self.monotonic, self.poll_seconds = clock, monotonic, poll_seconds
         self._paths = [p for p in (ca, cert, key) if p is not None]
-        self._seen = _signature(self._paths)
+        self._seen = file_signature(self._paths)
         self._next_look = monotonic() + poll_seconds
         self.current = self._adopt(self.load(generation=1))
 
@@ -294,7 +295,7 @@ class ClientCertificates:
             return None
         self._next_look = now + self.poll_seconds
         try:
-            signature = _signature(self._paths)
+            signature = file_signature(self._paths)
             if signature == self._seen:
                 return None
             self._seen = signature

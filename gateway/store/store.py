@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, ParamSpec, TypeVar
@@ -10,7 +11,7 @@ from typing import Any, ParamSpec, TypeVar
 from .engine import make_engine, upgrade
 from .reads import StoreReader
 from .sealing import Keyring
-from .writer import Intent, StoreWriter
+from .writer import Intent, StoreWriter, run_intents
 from .writer_process import WriterProcess
 
 __all__ = ["Store"]
@@ -66,6 +67,16 @@ class Store:
         self.reader = StoreReader(self.read_engine, keyring)
         self.notify = asyncio.Event()  # set after writes (WatchCases wakes up)
         self.outbox_ready = asyncio.Event()  # set after writes (delivery claimer wakes up)
+
+    def set_keyring(self, keyring: Keyring | None) -> None:
+        """Seal and open with ``keyring`` from now on (the keys file changed): reads at once,
+        writes from the next batch on."""
+        self.keyring = keyring
+        self.reader.keyring = keyring
+        if self.writer_process is not None:
+            self.writer_process.set_keyring(keyring)
+        else:
+            self.writer.executor = functools.partial(run_intents, self.engine, keyring=keyring)
 
     @property
     def is_sqlite(self) -> bool:

@@ -44,6 +44,8 @@ log = logging.getLogger("tongban.store")
 _STOP = b""
 #: Tags a frame that gives the child a deferred intents' context (a batch: now, packed intents).
 _CONTEXT = "context"
+#: Tags a frame that gives the child the keys to seal with from the next batch on.
+_KEYRING = "keyring"
 
 #: Contexts of deferred intents a writer process keeps after a batch (the newest shipped): a
 #: mapping reload makes a new one, and cases queued under the previous set are still prepared
@@ -71,6 +73,7 @@ class WriterProcess:
         self.pool_size = pool_size
         self.log_level = log_level
         self.keyring = keyring
+        self._keyring_shipped = False  # the child holds self.keyring (sent when it started)
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._reader: asyncio.StreamReader | None = None
@@ -112,6 +115,7 @@ class WriterProcess:
         ours.sendall(_frame(settings))
         self._proc, self._sock = proc, ours
         self._shipped = []
+        self._keyring_shipped = True
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self._reader is None or self._writer is None:
@@ -140,6 +144,11 @@ class WriterProcess:
             self._spawn()
         try:
             reader, writer = await self._connect()
+            if not self._keyring_shipped:
+                writer.write(
+                    _frame(pickle.dumps((_KEYRING, self.keyring), pickle.HIGHEST_PROTOCOL))
+                )
+                self._keyring_shipped = True
             for context in self._contexts_to_ship(intents):
                 writer.write(_frame(pickle.dumps((_CONTEXT, context), pickle.HIGHEST_PROTOCOL)))
             writer.write(_frame(data))
@@ -165,6 +174,11 @@ class WriterProcess:
             ) from None
         results: list[Any] = pickle.loads(reply)  # noqa: S301 - our own child, over our own pipe
         return results
+
+    def set_keyring(self, keyring: Keyring | None) -> None:
+        """Seal with ``keyring`` from the next batch on (the child gets it before that batch)."""
+        self.keyring = keyring
+        self._keyring_shipped = False
 
     def _contexts_to_ship(self, intents: list[Intent]) -> list[Any]:
         """Contexts the batch's deferred intents need that the child does not hold yet."""
@@ -225,6 +239,9 @@ def _child_main(conn: Connection) -> None:
             message = pickle.loads(data)  # noqa: S301 - from our parent, over our own pipe
             if message[0] == _CONTEXT:
                 contexts[message[1].token] = message[1]
+                continue
+            if message[0] == _KEYRING:
+                keyring = message[1]
                 continue
             now, packed = message
             intents = unpack_intents(packed)

@@ -226,3 +226,40 @@ async def test_a_gateway_without_the_key_shows_and_delivers_nothing_and_loses_no
         assert error.startswith("SEALED: ")
         assert "'k1'" in error
         assert ex.sz.calls == 0
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+async def test_a_serving_gateway_reads_its_changed_keys_file_and_refuses_a_bad_one(
+    tmp_path: Path, writer: str
+) -> None:
+    keys = new_keys(tmp_path / "keys.toml", k1="aes-256-gcm")
+    held = {"TONGBAN_DELIVERY__ENABLED": "false", "TONGBAN_STORE__WRITER": writer}
+    async with running_exchange(tmp_path, TONGBAN_STORE__KEYS_FILE=str(keys), **held) as ex:
+        store, registry = ex.gateway.services.store, ex.gateway.services.metrics.registry
+
+        def reloads(outcome: str) -> float | None:
+            return registry.get_sample_value(
+                "tongban_store_keys_reloads_total", {"outcome": outcome}
+            )
+
+        async def submit(n: int) -> str:
+            rec = dict(ZS_CASE, SBLSH=f"442000-2026-80000{n}")
+            return (await ex.stub.SubmitCase(submit_req(f"r-{n}", rec), metadata=ZS)).exchange_id
+
+        ids = [await submit(1)]
+        # A key added and made active, as `tongban db keys new` does: sealed with from then on.
+        entries = Keyring.load(keys).entries()
+        write_keyring(keys, "k2", {**entries, "k2": ("sm4-gcm", generate_key("sm4-gcm"))})
+        await wait_for(lambda: reloads("ok") == 1)
+        ids.append(await submit(2))
+        # A file that does not check out (a half-written edit): refused, the keys go on.
+        keys.write_text('active = "k3"\n')
+        await wait_for(lambda: reloads("rejected") == 1)
+        ids.append(await submit(3))
+        assert [key_id_of(r) for r in stored(store)[0]] == ["k1", "k2", "k2"]
+        for xid in ids:
+            got = await ex.stub.GetCase(
+                cx.GetCaseRequest(exchange_id=xid, schema="tongban.v1.Case"), metadata=ZS
+            )
+            assert got.case_view.canonical.applicant.name == NAME
+        assert reloads("ok") == 1
