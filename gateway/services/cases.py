@@ -41,6 +41,7 @@ from ..mappings import MappingRegistry
 from ..settings import Settings
 from ..store.intents import ReportStatusIntent, SubmitCaseIntent
 from ..store.reads import CaseRecord, EventRecord
+from ..store.sealing import PREFIX as SEALED_PREFIX
 from ..store.store import Store
 from ..timestamps import rfc3339 as _rfc3339
 from ..timestamps import timestamp as _ts
@@ -430,6 +431,10 @@ class CaseService:
             new = enum_name(records_pb2.CaseStatus, request.status, "status")
         if len(request.note) > 2000:
             raise InvalidRequest("note is longer than 2000 characters", "note")
+        if request.note.startswith(SEALED_PREFIX):
+            # The store's mark of a sealed value: a note in the clear that looked sealed would
+            # read as one the gateway cannot open.
+            raise InvalidRequest(f"note must not start with {SEALED_PREFIX!r}", "note")
         update: dict[str, Any] | None = None
         if request.HasField("record"):
             schema = request.record.schema or own

@@ -5,6 +5,7 @@ before, or under an older key, without losing a concurrent change."""
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -16,9 +17,9 @@ from gateway.store.rekey import ReencryptIntent, sealed_counts
 from gateway.store.sealing import Keyring, generate_key, key_id_of, write_keyring
 from gateway.store.store import Store
 from tongban.v1 import case_exchange_pb2 as cx
-from tongban.v1 import common_pb2
+from tongban.v1 import common_pb2, records_pb2
 
-from .conftest import ROOT
+from .conftest import ROOT, rich_error
 from .test_case_exchange import SZ, ZS, ZS_CASE, Exchange, running_exchange, submit_req, wait_for
 
 SZ_ACCEPTANCE = json.loads(
@@ -263,3 +264,24 @@ async def test_a_serving_gateway_reads_its_changed_keys_file_and_refuses_a_bad_o
             )
             assert got.case_view.canonical.applicant.name == NAME
         assert reloads("ok") == 1
+
+
+async def test_a_note_that_looks_sealed_is_refused(tmp_path: Path) -> None:
+    """Without keys, a note stored as sent that looked like a sealed value would make its case
+    unreadable (a read cannot tell it from one sealed with a key it lacks): refused, nothing
+    written."""
+    async with running_exchange(tmp_path, TONGBAN_DELIVERY__ENABLED="false") as ex:
+        xid = (await ex.stub.SubmitCase(submit_req("n-1", ZS_CASE), metadata=ZS)).exchange_id
+        forged = "enc1:k1:" + base64.b64encode(bytes(40)).decode()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await ex.stub.ReportStatus(
+                cx.ReportStatusRequest(
+                    request_id="n-2", exchange_id=xid, status_code="ACCEPTED", note=forged
+                ),
+                metadata=SZ,
+            )
+        err = rich_error(info.value)
+        assert (err["code"], err["fields"]) == (grpc.StatusCode.INVALID_ARGUMENT, ["note"])
+        assert stored(ex.gateway.services.store)[1] == []
+        got = await ex.stub.GetCase(cx.GetCaseRequest(exchange_id=xid), metadata=ZS)
+        assert got.case_view.status == records_pb2.CASE_STATUS_SUBMITTED

@@ -458,7 +458,9 @@ class ReportStatusRequest(_message.Message):
     status: _records_pb2.CaseStatus.ValueType
     """The new status, canonical."""
     note: _builtins.str
-    """Free-text note (reasons, requested supplements)."""
+    """Free-text note (reasons, requested supplements): at most 2000 characters, not starting
+    with "enc1:" (the store's mark of a sealed value).
+    """
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
         """When the change happened; the gateway's time when absent. At most 5 minutes ahead of the
