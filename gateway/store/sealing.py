@@ -41,7 +41,6 @@ import stat
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -60,7 +59,6 @@ __all__ = [
     "write_keyring",
 ]
 
-Algorithm = Literal["aes-256-gcm", "sm4-gcm"]
 #: Each algorithm and the length of its key in bytes.
 ALGORITHMS: dict[str, int] = {"aes-256-gcm": 32, "sm4-gcm": 16}
 
