@@ -12,9 +12,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
+from tqdm import tqdm
 
 from .cli_ops import read_store, writing_store
 from .cli_serve import read_settings
+from .errors import GatewayError
 from .store.rekey import SEALED_COLUMNS, ReencryptIntent, sealed_counts
 from .store.sealing import ALGORITHMS, Keyring, KeyringError, generate_key, write_keyring
 
@@ -116,19 +118,22 @@ async def _reencrypt(args: argparse.Namespace) -> int:
         return 2
     totals = {c: {"read": 0, "sealed": 0, "changed": 0} for c in SEALED_COLUMNS}
     problem = ""
+    quiet = args.json or args.no_progress or not sys.stderr.isatty()
     async with writing_store(settings) as store:
         try:
             for column, total in totals.items():
                 after = 0
-                while not problem:
-                    step = await store.write(ReencryptIntent("cli", column, after, args.batch))
-                    total["read"] += step.read
-                    total["sealed"] += step.sealed
-                    total["changed"] += step.changed
-                    problem, after = step.problem, step.last
-                    if step.read < args.batch:
-                        break
-        except SQLAlchemyError as exc:
+                with tqdm(desc=f"  {column}", unit=" values", disable=quiet, leave=False) as bar:
+                    while not problem:
+                        step = await store.write(ReencryptIntent("cli", column, after, args.batch))
+                        total["read"] += step.read
+                        total["sealed"] += step.sealed
+                        total["changed"] += step.changed
+                        problem, after = step.problem, step.last
+                        bar.update(step.read)
+                        if step.read < args.batch:
+                            break
+        except (SQLAlchemyError, GatewayError) as exc:
             print(f"error: cannot re-encrypt: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1
     active = settings.store.keyring.active
@@ -198,5 +203,6 @@ def add_key_commands(dbs: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--batch", type=_positive, default=500, help="rows per transaction (default 500)"
     )
     re.add_argument("--json", action="store_true", help="one JSON object")
+    re.add_argument("--no-progress", action="store_true", help="no progress bar (on a terminal)")
     re.add_argument("--config", help="TOML settings file")
     re.set_defaults(func=cmd_reencrypt)
