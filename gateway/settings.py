@@ -32,6 +32,7 @@ from .store.sealing import Keyring, KeyringError
 
 __all__ = [
     "AclSettings",
+    "AuditSettings",
     "ConfigError",
     "DeliverySettings",
     "PartnerSettings",
@@ -330,6 +331,14 @@ class AuthSettings(_Model):
     mode: Literal["none", "token", "mtls"] = "token"
 
 
+class AuditSettings(_Model):
+    """What the audit log records beyond every change (docs/security.md)."""
+
+    # An entry for each case record a partner reads (GetCase; ListCases with records), who read
+    # which case in which schema, committed before the record is answered.
+    case_reads: bool = False
+
+
 class LogSettings(_Model):
     """Logging."""
 
@@ -347,6 +356,7 @@ class Settings(_Model):
     delivery: DeliverySettings = DeliverySettings()
     retention: RetentionSettings = RetentionSettings()
     auth: AuthSettings = AuthSettings()
+    audit: AuditSettings = AuditSettings()
     log: LogSettings = LogSettings()
     tls: TlsSettings = TlsSettings()
     partners: dict[str, PartnerSettings] = {}

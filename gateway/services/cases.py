@@ -18,7 +18,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -39,10 +39,11 @@ from ..errors import (
 )
 from ..mappings import MappingRegistry
 from ..settings import Settings
-from ..store.intents import ReportStatusIntent, SubmitCaseIntent
+from ..store.intents import AuditIntent, ReportStatusIntent, SubmitCaseIntent
 from ..store.reads import CaseRecord, EventRecord
 from ..store.sealing import PREFIX as SEALED_PREFIX
 from ..store.store import Store
+from ..store.writer import AuditEntry
 from ..timestamps import rfc3339 as _rfc3339
 from ..timestamps import timestamp as _ts
 from .submission import (
@@ -362,7 +363,9 @@ class CaseService:
             caller, await self.store.read(self.store.reader.case, request.exchange_id)
         )
         events = await self.store.read(self.store.reader.events, row.exchange_id)
-        return cx.GetCaseResponse(case_view=self.render(ms, row, events, schema))
+        view = self.render(ms, row, events, schema)
+        await self._audit_reads(caller, [row], schema, "read")
+        return cx.GetCaseResponse(case_view=view)
 
     async def list(self, caller: Caller, request: cx.ListCasesRequest) -> cx.ListCasesResponse:
         """Visible cases, newest first, keyset pages."""
@@ -397,9 +400,28 @@ class CaseService:
         more = len(rows) > size
         rows = rows[:size]
         resp = cx.ListCasesResponse(cases=[self.render(ms, r, None, schema) for r in rows])
+        await self._audit_reads(caller, rows, schema, "listed")
         if more:
             resp.next_page_token = _encode_page(rows[-1].seq, query)
         return resp
+
+    async def _audit_reads(
+        self, caller: Caller, rows: Sequence[CaseRecord], schema: str, how: str
+    ) -> None:
+        """With ``audit.case_reads``: an entry per case record about to be answered, committed
+        first (a store that cannot record the read does not disclose the record). A summary
+        (schema "none") holds no personal data and is not recorded."""
+        if not self.settings.audit.case_reads or schema == "none" or not rows:
+            return
+        detail = f"{how} as {schema}"
+        await self.store.write(
+            AuditIntent(
+                [
+                    AuditEntry(caller.partner, "case.read", r.exchange_id, "disclosed", detail)
+                    for r in rows
+                ]
+            )
+        )
 
     # -- status ------------------------------------------------------------------------------
 

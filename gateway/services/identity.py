@@ -15,7 +15,6 @@ import time
 import unicodedata
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from adapters.mapping import MappingError, RecordInvalidError, UnknownSchemaError
@@ -44,8 +43,9 @@ from ..errors import (
 from ..mappings import MappingRegistry
 from ..metrics import GatewayMetrics
 from ..settings import Settings
+from ..store.intents import AuditIntent
 from ..store.store import Store
-from ..store.writer import AuditEntry, Batch, Intent
+from ..store.writer import AuditEntry
 
 __all__ = ["IdentityService"]
 
@@ -54,14 +54,6 @@ _ID_TYPES = {
     records_pb2.CERTIFICATE_TYPE_RESIDENT_ID_CARD,
     records_pb2.CERTIFICATE_TYPE_TEMPORARY_RESIDENT_ID_CARD,
 }
-
-
-@dataclass
-class _AuditOnly(Intent):
-    entry: AuditEntry
-
-    def run(self, batch: Batch) -> None:
-        batch.audit.append(self.entry)
 
 
 class IdentityService:
@@ -189,8 +181,8 @@ class IdentityService:
     ) -> None:
         self.metrics.identity_queries.labels(purpose, outcome).inc()
         await self.store.write(
-            _AuditOnly(
-                AuditEntry(caller.partner, action, f"city:{home}", outcome, f"purpose {purpose}")
+            AuditIntent(
+                [AuditEntry(caller.partner, action, f"city:{home}", outcome, f"purpose {purpose}")]
             )
         )
 

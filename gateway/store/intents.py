@@ -16,6 +16,7 @@ from .sealing import CANONICAL, NOTE, open_value
 from .writer import CASES, EVENTS, GATEWAYS, OUTBOX, AuditEntry, Batch, Intent
 
 __all__ = [
+    "AuditIntent",
     "ClaimIntent",
     "ClaimedRow",
     "DeferPartnerIntent",
@@ -41,6 +42,16 @@ def _replay_or_conflict(
     if known[0] != body_hash:
         raise RequestIdReused("request_id was already used with a different request", "request_id")
     return known[1]
+
+
+@dataclass
+class AuditIntent(Intent):
+    """Append audit entries only: what was read or asked, recorded before it is answered."""
+
+    entries: list[AuditEntry]
+
+    def run(self, batch: Batch) -> None:
+        batch.audit.extend(self.entries)
 
 
 @dataclass
