@@ -359,10 +359,8 @@ class CaseService:
         if not request.exchange_id:
             raise InvalidRequest("exchange_id is required", "exchange_id")
         schema = self._view_schema(ms, caller, request.schema)
-        row = self._visible(
-            caller, await self.store.read(self.store.reader.case, request.exchange_id)
-        )
-        events = await self.store.read(self.store.reader.events, row.exchange_id)
+        found, events = await self.store.read(self.store.reader.case_history, request.exchange_id)
+        row = self._visible(caller, found)
         view = self.render(ms, row, events, schema)
         await self._audit_reads(caller, [row], schema, "read")
         return cx.GetCaseResponse(case_view=view)

@@ -161,7 +161,7 @@ class PeerInbox:
             raise InvalidRequest("occurred_at is required", "occurred_at")
         new = enum_name(records_pb2.CaseStatus, request.status, "status")
         at = occurred_at(request.occurred_at, self.cases.clock())
-        case = await self.store.read(self.store.reader.case, request.exchange_id)
+        case, events = await self.store.read(self.store.reader.case_history, request.exchange_id)
         if case is None:
             # A withdrawal can overtake the case it withdraws (two rows of the sender's outbox).
             raise OutOfOrder(
@@ -169,7 +169,6 @@ class PeerInbox:
             )
         if caller.city not in (case.receiving_city, case.handling_city):
             raise CaseNotFound("no such case for this partner", "exchange_id")
-        events = await self.store.read(self.store.reader.events, case.exchange_id)
         if any(e.status == new and e.occurred_at == at for e in events):
             return "repeated"
         # The last change the handling city's system reported (SUBMITTED and RECEIVED are the

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, inspect, or_, select, text
+from sqlalchemy import Connection, Engine, and_, bindparam, func, inspect, or_, select, text
 
 from .sealing import CANONICAL, NOTE, PREFIX, Keyring, SealError, key_id_of, open_value
 from .writer import AUDIT, AUDIT_ARCHIVES, AUDIT_HEAD, CASES, EVENTS, GATEWAYS, GENESIS, OUTBOX
@@ -105,6 +105,12 @@ _CASE_COLS = [CASES.c[n] for n in CaseRecord.__slots__]
 _EVENT_COLS = [EVENTS.c[n] for n in EventRecord.__slots__]
 _OUTBOX_COLS = [OUTBOX.c[n] for n in OutboxRecord.__slots__]
 _AUDIT_COLS = [AUDIT.c[n] for n in AuditRecord.__slots__]
+# Built once: building a statement per call cost a GetCase more than running it.
+_CASE_BY_ID = select(*_CASE_COLS).where(CASES.c.exchange_id == bindparam("x"))
+_HISTORY = select(*_EVENT_COLS).where(EVENTS.c.exchange_id == bindparam("x")).order_by(EVENTS.c.seq)
+_EVENT_BY_SEQ = select(*_EVENT_COLS).where(EVENTS.c.seq == bindparam("seq"))
+_CASES_BY_IDS = select(*_CASE_COLS).where(CASES.c.exchange_id.in_(bindparam("ids", expanding=True)))
+_EVENTS_BY_SEQS = select(*_EVENT_COLS).where(EVENTS.c.seq.in_(bindparam("seqs", expanding=True)))
 
 
 def time_bound(conn: Connection, table: str, key: str, made: str, cut: float) -> int:
@@ -165,9 +171,7 @@ class StoreReader:
         """One case by exchange id (without ``open_record``, its record as stored: sealed or
         not, for a reader that does not use it)."""
         with self.engine.connect() as conn:
-            row = conn.execute(
-                select(*_CASE_COLS).where(CASES.c.exchange_id == exchange_id)
-            ).first()
+            row = conn.execute(_CASE_BY_ID, {"x": exchange_id}).first()
         return self._case(row, open_record=open_record) if row else None
 
     def cases(
@@ -215,17 +219,23 @@ class StoreReader:
         """The history of one case, oldest first. With ``lenient``, a note sealed with a key
         this reader lacks reads as the key's name, instead of raising :class:`SealError`."""
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(*_EVENT_COLS)
-                .where(EVENTS.c.exchange_id == exchange_id)
-                .order_by(EVENTS.c.seq)
-            )
+            rows = conn.execute(_HISTORY, {"x": exchange_id})
             return [self._event(r, lenient=lenient) for r in rows]
+
+    def case_history(self, exchange_id: str) -> tuple[CaseRecord | None, list[EventRecord]]:
+        """One case and its history, oldest first, read together (one connection, one
+        snapshot: no status change can fall between the two)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(_CASE_BY_ID, {"x": exchange_id}).first()
+            if row is None:
+                return None, []
+            events = conn.execute(_HISTORY, {"x": exchange_id})
+            return self._case(row), [self._event(r) for r in events]
 
     def event(self, seq: int) -> EventRecord | None:
         """One event by seq."""
         with self.engine.connect() as conn:
-            row = conn.execute(select(*_EVENT_COLS).where(EVENTS.c.seq == seq)).first()
+            row = conn.execute(_EVENT_BY_SEQ, {"seq": seq}).first()
         return self._event(row) if row else None
 
     def for_delivery(
@@ -237,11 +247,11 @@ class StoreReader:
         events: dict[int, EventRecord] = {}
         with self.engine.connect() as conn:
             if exchange_ids:
-                stmt = select(*_CASE_COLS).where(CASES.c.exchange_id.in_(exchange_ids))
-                cases = {r.exchange_id: self._case(r) for r in conn.execute(stmt)}
+                rows = conn.execute(_CASES_BY_IDS, {"ids": exchange_ids})
+                cases = {r.exchange_id: self._case(r) for r in rows}
             if event_seqs:
-                stmt = select(*_EVENT_COLS).where(EVENTS.c.seq.in_(event_seqs))
-                events = {r.seq: self._event(r) for r in conn.execute(stmt)}
+                rows = conn.execute(_EVENTS_BY_SEQS, {"seqs": event_seqs})
+                events = {r.seq: self._event(r) for r in rows}
         return cases, events
 
     def events_after(
