@@ -56,8 +56,9 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
         else ""
     )
     print(
-        f"key {kid} ({args.algorithm}) added to {path} and made active{older}. Gateways seal "
-        "with it once they start with this file; `tongban db reencrypt` moves stored values to it"
+        f"key {kid} ({args.algorithm}) added to {path} and made active{older}. Gateways using "
+        "this file seal with it from now on (a serving one reads the file again within a "
+        "second); `tongban db reencrypt` moves stored values to it"
     )
     return 0
 
