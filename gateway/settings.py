@@ -334,8 +334,9 @@ class AuthSettings(_Model):
 class AuditSettings(_Model):
     """What the audit log records beyond every change (docs/security.md)."""
 
-    # An entry for each case record a partner reads (GetCase; ListCases with records), who read
-    # which case in which schema, committed before the record is answered.
+    # An entry for each read of a case's personal data (GetCase; ListCases with records; a
+    # WatchCases event with a note; an operator's TraceCase): who read which case and how,
+    # committed before the data is answered.
     case_reads: bool = False
 
 

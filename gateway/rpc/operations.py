@@ -12,6 +12,8 @@ from ..services.dead_letters import DeadLetterService, to_proto
 from ..services.trace import CaseTraceService
 from ..services.trace import to_proto as trace_to_proto
 from ..settings import Settings
+from ..store.intents import AuditIntent
+from ..store.writer import AuditEntry
 
 __all__ = ["OperationsServicer"]
 
@@ -67,6 +69,12 @@ class OperationsServicer:
     async def TraceCase(
         self, request: ops.TraceCaseRequest, context: grpc.aio.ServicerContext
     ) -> ops.TraceCaseResponse:
-        """One case's state and history, without its personal data."""
-        self._operator(context)
-        return trace_to_proto(await self.traces.trace(request.exchange_id))
+        """One case's state and history, without its record (its status notes included)."""
+        caller = self._operator(context)
+        trace = await self.traces.trace(request.exchange_id)
+        if self.settings.audit.case_reads:  # the notes may name the applicant
+            entry = AuditEntry(
+                caller.partner, "case.read", request.exchange_id, "disclosed", "traced"
+            )
+            await self.dead.store.write(AuditIntent([entry]))
+        return trace_to_proto(trace)

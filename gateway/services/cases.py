@@ -522,6 +522,23 @@ class CaseService:
                 self.store.reader.events_after, cursor, [caller.city], request.exchange_id
             )
             ms = self.mappings.current
+            noted = [e for e, _, _ in found if e.note]
+            if noted and self.settings.audit.case_reads:
+                # A note may name the applicant: recorded as read before it is streamed.
+                await self.store.write(
+                    AuditIntent(
+                        [
+                            AuditEntry(
+                                caller.partner,
+                                "case.read",
+                                e.exchange_id,
+                                "disclosed",
+                                f"note of {e.status} watched",
+                            )
+                            for e in noted
+                        ]
+                    )
+                )
             for event, case_number, _receiving in found:
                 cursor = event.seq
                 yield cx.WatchCasesResponse(

@@ -13,6 +13,8 @@ from sqlalchemy import text
 from gateway.audit import verify_store_chain
 from gateway.errors import BackendUnavailable
 from tongban.v1 import case_exchange_pb2 as cx
+from tongban.v1 import operations_pb2 as ops
+from tongban.v1 import operations_pb2_grpc as ops_grpc
 
 from .test_case_exchange import SZ, ZS, ZS_CASE, Exchange, running_exchange, submit_req
 
@@ -74,3 +76,38 @@ async def test_reads_are_not_audited_by_default(tmp_path: Path) -> None:
         await ex.stub.GetCase(cx.GetCaseRequest(exchange_id=ids[0]), metadata=ZS)
         await ex.stub.ListCases(cx.ListCasesRequest(), metadata=ZS)
         assert reads(ex) == []
+
+
+async def test_watched_notes_and_operators_traces_are_audited(tmp_path: Path) -> None:
+    """A status note may name the applicant: streamed by WatchCases, or shown by an operator's
+    TraceCase, it is recorded as read first (events without a note are not)."""
+    held = {
+        "TONGBAN_DELIVERY__ENABLED": "false",
+        "TONGBAN_AUDIT__CASE_READS": "true",
+        "TONGBAN_PARTNERS__OPS__CITY": "440000",
+        "TONGBAN_PARTNERS__OPS__TOKEN": "t-ops",
+        "TONGBAN_PARTNERS__OPS__OPERATOR": "true",
+    }
+    async with running_exchange(tmp_path, **held) as ex:
+        xid = (await ex.stub.SubmitCase(submit_req("w-1", ZS_CASE), metadata=ZS)).exchange_id
+        await ex.stub.ReportStatus(  # Zhongshan's 09: the applicant withdrew, and why
+            cx.ReportStatusRequest(
+                request_id="w-2", exchange_id=xid, status_code="09", note="申请人陈嘉怡撤回"
+            ),
+            metadata=ZS,
+        )
+        watch = ex.stub.WatchCases(
+            cx.WatchCasesRequest(from_beginning=True, exchange_id=xid), metadata=ZS
+        )
+        notes = [(await watch.read()).event.note for _ in range(2)]
+        watch.cancel()
+        assert notes == ["", "申请人陈嘉怡撤回"]
+        async with grpc.aio.insecure_channel(ex.gateway.address) as ch:
+            trace = await ops_grpc.OperationsServiceStub(ch).TraceCase(
+                ops.TraceCaseRequest(exchange_id=xid), metadata=[("authorization", "Bearer t-ops")]
+            )
+        assert trace.exchange_id == xid
+        assert reads(ex) == [
+            ("zs", xid, "disclosed", "note of CASE_STATUS_WITHDRAWN watched"),
+            ("ops", xid, "disclosed", "traced"),
+        ]
