@@ -14,7 +14,6 @@ Usage: python bench/reads.py [--seconds 4] [--concurrency 64] [--rounds 3]
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 from pathlib import Path
@@ -24,7 +23,6 @@ import grpc
 from common import (
     BENCH_TOKEN,
     ECHO_SERVICE,
-    ROOT,
     EchoServer,
     GatewayProcess,
     bracketed,
@@ -32,13 +30,12 @@ from common import (
     partner_env,
     report,
 )
+from submit import submit_payloads
 
 from tongban.v1 import case_exchange_pb2 as cx
 from tongban.v1 import case_exchange_pb2_grpc as cx_grpc
-from tongban.v1 import common_pb2
 
 ENV = {**partner_env(9), "TONGBAN_DELIVERY__ENABLED": "false"}
-CASE = json.loads((ROOT / "mappings/zhongshan/samples/case/01-case.json").read_text("utf-8"))
 CASES = 200
 
 
@@ -47,18 +44,8 @@ def get_requests(port: int) -> list[bytes]:
     out = []
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
         stub = cx_grpc.CaseExchangeServiceStub(ch)
-        for i in range(CASES):
-            record = dict(CASE, SBLSH=f"442000-2026-{i:06d}")
-            answer = stub.SubmitCase(
-                cx.SubmitCaseRequest(
-                    request_id=f"reads-{i}",
-                    target_city="440300",
-                    foreign=common_pb2.ForeignRecord(
-                        schema="zhongshan.case", json=json.dumps(record).encode()
-                    ),
-                ),
-                metadata=BENCH_TOKEN,
-            )
+        for body in submit_payloads(CASES, "reads"):
+            answer = stub.SubmitCase(cx.SubmitCaseRequest.FromString(body), metadata=BENCH_TOKEN)
             out.append(cx.GetCaseRequest(exchange_id=answer.exchange_id).SerializeToString())
     return out
 

@@ -8,12 +8,11 @@ from tongban.v1 import operations_pb2 as ops
 
 from ..auth import Authenticator, Caller
 from ..errors import PermissionDenied
+from ..services.cases import record_reads
 from ..services.dead_letters import DeadLetterService, to_proto
 from ..services.trace import CaseTraceService
 from ..services.trace import to_proto as trace_to_proto
 from ..settings import Settings
-from ..store.intents import AuditIntent
-from ..store.writer import AuditEntry
 
 __all__ = ["OperationsServicer"]
 
@@ -72,9 +71,8 @@ class OperationsServicer:
         """One case's state and history, without its record (its status notes included)."""
         caller = self._operator(context)
         trace = await self.traces.trace(request.exchange_id)
-        if self.settings.audit.case_reads:  # the notes may name the applicant
-            entry = AuditEntry(
-                caller.partner, "case.read", request.exchange_id, "disclosed", "traced"
-            )
-            await self.dead.store.write(AuditIntent([entry]))
+        # The notes may name the applicant.
+        await record_reads(
+            self.dead.store, self.settings, caller, [(trace.case.exchange_id, "traced")]
+        )
         return trace_to_proto(trace)

@@ -57,7 +57,7 @@ from .submission import (
 )
 from .submission import check_id as _check_id
 
-__all__ = ["CaseService"]
+__all__ = ["CaseService", "record_reads"]
 
 log = logging.getLogger("tongban.cases")
 
@@ -362,7 +362,10 @@ class CaseService:
         found, events = await self.store.read(self.store.reader.case_history, request.exchange_id)
         row = self._visible(caller, found)
         view = self.render(ms, row, events, schema)
-        await self._audit_reads(caller, [row], schema, "read")
+        if schema != "none":  # a summary holds no personal data
+            await record_reads(
+                self.store, self.settings, caller, [(row.exchange_id, f"read as {schema}")]
+            )
         return cx.GetCaseResponse(case_view=view)
 
     async def list(self, caller: Caller, request: cx.ListCasesRequest) -> cx.ListCasesResponse:
@@ -398,28 +401,14 @@ class CaseService:
         more = len(rows) > size
         rows = rows[:size]
         resp = cx.ListCasesResponse(cases=[self.render(ms, r, None, schema) for r in rows])
-        await self._audit_reads(caller, rows, schema, "listed")
+        if schema != "none":
+            listed = f"listed as {schema}"
+            await record_reads(
+                self.store, self.settings, caller, [(r.exchange_id, listed) for r in rows]
+            )
         if more:
             resp.next_page_token = _encode_page(rows[-1].seq, query)
         return resp
-
-    async def _audit_reads(
-        self, caller: Caller, rows: Sequence[CaseRecord], schema: str, how: str
-    ) -> None:
-        """With ``audit.case_reads``: an entry per case record about to be answered, committed
-        first (a store that cannot record the read does not disclose the record). A summary
-        (schema "none") holds no personal data and is not recorded."""
-        if not self.settings.audit.case_reads or schema == "none" or not rows:
-            return
-        detail = f"{how} as {schema}"
-        await self.store.write(
-            AuditIntent(
-                [
-                    AuditEntry(caller.partner, "case.read", r.exchange_id, "disclosed", detail)
-                    for r in rows
-                ]
-            )
-        )
 
     # -- status ------------------------------------------------------------------------------
 
@@ -522,23 +511,13 @@ class CaseService:
                 self.store.reader.events_after, cursor, [caller.city], request.exchange_id
             )
             ms = self.mappings.current
-            noted = [e for e, _, _ in found if e.note]
-            if noted and self.settings.audit.case_reads:
-                # A note may name the applicant: recorded as read before it is streamed.
-                await self.store.write(
-                    AuditIntent(
-                        [
-                            AuditEntry(
-                                caller.partner,
-                                "case.read",
-                                e.exchange_id,
-                                "disclosed",
-                                f"note of {e.status} watched",
-                            )
-                            for e in noted
-                        ]
-                    )
-                )
+            # A note may name the applicant: recorded as read before it is streamed.
+            await record_reads(
+                self.store,
+                self.settings,
+                caller,
+                [(e.exchange_id, f"note of {e.status} watched") for e, _, _ in found if e.note],
+            )
             for event, case_number, _receiving in found:
                 cursor = event.seq
                 yield cx.WatchCasesResponse(
@@ -558,6 +537,23 @@ class CaseService:
             if not found:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.store.notify.wait(), poll_seconds)
+
+
+async def record_reads(
+    store: Store, settings: Settings, caller: Caller, reads: Sequence[tuple[str, str]]
+) -> None:
+    """With ``audit.case_reads``: an audit entry for each read of a case's personal data,
+    (exchange id, how it was read), committed before it is answered (a store that cannot
+    record a read does not disclose it)."""
+    if settings.audit.case_reads and reads:
+        await store.write(
+            AuditIntent(
+                [
+                    AuditEntry(caller.partner, "case.read", xid, "disclosed", how)
+                    for xid, how in reads
+                ]
+            )
+        )
 
 
 def _encode_page(seq: int, query: str) -> str:

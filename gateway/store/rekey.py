@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, text
 
-from .sealing import CANONICAL, NOTE, SealError, key_id_of, open_value
+from .sealing import CANONICAL, HEAD, NOTE, SealError, key_id_in_head, key_id_of, open_value
 from .writer import AuditEntry, Batch, Intent
 
 __all__ = ["SEALED_COLUMNS", "ReencryptIntent", "ReencryptStep", "sealed_counts"]
@@ -25,9 +25,6 @@ SEALED_COLUMNS = {
     "events.note": ("events", "note", NOTE, "note <> ''"),
 }
 
-#: What a sealed value's first characters tell: the prefix, the longest key id and its colon.
-_HEAD = 40
-
 
 def sealed_counts(engine: Engine) -> dict[str, dict[str, int]]:
     """Per column, how many values each key seals ("" for values stored in the clear). Reads
@@ -37,20 +34,12 @@ def sealed_counts(engine: Engine) -> dict[str, dict[str, int]]:
         for name, (table, column, _, holds) in SEALED_COLUMNS.items():
             counts: Counter[str] = Counter()
             rows = conn.execute(
-                text(f"SELECT substr({column}, 1, {_HEAD}) FROM {table} WHERE {holds}")  # noqa: S608
+                text(f"SELECT substr({column}, 1, {HEAD}) FROM {table} WHERE {holds}")  # noqa: S608
             )
             for (head,) in rows:
-                counts[_key_of_head(head)] += 1
+                counts[key_id_in_head(head) or ""] += 1
             out[name] = dict(sorted(counts.items()))
     return out
-
-
-def _key_of_head(head: str) -> str:
-    # The head of a sealed value: enc1:<id>:<base64...>; a full check is key_id_of's.
-    if not head.startswith("enc1:"):
-        return ""
-    kid, sep, _ = head[5:].partition(":")
-    return kid if sep else ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,6 +54,7 @@ __all__ = [
     "KeyringError",
     "SealError",
     "generate_key",
+    "key_id_in_head",
     "key_id_of",
     "open_value",
     "write_keyring",
@@ -111,14 +112,32 @@ class _Key:
         return dec.update(body[:-_TAG]) + dec.finalize()
 
 
+#: How many characters of a stored value tell its key (:func:`key_id_in_head`).
+HEAD = len(PREFIX) + 32 + 1
+
+
+def _split(stored: str) -> tuple[str, str] | None:
+    """(key id, what follows it) of a value shaped like a sealed one; None otherwise."""
+    if not stored.startswith(PREFIX):
+        return None
+    kid, sep, rest = stored[len(PREFIX) :].partition(":")
+    return (kid, rest) if sep and _KEY_ID.fullmatch(kid) else None
+
+
+def key_id_in_head(head: str) -> str | None:
+    """The key id named by the first :data:`HEAD` characters of a stored value (a count of
+    values per key reads no more of them); :func:`key_id_of` checks the whole value."""
+    split = _split(head)
+    return split[0] if split else None
+
+
 def _parse(stored: str) -> tuple[str, bytes] | None:
     """(key id, nonce | ciphertext | tag) of a sealed value; None for text in the clear
     (including a note that only starts like a sealed value)."""
-    if not stored.startswith(PREFIX):
+    split = _split(stored)
+    if split is None:
         return None
-    kid, sep, encoded = stored[len(PREFIX) :].partition(":")
-    if not sep or not _KEY_ID.fullmatch(kid):
-        return None
+    kid, encoded = split
     try:
         blob = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
@@ -199,10 +218,6 @@ class Keyring:
         """``plaintext`` sealed with the active key, bound to ``where`` and the case."""
         blob = self.keys[self.active].seal(plaintext, _aad(where, exchange_id))
         return f"{PREFIX}{self.active}:{base64.b64encode(blob).decode('ascii')}"
-
-    def open(self, stored: str, where: bytes, exchange_id: str) -> str:
-        """The text a stored value holds: opened if sealed, as it is if stored in the clear."""
-        return open_value(self, stored, where, exchange_id)
 
 
 def open_value(keyring: Keyring | None, stored: str, where: bytes, exchange_id: str) -> str:

@@ -41,18 +41,18 @@ def test_each_cipher_seals_and_opens_bound_to_its_place(tmp_path: Path, algorith
     assert "张三".encode() not in sealed.encode()
     assert "360426199101010071" not in sealed
     assert key_id_of(sealed) == "k1"
-    assert ring.open(sealed, CANONICAL, "x-1") == RECORD.decode()
+    assert open_value(ring, sealed, CANONICAL, "x-1") == RECORD.decode()
     assert ring.seal(RECORD, CANONICAL, "x-1") != sealed  # a fresh nonce each time
     # Moved to another case's row, or into a note: does not open.
     for where, xid in ((CANONICAL, "x-2"), (NOTE, "x-1")):
         with pytest.raises(SealError, match="altered, or moved"):
-            ring.open(sealed, where, xid)
+            open_value(ring, sealed, where, xid)
     # One bit changed anywhere in the sealed bytes: does not open.
     blob = bytearray(base64.b64decode(sealed.split(":")[2]))
     blob[len(blob) // 2] ^= 1
     altered = "enc1:k1:" + base64.b64encode(bytes(blob)).decode()
     with pytest.raises(SealError):
-        ring.open(altered, CANONICAL, "x-1")
+        open_value(ring, altered, CANONICAL, "x-1")
 
 
 def test_old_keys_open_and_the_active_one_seals(tmp_path: Path) -> None:
@@ -64,7 +64,7 @@ def test_old_keys_open_and_the_active_one_seals(tmp_path: Path) -> None:
     secrets = {kid: (k.algorithm, base64.b64encode(k.secret).decode()) for kid, k in both.items()}
     write_keyring(path, "new", {**secrets, "new": ("aes-256-gcm", generate_key("aes-256-gcm"))})
     ring = Keyring.load(path)
-    assert ring.open(by_old, NOTE, "x") == "note"
+    assert open_value(ring, by_old, NOTE, "x") == "note"
     assert key_id_of(ring.seal(b"note", NOTE, "x")) == "new"
     # A keyring without the old key names the key it lacks; no keyring asks for one.
     newest = Keyring.parse(
@@ -74,17 +74,17 @@ def test_old_keys_open_and_the_active_one_seals(tmp_path: Path) -> None:
         }
     )
     with pytest.raises(SealError, match=r"'old', which store\.keys_file lacks"):
-        newest.open(by_old, NOTE, "x")
+        open_value(newest, by_old, NOTE, "x")
     with pytest.raises(SealError, match=r"set store\.keys_file"):
         open_value(None, by_old, NOTE, "x")
     # The keyring crosses to the writer process by pickle.
-    assert pickle.loads(pickle.dumps(ring)).open(by_old, NOTE, "x") == "note"
+    assert open_value(pickle.loads(pickle.dumps(ring)), by_old, NOTE, "x") == "note"
 
 
 def test_values_in_the_clear_pass_through(tmp_path: Path) -> None:
     ring = Keyring.load(keys_file(tmp_path, "k", k="aes-256-gcm"))
     for text in ('{"case_number":"1"}', "", "enc1: a note that only looks sealed"):
-        assert ring.open(text, NOTE, "x") == text
+        assert open_value(ring, text, NOTE, "x") == text
         assert open_value(None, text, NOTE, "x") == text
         assert key_id_of(text) is None
 
