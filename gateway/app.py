@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2
@@ -30,6 +31,7 @@ from tongban.v1 import (
     translation_pb2,
 )
 
+from .audit_signing import Signer, SigningKeyError
 from .auth import AccessGuard, Authenticator
 from .logs import observe_drops
 from .loops import loop_name
@@ -53,6 +55,7 @@ from .services.identity import IdentityService
 from .services.peering import PeerInbox
 from .services.retention import RetentionService
 from .settings import Settings
+from .store.checkpoints import sign_head
 from .store.sealing import Keyring, KeyringError
 from .store.store import Store
 from .tls_files import ClientCertificates, ServerCertificates, file_signature
@@ -316,6 +319,12 @@ class Gateway:
         # store.keys_file as read with the settings: a change is read again (_reload_keys).
         keys = settings.store.keys_file
         self._keys_seen = file_signature([keys]) if keys is not None else ()
+        # audit.signing_key as read with the settings: a change is read again (_signing_key).
+        self._signer = settings.audit.signer
+        signing = settings.audit.signing_key
+        self._signing_seen = file_signature([signing]) if signing is not None else ()
+        # Keys signing_key held before it changed while serving: their checkpoints still hold.
+        self._retired_keys: dict[str, Ed25519PublicKey] = {}
 
     @property
     def address(self) -> str:
@@ -338,6 +347,8 @@ class Gateway:
         self._tasks.append(asyncio.create_task(self._probe_store()))
         self._tasks.append(asyncio.create_task(self.services.watchdog.run(self._stop)))
         self._tasks.append(asyncio.create_task(self.services.retention.run(self._stop)))
+        if self._signer is not None:
+            self._tasks.append(asyncio.create_task(self._sign_checkpoints()))
         keyring = self.settings.store.keyring
         log.info(
             "gateway serving",
@@ -346,6 +357,7 @@ class Gateway:
                 "mapping_fast_path": native_enabled(),
                 "event_loop": loop_name(asyncio.get_running_loop()),
                 "sealing_key": keyring.active if keyring else None,
+                "audit_signing_key": self._signer.key_id if self._signer else None,
             },
         )
         if keyring is None and self.settings.auth.mode == "mtls":
@@ -416,6 +428,70 @@ class Gateway:
             extra={"sealing_key": keyring.active, "keys": sorted(keyring.keys)},
         )
 
+    async def _sign_checkpoints(self) -> None:
+        """Sign the audit chain's head every ``audit.checkpoint_seconds`` while it grows (and
+        once more when the gateway stops: :meth:`stop`)."""
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.settings.audit.checkpoint_seconds)
+            if not self._stop.is_set():
+                await self.checkpoint()
+
+    async def checkpoint(self) -> str:
+        """Sign the audit chain's head now if it grew since the last checkpoint, once that
+        checkpoint is checked to hold still (:func:`~gateway.store.checkpoints.sign_head`); the
+        outcome (``"unchanged"``, or as ``tongban_audit_checkpoints_total`` counts it)."""
+        signer = self._signing_key()
+        if signer is None:
+            return "unchanged"
+        metrics = self.services.metrics
+        keys = {
+            **self.settings.audit.trusted_public_keys,
+            **self._retired_keys,
+            signer.key_id: signer.public_key,
+        }
+        try:
+            outcome, length, problem = await sign_head(self.services.store, signer, keys)
+        except Exception as exc:  # noqa: BLE001 - the store down: tried again next time
+            metrics.audit_checkpoints.labels("failed").inc()
+            log.warning("audit checkpoint failed", extra={"error": type(exc).__name__})
+            return "failed"
+        if outcome == "broken":
+            metrics.audit_checkpoints.labels(outcome).inc()
+            log.error(
+                "audit chain broken: nothing signed; run tongban audit verify",
+                extra={"problem": problem},
+            )
+            return outcome
+        if outcome != "unchanged":
+            metrics.audit_checkpoints.labels(outcome).inc()
+        if outcome != "gone":
+            metrics.audit_signed_length.set(length)
+        return outcome
+
+    def _signing_key(self) -> Signer | None:
+        """The signing key, read again if ``audit.signing_key`` changed (a file that fails is
+        refused and the old key goes on signing)."""
+        path = self.settings.audit.signing_key
+        if path is None:
+            return None
+        signature = file_signature([path])
+        if signature != self._signing_seen:
+            self._signing_seen = signature
+            try:
+                signer = Signer.load(path)
+            except SigningKeyError as exc:
+                log.warning(
+                    "new audit signing key refused; the old key still signs",
+                    extra={"error": str(exc)},
+                )
+            else:
+                if self._signer is not None and self._signer.key_id != signer.key_id:
+                    self._retired_keys[self._signer.key_id] = self._signer.public_key
+                self._signer = signer
+                log.info("audit signing key reloaded", extra={"key_id": signer.key_id})
+        return self._signer
+
     async def _set_health(self, status: int) -> None:
         await self.health.set("", status)
         for desc in SERVICE_DESCRIPTORS.values():
@@ -434,6 +510,8 @@ class Gateway:
         for transport in self.services.delivery.transports.values():
             with contextlib.suppress(Exception):
                 await transport.close()
+        if self._signer is not None:
+            await self.checkpoint()  # what the gateway wrote to its last entry is signed
         await self.services.store.stop()
         observe_drops(None)
         if self._metrics_server is not None:

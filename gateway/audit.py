@@ -2,21 +2,38 @@
 
 Each entry's hash is sha256(previous hash + the entry's canonical JSON) (see
 gateway.store.writer.audit_hash). Editing, deleting or reordering any entry breaks the chain
-from that entry on; :func:`verify_chain` finds the first broken link.
+from that entry on; :func:`verify_chain` finds the first broken link. A chain whose hashes were
+all computed again after an edit is found by its signed checkpoints (gateway.audit_signing):
+given them (``signed``), the walk also checks each signed entry's hash.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from .audit_signing import Checkpoint, signature_problem
 from .store.writer import GENESIS, AuditEntry, audit_hash
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 if TYPE_CHECKING:
     from .store.reads import StoreReader
 
-__all__ = ["ChainReport", "link_problem", "verify_chain", "verify_store_chain"]
+__all__ = [
+    "ChainReport",
+    "SignedCheckpoints",
+    "link_problem",
+    "sort_checkpoints",
+    "verify_chain",
+    "verify_store_chain",
+]
+
+#: Signed checkpoints whose signatures hold, by the length they cover.
+Signed = Mapping[int, Checkpoint]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,9 +49,10 @@ class ChainReport:
     after_hash: str = GENESIS
 
 
-def link_problem(row: Any, seq: int, prev: str) -> str:
+def link_problem(row: Any, seq: int, prev: str, signed: Signed | None = None) -> str:
     """What is wrong with ``row`` as entry ``seq`` of the chain, following the hash ``prev``
-    ("" when nothing is). Shared by the store's chain and the archive files'."""
+    and, if a checkpoint in ``signed`` covers it, ending with the signed hash ("" when nothing
+    is). Shared by the store's chain and the archive files'."""
     if row.seq != seq:
         return f"missing (found entry {row.seq})"
     if row.prev_hash != prev:
@@ -42,7 +60,52 @@ def link_problem(row: Any, seq: int, prev: str) -> str:
     entry = AuditEntry(row.actor, row.action, row.subject, row.outcome, row.detail)
     if audit_hash(prev, row.seq, row.ts, entry) != row.hash:
         return "content does not match its hash"
+    if signed and (cp := signed.get(seq)) is not None and cp.hash != row.hash:
+        return (
+            f"rewritten: the chain up to here is not the one key {cp.key_id} signed at "
+            f"{when(cp.ts)}"
+        )
     return ""
+
+
+def when(ts: float) -> str:
+    """A time of the chain as ISO 8601 UTC, to the second."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True, slots=True)
+class SignedCheckpoints:
+    """Checkpoints sorted by their signatures: ``trusted`` (they hold, by length), ``problems``
+    (one line per checkpoint that does not hold, or that contradicts another), ``unchecked``
+    (how many could not be checked: no trusted key was given)."""
+
+    trusted: dict[int, Checkpoint] = field(default_factory=dict)
+    problems: tuple[str, ...] = ()
+    unchecked: int = 0
+
+
+def sort_checkpoints(
+    checkpoints: Iterable[Checkpoint], keys: Mapping[str, Ed25519PublicKey]
+) -> SignedCheckpoints:
+    """Check each checkpoint's signature against the trusted ``keys``; two that hold for one
+    length with different hashes are a problem too (the key signed two different chains)."""
+    found = list(checkpoints)
+    if not keys:
+        return SignedCheckpoints(unchecked=len(found))
+    trusted: dict[int, Checkpoint] = {}
+    problems: list[str] = []
+    for cp in found:
+        problem = signature_problem(cp, keys)
+        if problem:
+            problems.append(f"checkpoint of entries 1-{cp.length} ({when(cp.ts)}): {problem}")
+            continue
+        seen = trusted.setdefault(cp.length, cp)
+        if seen.hash != cp.hash:
+            problems.append(
+                f"two checkpoints of entries 1-{cp.length} hold different hashes "
+                f"({when(seen.ts)} and {when(cp.ts)})"
+            )
+    return SignedCheckpoints(trusted, tuple(problems))
 
 
 def verify_chain(
@@ -51,14 +114,16 @@ def verify_chain(
     head_hash: str,
     after: int = 0,
     after_hash: str = GENESIS,
+    signed: Signed | None = None,
 ) -> ChainReport:
     """Walk ``rows`` (in seq order, from entry ``after + 1``, whose previous hash is
-    ``after_hash``) and the recorded head; report the first inconsistency."""
+    ``after_hash``) and the recorded head, checking the hashes ``signed`` covers; report the
+    first inconsistency."""
     prev = after_hash
     checked = 0
     for row in rows:
         seq = after + checked + 1
-        problem = link_problem(row, seq, prev)
+        problem = link_problem(row, seq, prev, signed)
         if problem:
             return ChainReport(False, checked, seq, problem, after, after_hash)
         prev = row.hash
@@ -75,9 +140,25 @@ def verify_chain(
     return ChainReport(True, checked, after=after, after_hash=after_hash)
 
 
-def verify_store_chain(reader: StoreReader) -> ChainReport:
+def verify_store_chain(reader: StoreReader, signed: Signed | None = None) -> ChainReport:
     """Verify the chain a store holds: from after its archived entries (if any) to its head,
-    read first (entries a running gateway appends meanwhile are not part of the walk)."""
+    read first (entries a running gateway appends meanwhile are not part of the walk), and
+    against the checkpoints ``signed`` (one of a length past the head: the chain was cut)."""
     after, after_hash = reader.audit_archived()
     length, head = reader.audit_head()
-    return verify_chain(reader.audit_rows(length, after=after), length, head, after, after_hash)
+    report = verify_chain(
+        reader.audit_rows(length, after=after), length, head, after, after_hash, signed
+    )
+    beyond = [cp for n, cp in (signed or {}).items() if n > length]
+    if report.ok and beyond:
+        cp = max(beyond, key=lambda c: c.length)
+        return ChainReport(
+            False,
+            report.checked,
+            length + 1,
+            f"cut short: the chain holds {length} entries, but key {cp.key_id} signed "
+            f"{cp.length} at {when(cp.ts)}",
+            after,
+            after_hash,
+        )
+    return report

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from .cli_audit import add_audit_signing_commands
 from .cli_serve import read_settings
 from .errors import GatewayError
 from .services.dead_letters import DeadLetterService
@@ -279,9 +280,12 @@ def read_store(settings: Settings, what: str, read: Callable[[StoreReader], T]) 
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    """Walk the audit chain (and its archive files); exit 1 at the first broken link."""
-    from .audit import ChainReport, verify_store_chain
+    """Walk the audit chain (and its archive files), checking its signed checkpoints; exit 1 at
+    the first broken link or checkpoint."""
+    from .audit import ChainReport, SignedCheckpoints, sort_checkpoints, verify_store_chain
+    from .cli_audit import external_checkpoints, report_checkpoints, trusted_public_keys
     from .store.audit_archive import ArchivesReport, verify_archives
+    from .store.checkpoints import stored_checkpoints
 
     settings = read_settings(args.config)
     if settings is None:
@@ -290,18 +294,27 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     if archives is not None and not archives.is_dir():
         print(f"error: --archives {archives}: no such directory", file=sys.stderr)
         return 2
+    keys = trusted_public_keys(args.public_key, settings)
+    given = external_checkpoints(args.checkpoints)
+    if keys is None or given is None:
+        return 2
 
-    def verify(reader: StoreReader) -> tuple[ChainReport, ArchivesReport | None]:
-        chain = verify_store_chain(reader)
+    def verify(
+        reader: StoreReader,
+    ) -> tuple[ChainReport, ArchivesReport | None, SignedCheckpoints, int]:
+        stored = stored_checkpoints(reader.engine)
+        signed = sort_checkpoints([*stored, *given], keys)
+        chain = verify_store_chain(reader, signed.trusted)
         if archives is None:
-            return chain, None
+            return chain, None, signed, len(stored)
         recorded = {r.file: r.sha256 for r in reader.audit_archives()}
-        return chain, verify_archives(archives, (chain.after, chain.after_hash), recorded)
+        files = verify_archives(archives, (chain.after, chain.after_hash), recorded, signed.trusted)
+        return chain, files, signed, len(stored)
 
     found = read_store(settings, "audit log", verify)
     if found is None:
         return 2
-    report, files = found
+    report, files, signed, stored = found
     archived = report.after
     ok = report.ok and (files is None or files.ok)
     if report.ok:
@@ -320,6 +333,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         print(f"archives BROKEN: {files.problem} ({files.files} files verified before it)")
     elif archived:
         print(f"entries 1-{archived} are in archive files: check them with --archives DIR")
+    counts = (stored, len(given))
+    ok = report_checkpoints(signed, counts, report, files is not None, settings) and ok
     return 0 if ok else 1
 
 
@@ -479,8 +494,9 @@ def add_ops_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     aus = au.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
     ver = aus.add_parser(
         "verify",
-        help="walk the chain kept in the store (and with --archives, its archive files); "
-        "report the first broken link (exit 1)",
+        help="walk the chain kept in the store (and with --archives, its archive files), "
+        "checking it against its signed checkpoints; report the first broken link, a chain "
+        "rewritten or cut short, or a checkpoint that does not hold (exit 1)",
     )
     ver.add_argument(
         "--archives",
@@ -491,6 +507,7 @@ def add_ops_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     ver.add_argument("--config", help="TOML settings file")
     ver.set_defaults(func=cmd_audit_verify)
+    add_audit_signing_commands(aus, ver)
     ar = aus.add_parser(
         "archive",
         help="move entries older than a cut-off out of the store into gzip files of JSON lines "

@@ -46,11 +46,15 @@ from tongban.v1 import case_exchange_pb2_grpc as cx_grpc
 from tongban.v1 import common_pb2
 
 from .app import Gateway
+from .audit import ChainReport, sort_checkpoints, verify_store_chain
+from .audit_signing import generate_signing_key
 from .certs import issue, make_ca
 from .logs import configure_logging
 from .partner_sim import InboxSimulator, start_simulator
 from .services.delivery import DeliveryObserver
 from .settings import load_settings
+from .store.checkpoints import stored_checkpoints
+from .store.reads import StoreReader
 from .store.rekey import sealed_counts
 from .store.sealing import generate_key, write_keyring
 from .store.store import Store
@@ -180,11 +184,33 @@ DEMO_KEY = ("demo", "sm4-gcm")
 
 
 def _demo_keys(data: Path) -> dict[str, str]:
-    """Settings sealing the store's personal data with a development key made in ``data``."""
+    """Settings sealing the store's personal data with a development key made in ``data``, and
+    signing the audit chain's checkpoints with another."""
     path = data / "keys.toml"
     kid, algorithm = DEMO_KEY
     write_keyring(path, kid, {kid: (algorithm, generate_key(algorithm))})
-    return {"TONGBAN_STORE__KEYS_FILE": str(path)}
+    signing = data / "audit-signing.pem"
+    generate_signing_key(signing)
+    return {"TONGBAN_STORE__KEYS_FILE": str(path), "TONGBAN_AUDIT__SIGNING_KEY": str(signing)}
+
+
+async def _signed_chain(gateway: Gateway) -> tuple[ChainReport, int, str]:
+    """Sign the gateway's audit chain now, then verify it against its checkpoints: the chain's
+    report, the length the last valid checkpoint covers, and the signing key's id."""
+    await gateway.checkpoint()
+    signer = gateway.settings.audit.signer
+    assert signer is not None  # the demo's settings set it
+    keys = {signer.key_id: signer.public_key}
+
+    def check(reader: StoreReader) -> tuple[ChainReport, int]:
+        signed = sort_checkpoints(stored_checkpoints(reader.engine), keys)
+        if signed.problems:
+            return ChainReport(False, 0, reason="; ".join(signed.problems)), 0
+        return verify_store_chain(reader, signed.trusted), max(signed.trusted, default=0)
+
+    store = gateway.services.store
+    report, covered = await store.read(check, store.reader)
+    return report, covered, signer.key_id
 
 
 def _hub(data: Path, port: int, metrics_port: int, zs_port: int, sz_port: int) -> _Topology:
@@ -420,6 +446,7 @@ async def _run(args: argparse.Namespace) -> int:
             await asyncio.sleep(0.1)
     elapsed = time.monotonic() - started
     sealed = _sealed_counts(topology.database)
+    chain, covered, signing_key = await _signed_chain(topology.gateways[0])
     delivered = sz_sim.applied("case")
     duplicates = sum(1 for c in delivered.values() if c > 1)
     flow = Counter(" → ".join(v) for v in seen.values())
@@ -463,6 +490,16 @@ async def _run(args: argparse.Namespace) -> int:
         f"{notes.get(kid, 0)} notes sealed ({algorithm}, key {kid!r}), {clear} in the clear",
         file=out,
     )
+    entries = chain.after + chain.checked
+    print(
+        f"  audit chain .................... {entries} entries, "
+        + (
+            f"intact; signed up to entry {covered} (Ed25519 checkpoint, key {signing_key})"
+            if chain.ok
+            else f"BROKEN at entry {chain.broken_seq}: {chain.reason}"
+        ),
+        file=out,
+    )
     print(f"  time taken ..................... {elapsed:.2f}s", file=out)
     print(f"  database ....................... {topology.database}", file=out)
     print(f"  metrics ........................ http://127.0.0.1:{metrics_port}/metrics", file=out)
@@ -473,6 +510,8 @@ async def _run(args: argparse.Namespace) -> int:
         and all(v[:1] == ["00"] and v[-1] == "06" for v in seen.values())
         and records.get(kid, 0) == n
         and clear == 0
+        and chain.ok
+        and covered > 0
     )
     ok = ok and complete
     print(

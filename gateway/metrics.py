@@ -223,6 +223,23 @@ class GatewayMetrics:
         )
         for outcome in ("ok", "rejected"):
             self.keys_reloads.labels(outcome)
+        self.audit_checkpoints = Counter(
+            "tongban_audit_checkpoints_total",
+            "Attempts to sign the audit chain's head (audit.signing_key), by outcome: signed; "
+            "exists (another gateway signed that length first); broken (the chain does not "
+            "extend the last checkpoint, or that checkpoint does not hold: nothing signed); gone "
+            "(the entry was archived meanwhile); failed (the store failed).",
+            ("outcome",),
+            registry=r,
+        )
+        for outcome in ("signed", "exists", "broken", "gone", "failed"):
+            self.audit_checkpoints.labels(outcome)
+        self.audit_signed_length = Gauge(
+            "tongban_audit_signed_length",
+            "Entries of the audit chain covered by its last checkpoint, as this gateway last "
+            "signed or found it (compare tongban_audit_chain_length).",
+            registry=r,
+        )
         self.peer_status_changes = Counter(
             "tongban_peer_status_changes_total",
             "Status changes a peer gateway delivered, by peer and outcome: applied, repeated "

@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -28,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from .audit_signing import Signer, SigningKeyError, load_public_keys
 from .store.sealing import Keyring, KeyringError
 
 __all__ = [
@@ -338,6 +341,47 @@ class AuditSettings(_Model):
     # WatchCases event with a note; an operator's TraceCase): who read which case and how,
     # committed before the data is answered.
     case_reads: bool = False
+    # An Ed25519 private key (PEM, readable by its owner only; `tongban audit keys new`): with
+    # it, a serving gateway signs the chain's head every checkpoint_seconds while the chain
+    # grows, so that a chain rewritten or cut short is found by `tongban audit verify`
+    # (docs/security.md#signed-audit-checkpoints).
+    signing_key: Path | None = None
+    checkpoint_seconds: Annotated[float, Field(gt=0, le=86400)] = 60.0
+    # Public keys (PEM) whose checkpoints `tongban audit verify` trusts besides signing_key's:
+    # the keys signing_key held before a rotation.
+    trusted_keys: list[Path] = []
+    _signer: Signer | None = PrivateAttr(default=None)
+    # As raw bytes: settings cross to the store's writer process pickled, key objects do not.
+    _trusted: dict[str, bytes] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _load_signing_keys(self) -> AuditSettings:
+        try:
+            self._trusted = {
+                kid: key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+                for kid, key in load_public_keys(self.trusted_keys).items()
+            }
+        except SigningKeyError as exc:
+            raise ValueError(f"trusted_keys: {exc}") from None
+        if self.signing_key is not None:
+            try:
+                self._signer = Signer.load(self.signing_key)
+            except SigningKeyError as exc:
+                raise ValueError(f"signing_key: {exc}") from None
+        return self
+
+    @property
+    def signer(self) -> Signer | None:
+        """The key of ``signing_key``, read once when the settings were (None without it)."""
+        return self._signer
+
+    @property
+    def trusted_public_keys(self) -> dict[str, Ed25519PublicKey]:
+        """The keys of ``trusted_keys`` by id, and the public half of ``signing_key``."""
+        keys = {kid: Ed25519PublicKey.from_public_bytes(raw) for kid, raw in self._trusted.items()}
+        if self._signer is not None:
+            keys[self._signer.key_id] = self._signer.public_key
+        return keys
 
 
 class LogSettings(_Model):
@@ -416,11 +460,22 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
         ("tls", "cert"),
         ("tls", "key"),
         ("tls", "client_ca"),
+        ("audit", "signing_key"),
+        ("audit", "trusted_keys"),
     ):
         node = raw.get(section)
-        if isinstance(node, dict) and isinstance(node.get(key), str):
-            p = Path(node[key])
-            node[key] = str(p if p.is_absolute() else base / p)
+        if not isinstance(node, dict):
+            continue
+        value = node.get(key)
+        if isinstance(value, str):
+            node[key] = str(_under(base, value))
+        elif isinstance(value, list):
+            node[key] = [str(_under(base, v)) if isinstance(v, str) else v for v in value]
+
+
+def _under(base: Path, value: str) -> Path:
+    p = Path(value)
+    return p if p.is_absolute() else base / p
 
 
 def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Settings:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, text
 
-from ..audit import link_problem
+from ..audit import Signed, link_problem
 from .reads import time_bound
 from .writer import AUDIT, AUDIT_ARCHIVES, AUDIT_HEAD, GENESIS, AuditEntry, Batch, Intent
 
@@ -96,10 +96,10 @@ def archive_name(first: int) -> str:
     return f"audit-{first:012d}.jsonl.gz"
 
 
-def _check(row: Any, seq: int, prev: str) -> str:
-    """The entry's hash, after checking it follows ``prev`` as entry ``seq``; raises
-    ArchiveError naming what is wrong."""
-    problem = link_problem(row, seq, prev)
+def _check(row: Any, seq: int, prev: str, signed: Signed | None = None) -> str:
+    """The entry's hash, after checking it follows ``prev`` as entry ``seq`` (and ends the
+    chain a checkpoint in ``signed`` covers); raises ArchiveError naming what is wrong."""
+    problem = link_problem(row, seq, prev, signed)
     if problem:
         raise ArchiveError(f"entry {seq}: {problem}")
     return str(row.hash)
@@ -165,9 +165,10 @@ class _Row:
             setattr(self, c, values[c])
 
 
-def read_archive(path: Path) -> ArchiveFile:
-    """Read and check one archive file: its header, every entry's link and hash, its trailer.
-    Raises ArchiveError naming the file and the first problem."""
+def read_archive(path: Path, signed: Signed | None = None) -> ArchiveFile:
+    """Read and check one archive file: its header, every entry's link and hash (and the
+    hashes of the signed checkpoints ``signed``), its trailer. Raises ArchiveError naming the
+    file and the first problem."""
     try:
         with gzip.open(path, "rb") as f:
             lines = iter(f)
@@ -182,7 +183,7 @@ def read_archive(path: Path) -> ArchiveFile:
                     trailer = line
                     break
                 try:
-                    prev = _check(_Row(line), seq, prev)
+                    prev = _check(_Row(line), seq, prev, signed)
                 except ArchiveError as exc:
                     raise ArchiveError(f"{path.name}: {exc}") from None
                 seq += 1
@@ -215,12 +216,16 @@ class ArchivesReport:
 
 
 def verify_archives(
-    directory: Path, archived: tuple[int, str], recorded: dict[str, str]
+    directory: Path,
+    archived: tuple[int, str],
+    recorded: dict[str, str],
+    signed: Signed | None = None,
 ) -> ArchivesReport:
-    """Check every archive file in ``directory``: each one on its own (:func:`read_archive`),
-    linked to the one before it from the chain's start, the last ending where the store's chain
-    begins (``archived``: its last archived entry and hash), and each file's SHA-256 equal to
-    the one the store recorded (``recorded``: file name -> SHA-256)."""
+    """Check every archive file in ``directory``: each one on its own (:func:`read_archive`,
+    with the checkpoints ``signed``), linked to the one before it from the chain's start, the
+    last ending where the store's chain begins (``archived``: its last archived entry and
+    hash), and each file's SHA-256 equal to the one the store recorded (``recorded``: file
+    name -> SHA-256)."""
     upto, upto_hash = archived
     found = sorted(p for p in directory.glob("audit-*.jsonl.gz") if _NAME.match(p.name))
     expected, prev, files, ignored = 1, GENESIS, 0, []
@@ -229,7 +234,7 @@ def verify_archives(
             if int(_NAME.match(path.name).group(1)) > upto:  # type: ignore[union-attr]
                 ignored.append(path.name)
                 continue
-            a = read_archive(path)
+            a = read_archive(path, signed)
             if a.first < expected:
                 raise ArchiveError(f"{path.name}: overlaps the file before it")
             if a.first > expected:

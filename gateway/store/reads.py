@@ -405,6 +405,12 @@ class StoreReader:
             row = conn.execute(select(AUDIT_HEAD.c.length, AUDIT_HEAD.c.hash)).one()
         return int(row.length), str(row.hash)
 
+    def audit_hash_at(self, seq: int) -> str | None:
+        """The hash of audit entry ``seq`` (None if the store does not hold it)."""
+        with self.engine.connect() as conn:
+            found = conn.execute(select(AUDIT.c.hash).where(AUDIT.c.seq == seq)).scalar()
+        return None if found is None else str(found)
+
     def audit_archived(self) -> tuple[int, str]:
         """(the last entry moved to an archive file, its hash): the store's chain continues
         after it. (0, GENESIS) when nothing was archived."""

@@ -52,12 +52,15 @@ __all__ = [
     "NOTE",
     "Keyring",
     "KeyringError",
+    "PrivateFileError",
     "SealError",
     "generate_key",
     "key_id_in_head",
     "key_id_of",
     "open_value",
+    "read_private_file",
     "write_keyring",
+    "write_private_file",
 ]
 
 #: Each algorithm and the length of its key in bytes.
@@ -162,12 +165,9 @@ class Keyring:
     def load(cls, path: Path) -> Keyring:
         """Read a keys file; refuse one that others may read, or that is malformed."""
         try:
-            mode = path.stat().st_mode
-            if mode & (stat.S_IRWXG | stat.S_IRWXO):
-                raise KeyringError(
-                    f"{path}: readable by others (mode {stat.S_IMODE(mode):o}); chmod 600 {path}"
-                )
-            data = tomllib.loads(path.read_text("utf-8"))
+            data = tomllib.loads(read_private_file(path).decode("utf-8"))
+        except PrivateFileError as exc:
+            raise KeyringError(str(exc)) from None
         except OSError as exc:
             raise KeyringError(f"{path}: cannot read: {exc.strerror or exc}") from None
         except tomllib.TOMLDecodeError as exc:
@@ -265,11 +265,32 @@ def write_keyring(path: Path, active: str, keys: dict[str, tuple[str, str]]) -> 
     for kid, (algorithm, secret) in keys.items():
         lines += ["", f'[keys."{kid}"]', f'algorithm = "{algorithm}"', f'secret = "{secret}"']
     Keyring.parse(tomllib.loads("\n".join(lines)), str(path))  # what it writes, it can read
+    write_private_file(path, ("\n".join(lines) + "\n").encode("utf-8"))
+
+
+class PrivateFileError(OSError):
+    """A file of secrets that others than its owner may read."""
+
+
+def read_private_file(path: Path) -> bytes:
+    """The content of a file of secrets; PrivateFileError if its group or others may read it
+    (OSError if it cannot be read)."""
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise PrivateFileError(
+            f"{path}: readable by others (mode {stat.S_IMODE(mode):o}); chmod 600 {path}"
+        )
+    return path.read_bytes()
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Write a file of secrets readable by its owner only: beside its final name, fsynced,
+    then renamed over it."""
     partial = path.with_name(path.name + ".partial")
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.fchmod(fd, 0o600)
-        os.write(fd, ("\n".join(lines) + "\n").encode("utf-8"))
+        os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -147,6 +147,19 @@ class AuditArchiveRow(SQLModel, table=True):
     archived_at: float
 
 
+class AuditCheckpointRow(SQLModel, table=True):
+    """The audit chain's first ``length`` entries end with ``hash``, as the Ed25519 key
+    ``key_id`` signed at ``ts`` (0006; see gateway.audit_signing)."""
+
+    __tablename__ = "audit_checkpoints"
+
+    length: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    hash: str = Field(max_length=64)
+    ts: float
+    key_id: str = Field(max_length=16)
+    signature: str = Field(max_length=128)
+
+
 class GatewayRow(SQLModel, table=True):
     """A gateway process delivering from this store (0004): it writes ``seen_at`` every few
     seconds while it runs and removes its row when it stops."""

@@ -36,6 +36,7 @@ from ..errors import BackendUnavailable, GatewayError
 from .sealing import Keyring
 from .tables import (
     AuditArchiveRow,
+    AuditCheckpointRow,
     AuditHead,
     AuditRow,
     CaseRow,
@@ -64,6 +65,7 @@ OUTBOX: Table = OutboxRow.__table__  # type: ignore[attr-defined]
 AUDIT: Table = AuditRow.__table__  # type: ignore[attr-defined]
 AUDIT_HEAD: Table = AuditHead.__table__  # type: ignore[attr-defined]
 AUDIT_ARCHIVES: Table = AuditArchiveRow.__table__  # type: ignore[attr-defined]
+AUDIT_CHECKPOINTS: Table = AuditCheckpointRow.__table__  # type: ignore[attr-defined]
 GATEWAYS: Table = GatewayRow.__table__  # type: ignore[attr-defined]
 GENESIS = "0" * 64
 

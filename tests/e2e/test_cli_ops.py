@@ -16,7 +16,7 @@ def test_db_upgrade_and_dead_letter_commands(tmp_path) -> None:
     env = {"TONGBAN_STORE__DATA_DIR": str(tmp_path)}
     up = run("db", "upgrade", "--config", "tongban.toml", env=env)
     assert up.returncode == 0, up.stderr
-    assert "store at revision 0005 (was empty)" in up.stdout
+    assert "store at revision 0006 (was empty)" in up.stdout
     db = tmp_path / "tongban.db"
     now = time.time()
     with sqlite3.connect(db) as conn:
@@ -44,16 +44,16 @@ def test_db_upgrade_and_dead_letter_commands(tmp_path) -> None:
     assert run("dead-letters", "replay", "--config", "tongban.toml", env=env).returncode == 2
 
 
-def test_audit_verify_catches_an_edited_row(tmp_path) -> None:
+def write_chain(db: Path, actors: list[str]) -> str:
+    """Write (or write again, as someone who can write to the store would) an audit chain of
+    one entry per actor, with every hash computed; its last hash."""
     from gateway.store.writer import AuditEntry, audit_hash
 
-    env = {"TONGBAN_STORE__DATA_DIR": str(tmp_path)}
-    assert run("db", "upgrade", "--config", "tongban.toml", env=env).returncode == 0
-    db = tmp_path / "tongban.db"
     prev = "0" * 64
     with sqlite3.connect(db) as conn:
-        for seq in range(1, 6):
-            e = AuditEntry("zhongshan", "case.submit", f"x{seq}", "accepted", "to 440300")
+        conn.execute("DELETE FROM audit")
+        for seq, actor in enumerate(actors, 1):
+            e = AuditEntry(actor, "case.submit", f"x{seq}", "accepted", "to 440300")
             h = audit_hash(prev, seq, 1000.0 + seq, e)
             conn.execute(
                 "INSERT INTO audit (seq, ts, actor, action, subject, detail, outcome, "
@@ -61,7 +61,15 @@ def test_audit_verify_catches_an_edited_row(tmp_path) -> None:
                 (seq, 1000.0 + seq, e.actor, e.action, e.subject, e.detail, e.outcome, prev, h),
             )
             prev = h
-        conn.execute("UPDATE audit_head SET length = 5, hash = ?", (prev,))
+        conn.execute("UPDATE audit_head SET length = ?, hash = ?", (len(actors), prev))
+    return prev
+
+
+def test_audit_verify_catches_an_edited_row(tmp_path) -> None:
+    env = {"TONGBAN_STORE__DATA_DIR": str(tmp_path)}
+    assert run("db", "upgrade", "--config", "tongban.toml", env=env).returncode == 0
+    db = tmp_path / "tongban.db"
+    write_chain(db, ["zhongshan"] * 5)
     ok = run("audit", "verify", "--config", "tongban.toml", env=env)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "intact: 5 entries" in ok.stdout
@@ -76,6 +84,83 @@ def test_audit_verify_catches_an_edited_row(tmp_path) -> None:
     gone = run("audit", "verify", "--config", "tongban.toml", env=env)
     assert gone.returncode == 1
     assert "BROKEN at entry 5" in gone.stdout
+
+
+def test_signed_checkpoints_catch_a_chain_rewritten_with_its_hashes(tmp_path) -> None:
+    from gateway.audit_signing import Signer
+
+    key = tmp_path / "audit.pem"
+    made = run("audit", "keys", "new", "--file", str(key))
+    assert made.returncode == 0, made.stderr
+    assert key.stat().st_mode & 0o777 == 0o600
+    signer = Signer.load(key)
+    assert f"key id {signer.key_id}" in made.stdout
+    assert (tmp_path / "audit.pem.pub").read_bytes() == signer.public_pem()
+    again = run("audit", "keys", "new", "--file", str(key))
+    assert again.returncode == 2
+    assert "already exists" in again.stderr
+    env = {"TONGBAN_STORE__DATA_DIR": str(tmp_path), "TONGBAN_AUDIT__SIGNING_KEY": str(key)}
+    assert run("db", "upgrade", "--config", "tongban.toml", env=env).returncode == 0
+    db = tmp_path / "tongban.db"
+    cp = signer.sign(5, write_chain(db, ["zhongshan"] * 5), 2000.0)  # as a serving gateway does
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "INSERT INTO audit_checkpoints (length, hash, ts, key_id, signature) VALUES "
+            "(?, ?, ?, ?, ?)",
+            (cp.length, cp.hash, cp.ts, cp.key_id, cp.signature),
+        )
+    ok = run("audit", "verify", "--config", "tongban.toml", env=env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert (
+        f"signed checkpoints: 1 of 1 verify (1 in the store; key {signer.key_id}); the last covers "
+        "entries 1-5, signed at 1970-01-01T00:33:20Z"
+    ) in ok.stdout
+    listed = run("audit", "checkpoints", "--config", "tongban.toml", env=env)
+    assert f"entries 1-5          signed 1970-01-01T00:33:20Z  key {signer.key_id}" in listed.stdout
+    kept = tmp_path / "checkpoints.jsonl"  # copied away from the store
+    kept.write_text(
+        run("audit", "checkpoints", "--json", "--config", "tongban.toml", env=env).stdout
+    )
+
+    write_chain(db, ["zhongshan", "zhongshan", "shenzhen", "zhongshan", "zhongshan"])
+    bad = run("audit", "verify", "--config", "tongban.toml", env=env)
+    assert bad.returncode == 1
+    assert (
+        "audit chain BROKEN at entry 5: rewritten: the chain up to here is not the one key"
+        in bad.stdout
+    )
+    with sqlite3.connect(db) as conn:  # and the store's checkpoints deleted too
+        conn.execute("DELETE FROM audit_checkpoints")
+    hidden = run("audit", "verify", "--config", "tongban.toml", env=env)
+    assert hidden.returncode == 0
+    assert "no signed checkpoint: audit.signing_key is set" in hidden.stdout
+    caught = run("audit", "verify", "--checkpoints", str(kept), "--config", "tongban.toml", env=env)
+    assert caught.returncode == 1
+    assert "rewritten" in caught.stdout
+    plain = {"TONGBAN_STORE__DATA_DIR": str(tmp_path)}  # an auditor without the private key
+    blind = run(
+        "audit", "verify", "--checkpoints", str(kept), "--config", "tongban.toml", env=plain
+    )
+    assert blind.returncode == 0
+    assert "checkpoints NOT CHECKED (0 in the store, 1 from --checkpoints)" in blind.stdout
+    public = str(tmp_path / "audit.pem.pub")
+    audited = run(
+        "audit", "verify", "--checkpoints", str(kept), "--public-key", public,
+        "--config", "tongban.toml", env=plain,
+    )  # fmt: skip
+    assert audited.returncode == 1
+    assert "rewritten" in audited.stdout
+    other = tmp_path / "other.pem"
+    assert run("audit", "keys", "new", "--file", str(other)).returncode == 0
+    foreign = run(
+        "audit", "verify", "--checkpoints", str(kept), "--public-key", f"{other}.pub",
+        "--config", "tongban.toml", env=plain,
+    )  # fmt: skip
+    assert foreign.returncode == 1
+    assert (
+        f"checkpoint BROKEN: checkpoint of entries 1-5 (1970-01-01T00:33:20Z): signed by key {signer.key_id}, which is not a trusted key"
+        in foreign.stdout
+    )
 
 
 def test_the_federated_demo_crosses_two_gateways(tmp_path) -> None:

@@ -1,6 +1,7 @@
 """The migrations build the tables the code declares, on SQLite and on PostgreSQL; 0002
 drops the outbox's unread exchange index and 0003 replaces its claim index with one by
-partner, without touching its rows; 0004 adds the gateways table."""
+partner, without touching its rows; 0004 adds the gateways table, 0005 the audit archives
+table and 0006 the audit checkpoints table."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
+from gateway.store.checkpoints import stored_checkpoints
 from gateway.store.engine import _config, current_revision, upgrade
 from gateway.store.reads import StoreReader
 from gateway.store.writer import GENESIS
@@ -107,8 +109,19 @@ def test_0005_adds_the_audit_archives_table_and_takes_it_away(db_engine: Engine)
     # `tongban audit verify` (which does not migrate) reads it as a store with nothing archived
     assert StoreReader(db_engine).audit_archived() == (0, GENESIS)
     assert StoreReader(db_engine).audit_archives() == []
-    upgrade(db_engine)
+    upgrade(db_engine, "0005")
     assert current_revision(db_engine) == "0005"
-    assert _differences(db_engine) == []
     _downgrade(db_engine, "0004")  # and back, for a gateway of revision 0004
     assert "audit_archives" not in inspect(db_engine).get_table_names()
+
+
+def test_0006_adds_the_audit_checkpoints_table_and_takes_it_away(db_engine: Engine) -> None:
+    upgrade(db_engine, "0005")
+    assert "audit_checkpoints" not in inspect(db_engine).get_table_names()
+    # `tongban audit verify` (which does not migrate) reads it as a store with no checkpoints
+    assert stored_checkpoints(db_engine) == []
+    upgrade(db_engine)
+    assert current_revision(db_engine) == "0006"
+    assert _differences(db_engine) == []
+    _downgrade(db_engine, "0005")  # and back, for a gateway of revision 0005
+    assert "audit_checkpoints" not in inspect(db_engine).get_table_names()

@@ -1,0 +1,235 @@
+"""Signed checkpoints of the audit chain (``audit.signing_key``).
+
+The audit chain's hashes show an entry edited, removed or reordered, but nothing stops someone
+who can write to the store (a database administrator, a stolen backup restored) from editing an
+entry and computing every hash after it again: the chain then verifies. A *checkpoint* closes
+that gap, as a transparency log's signed tree head does: a serving gateway signs the chain's
+head every ``audit.checkpoint_seconds`` while it grows (its length, its last hash, the time)
+with an Ed25519 key kept in a file outside the store, and stores the signature. A chain
+rewritten below a checkpoint no longer has the signed hash at the signed length, and a chain
+cut short is shorter than a signed length; ``tongban audit verify`` finds both. New checkpoints
+for the rewritten chain need the private key, which the store never holds. Checkpoints copied
+out of the store (``tongban audit checkpoints --json``) are evidence even once the store's rows
+are deleted: ``tongban audit verify --checkpoints FILE``.
+
+What is signed is the UTF-8 text ``tongban-audit-checkpoint/1\\n<length>\\n<hash>\\n<ms>\\n``
+(``ms``: the time in whole milliseconds since the Unix epoch, in decimal), so any Ed25519
+implementation checks it, from any representation of the time to the millisecond (a
+protobuf Timestamp, the JSON number of seconds). A key is named by the first 16 hex digits of
+the SHA-256 of its raw public key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from .store.sealing import PrivateFileError, read_private_file, write_private_file
+
+__all__ = [
+    "FORMAT",
+    "Checkpoint",
+    "CheckpointError",
+    "Signer",
+    "SigningKeyError",
+    "generate_signing_key",
+    "key_id",
+    "load_public_keys",
+    "read_checkpoints",
+    "signature_problem",
+]
+
+FORMAT = "tongban-audit-checkpoint/1"
+
+
+class SigningKeyError(ValueError):
+    """A signing or public key file that cannot be used (the message says why)."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is not well formed (the message says where)."""
+
+
+def key_id(public: Ed25519PublicKey) -> str:
+    """A public key's id: the first 16 hex digits of the SHA-256 of its 32 raw bytes."""
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def _signed_bytes(length: int, head: str, ts: float) -> bytes:
+    return f"{FORMAT}\n{length}\n{head}\n{round(ts * 1000)}\n".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The audit chain's first ``length`` entries end with ``hash``, as the key ``key_id``
+    signed at ``ts`` (``signature``: base64)."""
+
+    length: int
+    hash: str
+    ts: float
+    key_id: str
+    signature: str
+
+    def to_json(self) -> dict[str, Any]:
+        """As one line of ``tongban audit checkpoints --json``."""
+        return {
+            "format": FORMAT,
+            "length": self.length,
+            "hash": self.hash,
+            "ts": self.ts,
+            "key_id": self.key_id,
+            "signature": self.signature,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> Checkpoint:
+        """Read one checkpoint line back; CheckpointError naming ``where`` if malformed."""
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise CheckpointError(f"{where}: not a {FORMAT} object")
+        length, head, ts = data.get("length"), data.get("hash"), data.get("ts")
+        kid, sig = data.get("key_id"), data.get("signature")
+        if not isinstance(length, int) or isinstance(length, bool) or length < 1:
+            raise CheckpointError(f"{where}: length must be a positive integer")
+        if not isinstance(head, str) or len(head) != 64:
+            raise CheckpointError(f"{where}: hash must be 64 hex digits")
+        if not isinstance(ts, float | int) or isinstance(ts, bool):
+            raise CheckpointError(f"{where}: ts must be a number")
+        if not isinstance(kid, str) or not isinstance(sig, str):
+            raise CheckpointError(f"{where}: key_id and signature must be strings")
+        return cls(length, head, float(ts), kid, sig)
+
+
+def signature_problem(cp: Checkpoint, keys: Mapping[str, Ed25519PublicKey]) -> str:
+    """Why ``cp``'s signature does not hold under the trusted ``keys`` ("" when it does)."""
+    public = keys.get(cp.key_id)
+    if public is None:
+        return f"signed by key {cp.key_id}, which is not a trusted key"
+    try:
+        signature = base64.b64decode(cp.signature, validate=True)
+        public.verify(signature, _signed_bytes(cp.length, cp.hash, cp.ts))
+    except (InvalidSignature, binascii.Error, ValueError):
+        return f"its signature does not verify with key {cp.key_id}"
+    return ""
+
+
+class Signer:
+    """An Ed25519 private key that signs checkpoints."""
+
+    def __init__(self, private: Ed25519PrivateKey) -> None:
+        self._private = private
+        self.public_key = private.public_key()
+        self.key_id = key_id(self.public_key)
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        # Settings cross to the store's writer process pickled; a key object does not pickle.
+        raw = self._private.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        return _signer_from_raw, (raw,)
+
+    @classmethod
+    def load(cls, path: Path) -> Signer:
+        """Read a PEM (PKCS#8, unencrypted) Ed25519 private key from a file only its owner may
+        read; SigningKeyError otherwise."""
+        try:
+            data = read_private_file(path)
+        except PrivateFileError as exc:
+            raise SigningKeyError(str(exc)) from None
+        except OSError as exc:
+            raise SigningKeyError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError) as exc:
+            raise SigningKeyError(f"{path}: not an unencrypted PEM private key ({exc})") from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise SigningKeyError(f"{path}: not an Ed25519 key")
+        return cls(key)
+
+    def sign(self, length: int, head: str, ts: float) -> Checkpoint:
+        """A checkpoint of the chain's first ``length`` entries, ending with ``head``, at
+        ``ts`` (Unix seconds, kept to the millisecond)."""
+        ts = round(ts, 3)
+        sig = self._private.sign(_signed_bytes(length, head, ts))
+        return Checkpoint(length, head, ts, self.key_id, base64.b64encode(sig).decode("ascii"))
+
+    def public_pem(self) -> bytes:
+        """The public key, PEM (SubjectPublicKeyInfo): what verifiers are given."""
+        return self.public_key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+
+def _signer_from_raw(raw: bytes) -> Signer:
+    return Signer(Ed25519PrivateKey.from_private_bytes(raw))
+
+
+def generate_signing_key(path: Path) -> tuple[Signer, Path]:
+    """Write a new Ed25519 private key to ``path`` (mode 600, never over an existing file) and
+    its public key to ``path`` + ``.pub``; return the signer and the public key's path."""
+    if path.exists():
+        raise SigningKeyError(f"{path}: already exists; choose another file")
+    private = Ed25519PrivateKey.generate()
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    write_private_file(path, pem)
+    signer = Signer(private)
+    public = path.with_name(path.name + ".pub")
+    public.write_bytes(signer.public_pem())
+    return signer, public
+
+
+def load_public_keys(paths: Iterable[Path]) -> dict[str, Ed25519PublicKey]:
+    """Trusted public keys by id, from PEM files (a public key, or a private key whose public
+    half is meant); SigningKeyError naming the file that is not one."""
+    keys: dict[str, Ed25519PublicKey] = {}
+    for path in paths:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise SigningKeyError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        public: Any
+        if b"PRIVATE KEY" in data:
+            public = Signer.load(path).public_key
+        else:
+            try:
+                public = serialization.load_pem_public_key(data)
+            except ValueError as exc:
+                raise SigningKeyError(f"{path}: not a PEM public key ({exc})") from None
+        if not isinstance(public, Ed25519PublicKey):
+            raise SigningKeyError(f"{path}: not an Ed25519 key")
+        keys[key_id(public)] = public
+    return keys
+
+
+def read_checkpoints(path: Path) -> list[Checkpoint]:
+    """Checkpoints from a file of JSON lines (``tongban audit checkpoints --json``)."""
+    found: list[Checkpoint] = []
+    try:
+        lines = path.read_text("utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: cannot read: {exc}") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            data = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            raise CheckpointError(f"{path}, line {n}: not JSON") from None
+        found.append(Checkpoint.from_json(data, f"{path}, line {n}"))
+    return found

@@ -1,0 +1,193 @@
+"""``tongban audit keys new`` and ``tongban audit checkpoints``, and what ``tongban audit
+verify`` says of the signed checkpoints (gateway.audit_signing)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .audit import ChainReport, SignedCheckpoints, when
+from .audit_signing import (
+    Checkpoint,
+    CheckpointError,
+    SigningKeyError,
+    generate_signing_key,
+    load_public_keys,
+    read_checkpoints,
+)
+from .cli_serve import read_settings
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from .settings import Settings
+
+__all__ = [
+    "add_audit_signing_commands",
+    "external_checkpoints",
+    "report_checkpoints",
+    "trusted_public_keys",
+]
+
+
+def trusted_public_keys(
+    given: list[str] | None, settings: Settings
+) -> dict[str, Ed25519PublicKey] | None:
+    """The keys whose checkpoints are trusted: those given with ``--public-key``, else
+    ``audit.trusted_keys`` and the public half of ``audit.signing_key``; None (said why) if a
+    file given is not a key."""
+    if not given:
+        return settings.audit.trusted_public_keys
+    try:
+        return load_public_keys(Path(p) for p in given)
+    except SigningKeyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def external_checkpoints(path: str | None) -> list[Checkpoint] | None:
+    """The checkpoints of ``--checkpoints FILE`` ([] without it; None, said why, if unreadable)."""
+    if path is None:
+        return []
+    try:
+        return read_checkpoints(Path(path))
+    except CheckpointError as exc:
+        print(f"error: --checkpoints {exc}", file=sys.stderr)
+        return None
+
+
+def report_checkpoints(
+    found: SignedCheckpoints,
+    counts: tuple[int, int],
+    chain: ChainReport,
+    archives_checked: bool,
+    settings: Settings,
+) -> bool:
+    """Print what the checkpoints (``counts``: in the store, from ``--checkpoints``) showed;
+    False if one does not hold. A chain found rewritten or cut by them is reported as broken
+    by the chain's own lines."""
+    stored, given = counts
+    total = stored + given
+    source = f"{stored} in the store" + (f", {given} from --checkpoints" if given else "")
+    if total == 0:
+        if settings.audit.signing_key is not None:
+            print(
+                "no signed checkpoint: audit.signing_key is set, and a serving gateway signs "
+                "the chain within audit.checkpoint_seconds of it growing"
+            )
+        return True
+    if found.unchecked:
+        print(
+            f"checkpoints NOT CHECKED ({source}): no trusted public key; give --public-key "
+            "FILE, or set audit.signing_key or audit.trusted_keys"
+        )
+        return True
+    for problem in found.problems:
+        print(f"checkpoint BROKEN: {problem}")
+    if found.trusted:
+        last = found.trusted[max(found.trusted)]
+        keys = sorted({cp.key_id for cp in found.trusted.values()})
+        archived = [n for n in found.trusted if n <= chain.after]
+        head = chain.after + chain.checked
+        print(
+            f"signed checkpoints: {total - len(found.problems)} of {total} verify ({source}; key "
+            f"{', '.join(keys)}); the last covers entries 1-{last.length}, signed at "
+            f"{when(last.ts)}"
+            + (
+                f"; entries {last.length + 1}-{head} are not signed yet"
+                if chain.ok and head > last.length
+                else ""
+            )
+        )
+        if archived and not archives_checked and chain.ok:
+            print(
+                f"  {len(archived)} of them cover archived entries only: check those with "
+                "--archives DIR"
+            )
+    return not found.problems
+
+
+def cmd_audit_keys_new(args: argparse.Namespace) -> int:
+    """Write a new Ed25519 key for signing the audit chain's checkpoints."""
+    path = Path(args.file)
+    try:
+        signer, public = generate_signing_key(path)
+    except (SigningKeyError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote a new Ed25519 audit signing key to {path} (mode 600), key id {signer.key_id}")
+    print(f"wrote its public key to {public}: give it to whoever verifies the audit chain")
+    print(
+        f'set audit.signing_key = "{path}"; serving gateways read a changed file before their '
+        "next checkpoint. After a rotation, list the old public key in audit.trusted_keys"
+    )
+    return 0
+
+
+def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
+    """List the store's signed checkpoints (as JSON lines with --json: evidence to keep)."""
+    from .cli_ops import read_store
+    from .store.checkpoints import stored_checkpoints
+
+    settings = read_settings(args.config)
+    if settings is None:
+        return 2
+    found = read_store(
+        settings, "audit checkpoints", lambda r: stored_checkpoints(r.engine, args.after)
+    )
+    if found is None:
+        return 2
+    if args.json:
+        for cp in found:
+            print(json.dumps(cp.to_json(), separators=(",", ":")))
+        return 0
+    for cp in found:
+        print(f"entries 1-{cp.length:<10} signed {when(cp.ts)}  key {cp.key_id}")
+    print(f"{len(found)} signed checkpoint(s)")
+    return 0
+
+
+def add_audit_signing_commands(
+    aus: argparse._SubParsersAction,  # type: ignore[type-arg]
+    verify: argparse.ArgumentParser,
+) -> None:
+    """Register ``audit keys new`` and ``audit checkpoints``; add ``verify``'s options."""
+    verify.add_argument(
+        "--public-key",
+        action="append",
+        metavar="FILE",
+        help="trust checkpoints signed by this Ed25519 public key (PEM; repeat for several); "
+        "default: the public half of audit.signing_key and audit.trusted_keys",
+    )
+    verify.add_argument(
+        "--checkpoints",
+        metavar="FILE",
+        help="also check the chain against the checkpoints in FILE (JSON lines from `audit "
+        "checkpoints --json`): copies kept away from the store still hold once its own rows "
+        "are deleted",
+    )
+    keys = aus.add_parser("keys", help="the key that signs the audit chain's checkpoints")
+    ks = keys.add_subparsers(dest="audit_keys_command", required=True, metavar="COMMAND")
+    new = ks.add_parser(
+        "new",
+        help="write a new Ed25519 signing key (PEM, mode 600) and its public key (FILE.pub)",
+    )
+    new.add_argument("--file", required=True, help="where to write the private key")
+    new.set_defaults(func=cmd_audit_keys_new)
+    cps = aus.add_parser(
+        "checkpoints",
+        help="list the signed checkpoints of the audit chain held in the store",
+    )
+    cps.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per line, as `audit verify --checkpoints FILE` reads them",
+    )
+    cps.add_argument(
+        "--after", type=int, default=0, metavar="N", help="only checkpoints of more than N entries"
+    )
+    cps.add_argument("--config", help="TOML settings file")
+    cps.set_defaults(func=cmd_audit_checkpoints)
