@@ -24,12 +24,12 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from collections.abc import Iterable, Mapping
+import json
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -217,19 +217,30 @@ def load_public_keys(paths: Iterable[Path]) -> dict[str, Ed25519PublicKey]:
     return keys
 
 
-def read_checkpoints(path: Path) -> list[Checkpoint]:
-    """Checkpoints from a file of JSON lines (``tongban audit checkpoints --json``)."""
-    found: list[Checkpoint] = []
+def read_checkpoints(
+    path: Path, other: Callable[[dict[str, Any], str], list[Checkpoint]] | None = None
+) -> list[Checkpoint]:
+    """Checkpoints from a file of JSON objects, one after the other (``tongban audit
+    checkpoints --json`` writes one per line); ``other`` reads the objects that are not
+    checkpoints (OperationsService.ListAuditCheckpoints responses)."""
     try:
-        lines = path.read_text("utf-8").splitlines()
+        text = path.read_text("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: cannot read: {exc}") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    decoder = json.JSONDecoder()
+    found: list[Checkpoint] = []
+    pos = 0
+    while True:
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        if pos == len(text):
+            return found
+        where = f"{path}, line {text.count(chr(10), 0, pos) + 1}"
         try:
-            data = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            raise CheckpointError(f"{path}, line {n}: not JSON") from None
-        found.append(Checkpoint.from_json(data, f"{path}, line {n}"))
-    return found
+            data, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            raise CheckpointError(f"{where}: not JSON") from None
+        if isinstance(data, dict) and "format" not in data and other is not None:
+            found.extend(other(data, where))
+        else:
+            found.append(Checkpoint.from_json(data, where))

@@ -49,11 +49,15 @@ def trusted_public_keys(
 
 
 def external_checkpoints(path: str | None) -> list[Checkpoint] | None:
-    """The checkpoints of ``--checkpoints FILE`` ([] without it; None, said why, if unreadable)."""
+    """The checkpoints of ``--checkpoints FILE``: JSON lines of ``audit checkpoints --json``, or
+    OperationsService.ListAuditCheckpoints responses as JSON ([] without it; None, said why,
+    if unreadable)."""
+    from .rpc.operations import checkpoints_from_response_json
+
     if path is None:
         return []
     try:
-        return read_checkpoints(Path(path))
+        return read_checkpoints(Path(path), checkpoints_from_response_json)
     except CheckpointError as exc:
         print(f"error: --checkpoints {exc}", file=sys.stderr)
         return None
@@ -166,8 +170,8 @@ def add_audit_signing_commands(
         "--checkpoints",
         metavar="FILE",
         help="also check the chain against the checkpoints in FILE (JSON lines from `audit "
-        "checkpoints --json`): copies kept away from the store still hold once its own rows "
-        "are deleted",
+        "checkpoints --json`, or OperationsService.ListAuditCheckpoints responses as JSON): "
+        "copies kept away from the store still hold once its own rows are deleted",
     )
     keys = aus.add_parser("keys", help="the key that signs the audit chain's checkpoints")
     ks = keys.add_subparsers(dest="audit_keys_command", required=True, metavar="COMMAND")

@@ -1,20 +1,28 @@
-"""OperationsService: dead letters and case traces, for operators."""
+"""OperationsService: dead letters, case traces and the audit chain's signed checkpoints, for
+operators."""
 
 from __future__ import annotations
 
+import base64
+from typing import Any
+
 import grpc
+from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from tongban.v1 import operations_pb2 as ops
 
+from ..audit_signing import Checkpoint, CheckpointError
 from ..auth import Authenticator, Caller
-from ..errors import PermissionDenied
+from ..errors import InvalidPageToken, InvalidRequest, PermissionDenied
 from ..services.cases import record_reads
 from ..services.dead_letters import DeadLetterService, to_proto
 from ..services.trace import CaseTraceService
 from ..services.trace import to_proto as trace_to_proto
 from ..settings import Settings
+from ..store.checkpoints import stored_checkpoints
 
-__all__ = ["OperationsServicer"]
+__all__ = ["OperationsServicer", "checkpoint_to_proto", "checkpoints_from_response_json"]
 
 
 class OperationsServicer:
@@ -76,3 +84,53 @@ class OperationsServicer:
             self.dead.store, self.settings, caller, [(trace.case.exchange_id, "traced")]
         )
         return trace_to_proto(trace)
+
+    async def ListAuditCheckpoints(
+        self, request: ops.ListAuditCheckpointsRequest, context: grpc.aio.ServicerContext
+    ) -> ops.ListAuditCheckpointsResponse:
+        """The audit chain's signed checkpoints, fewest entries first."""
+        self._operator(context)
+        if request.page_size < 0:
+            raise InvalidRequest("page_size must not be negative", "page_size")
+        size = min(request.page_size or 100, 1000)
+        after = request.after_length
+        if request.page_token:
+            token = request.page_token
+            if not (token.isascii() and token.isdigit()) or int(token) < after:
+                raise InvalidPageToken("page_token is malformed", "page_token")
+            after = int(token)
+        store = self.dead.store
+        found = await store.read(stored_checkpoints, store.reader.engine, after, size + 1)
+        page = found[:size]
+        more = len(found) > size
+        return ops.ListAuditCheckpointsResponse(
+            checkpoints=[checkpoint_to_proto(cp) for cp in page],
+            next_page_token=str(page[-1].length) if more else "",
+        )
+
+
+def checkpoint_to_proto(cp: Checkpoint) -> ops.AuditCheckpoint:
+    """A checkpoint as the RPC answers it (its time to the millisecond, as signed)."""
+    ms = round(cp.ts * 1000)
+    return ops.AuditCheckpoint(
+        length=cp.length,
+        hash=cp.hash,
+        signed_at=Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000),
+        key_id=cp.key_id,
+        signature=base64.b64decode(cp.signature),
+    )
+
+
+def checkpoints_from_response_json(data: dict[str, Any], where: str) -> list[Checkpoint]:
+    """The checkpoints of a ListAuditCheckpointsResponse in protobuf's JSON form (as grpcurl
+    prints it); CheckpointError naming ``where`` if it is not one."""
+    try:
+        response = json_format.ParseDict(data, ops.ListAuditCheckpointsResponse())
+    except json_format.ParseError as exc:
+        raise CheckpointError(f"{where}: not a ListAuditCheckpointsResponse ({exc})") from None
+    found = []
+    for m in response.checkpoints:
+        ms = m.signed_at.seconds * 1000 + m.signed_at.nanos // 1_000_000
+        signature = base64.b64encode(m.signature).decode("ascii")
+        found.append(Checkpoint(m.length, m.hash, ms / 1000, m.key_id, signature))
+    return found

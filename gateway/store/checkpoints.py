@@ -133,9 +133,11 @@ def extension_problem(
     return last, ""
 
 
-def stored_checkpoints(engine: Engine, after: int = 0) -> list[Checkpoint]:
-    """The store's checkpoints of lengths above ``after``, by length (none in a store not yet
-    migrated to 0006: ``tongban audit verify`` does not migrate)."""
+def stored_checkpoints(
+    engine: Engine, after: int = 0, limit: int | None = None
+) -> list[Checkpoint]:
+    """The store's checkpoints of lengths above ``after``, by length, at most ``limit`` (none in
+    a store not yet migrated to 0006: ``tongban audit verify`` does not migrate)."""
     with engine.connect() as conn:
         if not inspect(conn).has_table(AUDIT_CHECKPOINTS.name):
             return []
@@ -143,5 +145,6 @@ def stored_checkpoints(engine: Engine, after: int = 0) -> list[Checkpoint]:
             select(AUDIT_CHECKPOINTS)
             .where(AUDIT_CHECKPOINTS.c.length > after)
             .order_by(AUDIT_CHECKPOINTS.c.length)
+            .limit(limit)
         ).all()
     return [Checkpoint(r.length, r.hash, float(r.ts), r.key_id, r.signature) for r in rows]

@@ -14,27 +14,34 @@ import pickle
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from google.protobuf import json_format
 from sqlalchemy import delete, select, update
 
 from gateway.app import Gateway
 from gateway.audit import sort_checkpoints, verify_store_chain
 from gateway.audit_signing import (
     Checkpoint,
+    CheckpointError,
     Signer,
     SigningKeyError,
     generate_signing_key,
     load_public_keys,
+    read_checkpoints,
 )
+from gateway.rpc.operations import checkpoints_from_response_json
 from gateway.settings import ConfigError
 from gateway.store.audit_archive import archive_audit, verify_archives
 from gateway.store.checkpoints import CheckpointIntent, sign_head, stored_checkpoints
 from gateway.store.store import Store
 from gateway.store.writer import AUDIT, AUDIT_CHECKPOINTS, AUDIT_HEAD, AuditEntry, audit_hash
+from tongban.v1 import operations_pb2 as ops
+from tongban.v1 import operations_pb2_grpc as ops_grpc
 
-from .conftest import append_audit_entries, make_settings, running_store
+from .conftest import append_audit_entries, make_settings, rich_error, running_store
 
 
 @pytest.fixture
@@ -75,7 +82,7 @@ def cut(store: Store, keep: int) -> None:
         conn.execute(update(AUDIT_HEAD).values(length=keep, hash=last))
 
 
-async def signing_gateway(tmp_path: Path, key: Path, seconds: float) -> Gateway:
+async def signing_gateway(tmp_path: Path, key: Path, seconds: float, **env: str) -> Gateway:
     """A started gateway signing with ``key`` every ``seconds``, delivering nothing (the
     entries the tests append are dead letters replayed to a partner it does not know)."""
     gw = Gateway(
@@ -84,6 +91,7 @@ async def signing_gateway(tmp_path: Path, key: Path, seconds: float) -> Gateway:
             TONGBAN_AUDIT__SIGNING_KEY=str(key),
             TONGBAN_AUDIT__CHECKPOINT_SECONDS=str(seconds),
             TONGBAN_DELIVERY__ENABLED="false",
+            **env,
         )
     )
     await gw.start()
@@ -286,6 +294,80 @@ async def test_a_serving_gateway_counts_a_broken_chain_and_signs_nothing(tmp_pat
     assert [c.length for c in stored_checkpoints(store.engine)] == [3]
     assert gw.services.metrics.audit_checkpoints.labels("broken")._value.get() == 2
     store.dispose()
+
+
+async def test_operators_list_the_checkpoints_over_grpc_and_verify_with_the_answer(
+    tmp_path: Path,
+) -> None:
+    _, public = generate_signing_key(tmp_path / "audit.pem")
+    gw = await signing_gateway(
+        tmp_path,
+        tmp_path / "audit.pem",
+        3600,
+        TONGBAN_AUTH__MODE="token",
+        TONGBAN_PARTNERS__OPS__CITY="440000",
+        TONGBAN_PARTNERS__OPS__TOKEN="t-ops",
+        TONGBAN_PARTNERS__OPS__OPERATOR="true",
+        TONGBAN_PARTNERS__ZHONGSHAN__CITY="442000",
+        TONGBAN_PARTNERS__ZHONGSHAN__TOKEN="t-zs",
+    )
+    ops_meta = [("authorization", "Bearer t-ops")]
+    try:
+        store = gw.services.store
+        for n in (3, 2, 1):
+            await append_audit_entries(store, n)
+            assert await gw.checkpoint() == "signed"
+        async with grpc.aio.insecure_channel(gw.address) as ch:
+            stub = ops_grpc.OperationsServiceStub(ch)
+            first = await stub.ListAuditCheckpoints(
+                ops.ListAuditCheckpointsRequest(page_size=2), metadata=ops_meta
+            )
+            assert [c.length for c in first.checkpoints] == [3, 5]
+            assert first.next_page_token == "5"
+            second = await stub.ListAuditCheckpoints(
+                ops.ListAuditCheckpointsRequest(page_size=2, page_token=first.next_page_token),
+                metadata=ops_meta,
+            )
+            assert [c.length for c in second.checkpoints] == [6]
+            assert second.next_page_token == ""
+            since = await stub.ListAuditCheckpoints(
+                ops.ListAuditCheckpointsRequest(after_length=3), metadata=ops_meta
+            )
+            assert [c.length for c in since.checkpoints] == [5, 6]
+            for request, meta, code, field in (
+                (ops.ListAuditCheckpointsRequest(), [("authorization", "Bearer t-zs")],
+                 grpc.StatusCode.PERMISSION_DENIED, None),
+                (ops.ListAuditCheckpointsRequest(page_size=-1), ops_meta,
+                 grpc.StatusCode.INVALID_ARGUMENT, "page_size"),
+                (ops.ListAuditCheckpointsRequest(page_token="x5"), ops_meta,
+                 grpc.StatusCode.INVALID_ARGUMENT, "page_token"),
+                (ops.ListAuditCheckpointsRequest(after_length=5, page_token="3"), ops_meta,
+                 grpc.StatusCode.INVALID_ARGUMENT, "page_token"),
+            ):  # fmt: skip
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await stub.ListAuditCheckpoints(request, metadata=meta)
+                assert err.value.code() == code
+                if field:
+                    assert rich_error(err.value)["fields"] == [field]
+        stored = stored_checkpoints(store.engine)
+    finally:
+        await gw.stop(grace=0)
+        store.dispose()
+    # The answers as grpcurl prints them, one page after the other in one file: what an
+    # auditor keeps, and checks with the public key alone.
+    kept = tmp_path / "kept.json"
+    kept.write_text("\n".join(json_format.MessageToJson(r) for r in (first, second)))
+    got = read_checkpoints(kept, checkpoints_from_response_json)
+    assert got == stored
+    found = sort_checkpoints(got, load_public_keys([public]))
+    assert found.problems == ()
+    assert sorted(found.trusted) == [3, 5, 6]
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"checkpoints": [{"length": "x"}]}')
+    with pytest.raises(
+        CheckpointError, match=r"bad\.json, line 1: not a ListAuditCheckpointsResponse"
+    ):
+        read_checkpoints(bad, checkpoints_from_response_json)
 
 
 async def test_the_gateway_signs_every_interval_and_goes_on_with_a_key_rotated_in_place(

@@ -57,6 +57,11 @@ class OperationsServiceStub:
                 request_serializer=tongban_dot_v1_dot_operations__pb2.TraceCaseRequest.SerializeToString,
                 response_deserializer=tongban_dot_v1_dot_operations__pb2.TraceCaseResponse.FromString,
                 _registered_method=True)
+        self.ListAuditCheckpoints = channel.unary_unary(
+                '/tongban.v1.OperationsService/ListAuditCheckpoints',
+                request_serializer=tongban_dot_v1_dot_operations__pb2.ListAuditCheckpointsRequest.SerializeToString,
+                response_deserializer=tongban_dot_v1_dot_operations__pb2.ListAuditCheckpointsResponse.FromString,
+                _registered_method=True)
 
 
 class OperationsServiceServicer:
@@ -94,6 +99,16 @@ class OperationsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAuditCheckpoints(self, request, context):
+        """Lists the audit chain's signed checkpoints (audit.signing_key), fewest entries first, in
+        pages: the copies an auditor keeps away from the store, checked with `tongban audit verify
+        --checkpoints FILE` (which reads this response as JSON, e.g. from grpcurl). Empty when
+        the gateway signs no checkpoints.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperationsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -116,6 +131,11 @@ def add_OperationsServiceServicer_to_server(servicer, server):
                     servicer.TraceCase,
                     request_deserializer=tongban_dot_v1_dot_operations__pb2.TraceCaseRequest.FromString,
                     response_serializer=tongban_dot_v1_dot_operations__pb2.TraceCaseResponse.SerializeToString,
+            ),
+            'ListAuditCheckpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditCheckpoints,
+                    request_deserializer=tongban_dot_v1_dot_operations__pb2.ListAuditCheckpointsRequest.FromString,
+                    response_serializer=tongban_dot_v1_dot_operations__pb2.ListAuditCheckpointsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -229,6 +249,33 @@ class OperationsService:
             '/tongban.v1.OperationsService/TraceCase',
             tongban_dot_v1_dot_operations__pb2.TraceCaseRequest.SerializeToString,
             tongban_dot_v1_dot_operations__pb2.TraceCaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditCheckpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongban.v1.OperationsService/ListAuditCheckpoints',
+            tongban_dot_v1_dot_operations__pb2.ListAuditCheckpointsRequest.SerializeToString,
+            tongban_dot_v1_dot_operations__pb2.ListAuditCheckpointsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,12 @@ class OperationsServiceStub:
     """Returns where one case is and how it got there: its state, status events, deliveries and
     audit entries, never its personal data (NOT_FOUND once purged by retention).
     """
+    ListAuditCheckpoints: _grpc.UnaryUnaryMultiCallable[_operations_pb2.ListAuditCheckpointsRequest, _operations_pb2.ListAuditCheckpointsResponse]
+    """Lists the audit chain's signed checkpoints (audit.signing_key), fewest entries first, in
+    pages: the copies an auditor keeps away from the store, checked with `tongban audit verify
+    --checkpoints FILE` (which reads this response as JSON, e.g. from grpcurl). Empty when
+    the gateway signs no checkpoints.
+    """
 
 @_typing.type_check_only
 class OperationsServiceAsyncStub(OperationsServiceStub):
@@ -64,6 +70,12 @@ class OperationsServiceAsyncStub(OperationsServiceStub):
     TraceCase: _aio.UnaryUnaryMultiCallable[_operations_pb2.TraceCaseRequest, _operations_pb2.TraceCaseResponse]  # type: ignore[assignment]
     """Returns where one case is and how it got there: its state, status events, deliveries and
     audit entries, never its personal data (NOT_FOUND once purged by retention).
+    """
+    ListAuditCheckpoints: _aio.UnaryUnaryMultiCallable[_operations_pb2.ListAuditCheckpointsRequest, _operations_pb2.ListAuditCheckpointsResponse]  # type: ignore[assignment]
+    """Lists the audit chain's signed checkpoints (audit.signing_key), fewest entries first, in
+    pages: the copies an auditor keeps away from the store, checked with `tongban audit verify
+    --checkpoints FILE` (which reads this response as JSON, e.g. from grpcurl). Empty when
+    the gateway signs no checkpoints.
     """
 
 class OperationsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -104,6 +116,18 @@ class OperationsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_operations_pb2.TraceCaseResponse, _abc.Awaitable[_operations_pb2.TraceCaseResponse]]:
         """Returns where one case is and how it got there: its state, status events, deliveries and
         audit entries, never its personal data (NOT_FOUND once purged by retention).
+        """
+
+    @_abc_1.abstractmethod
+    def ListAuditCheckpoints(
+        self,
+        request: _operations_pb2.ListAuditCheckpointsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operations_pb2.ListAuditCheckpointsResponse, _abc.Awaitable[_operations_pb2.ListAuditCheckpointsResponse]]:
+        """Lists the audit chain's signed checkpoints (audit.signing_key), fewest entries first, in
+        pages: the copies an auditor keeps away from the store, checked with `tongban audit verify
+        --checkpoints FILE` (which reads this response as JSON, e.g. from grpcurl). Empty when
+        the gateway signs no checkpoints.
         """
 
 def add_OperationsServiceServicer_to_server(servicer: OperationsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
