@@ -123,7 +123,8 @@ def cmd_db_backup(args: argparse.Namespace) -> int:
         return 2
     db = Path(make_url(settings.store.effective_url).database or "")
     try:
-        r = backup_sqlite(db, Path(args.dest), replace=args.force)
+        keys = settings.audit.trusted_public_keys
+        r = backup_sqlite(db, Path(args.dest), replace=args.force, keys=keys)
     except BackupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -137,7 +138,13 @@ def cmd_db_backup(args: argparse.Namespace) -> int:
     print(
         f"backed up {db} to {r.path} in {r.seconds:.2f}s ({r.bytes / 1e6:.1f} MB): {r.cases} "
         f"cases, {r.pending} deliveries pending, {r.dead_letters} dead letters; integrity ok, "
-        f"audit chain intact ({r.audit_entries} entries)"
+        f"audit chain intact ({r.audit_entries} entries"
+        + (
+            f", {r.checkpoints} signed checkpoint{'s' * (r.checkpoints != 1)} verified"
+            if r.checkpoints
+            else ""
+        )
+        + ")"
     )
     return 0
 

@@ -17,13 +17,19 @@ import dataclasses
 import os
 import sqlite3
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import create_engine
 
-from ..audit import verify_store_chain
+from ..audit import sort_checkpoints, verify_store_chain
+from .checkpoints import stored_checkpoints
 from .reads import StoreReader
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 __all__ = ["BackupError", "BackupReport", "backup_sqlite"]
 
@@ -43,6 +49,7 @@ class BackupReport:
     pending: int  # outbox rows still to deliver
     dead_letters: int
     audit_entries: int
+    checkpoints: int = 0  # signed checkpoints of the copy's chain that hold, under the keys given
 
 
 def _fsync(path: Path) -> None:
@@ -53,8 +60,15 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def backup_sqlite(db: Path, dest: Path, *, replace: bool = False) -> BackupReport:
-    """Copy the store ``db`` to ``dest`` as of now; raise :class:`BackupError` if it cannot."""
+def backup_sqlite(
+    db: Path,
+    dest: Path,
+    *,
+    replace: bool = False,
+    keys: Mapping[str, Ed25519PublicKey] | None = None,
+) -> BackupReport:
+    """Copy the store ``db`` to ``dest`` as of now; raise :class:`BackupError` if it cannot.
+    With ``keys``, the copy's chain is checked against its signed checkpoints too."""
     if not db.is_file():
         raise BackupError(f"{db}: no store there")
     if dest.is_dir():
@@ -80,7 +94,7 @@ def backup_sqlite(db: Path, dest: Path, *, replace: bool = False) -> BackupRepor
                 copy.close()
         finally:
             source.close()
-        report = _check(partial, dest, time.monotonic() - started)
+        report = _check(partial, dest, time.monotonic() - started, keys or {})
         copy = sqlite3.connect(partial)
         try:
             copy.execute("PRAGMA journal_mode=DELETE")  # one file: no -wal to carry along
@@ -101,8 +115,11 @@ def backup_sqlite(db: Path, dest: Path, *, replace: bool = False) -> BackupRepor
     return dataclasses.replace(report, bytes=dest.stat().st_size)
 
 
-def _check(copy: Path, dest: Path, seconds: float) -> BackupReport:
-    """The copy's integrity and audit chain, and what it holds."""
+def _check(
+    copy: Path, dest: Path, seconds: float, keys: Mapping[str, Ed25519PublicKey]
+) -> BackupReport:
+    """The copy's integrity and audit chain (against the checkpoints that hold under
+    ``keys``), and what it holds."""
     conn = sqlite3.connect(copy)
     try:
         problems = [r[0] for r in conn.execute("PRAGMA integrity_check")]
@@ -120,13 +137,23 @@ def _check(copy: Path, dest: Path, seconds: float) -> BackupReport:
     engine = create_engine(f"sqlite:///{copy}")
     try:
         reader = StoreReader(engine)
-        chain = verify_store_chain(reader)
+        signed = sort_checkpoints(stored_checkpoints(engine), keys) if keys else None
+        chain = verify_store_chain(reader, signed.trusted if signed else None)
     finally:
         engine.dispose()
     if not chain.ok:
         raise BackupError(
             f"the copy's audit chain is broken at entry {chain.broken_seq}: {chain.reason}"
         )
+    if signed is not None and signed.problems:
+        raise BackupError(f"the copy's {signed.problems[0]}")
     return BackupReport(
-        dest, 0, seconds, cases, counts.get("pending", 0), counts.get("dead", 0), chain.checked
+        dest,
+        0,
+        seconds,
+        cases,
+        counts.get("pending", 0),
+        counts.get("dead", 0),
+        chain.checked,
+        len(signed.trusted) if signed else 0,
     )

@@ -35,6 +35,7 @@ from gateway.audit_signing import (
 from gateway.rpc.operations import checkpoints_from_response_json
 from gateway.settings import ConfigError
 from gateway.store.audit_archive import archive_audit, verify_archives
+from gateway.store.backup import BackupError, backup_sqlite
 from gateway.store.checkpoints import CheckpointIntent, sign_head, stored_checkpoints
 from gateway.store.store import Store
 from gateway.store.writer import AUDIT, AUDIT_CHECKPOINTS, AUDIT_HEAD, AuditEntry, audit_hash
@@ -400,6 +401,25 @@ async def test_the_gateway_signs_every_interval_and_goes_on_with_a_key_rotated_i
     finally:
         await gw.stop(grace=0)
     store.dispose()
+
+
+async def test_a_backup_is_kept_only_if_its_chain_holds_to_its_checkpoints(
+    tmp_path: Path, signer: Signer
+) -> None:
+    keys = {signer.key_id: signer.public_key}
+    db = tmp_path / "s.db"
+    async with running_store(f"sqlite:///{db}") as store:
+        await append_audit_entries(store, 5, one_by_one=True)
+        await sign_head(store, signer, keys)
+        report = backup_sqlite(db, tmp_path / "good.db", keys=keys)
+        assert (report.audit_entries, report.checkpoints) == (5, 1)
+        rewrite(store, 2, "somebody-else")
+        with pytest.raises(BackupError, match="audit chain is broken at entry 5: rewritten"):
+            backup_sqlite(db, tmp_path / "bad.db", keys=keys)
+        assert not (tmp_path / "bad.db").exists()
+        # Without the keys, the copy's chain alone checks out (what signing is for).
+        assert backup_sqlite(db, tmp_path / "blind.db").checkpoints == 0
+        store.dispose()
 
 
 def test_a_signing_key_others_may_read_or_not_ed25519_is_refused(tmp_path: Path) -> None:
