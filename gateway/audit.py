@@ -20,7 +20,6 @@ from .store.writer import GENESIS, AuditEntry, audit_hash
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-if TYPE_CHECKING:
     from .store.reads import StoreReader
 
 __all__ = [

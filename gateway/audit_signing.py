@@ -25,6 +25,7 @@ import base64
 import binascii
 import hashlib
 import json
+import string
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,9 @@ __all__ = [
 ]
 
 FORMAT = "tongban-audit-checkpoint/1"
+_YEAR_10000 = 253_402_300_800  # Unix seconds: the times a checkpoint may carry end before
+# The fields of a ListAuditCheckpointsResponse in protobuf's JSON (grpcurl prints {} for none).
+_RESPONSE_FIELDS = {"checkpoints", "nextPageToken", "next_page_token"}
 
 
 class SigningKeyError(ValueError):
@@ -101,10 +105,10 @@ class Checkpoint:
         kid, sig = data.get("key_id"), data.get("signature")
         if not isinstance(length, int) or isinstance(length, bool) or length < 1:
             raise CheckpointError(f"{where}: length must be a positive integer")
-        if not isinstance(head, str) or len(head) != 64:
+        if not isinstance(head, str) or len(head) != 64 or head.strip(string.hexdigits):
             raise CheckpointError(f"{where}: hash must be 64 hex digits")
-        if not isinstance(ts, float | int) or isinstance(ts, bool):
-            raise CheckpointError(f"{where}: ts must be a number")
+        if not isinstance(ts, float | int) or isinstance(ts, bool) or not 0 <= ts < _YEAR_10000:
+            raise CheckpointError(f"{where}: ts must be Unix seconds (a number from 0)")
         if not isinstance(kid, str) or not isinstance(sig, str):
             raise CheckpointError(f"{where}: key_id and signature must be strings")
         return cls(length, head, float(ts), kid, sig)
@@ -221,8 +225,8 @@ def read_checkpoints(
     path: Path, other: Callable[[dict[str, Any], str], list[Checkpoint]] | None = None
 ) -> list[Checkpoint]:
     """Checkpoints from a file of JSON objects, one after the other (``tongban audit
-    checkpoints --json`` writes one per line); ``other`` reads the objects that are not
-    checkpoints (OperationsService.ListAuditCheckpoints responses)."""
+    checkpoints --json`` writes one per line); ``other`` reads the objects made of a
+    ListAuditCheckpointsResponse's fields only (that RPC's answers, as protobuf's JSON)."""
     try:
         text = path.read_text("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -240,7 +244,7 @@ def read_checkpoints(
             data, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError:
             raise CheckpointError(f"{where}: not JSON") from None
-        if isinstance(data, dict) and "format" not in data and other is not None:
+        if isinstance(data, dict) and other is not None and set(data) <= _RESPONSE_FIELDS:
             found.extend(other(data, where))
         else:
             found.append(Checkpoint.from_json(data, where))

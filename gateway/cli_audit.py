@@ -97,8 +97,9 @@ def report_checkpoints(
         archived = [n for n in found.trusted if n <= chain.after]
         head = chain.after + chain.checked
         print(
-            f"signed checkpoints: {total - len(found.problems)} of {total} verify ({source}; key "
-            f"{', '.join(keys)}); the last covers entries 1-{last.length}, signed at "
+            f"signed checkpoints: {total - len(found.problems)} of {total} verify ({source}; "
+            f"key{'s' * (len(keys) > 1)} {', '.join(keys)}); the last covers entries "
+            f"1-{last.length}, signed at "
             f"{when(last.ts)}"
             + (
                 f"; entries {last.length + 1}-{head} are not signed yet"

@@ -469,3 +469,45 @@ def test_what_is_signed_is_the_documented_text_any_ed25519_library_checks(tmp_pa
     # From JSON and back (tongban audit checkpoints --json), the signature still holds.
     again = Checkpoint.from_json(json.loads(json.dumps(cp.to_json())), "line 1")
     assert sort_checkpoints([again], {signer.key_id: signer.public_key}).trusted == {42: again}
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ("not json", "line 2: not JSON"),
+        ('{"format": "other/1"}', "line 2: not a tongban-audit-checkpoint/1 object"),
+        ('{"length": 1}', "line 2: not a tongban-audit-checkpoint/1 object"),
+        ("[1, 2]", "line 2: not a tongban-audit-checkpoint/1 object"),
+        ('{"format": "tongban-audit-checkpoint/1", "length": 0}', "length must be a positive"),
+        ('{"format": "tongban-audit-checkpoint/1", "length": true}', "length must be a positive"),
+        (
+            '{"format": "tongban-audit-checkpoint/1", "length": 1, "hash": "' + "g" * 64 + '"}',
+            "hash must be 64 hex digits",
+        ),
+        (
+            '{"format": "tongban-audit-checkpoint/1", "length": 1, "hash": "' + "a" * 64 + '", '
+            '"ts": NaN}',
+            "ts must be Unix seconds",
+        ),
+        (
+            '{"format": "tongban-audit-checkpoint/1", "length": 1, "hash": "' + "a" * 64 + '", '
+            '"ts": 1e300}',
+            "ts must be Unix seconds",
+        ),
+        (
+            '{"format": "tongban-audit-checkpoint/1", "length": 1, "hash": "' + "a" * 64 + '", '
+            '"ts": 1.5, "key_id": 7, "signature": ""}',
+            "key_id and signature must be strings",
+        ),
+    ],
+)
+def test_a_malformed_file_of_checkpoints_is_refused_naming_the_line(
+    tmp_path: Path, signer: Signer, line: str, problem: str
+) -> None:
+    good = json.dumps(signer.sign(1, "a" * 64, 1.0).to_json())
+    path = tmp_path / "kept.jsonl"
+    path.write_text(f"{good}\n{line}\n")
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoints(path, checkpoints_from_response_json)
+    assert str(err.value).startswith(f"{path}, line 2: ")
+    assert problem in str(err.value)
