@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -69,19 +70,17 @@ def report_checkpoints(
     chain: ChainReport,
     archives_checked: bool,
     settings: Settings,
+    unsigned: tuple[int, float] | None = None,
 ) -> bool:
     """Print what the checkpoints (``counts``: in the store, from ``--checkpoints``) showed;
     False if one does not hold. A chain found rewritten or cut by them is reported as broken
-    by the chain's own lines."""
+    by the chain's own lines. ``unsigned``: the first entry no checkpoint covers, and when it
+    was made: with ``audit.signing_key`` set, one older than two intervals is warned of."""
     stored, given = counts
     total = stored + given
     source = f"{stored} in the store" + (f", {given} from --checkpoints" if given else "")
+    _warn_unsigned(chain, settings, unsigned)
     if total == 0:
-        if settings.audit.signing_key is not None:
-            print(
-                "no signed checkpoint: audit.signing_key is set, and a serving gateway signs "
-                "the chain within audit.checkpoint_seconds of it growing"
-            )
         return True
     if found.unchecked:
         print(
@@ -113,6 +112,27 @@ def report_checkpoints(
                 "--archives DIR"
             )
     return not found.problems
+
+
+def _warn_unsigned(
+    chain: ChainReport, settings: Settings, unsigned: tuple[int, float] | None
+) -> None:
+    """Say so when, with ``audit.signing_key`` set, entries older than two checkpoint
+    intervals are covered by no checkpoint: a gateway with the key signs them within one, so
+    either none ran since, or checkpoints were deleted (with a rewrite, say)."""
+    every = settings.audit.checkpoint_seconds
+    if unsigned is None or settings.audit.signing_key is None or not chain.ok:
+        return
+    first, made = unsigned
+    head = chain.after + chain.checked
+    if first > head or time.time() - made <= 2 * every:
+        return
+    print(
+        f"WARNING: entries {first}-{head} (the first made at {when(made)}) are covered by no "
+        f"signed checkpoint, though audit.signing_key is set and a serving gateway signs within "
+        f"{every:g}s: unless no gateway with the key ran since, checkpoints were deleted. Check "
+        "the chain against copies kept elsewhere (--checkpoints FILE)"
+    )
 
 
 def cmd_audit_keys_new(args: argparse.Namespace) -> int:

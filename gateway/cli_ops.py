@@ -308,20 +308,23 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
     def verify(
         reader: StoreReader,
-    ) -> tuple[ChainReport, ArchivesReport | None, SignedCheckpoints, int]:
+    ) -> tuple[ChainReport, ArchivesReport | None, SignedCheckpoints, int, tuple[int, float]]:
         stored = stored_checkpoints(reader.engine)
         signed = sort_checkpoints([*stored, *given], keys)
         chain = verify_store_chain(reader, signed.trusted)
+        # The oldest entry in the store no checkpoint covers, and when it was made.
+        first = max(max(signed.trusted, default=0), chain.after) + 1
+        unsigned = (first, reader.audit_entry_time(first, time.time()))
         if archives is None:
-            return chain, None, signed, len(stored)
+            return chain, None, signed, len(stored), unsigned
         recorded = {r.file: r.sha256 for r in reader.audit_archives()}
         files = verify_archives(archives, (chain.after, chain.after_hash), recorded, signed.trusted)
-        return chain, files, signed, len(stored)
+        return chain, files, signed, len(stored), unsigned
 
     found = read_store(settings, "audit log", verify)
     if found is None:
         return 2
-    report, files, signed, stored = found
+    report, files, signed, stored, unsigned = found
     archived = report.after
     ok = report.ok and (files is None or files.ok)
     if report.ok:
@@ -341,7 +344,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     elif archived:
         print(f"entries 1-{archived} are in archive files: check them with --archives DIR")
     counts = (stored, len(given))
-    ok = report_checkpoints(signed, counts, report, files is not None, settings) and ok
+    ok = report_checkpoints(signed, counts, report, files is not None, settings, unsigned) and ok
     return 0 if ok else 1
 
 
