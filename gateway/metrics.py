@@ -238,6 +238,7 @@ class GatewayMetrics:
             "tongban_audit_signed_length",
             "Entries of the audit chain covered by its last checkpoint, as this gateway last "
             "signed or found it (compare tongban_audit_chain_length).",
+            multiprocess_mode="max",
             registry=r,
         )
         self.peer_status_changes = Counter(
