@@ -58,7 +58,7 @@ from .settings import Settings
 from .store.checkpoints import sign_head
 from .store.sealing import Keyring, KeyringError
 from .store.store import Store
-from .tls_files import ClientCertificates, ServerCertificates, file_signature
+from .tls_files import ClientCertificates, FileWatch, ServerCertificates
 
 __all__ = ["Gateway", "Services", "bootstrap", "create_server"]
 
@@ -316,13 +316,12 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self._metrics_server: Any = None
         self.store_healthy = True
-        # store.keys_file as read with the settings: a change is read again (_reload_keys).
-        keys = settings.store.keys_file
-        self._keys_seen = file_signature([keys]) if keys is not None else ()
-        # audit.signing_key as read with the settings: a change is read again (_signing_key).
+        # store.keys_file and audit.signing_key as read with the settings: a change is read
+        # again (_reload_keys, _signing_key).
+        keys, signing = settings.store.keys_file, settings.audit.signing_key
+        self._keys_file = FileWatch([keys]) if keys is not None else None
+        self._signing_file = FileWatch([signing]) if signing is not None else None
         self._signer = settings.audit.signer
-        signing = settings.audit.signing_key
-        self._signing_seen = file_signature([signing]) if signing is not None else ()
         # Keys signing_key held before it changed while serving: their checkpoints still hold.
         self._retired_keys: dict[str, Ed25519PublicKey] = {}
 
@@ -405,12 +404,8 @@ class Gateway:
         """Read ``store.keys_file`` again if it changed (a key added or made active): checked
         like at start; a file that fails is refused and the old keys go on."""
         path = self.settings.store.keys_file
-        if path is None:
+        if path is None or self._keys_file is None or not self._keys_file.changed():
             return
-        signature = file_signature([path])
-        if signature == self._keys_seen:
-            return
-        self._keys_seen = signature
         reloads = self.services.metrics.keys_reloads
         try:
             keyring = Keyring.load(path)
@@ -473,11 +468,9 @@ class Gateway:
         """The signing key, read again if ``audit.signing_key`` changed (a file that fails is
         refused and the old key goes on signing)."""
         path = self.settings.audit.signing_key
-        if path is None:
+        if path is None or self._signing_file is None:
             return None
-        signature = file_signature([path])
-        if signature != self._signing_seen:
-            self._signing_seen = signature
+        if self._signing_file.changed():
             try:
                 signer = Signer.load(path)
             except SigningKeyError as exc:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .audit_signing import Checkpoint, signature_problem
 from .store.writer import GENESIS, AuditEntry, audit_hash
+from .timestamps import utc_text
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -62,14 +62,9 @@ def link_problem(row: Any, seq: int, prev: str, signed: Signed | None = None) ->
     if signed and (cp := signed.get(seq)) is not None and cp.hash != row.hash:
         return (
             f"rewritten: the chain up to here is not the one key {cp.key_id} signed at "
-            f"{when(cp.ts)}"
+            f"{utc_text(cp.ts)}"
         )
     return ""
-
-
-def when(ts: float) -> str:
-    """A time of the chain as ISO 8601 UTC, to the second."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,13 +91,13 @@ def sort_checkpoints(
     for cp in found:
         problem = signature_problem(cp, keys)
         if problem:
-            problems.append(f"checkpoint of entries 1-{cp.length} ({when(cp.ts)}): {problem}")
+            problems.append(f"checkpoint of entries 1-{cp.length} ({utc_text(cp.ts)}): {problem}")
             continue
         seen = trusted.setdefault(cp.length, cp)
         if seen.hash != cp.hash:
             problems.append(
                 f"two checkpoints of entries 1-{cp.length} hold different hashes "
-                f"({when(seen.ts)} and {when(cp.ts)})"
+                f"({utc_text(seen.ts)} and {utc_text(cp.ts)})"
             )
     return SignedCheckpoints(trusted, tuple(problems))
 
@@ -156,7 +151,7 @@ def verify_store_chain(reader: StoreReader, signed: Signed | None = None) -> Cha
             report.checked,
             length + 1,
             f"cut short: the chain holds {length} entries, but key {cp.key_id} signed "
-            f"{cp.length} at {when(cp.ts)}",
+            f"{cp.length} at {utc_text(cp.ts)}",
             after,
             after_hash,
         )

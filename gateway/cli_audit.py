@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .audit import ChainReport, SignedCheckpoints, when
+from .audit import ChainReport, SignedCheckpoints
 from .audit_signing import (
     Checkpoint,
     CheckpointError,
@@ -20,6 +20,7 @@ from .audit_signing import (
     read_checkpoints,
 )
 from .cli_serve import read_settings
+from .timestamps import utc_text
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -75,7 +76,7 @@ def report_checkpoints(
     """Print what the checkpoints (``counts``: in the store, from ``--checkpoints``) showed;
     False if one does not hold. A chain found rewritten or cut by them is reported as broken
     by the chain's own lines. ``unsigned``: the first entry no checkpoint covers, and when it
-    was made: with ``audit.signing_key`` set, one older than two intervals is warned of."""
+    was made, given with ``audit.signing_key`` set: one older than two intervals is warned of."""
     stored, given = counts
     total = stored + given
     source = f"{stored} in the store" + (f", {given} from --checkpoints" if given else "")
@@ -99,7 +100,7 @@ def report_checkpoints(
             f"signed checkpoints: {total - len(found.problems)} of {total} verify ({source}; "
             f"key{'s' * (len(keys) > 1)} {', '.join(keys)}); the last covers entries "
             f"1-{last.length}, signed at "
-            f"{when(last.ts)}"
+            f"{utc_text(last.ts)}"
             + (
                 f"; entries {last.length + 1}-{head} are not signed yet"
                 if chain.ok and head > last.length
@@ -121,14 +122,14 @@ def _warn_unsigned(
     intervals are covered by no checkpoint: a gateway with the key signs them within one, so
     either none ran since, or checkpoints were deleted (with a rewrite, say)."""
     every = settings.audit.checkpoint_seconds
-    if unsigned is None or settings.audit.signing_key is None or not chain.ok:
+    if unsigned is None or not chain.ok:
         return
     first, made = unsigned
     head = chain.after + chain.checked
     if first > head or time.time() - made <= 2 * every:
         return
     print(
-        f"WARNING: entries {first}-{head} (the first made at {when(made)}) are covered by no "
+        f"WARNING: entries {first}-{head} (the first made at {utc_text(made)}) are covered by no "
         f"signed checkpoint, though audit.signing_key is set and a serving gateway signs within "
         f"{every:g}s: unless no gateway with the key ran since, checkpoints were deleted. Check "
         "the chain against copies kept elsewhere (--checkpoints FILE)"
@@ -170,7 +171,7 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
             print(json.dumps(cp.to_json(), separators=(",", ":")))
         return 0
     for cp in found:
-        print(f"entries 1-{cp.length:<10} signed {when(cp.ts)}  key {cp.key_id}")
+        print(f"entries 1-{cp.length:<10} signed {utc_text(cp.ts)}  key {cp.key_id}")
     print(f"{len(found)} signed checkpoint(s)")
     return 0
 

@@ -308,13 +308,18 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
     def verify(
         reader: StoreReader,
-    ) -> tuple[ChainReport, ArchivesReport | None, SignedCheckpoints, int, tuple[int, float]]:
+    ) -> tuple[
+        ChainReport, ArchivesReport | None, SignedCheckpoints, int, tuple[int, float] | None
+    ]:
         stored = stored_checkpoints(reader.engine)
         signed = sort_checkpoints([*stored, *given], keys)
         chain = verify_store_chain(reader, signed.trusted)
-        # The oldest entry in the store no checkpoint covers, and when it was made.
-        first = max(max(signed.trusted, default=0), chain.after) + 1
-        unsigned = (first, reader.audit_entry_time(first, time.time()))
+        # With a signing key: the oldest entry in the store no checkpoint covers, and when it
+        # was made (entries a gateway should have signed by now are warned of).
+        unsigned = None
+        if settings.audit.signing_key is not None:
+            first = max(max(signed.trusted, default=0), chain.after) + 1
+            unsigned = (first, reader.audit_entry_time(first, time.time()))
         if archives is None:
             return chain, None, signed, len(stored), unsigned
         recorded = {r.file: r.sha256 for r in reader.audit_archives()}

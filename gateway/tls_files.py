@@ -36,6 +36,7 @@ __all__ = [
     "CertificateError",
     "ClientCertificates",
     "ClientMaterial",
+    "FileWatch",
     "ServerCertificates",
     "certificate_expiry",
     "file_signature",
@@ -76,6 +77,23 @@ def file_signature(paths: list[Path]) -> tuple[tuple[int, int, int], ...]:
             continue
         out.append((st.st_mtime_ns, st.st_size, st.st_ino))
     return tuple(out)
+
+
+class FileWatch:
+    """Tells whether files changed since it last looked (:func:`file_signature`); made when
+    they were read."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self._paths = paths
+        self._seen = file_signature(paths)
+
+    def changed(self) -> bool:
+        """Whether they changed since the last call (or since it was made)."""
+        signature = file_signature(self._paths)
+        if signature == self._seen:
+            return False
+        self._seen = signature
+        return True
 
 
 def _read(path: Path) -> bytes:

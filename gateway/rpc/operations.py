@@ -110,7 +110,9 @@ class OperationsServicer:
 
 
 def checkpoint_to_proto(cp: Checkpoint) -> ops.AuditCheckpoint:
-    """A checkpoint as the RPC answers it (its time to the millisecond, as signed)."""
+    """A checkpoint as the RPC answers it (its time to the millisecond, as signed: not
+    :func:`gateway.timestamps.timestamp`, whose nanoseconds are truncated from the float and
+    may fall a millisecond short)."""
     ms = round(cp.ts * 1000)
     return ops.AuditCheckpoint(
         length=cp.length,

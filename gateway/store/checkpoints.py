@@ -6,12 +6,12 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, inspect, select, text
+from sqlalchemy import Engine, Select, inspect, select, text
 
-from ..audit import when
 from ..audit_signing import Checkpoint, Signer, signature_problem
+from ..timestamps import utc_text
 from .writer import AUDIT, AUDIT_CHECKPOINTS, Batch, Intent
 
 if TYPE_CHECKING:
@@ -95,13 +95,10 @@ async def sign_head(
 
 def last_checkpoint(engine: Engine) -> Checkpoint | None:
     """The store's checkpoint of the most entries (None: there is none)."""
-    with engine.connect() as conn:
-        if not inspect(conn).has_table(AUDIT_CHECKPOINTS.name):
-            return None
-        r = conn.execute(
-            select(AUDIT_CHECKPOINTS).order_by(AUDIT_CHECKPOINTS.c.length.desc()).limit(1)
-        ).first()
-    return None if r is None else Checkpoint(r.length, r.hash, float(r.ts), r.key_id, r.signature)
+    found = _checkpoints(
+        engine, select(AUDIT_CHECKPOINTS).order_by(AUDIT_CHECKPOINTS.c.length.desc()).limit(1)
+    )
+    return found[0] if found else None
 
 
 def extension_problem(
@@ -122,7 +119,7 @@ def extension_problem(
     if last is None:
         return None, ""
     bad = signature_problem(last, keys)
-    where = f"the last checkpoint (entries 1-{last.length}, signed at {when(last.ts)})"
+    where = f"the last checkpoint (entries 1-{last.length}, signed at {utc_text(last.ts)})"
     if bad:
         return last, f"{where} does not hold: {bad}"
     if last.length > length:
@@ -136,15 +133,21 @@ def extension_problem(
 def stored_checkpoints(
     engine: Engine, after: int = 0, limit: int | None = None
 ) -> list[Checkpoint]:
-    """The store's checkpoints of lengths above ``after``, by length, at most ``limit`` (none in
-    a store not yet migrated to 0006: ``tongban audit verify`` does not migrate)."""
+    """The store's checkpoints of lengths above ``after``, by length, at most ``limit``."""
+    return _checkpoints(
+        engine,
+        select(AUDIT_CHECKPOINTS)
+        .where(AUDIT_CHECKPOINTS.c.length > after)
+        .order_by(AUDIT_CHECKPOINTS.c.length)
+        .limit(limit),
+    )
+
+
+def _checkpoints(engine: Engine, query: Select[Any]) -> list[Checkpoint]:
+    """The checkpoints ``query`` selects (none in a store not yet migrated to 0006: ``tongban
+    audit verify`` does not migrate)."""
     with engine.connect() as conn:
         if not inspect(conn).has_table(AUDIT_CHECKPOINTS.name):
             return []
-        rows = conn.execute(
-            select(AUDIT_CHECKPOINTS)
-            .where(AUDIT_CHECKPOINTS.c.length > after)
-            .order_by(AUDIT_CHECKPOINTS.c.length)
-            .limit(limit)
-        ).all()
+        rows = conn.execute(query).all()
     return [Checkpoint(r.length, r.hash, float(r.ts), r.key_id, r.signature) for r in rows]
