@@ -29,6 +29,7 @@ from tongban.v1 import (
     operations_pb2,
     partner_inbox_pb2,
     translation_pb2,
+    witness_pb2,
 )
 
 from .audit_signing import Signer, SigningKeyError
@@ -48,12 +49,14 @@ from .rpc.operations import OperationsServicer
 from .rpc.peering import PeerInboxServicer
 from .rpc.registration import CallObserver, DeadlineWatchdog, register_service
 from .rpc.translation import TranslationServicer
+from .rpc.witness import AuditWitnessServicer
 from .services.cases import CaseService
 from .services.dead_letters import DeadLetterService
 from .services.delivery import DeliveryObserver, DeliveryService
 from .services.identity import IdentityService
 from .services.peering import PeerInbox
 from .services.retention import RetentionService
+from .services.witness import AuditWitness, WitnessClient
 from .settings import Settings
 from .store.checkpoints import sign_head
 from .store.sealing import Keyring, KeyringError
@@ -71,6 +74,7 @@ SERVICE_DESCRIPTORS = {
     "IdentityService": identity_pb2.DESCRIPTOR.services_by_name["IdentityService"],
     "PartnerInboxService": partner_inbox_pb2.DESCRIPTOR.services_by_name["PartnerInboxService"],
     "OperationsService": operations_pb2.DESCRIPTOR.services_by_name["OperationsService"],
+    "AuditWitnessService": witness_pb2.DESCRIPTOR.services_by_name["AuditWitnessService"],
 }
 
 
@@ -102,6 +106,8 @@ class Services:
     retention: RetentionService
     servicers: dict[str, Any] = field(default_factory=dict)
     observer: CallObserver | None = None
+    # Hands the audit chain's checkpoints to peer gateways to witness (audit.witnesses).
+    witnesses: WitnessClient | None = None
 
 
 def make_transports(
@@ -233,6 +239,36 @@ def bootstrap(
                 on_status=lambda peer, outcome: counter.labels(peer, outcome).inc(),
             ),
             auth,
+        )
+    if peers:  # witness the peers' audit checkpoints, those whose keys are held here
+        witnessed = metrics.audit_witnessed
+        for peer in peers:
+            for outcome in ("kept", "known", "conflict", "refused"):
+                witnessed.labels(peer, outcome)
+        services.servicers["AuditWitnessService"] = AuditWitnessServicer(
+            AuditWitness(
+                store,
+                {peer: settings.partners[peer].audit_keys for peer in peers},
+                clock,
+                on_witnessed=lambda peer, outcome: witnessed.labels(peer, outcome).inc(),
+            ),
+            auth,
+        )
+    calls = {
+        peer: transport.witness_checkpoint
+        for peer in settings.witnesses
+        if isinstance(transport := delivery.transports.get(peer), GrpcInboxTransport)
+    }
+    if calls:
+        handovers, acknowledged = metrics.audit_witness_handovers, metrics.audit_witnessed_length
+        for peer in calls:
+            for outcome in ("witnessed", "known", "contradicted", "refused", "failed"):
+                handovers.labels(peer, outcome)
+        services.witnesses = WitnessClient(
+            store,
+            calls,
+            on_outcome=lambda peer, outcome: handovers.labels(peer, outcome).inc(),
+            on_length=lambda peer, length: acknowledged.labels(peer).set(length),
         )
     services.servicers["OperationsService"] = OperationsServicer(
         DeadLetterService(store), auth, settings
@@ -432,10 +468,13 @@ class Gateway:
             if not self._stop.is_set():
                 await self.checkpoint()
 
-    async def checkpoint(self) -> str:
+    async def checkpoint(self, timeout: float | None = None) -> str:
         """Sign the audit chain's head now if it grew since the last checkpoint, once that
-        checkpoint is checked to hold still (:func:`~gateway.store.checkpoints.sign_head`); the
-        outcome (``"unchanged"``, or as ``tongban_audit_checkpoints_total`` counts it)."""
+        checkpoint is checked to hold still (:func:`~gateway.store.checkpoints.sign_head`) and
+        the chain to have what peer gateways witnessed of it (handing them the last checkpoint
+        before, and the new one after: :class:`~gateway.services.witness.WitnessClient`, each
+        peer given ``timeout`` seconds to answer); the outcome (``"unchanged"``, or as
+        ``tongban_audit_checkpoints_total`` counts it)."""
         signer = self._signing_key()
         if signer is None:
             return "unchanged"
@@ -445,8 +484,19 @@ class Gateway:
             **self._retired_keys,
             signer.key_id: signer.public_key,
         }
+        witnesses = self.services.witnesses
         try:
-            outcome, length, problem = await sign_head(self.services.store, signer, keys)
+            # What the peers witnessed of this chain is checked first: a chain rewritten below
+            # it is not signed (and, checked again once signed, not whatever signed it first).
+            problem = await witnesses.hand_over(keys, timeout) if witnesses else ""
+            if problem:
+                outcome, length = "broken", 0
+            else:
+                outcome, length, problem = await sign_head(self.services.store, signer, keys)
+            if outcome == "signed" and witnesses is not None:
+                problem = await witnesses.hand_over(keys, timeout)
+                if problem:
+                    outcome = "broken"
         except Exception as exc:  # noqa: BLE001 - the store down: tried again next time
             metrics.audit_checkpoints.labels("failed").inc()
             log.warning("audit checkpoint failed", extra={"error": type(exc).__name__})
@@ -454,7 +504,7 @@ class Gateway:
         if outcome == "broken":
             metrics.audit_checkpoints.labels(outcome).inc()
             log.error(
-                "audit chain broken: nothing signed; run tongban audit verify",
+                "audit chain broken: nothing more is signed; run tongban audit verify",
                 extra={"problem": problem},
             )
             return outcome
@@ -500,11 +550,12 @@ class Gateway:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, timeout=max(grace, 1.0))
+        if self._signer is not None:
+            # What the gateway wrote to its last entry is signed, and handed to the witnesses.
+            await self.checkpoint(timeout=min(max(grace, 1.0), 5.0))
         for transport in self.services.delivery.transports.values():
             with contextlib.suppress(Exception):
                 await transport.close()
-        if self._signer is not None:
-            await self.checkpoint()  # what the gateway wrote to its last entry is signed
         await self.services.store.stop()
         observe_drops(None)
         if self._metrics_server is not None:

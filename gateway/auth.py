@@ -24,6 +24,8 @@ __all__ = ["AccessGuard", "Authenticator", "Caller", "TokenBucket"]
 
 _CURRENT: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("caller", default=None)
 _OPEN_WITHOUT_AUTH = "tongban.v1.TranslationService"
+#: Services only peer gateways may call.
+_PEERS_ONLY = frozenset({"tongban.v1.PartnerInboxService", "tongban.v1.AuditWitnessService"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +36,8 @@ class Caller:
     city: str
     acl: AclSettings = field(default_factory=AclSettings)
     operator: bool = False
-    peer: bool = False  # another Tongban gateway: may call this one's PartnerInboxService
+    # another Tongban gateway: may call this one's PartnerInboxService and AuditWitnessService
+    peer: bool = False
 
     def may_target(self, city: str) -> bool:
         """Whether it may submit cases for ``city``."""
@@ -147,6 +150,6 @@ class AccessGuard:
             raise RateLimited("rate limit exceeded for this partner", retry_after=wait)
         if service == "tongban.v1.OperationsService" and not caller.operator:
             raise PermissionDenied("this partner is not an operator")
-        if service == "tongban.v1.PartnerInboxService" and not caller.peer:
+        if service in _PEERS_ONLY and not caller.peer:
             raise PermissionDenied("this partner is not a peer gateway")
         _CURRENT.set(caller)

@@ -1,5 +1,5 @@
-"""``tongban audit keys new`` and ``tongban audit checkpoints``, and what ``tongban audit
-verify`` says of the signed checkpoints (gateway.audit_signing)."""
+"""``tongban audit keys new``, ``tongban audit checkpoints`` and ``tongban audit witnessed``,
+and what ``tongban audit verify`` says of the signed checkpoints (gateway.audit_signing)."""
 
 from __future__ import annotations
 
@@ -176,6 +176,49 @@ def cmd_audit_checkpoints(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit_witnessed(args: argparse.Namespace) -> int:
+    """List the peer gateways' checkpoints this gateway witnessed (with --peer P --json: the
+    file `tongban audit verify --checkpoints FILE` reads at P)."""
+    from .cli_ops import read_store
+    from .store.witness import witnessed_checkpoints
+
+    settings = read_settings(args.config)
+    if settings is None:
+        return 2
+    found = read_store(
+        settings,
+        "audit witnessed",
+        lambda r: witnessed_checkpoints(r.engine, args.peer, args.after),
+    )
+    if found is None:
+        return 2
+    if args.json:
+        for w in found:
+            print(json.dumps(w.checkpoint.to_json(), separators=(",", ":")))
+        return 0
+    conflicts = 0
+    for i, w in enumerate(found):
+        cp = w.checkpoint
+        twin = any(
+            o.peer == w.peer and o.checkpoint.length == cp.length and o is not w
+            for o in found[max(0, i - 1) : i + 2]
+        )
+        conflicts += twin
+        print(
+            f"{w.peer:<16} entries 1-{cp.length:<10} signed {utc_text(cp.ts)}  key {cp.key_id}  "
+            f"received {utc_text(w.received_at)}" + ("  CONFLICT: another hash" if twin else "")
+        )
+    peers = len({w.peer for w in found})
+    print(f"{len(found)} witnessed checkpoint(s) of {peers} peer gateway(s)")
+    if conflicts:
+        print(
+            f"{conflicts} checkpoint(s) share a length with another hash: that peer signed two "
+            "different chains (both kept as evidence)"
+        )
+        return 1
+    return 0
+
+
 def add_audit_signing_commands(
     aus: argparse._SubParsersAction,  # type: ignore[type-arg]
     verify: argparse.ArgumentParser,
@@ -217,3 +260,19 @@ def add_audit_signing_commands(
     )
     cps.add_argument("--config", help="TOML settings file")
     cps.set_defaults(func=cmd_audit_checkpoints)
+    wit = aus.add_parser(
+        "witnessed",
+        help="list the peer gateways' signed checkpoints this gateway keeps as their witness",
+    )
+    wit.add_argument("--peer", metavar="ID", help="only this peer gateway's (a partner id)")
+    wit.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per line (with --peer: the file `audit verify --checkpoints FILE` "
+        "reads at that peer)",
+    )
+    wit.add_argument(
+        "--after", type=int, default=0, metavar="N", help="only checkpoints of more than N entries"
+    )
+    wit.add_argument("--config", help="TOML settings file")
+    wit.set_defaults(func=cmd_audit_witnessed)

@@ -58,6 +58,7 @@ from .store.reads import StoreReader
 from .store.rekey import sealed_counts
 from .store.sealing import generate_key, write_keyring
 from .store.store import Store
+from .store.witness import witnessed_checkpoints
 
 __all__ = ["add_demo_command"]
 
@@ -213,6 +214,20 @@ async def _signed_chain(gateway: Gateway) -> tuple[ChainReport, int, str]:
     return report, covered, signer.key_id
 
 
+async def _witnessed(gateways: list[Gateway]) -> dict[str, int]:
+    """Each gateway signs its chain's head and hands it to its peer (gateway.services.witness);
+    how many of each gateway's checkpoints the other holds, by the gateway's city."""
+    for gateway in gateways:
+        await gateway.checkpoint()
+    held: dict[str, int] = {}
+    for gateway in gateways:
+        store = gateway.services.store
+        for w in await store.read(witnessed_checkpoints, store.reader.engine):
+            city = "Zhongshan" if w.peer == "zs-gateway" else "Shenzhen"
+            held[city] = held.get(city, 0) + 1
+    return {city: held.get(city, 0) for city in ("Zhongshan", "Shenzhen")}
+
+
 def _hub(data: Path, port: int, metrics_port: int, zs_port: int, sz_port: int) -> _Topology:
     """One gateway for both cities; their systems call it with development tokens."""
     env = {
@@ -301,14 +316,22 @@ def _federation(data: Path, port: int, metrics_port: int, zs_port: int, sz_port:
     pki = make_federation_pki(data / "pki", ("zhongshan", "shenzhen"))
     ports = {"zs-gateway": port or _free_port(), "sz-gateway": _free_port()}
     keys = _demo_keys(data)
+    # Each city's gateway signs its audit chain with its own key, and witnesses the other's
+    # checkpoints with the other's public key.
+    signing = {me: data / f"{me}-audit-signing.pem" for me in ports}
+    for path in signing.values():
+        generate_signing_key(path)
 
     def env(me: str, own: tuple[str, str, int], peer: tuple[str, str]) -> dict[str, str]:
+        public = f"{signing[peer[0]]}.pub"
         return {
             **_TIMINGS,
             **keys,
             **peer_gateway_env(pki, me, ports[me], own, (*peer, ports[peer[0]])),
             "TONGBAN_STORE__DATA_DIR": str(data / me),
             "TONGBAN_METRICS__PORT": str(metrics_port if me == "zs-gateway" else _free_port()),
+            "TONGBAN_AUDIT__SIGNING_KEY": str(signing[me]),
+            f"TONGBAN_PARTNERS__{peer[0].upper()}__AUDIT_PUBLIC_KEYS": json.dumps([public]),
         }
 
     zs_settings = load_settings(
@@ -447,6 +470,7 @@ async def _run(args: argparse.Namespace) -> int:
     elapsed = time.monotonic() - started
     sealed = _sealed_counts(topology.database)
     chain, covered, signing_key = await _signed_chain(topology.gateways[0])
+    witnessed = await _witnessed(topology.gateways) if args.federated else {}
     delivered = sz_sim.applied("case")
     duplicates = sum(1 for c in delivered.values() if c > 1)
     flow = Counter(" → ".join(v) for v in seen.values())
@@ -500,6 +524,13 @@ async def _run(args: argparse.Namespace) -> int:
         ),
         file=out,
     )
+    if args.federated:
+        print(
+            "  witnessed by the peer .......... "
+            + "; ".join(f"{who}'s chain: {n} checkpoint(s)" for who, n in witnessed.items())
+            + " held by the other city's gateway",
+            file=out,
+        )
     print(f"  time taken ..................... {elapsed:.2f}s", file=out)
     print(f"  database ....................... {topology.database}", file=out)
     print(f"  metrics ........................ http://127.0.0.1:{metrics_port}/metrics", file=out)
@@ -512,6 +543,7 @@ async def _run(args: argparse.Namespace) -> int:
         and clear == 0
         and chain.ok
         and covered > 0
+        and all(witnessed.values())
     )
     ok = ok and complete
     print(

@@ -16,6 +16,8 @@ Exception tree::
     ├── Unauthenticated         no valid client identity
     ├── PermissionDenied        the caller's ACL refuses this
     ├── RateLimited             too many requests (.retry_after)
+    ├── AuditKeyUnknown         a peer's checkpoint signed by a key not held for that peer
+    ├── CheckpointConflict      a peer's checkpoint contradicts one witnessed before
     └── BackendUnavailable      the store is unreachable (.retry_after)
 
 Mapping errors (adapters.mapping.MappingError) travel beside these; gateway.rpc.errors turns
@@ -27,8 +29,10 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AuditKeyUnknown",
     "BackendUnavailable",
     "CaseNotFound",
+    "CheckpointConflict",
     "DeadLetterNotFound",
     "ExchangeIdTaken",
     "GatewayError",
@@ -171,6 +175,15 @@ class RateLimited(GatewayError):
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class AuditKeyUnknown(GatewayError):
+    """A peer gateway's audit checkpoint is signed by a key this gateway does not hold for it."""
+
+
+class CheckpointConflict(GatewayError):
+    """A peer gateway's audit checkpoint has another hash than one of the same length this
+    gateway witnessed before (both kept: the peer signed two different chains)."""
 
 
 class BackendUnavailable(GatewayError):

@@ -227,7 +227,8 @@ class GatewayMetrics:
             "tongban_audit_checkpoints_total",
             "Attempts to sign the audit chain's head (audit.signing_key), by outcome: signed; "
             "exists (another gateway signed that length first); broken (the chain does not "
-            "extend the last checkpoint, or that checkpoint does not hold: nothing signed); gone "
+            "extend the last checkpoint, that checkpoint does not hold, or it no longer has what a "
+            "peer gateway witnessed: nothing signed); gone "
             "(the entry was archived meanwhile); failed (the store failed).",
             ("outcome",),
             registry=r,
@@ -239,6 +240,32 @@ class GatewayMetrics:
             "Entries of the audit chain covered by its last checkpoint, as this gateway last "
             "signed or found it (compare tongban_audit_chain_length).",
             multiprocess_mode="max",
+            registry=r,
+        )
+        self.audit_witness_handovers = Counter(
+            "tongban_audit_witness_handovers_total",
+            "This gateway's audit checkpoints handed to a peer gateway to witness, by peer and "
+            "outcome: witnessed (kept there); known (held there already); contradicted (the "
+            "chain no longer has what the peer witnessed, or the peer holds another hash for "
+            "that length: nothing more is signed); refused (the peer does not witness it: no "
+            "key of it there, or a gateway without AuditWitnessService); failed (unreachable).",
+            ("peer", "outcome"),
+            registry=r,
+        )
+        self.audit_witnessed_length = Gauge(
+            "tongban_audit_witnessed_length",
+            "Entries of this gateway's audit chain covered by the last checkpoint each peer "
+            "gateway acknowledged (compare tongban_audit_signed_length).",
+            ("peer",),
+            multiprocess_mode="max",
+            registry=r,
+        )
+        self.audit_witnessed = Counter(
+            "tongban_audit_witnessed_total",
+            "Peer gateways' audit checkpoints handed to this gateway to witness, by peer and "
+            "outcome: kept; known (held already); conflict (another hash for a length held: "
+            "the peer signed two chains; both kept); refused (not signed by a key held for it).",
+            ("peer", "outcome"),
             registry=r,
         )
         self.peer_status_changes = Counter(

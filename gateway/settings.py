@@ -158,6 +158,20 @@ class CircuitPolicy(_Model):
     reset_seconds: Annotated[float, Field(gt=0, le=3600)] = 5.0
 
 
+def _raw_public_keys(paths: list[Path], setting: str) -> dict[str, bytes]:
+    """The Ed25519 public keys in ``paths`` by id, as raw bytes (settings cross to the store's
+    writer process pickled; key objects do not); ValueError naming ``setting`` if one is not."""
+    try:
+        keys = load_public_keys(paths)
+    except SigningKeyError as exc:
+        raise ValueError(f"{setting}: {exc}") from None
+    return {kid: key.public_bytes(Encoding.Raw, PublicFormat.Raw) for kid, key in keys.items()}
+
+
+def _public_keys(raw: dict[str, bytes]) -> dict[str, Ed25519PublicKey]:
+    return {kid: Ed25519PublicKey.from_public_bytes(b) for kid, b in raw.items()}
+
+
 class InboxSettings(_Model):
     """How the gateway reaches a partner system, and how the two authenticate each other."""
 
@@ -263,6 +277,12 @@ class PartnerSettings(_Model):
     # store: each of the N seen lately makes at most total // N of them (at least one), and
     # never more than its max_in_flight.
     max_in_flight_total: Annotated[int, Field(ge=1, le=4096)] | None = None
+    # A peer gateway's audit public keys (PEM; its audit.signing_key's .pub file, and the keys
+    # it signed with before a rotation): with them this gateway witnesses the peer's signed
+    # checkpoints (AuditWitnessService), keeping copies the peer's store cannot take back.
+    audit_public_keys: list[Path] = []
+    # As raw bytes: settings cross to the store's writer process pickled, key objects do not.
+    _audit_keys: dict[str, bytes] = PrivateAttr(default_factory=dict)
 
     @field_validator("city")
     @classmethod
@@ -283,6 +303,20 @@ class PartnerSettings(_Model):
                 "certificate): set inbox.tls, inbox.client_cert and inbox.client_key"
             )
         return self
+
+    @model_validator(mode="after")
+    def _load_audit_keys(self) -> PartnerSettings:
+        self._audit_keys = _raw_public_keys(self.audit_public_keys, "audit_public_keys")
+        if self.audit_public_keys and not self.peer:
+            raise ValueError(
+                "audit_public_keys: only a peer gateway (peer = true) signs checkpoints"
+            )
+        return self
+
+    @property
+    def audit_keys(self) -> dict[str, Ed25519PublicKey]:
+        """The keys of ``audit_public_keys`` by id (none: this gateway witnesses nothing of it)."""
+        return _public_keys(self._audit_keys)
 
 
 class DeliverySettings(_Model):
@@ -350,19 +384,17 @@ class AuditSettings(_Model):
     # Public keys (PEM) whose checkpoints `tongban audit verify` trusts besides signing_key's:
     # the keys signing_key held before a rotation.
     trusted_keys: list[Path] = []
+    # Peer gateways (partner ids) this gateway hands its checkpoints to, to witness: each keeps
+    # copies, and this gateway checks its chain against them (AuditWitnessService). Default:
+    # every peer gateway; [] for none.
+    witnesses: list[str] | None = None
     _signer: Signer | None = PrivateAttr(default=None)
     # As raw bytes: settings cross to the store's writer process pickled, key objects do not.
     _trusted: dict[str, bytes] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _load_signing_keys(self) -> AuditSettings:
-        try:
-            self._trusted = {
-                kid: key.public_bytes(Encoding.Raw, PublicFormat.Raw)
-                for kid, key in load_public_keys(self.trusted_keys).items()
-            }
-        except SigningKeyError as exc:
-            raise ValueError(f"trusted_keys: {exc}") from None
+        self._trusted = _raw_public_keys(self.trusted_keys, "trusted_keys")
         if self.signing_key is not None:
             try:
                 self._signer = Signer.load(self.signing_key)
@@ -378,7 +410,7 @@ class AuditSettings(_Model):
     @property
     def trusted_public_keys(self) -> dict[str, Ed25519PublicKey]:
         """The keys of ``trusted_keys`` by id, and the public half of ``signing_key``."""
-        keys = {kid: Ed25519PublicKey.from_public_bytes(raw) for kid, raw in self._trusted.items()}
+        keys = _public_keys(self._trusted)
         if self._signer is not None:
             keys[self._signer.key_id] = self._signer.public_key
         return keys
@@ -424,6 +456,12 @@ class Settings(_Model):
                 f"peer gateways ({', '.join(sorted(self.peers))}) are known by their certificates: "
                 "auth.mode must be 'mtls'"
             )
+        strangers = sorted(set(self.audit.witnesses or ()) - self.peers)
+        if strangers:
+            raise ValueError(
+                f"audit.witnesses: {', '.join(strangers)} not peer gateways (partners with "
+                "peer = true)"
+            )
         for pid, p in self.partners.items():
             unknown = [x for x in p.acl.purposes if x not in self.purposes]
             if unknown:
@@ -434,6 +472,15 @@ class Settings(_Model):
     def peers(self) -> frozenset[str]:
         """Ids of the partners that are other Tongban gateways (federated mode)."""
         return frozenset(pid for pid, p in self.partners.items() if p.peer)
+
+    @property
+    def witnesses(self) -> list[str]:
+        """The peer gateways this gateway's checkpoints are handed to (``audit.witnesses``;
+        every peer by default), when it signs them."""
+        if self.audit.signing_key is None:
+            return []
+        chosen = self.audit.witnesses
+        return sorted(self.peers if chosen is None else chosen)
 
     def partner_for_city(self, city: str) -> tuple[str, PartnerSettings] | None:
         """The partner that speaks for a city region code."""
@@ -471,6 +518,15 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
             node[key] = str(_under(base, value))
         elif isinstance(value, list):
             node[key] = [str(_under(base, v)) if isinstance(v, str) else v for v in value]
+    partners = raw.get("partners")
+    for partner in partners.values() if isinstance(partners, dict) else ():
+        if not isinstance(partner, dict):
+            continue
+        keys = partner.get("audit_public_keys")
+        if isinstance(keys, list):
+            partner["audit_public_keys"] = [
+                str(_under(base, v)) if isinstance(v, str) else v for v in keys
+            ]
 
 
 def _under(base: Path, value: str) -> Path:

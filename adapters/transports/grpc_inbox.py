@@ -10,6 +10,8 @@ from grpc_status import rpc_status
 
 from tongban.v1 import partner_inbox_pb2 as inbox
 from tongban.v1 import partner_inbox_pb2_grpc as inbox_grpc
+from tongban.v1 import witness_pb2
+from tongban.v1 import witness_pb2_grpc as witness_grpc
 
 from .base import CertificateSource, TransportError
 
@@ -73,6 +75,7 @@ class GrpcInboxTransport:
             else grpc.aio.insecure_channel(self.target)
         )
         self._stub = inbox_grpc.PartnerInboxServiceStub(self._channel)
+        self._witness = witness_grpc.AuditWitnessServiceStub(self._channel)
 
     def _refresh(self) -> None:
         """Open a new channel if the certificate files changed and pass their checks."""
@@ -87,10 +90,12 @@ class GrpcInboxTransport:
         self._closing[task] = old
         task.add_done_callback(self._closing.pop)
 
-    async def _call(self, method: str, request: object, timeout: float) -> object:
+    async def _call(
+        self, method: str, request: object, timeout: float, stub: object = None
+    ) -> object:
         self._refresh()
         try:
-            return await getattr(self._stub, method)(request, timeout=timeout)
+            return await getattr(stub or self._stub, method)(request, timeout=timeout)
         except grpc.aio.AioRpcError as err:
             code = err.code()
             raise TransportError(
@@ -130,6 +135,15 @@ class GrpcInboxTransport:
         """Look an enterprise up."""
         out = await self._call("LookupEnterprise", request, timeout)
         assert isinstance(out, inbox.LookupEnterpriseResponse)
+        return out
+
+    async def witness_checkpoint(
+        self, request: witness_pb2.WitnessCheckpointRequest, timeout: float
+    ) -> witness_pb2.WitnessCheckpointResponse:
+        """Hand a peer gateway a checkpoint of this gateway's audit chain to witness (its
+        ``AuditWitnessService``, served beside its inbox)."""
+        out = await self._call("WitnessCheckpoint", request, timeout, self._witness)
+        assert isinstance(out, witness_pb2.WitnessCheckpointResponse)
         return out
 
     async def close(self) -> None:

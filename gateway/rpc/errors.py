@@ -55,6 +55,8 @@ _TABLE: list[tuple[type[Exception], grpc.StatusCode, str]] = [
     (e.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"),
     (e.RateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED"),
     (e.BackendUnavailable, grpc.StatusCode.UNAVAILABLE, "BACKEND_UNAVAILABLE"),
+    (e.AuditKeyUnknown, grpc.StatusCode.FAILED_PRECONDITION, "AUDIT_KEY_UNKNOWN"),
+    (e.CheckpointConflict, grpc.StatusCode.ALREADY_EXISTS, "AUDIT_CHECKPOINT_CONFLICT"),
     (UnknownSchemaError, grpc.StatusCode.NOT_FOUND, "UNKNOWN_SCHEMA"),
     (KindMismatchError, grpc.StatusCode.INVALID_ARGUMENT, "KIND_MISMATCH"),
     (MalformedRecordError, grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_RECORD"),

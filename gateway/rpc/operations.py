@@ -3,12 +3,10 @@ operators."""
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 import grpc
 from google.protobuf import json_format
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from tongban.v1 import operations_pb2 as ops
 
@@ -19,10 +17,11 @@ from ..services.cases import record_reads
 from ..services.dead_letters import DeadLetterService, to_proto
 from ..services.trace import CaseTraceService
 from ..services.trace import to_proto as trace_to_proto
+from ..services.witness import checkpoint_from_proto, checkpoint_to_proto
 from ..settings import Settings
 from ..store.checkpoints import stored_checkpoints
 
-__all__ = ["OperationsServicer", "checkpoint_to_proto", "checkpoints_from_response_json"]
+__all__ = ["OperationsServicer", "checkpoints_from_response_json"]
 
 
 class OperationsServicer:
@@ -109,20 +108,6 @@ class OperationsServicer:
         )
 
 
-def checkpoint_to_proto(cp: Checkpoint) -> ops.AuditCheckpoint:
-    """A checkpoint as the RPC answers it (its time to the millisecond, as signed: not
-    :func:`gateway.timestamps.timestamp`, whose nanoseconds are truncated from the float and
-    may fall a millisecond short)."""
-    ms = round(cp.ts * 1000)
-    return ops.AuditCheckpoint(
-        length=cp.length,
-        hash=cp.hash,
-        signed_at=Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000),
-        key_id=cp.key_id,
-        signature=base64.b64decode(cp.signature),
-    )
-
-
 def checkpoints_from_response_json(data: dict[str, Any], where: str) -> list[Checkpoint]:
     """The checkpoints of a ListAuditCheckpointsResponse in protobuf's JSON form (as grpcurl
     prints it); CheckpointError naming ``where`` if it is not one."""
@@ -130,9 +115,4 @@ def checkpoints_from_response_json(data: dict[str, Any], where: str) -> list[Che
         response = json_format.ParseDict(data, ops.ListAuditCheckpointsResponse())
     except json_format.ParseError as exc:
         raise CheckpointError(f"{where}: not a ListAuditCheckpointsResponse ({exc})") from None
-    found = []
-    for m in response.checkpoints:
-        ms = m.signed_at.seconds * 1000 + m.signed_at.nanos // 1_000_000
-        signature = base64.b64encode(m.signature).decode("ascii")
-        found.append(Checkpoint(m.length, m.hash, ms / 1000, m.key_id, signature))
-    return found
+    return [checkpoint_from_proto(m) for m in response.checkpoints]

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CheckpointIntent",
     "extension_problem",
+    "held_problem",
     "last_checkpoint",
     "sign_head",
     "stored_checkpoints",
@@ -122,12 +123,19 @@ def extension_problem(
     where = f"the last checkpoint (entries 1-{last.length}, signed at {utc_text(last.ts)})"
     if bad:
         return last, f"{where} does not hold: {bad}"
-    if last.length > length:
-        return last, f"cut short: the chain holds {length} entries, fewer than {where}"
-    found = head if last.length == length else reader.audit_hash_at(last.length)
-    if found is not None and found != last.hash:
-        return last, f"rewritten: entry {last.length} no longer ends the chain {where} holds"
-    return last, ""
+    return last, held_problem(reader, length, head, last, where)
+
+
+def held_problem(reader: StoreReader, length: int, head: str, cp: Checkpoint, where: str) -> str:
+    """Why the chain's first ``length`` entries, ending with ``head``, no longer hold ``cp``
+    (described as ``where``; its signature checked before): "" when they do, or when its entry
+    was archived since (checked by ``tongban audit verify --archives``)."""
+    if cp.length > length:
+        return f"cut short: the chain holds {length} entries, fewer than {where}"
+    found = head if cp.length == length else reader.audit_hash_at(cp.length)
+    if found is not None and found != cp.hash:
+        return f"rewritten: entry {cp.length} no longer ends the chain {where} holds"
+    return ""
 
 
 def stored_checkpoints(

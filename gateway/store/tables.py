@@ -7,6 +7,8 @@ outbox      deliveries to partner systems: pending -> delivered | dead (the dead
 audit       append-only, hash-chained log of who did what
 audit_head  the chain's last hash, locked while appending
 audit_archives  the audit chain's entries moved to archive files (``tongban audit archive``)
+audit_checkpoints  signed checkpoints of the audit chain (``audit.signing_key``)
+witnessed_checkpoints  peer gateways' signed checkpoints, kept here as their witness
 gateways    the gateway processes delivering from the store, and when each was last seen
 """
 
@@ -17,6 +19,7 @@ from sqlmodel import Field, SQLModel
 
 __all__ = [
     "AuditArchiveRow",
+    "AuditCheckpointRow",
     "AuditHead",
     "AuditRow",
     "CaseRow",
@@ -24,6 +27,7 @@ __all__ = [
     "GatewayRow",
     "OutboxRow",
     "RequestRow",
+    "WitnessedCheckpointRow",
 ]
 
 
@@ -158,6 +162,22 @@ class AuditCheckpointRow(SQLModel, table=True):
     ts: float
     key_id: str = Field(max_length=16)
     signature: str = Field(max_length=128)
+
+
+class WitnessedCheckpointRow(SQLModel, table=True):
+    """A signed checkpoint of a peer gateway's audit chain, which that peer handed this
+    gateway to keep (0007; see gateway.store.witness). Two of one length with other hashes
+    are both kept: the evidence that the peer signed two different chains."""
+
+    __tablename__ = "witnessed_checkpoints"
+
+    peer: str = Field(primary_key=True, max_length=64)
+    length: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    hash: str = Field(primary_key=True, max_length=64)
+    ts: float
+    key_id: str = Field(max_length=16)
+    signature: str = Field(max_length=128)
+    received_at: float
 
 
 class GatewayRow(SQLModel, table=True):

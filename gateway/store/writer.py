@@ -44,6 +44,7 @@ from .tables import (
     GatewayRow,
     OutboxRow,
     RequestRow,
+    WitnessedCheckpointRow,
 )
 
 __all__ = [
@@ -67,6 +68,7 @@ AUDIT_HEAD: Table = AuditHead.__table__  # type: ignore[attr-defined]
 AUDIT_ARCHIVES: Table = AuditArchiveRow.__table__  # type: ignore[attr-defined]
 AUDIT_CHECKPOINTS: Table = AuditCheckpointRow.__table__  # type: ignore[attr-defined]
 GATEWAYS: Table = GatewayRow.__table__  # type: ignore[attr-defined]
+WITNESSED: Table = WitnessedCheckpointRow.__table__  # type: ignore[attr-defined]
 GENESIS = "0" * 64
 
 

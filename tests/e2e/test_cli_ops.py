@@ -16,7 +16,7 @@ def test_db_upgrade_and_dead_letter_commands(tmp_path) -> None:
     env = {"TONGBAN_STORE__DATA_DIR": str(tmp_path)}
     up = run("db", "upgrade", "--config", "tongban.toml", env=env)
     assert up.returncode == 0, up.stderr
-    assert "store at revision 0006 (was empty)" in up.stdout
+    assert "store at revision 0007 (was empty)" in up.stdout
     db = tmp_path / "tongban.db"
     now = time.time()
     with sqlite3.connect(db) as conn:
@@ -176,6 +176,12 @@ def test_the_federated_demo_crosses_two_gateways(tmp_path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     assert "peers over mutual TLS" in out.stdout
     assert "every case delivered once and completed" in out.stdout
+    # Each gateway's checkpoints are held by the other (AuditWitnessService).
+    assert re.search(
+        r"witnessed by the peer \.+ Zhongshan's chain: [1-9]\d* checkpoint\(s\); "
+        r"Shenzhen's chain: [1-9]\d* checkpoint\(s\) held by the other city's gateway",
+        out.stdout,
+    ), out.stdout
     held = {}
     for gw in ("zs-gateway", "sz-gateway"):
         env = {"TONGBAN_STORE__DATA_DIR": str(data / gw)}

@@ -1,7 +1,7 @@
 """The migrations build the tables the code declares, on SQLite and on PostgreSQL; 0002
 drops the outbox's unread exchange index and 0003 replaces its claim index with one by
 partner, without touching its rows; 0004 adds the gateways table, 0005 the audit archives
-table and 0006 the audit checkpoints table."""
+table, 0006 the audit checkpoints table and 0007 the witnessed checkpoints table."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from sqlmodel import SQLModel
 from gateway.store.checkpoints import stored_checkpoints
 from gateway.store.engine import _config, current_revision, upgrade
 from gateway.store.reads import StoreReader
+from gateway.store.witness import witnessed_checkpoints
 from gateway.store.writer import GENESIS
 
 
@@ -120,8 +121,19 @@ def test_0006_adds_the_audit_checkpoints_table_and_takes_it_away(db_engine: Engi
     assert "audit_checkpoints" not in inspect(db_engine).get_table_names()
     # `tongban audit verify` (which does not migrate) reads it as a store with no checkpoints
     assert stored_checkpoints(db_engine) == []
-    upgrade(db_engine)
+    upgrade(db_engine, "0006")
     assert current_revision(db_engine) == "0006"
-    assert _differences(db_engine) == []
     _downgrade(db_engine, "0005")  # and back, for a gateway of revision 0005
     assert "audit_checkpoints" not in inspect(db_engine).get_table_names()
+
+
+def test_0007_adds_the_witnessed_checkpoints_table_and_takes_it_away(db_engine: Engine) -> None:
+    upgrade(db_engine, "0006")
+    assert "witnessed_checkpoints" not in inspect(db_engine).get_table_names()
+    # `tongban audit witnessed` (which does not migrate) reads it as a store that witnessed none
+    assert witnessed_checkpoints(db_engine) == []
+    upgrade(db_engine)
+    assert current_revision(db_engine) == "0007"
+    assert _differences(db_engine) == []
+    _downgrade(db_engine, "0006")  # and back, for a gateway of revision 0006
+    assert "witnessed_checkpoints" not in inspect(db_engine).get_table_names()

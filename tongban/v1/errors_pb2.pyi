@@ -86,6 +86,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """ABORTED: a peer gateway's status change arrived before an earlier one of the same case;
     retry after RetryInfo's delay.
     """
+    ERROR_REASON_AUDIT_KEY_UNKNOWN: _ErrorReason.ValueType  # 25
+    """FAILED_PRECONDITION: a peer gateway handed this one an audit checkpoint signed by a key
+    it does not hold for that peer (partners.<id>.audit_public_key).
+    """
+    ERROR_REASON_AUDIT_CHECKPOINT_CONFLICT: _ErrorReason.ValueType  # 26
+    """ALREADY_EXISTS: a peer gateway handed this one an audit checkpoint of a length it
+    witnessed before with another hash (kept as evidence): the peer signed two chains.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Reasons found in google.rpc.ErrorInfo.reason (without the ERROR_REASON_ prefix)."""
@@ -145,5 +153,13 @@ holds here.
 ERROR_REASON_OUT_OF_ORDER: ErrorReason.ValueType  # 24
 """ABORTED: a peer gateway's status change arrived before an earlier one of the same case;
 retry after RetryInfo's delay.
+"""
+ERROR_REASON_AUDIT_KEY_UNKNOWN: ErrorReason.ValueType  # 25
+"""FAILED_PRECONDITION: a peer gateway handed this one an audit checkpoint signed by a key
+it does not hold for that peer (partners.<id>.audit_public_key).
+"""
+ERROR_REASON_AUDIT_CHECKPOINT_CONFLICT: ErrorReason.ValueType  # 26
+"""ALREADY_EXISTS: a peer gateway handed this one an audit checkpoint of a length it
+witnessed before with another hash (kept as evidence): the peer signed two chains.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
