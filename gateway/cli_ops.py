@@ -57,7 +57,12 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
-_KEPT = {"requests": "idempotency records", "outbox": "delivered outbox rows", "cases": "cases"}
+_KEPT = {
+    "requests": "idempotency records",
+    "outbox": "delivered outbox rows",
+    "cases": "cases",
+    "audit_checkpoints": "signed audit checkpoints (this chain's and the peers' witnessed)",
+}
 
 
 @contextlib.asynccontextmanager
@@ -103,7 +108,7 @@ async def _purge(args: argparse.Namespace) -> int:
     for table, cut in report.cuts.items():
         n, events = report.deleted.get(table, 0), report.deleted.get("events", 0)
         print(f"{verb} {describe(table, n, cut, events)}")
-    kept = [_KEPT[t] for t in PURGED if t not in report.cuts]
+    kept = [_KEPT[t] for t in (*PURGED, "audit_checkpoints") if t not in report.cuts]
     if kept:
         print(f"kept for ever: {', '.join(kept)}")
     return 0

@@ -178,12 +178,21 @@ class GatewayMetrics:
         )
         self.purged = Counter(
             "tongban_store_purged_rows_total",
-            "Rows purged from the store by retention (requests, outbox, cases, events), and audit "
-            "entries moved to archive files (audit).",
+            "Rows purged from the store by retention (requests, outbox, cases, events; "
+            "audit_checkpoints, witnessed_checkpoints thinned), and audit entries moved to "
+            "archive files (audit).",
             ("table",),
             registry=r,
         )
-        for table in ("requests", "outbox", "cases", "events", "audit"):
+        for table in (
+            "requests",
+            "outbox",
+            "cases",
+            "events",
+            "audit",
+            "audit_checkpoints",
+            "witnessed_checkpoints",
+        ):
             self.purged.labels(table)
         self.audit_archive_failures = Counter(
             "tongban_audit_archive_failures_total",

@@ -354,6 +354,10 @@ class RetentionSettings(_Model):
     audit_days: Annotated[float, Field(ge=0, le=36500)] = 0.0
     audit_archive_dir: Path | None = None
     audit_entries_per_file: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    # Signed audit checkpoints (this chain's, and the peers' witnessed here) signed longer ago
+    # than this are thinned to the last of each UTC day; each chain's last checkpoint, and
+    # witnessed ones held with two hashes (evidence), are kept. 0: every one is kept.
+    checkpoint_days: Annotated[float, Field(ge=0, le=36500)] = 0.0
 
     @model_validator(mode="after")
     def _archive_needs_a_directory(self) -> RetentionSettings:

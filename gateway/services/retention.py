@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 
 from ..settings import RetentionSettings
 from ..store.audit_archive import ArchiveFile, ArchiveRaced, archive_audit
-from ..store.retention import PURGED, PurgeIntent, purge_bound, purge_counts
+from ..store.retention import (
+    PURGED,
+    THINNED,
+    PurgeIntent,
+    ThinIntent,
+    purge_bound,
+    purge_counts,
+    thinned_keys,
+)
 from ..store.store import Store
 
 __all__ = ["PurgeReport", "RetentionService"]
@@ -68,7 +76,10 @@ class RetentionService:
             "outbox": self.settings.delivered_days,
             "cases": self.settings.closed_case_days,
         }
-        return {t: now - days[t] * DAY for t in PURGED if days[t] > 0}
+        cuts = {t: now - days[t] * DAY for t in PURGED if days[t] > 0}
+        if self.settings.checkpoint_days > 0:
+            cuts |= dict.fromkeys(THINNED, now - self.settings.checkpoint_days * DAY)
+        return cuts
 
     @property
     def enabled(self) -> bool:
@@ -104,7 +115,11 @@ class RetentionService:
     async def dry_run(self) -> PurgeReport:
         """What a purge would delete now, deleting nothing."""
         cuts = self.cuts(self.store.clock())
-        counts = await self.store.read(purge_counts, self.store.read_engine, cuts)
+        purged = {t: c for t, c in cuts.items() if t in PURGED}
+        counts = await self.store.read(purge_counts, self.store.read_engine, purged)
+        for table in THINNED.keys() & cuts.keys():
+            keys = await self.store.read(thinned_keys, self.store.read_engine, table, cuts[table])
+            counts[table] = len(keys)
         return PurgeReport(cuts, counts)
 
     async def purge(
@@ -119,6 +134,11 @@ class RetentionService:
         gateway is stopping): the rest waits for the next purge."""
         report = PurgeReport(self.cuts(self.store.clock()))
         for table, cut in report.cuts.items():
+            if table in THINNED:
+                await self._thin(actor, table, cut, report, share)
+                if stop is not None and stop.is_set():
+                    return report
+                continue
             bound = await self.store.read(purge_bound, self.store.read_engine, table, cut)
             after = 0
             while True:
@@ -140,6 +160,21 @@ class RetentionService:
                     break
                 after = step.last
         return report
+
+    async def _thin(
+        self, actor: str, table: str, cut: float, report: PurgeReport, share: float
+    ) -> None:
+        """Thin ``table``'s checkpoints signed before ``cut`` (listed in one read, deleted
+        ``batch_rows`` a transaction, paced like the purge)."""
+        keys = await self.store.read(thinned_keys, self.store.read_engine, table, cut)
+        size = self.settings.batch_rows
+        for start in range(0, len(keys), size):
+            began = time.monotonic()
+            step = await self.store.write(ThinIntent(actor, table, cut, keys[start : start + size]))
+            if share < 1.0:
+                await asyncio.sleep((time.monotonic() - began) * (1.0 / share - 1.0))
+            self._count(report, table, step.deleted)
+        report.deleted.setdefault(table, 0)
 
     def _count(self, report: PurgeReport, table: str, n: int) -> None:
         report.deleted[table] = report.deleted.get(table, 0) + n

@@ -1,6 +1,7 @@
 """Retention: what the store stops keeping, and when (docs/operations.md#retention).
 
-Three kinds of rows are purged, each once older than its own cut-off time:
+Three kinds of rows are purged, each once older than its own cut-off time (and two kinds of
+signed audit checkpoints thinned: :class:`ThinIntent`):
 
 requests  idempotency records (``created_at``): a retry after that is taken as a new request
 outbox    delivered rows (``delivered_at``); pending rows and dead letters never are
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, bindparam, text
+from sqlalchemy import Engine, bindparam, inspect, text
 
 from ..domain.lifecycle import TERMINAL
 from ..timestamps import utc_text
@@ -29,11 +30,14 @@ from .writer import AuditEntry, Batch, Intent
 
 __all__ = [
     "PURGED",
+    "THINNED",
     "PurgeIntent",
     "PurgeStep",
+    "ThinIntent",
     "describe",
     "purge_bound",
     "purge_counts",
+    "thinned_keys",
 ]
 
 #: What can be purged, in the order a purge takes them, and what its rows are.
@@ -41,6 +45,15 @@ PURGED = {
     "requests": "idempotency records made",
     "outbox": "outbox rows delivered",
     "cases": "closed cases last changed",
+}
+
+#: Signed audit checkpoints thinned past ``retention.checkpoint_days`` (what their rows are):
+#: of those signed before the cut-off, the last of each UTC day is kept, and so is each
+#: chain's last checkpoint and every witnessed checkpoint of a length held with two hashes
+#: (the evidence of a peer that signed two chains).
+THINNED = {
+    "audit_checkpoints": "signed audit checkpoints",
+    "witnessed_checkpoints": "peers' checkpoints witnessed",
 }
 
 #: With the schema's name, the advisory lock that lets one replica purge at a time (per schema:
@@ -118,8 +131,72 @@ def purge_counts(engine: Engine, cuts: dict[str, float]) -> dict[str, int]:
 def describe(table: str, n: int, cut: float, events: int = 0) -> str:
     """``n`` purged rows of ``table``, in words (the audit entry's detail, the command's line)."""
     when = utc_text(cut)
+    if table in THINNED:
+        return f"{n} {THINNED[table]} signed before {when}, all but the last of each day"
     with_events = f", with {events} status events" if table == "cases" else ""
     return f"{n} {PURGED[table]} before {when}{with_events}"
+
+
+# A chain's checkpoints signed before :cut that are not the last of their UTC day, nor the
+# chain's last; a witnessed one held with two hashes neither. Uncorrelated subqueries: each is
+# computed once per query, whatever the table's size. A day is CAST(ts AS BIGINT) / 86400.
+_THIN = {
+    "audit_checkpoints": (
+        "SELECT length FROM audit_checkpoints WHERE ts < :cut "
+        "AND length < (SELECT MAX(length) FROM audit_checkpoints) "
+        "AND length NOT IN (SELECT MAX(length) FROM audit_checkpoints WHERE ts < :cut "
+        "GROUP BY CAST(ts AS BIGINT) / 86400) ORDER BY length"
+    ),
+    "witnessed_checkpoints": (
+        "SELECT peer, length, hash FROM witnessed_checkpoints WHERE ts < :cut "
+        "AND (peer, length) NOT IN (SELECT peer, MAX(length) FROM witnessed_checkpoints "
+        "GROUP BY peer) "
+        "AND (peer, length) NOT IN (SELECT peer, MAX(length) FROM witnessed_checkpoints "
+        "WHERE ts < :cut GROUP BY peer, CAST(ts AS BIGINT) / 86400) "
+        "AND (peer, length) NOT IN (SELECT peer, length FROM witnessed_checkpoints "
+        "GROUP BY peer, length HAVING COUNT(*) > 1) ORDER BY peer, length"
+    ),
+}
+# One row, checked again as it is deleted: a second hash for its length may have arrived
+# since it was listed (a witnessed checkpoint's time is its signing time, not its arrival).
+_THIN_DELETE = {
+    "audit_checkpoints": text("DELETE FROM audit_checkpoints WHERE length = :length"),
+    "witnessed_checkpoints": text(
+        "DELETE FROM witnessed_checkpoints WHERE peer = :peer AND length = :length "
+        "AND hash = :hash AND NOT EXISTS (SELECT 1 FROM witnessed_checkpoints o "
+        "WHERE o.peer = :peer AND o.length = :length AND o.hash <> :hash)"
+    ),
+}
+
+
+def thinned_keys(engine: Engine, table: str, cut: float) -> list[dict[str, object]]:
+    """The keys of ``table``'s checkpoints that thinning before ``cut`` deletes (none in a store
+    without the table: not yet migrated)."""
+    with engine.connect() as conn:
+        if not inspect(conn).has_table(table):
+            return []
+        rows = conn.execute(text(_THIN[table]), {"cut": cut}).mappings().all()
+    return [dict(r) for r in rows]
+
+
+@dataclass
+class ThinIntent(Intent):
+    """Delete these checkpoints of ``table`` (listed by :func:`thinned_keys`), and record it in
+    the audit log."""
+
+    actor: str
+    table: str
+    cut: float
+    keys: list[dict[str, object]]
+
+    def run(self, batch: Batch) -> PurgeStep:
+        deleted = 0
+        for key in self.keys:
+            deleted += batch.conn.execute(_THIN_DELETE[self.table], key).rowcount
+        if deleted:
+            detail = describe(self.table, deleted, self.cut)
+            batch.audit.append(AuditEntry(self.actor, "store.purge", self.table, "deleted", detail))
+        return PurgeStep(deleted)
 
 
 @dataclass

@@ -247,7 +247,9 @@ def test_a_real_exchange_is_traced_backed_up_purged_and_its_audit_chain_verifies
     kept = run("db", "purge", "--dry-run", "--config", "tongban.toml", env=env)
     assert kept.returncode == 0, kept.stderr
     assert kept.stdout.splitlines()[0].startswith("would purge 0 idempotency records made before")
-    assert kept.stdout.splitlines()[-1] == "kept for ever: cases"
+    assert kept.stdout.splitlines()[-1] == (
+        "kept for ever: cases, signed audit checkpoints (this chain's and the peers' witnessed)"
+    )
     # The demo's cases are all closed and delivered: a second's retention purges them all.
     env |= {f"TONGBAN_RETENTION__{k}_DAYS": str(1 / 86400) for k in ("REQUEST", "CLOSED_CASE")}
     env["TONGBAN_RETENTION__DELIVERED_DAYS"] = str(1 / 86400)

@@ -18,9 +18,17 @@ from sqlalchemy import insert, select
 from gateway.audit import verify_chain
 from gateway.services.retention import RetentionService
 from gateway.settings import RetentionSettings
-from gateway.store.retention import PURGE_LOCK, purge_bound
+from gateway.store.retention import PURGE_LOCK, ThinIntent, purge_bound, thinned_keys
 from gateway.store.store import Store
-from gateway.store.writer import AUDIT, CASES, EVENTS, OUTBOX, REQUESTS
+from gateway.store.writer import (
+    AUDIT,
+    AUDIT_CHECKPOINTS,
+    CASES,
+    EVENTS,
+    OUTBOX,
+    REQUESTS,
+    WITNESSED,
+)
 from tongban.v1 import case_exchange_pb2 as cx
 
 from .conftest import running_store
@@ -184,6 +192,88 @@ async def test_a_purge_deletes_only_what_is_past_its_time(store: Store) -> None:
     assert entries[-1].detail.endswith(", with 2 status events")
     length, head = store.reader.audit_head()
     assert verify_chain(store.reader.audit_rows(length), length, head).ok
+
+
+async def test_old_checkpoints_are_thinned_to_the_last_of_each_day(store: Store) -> None:
+    """retention.checkpoint_days: of the checkpoints signed before the cut-off, this chain's and
+    the peers' witnessed here, the last of each UTC day stays, and so does each chain's last
+    one and every witnessed length held with two hashes (the evidence of two chains)."""
+
+    def signed(length: int, day: float, hour: int) -> None:
+        insert_row(
+            store,
+            AUDIT_CHECKPOINTS,
+            length=length,
+            hash=f"{length:064x}",
+            ts=day * DAY + hour * 3600,
+            key_id="k" * 16,
+            signature="s",
+        )
+
+    def witnessed(peer: str, length: int, day: float, hour: int, h: str = "") -> None:
+        insert_row(
+            store,
+            WITNESSED,
+            peer=peer,
+            length=length,
+            hash=h or f"{length:064x}",
+            ts=day * DAY + hour * 3600,
+            key_id="k" * 16,
+            signature="s",
+            received_at=day * DAY + hour * 3600 + 1,
+        )
+
+    # The cut-off is 30 days before NOW: day 370.
+    for length, day, hour in [(1, 360, 1), (2, 360, 5), (3, 360, 23), (4, 361, 0), (5, 361, 9)]:
+        signed(length, day, hour)
+    signed(6, 375, 1)
+    signed(7, 375, 2)
+    for length, day, hour in [(10, 360, 1), (11, 360, 2), (12, 360, 3), (13, 361, 1), (14, 361, 2)]:
+        witnessed("a", length, day, hour)
+    witnessed("a", 10, 360, 4, h="e" * 64)  # peer a signed another chain of 10 entries
+    witnessed("b", 1, 360, 1)
+    witnessed("b", 2, 360, 2)  # peer b's last: before the cut-off, but kept
+    svc = RetentionService(RetentionSettings(checkpoint_days=30, batch_rows=2), store)
+    assert svc.enabled
+    dry = await svc.dry_run()
+    assert dry.deleted == {
+        "requests": 0,
+        "outbox": 0,
+        "audit_checkpoints": 3,
+        "witnessed_checkpoints": 3,
+    }
+    report = await svc.purge("ops")
+    assert report.deleted == dry.deleted
+    with store.engine.connect() as conn:
+        kept = conn.execute(select(AUDIT_CHECKPOINTS.c.length)).scalars().all()
+        held = conn.execute(select(WITNESSED.c.peer, WITNESSED.c.length)).all()
+        entries = conn.execute(
+            select(AUDIT.c.subject, AUDIT.c.detail).where(AUDIT.c.action == "store.purge")
+        ).all()
+    assert sorted(kept) == [3, 5, 6, 7]
+    assert sorted(held) == [("a", 10), ("a", 10), ("a", 12), ("a", 14), ("b", 2)]
+    # Two rows a transaction, each with its audit entry; the chain holds.
+    assert [(e.subject, int(e.detail.split()[0])) for e in entries] == [
+        ("audit_checkpoints", 2),
+        ("audit_checkpoints", 1),
+        ("witnessed_checkpoints", 2),
+        ("witnessed_checkpoints", 1),
+    ]
+    assert entries[0].detail.endswith("all but the last of each day")
+    length, head = store.reader.audit_head()
+    assert verify_chain(store.reader.audit_rows(length), length, head).ok
+    assert (await svc.purge()).total == 0  # nothing left to thin
+    # A second hash for a length listed to go, arriving before it goes, keeps it.
+    witnessed("b", 3, 360, 3)
+    witnessed("b", 4, 360, 4)
+    keys = thinned_keys(store.engine, "witnessed_checkpoints", NOW - 30 * DAY)
+    assert keys == [{"peer": "b", "length": n, "hash": f"{n:064x}"} for n in (2, 3)]
+    witnessed("b", 2, 360, 5, h="f" * 64)
+    step = await store.write(ThinIntent("ops", "witnessed_checkpoints", NOW - 30 * DAY, keys))
+    assert step.deleted == 1
+    with store.engine.connect() as conn:
+        held = conn.execute(select(WITNESSED.c.length).where(WITNESSED.c.peer == "b")).all()
+    assert sorted(n for (n,) in held) == [2, 2, 4]
 
 
 async def test_retention_of_zero_days_keeps_everything(store: Store) -> None:
