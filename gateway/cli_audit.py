@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -196,13 +197,12 @@ def cmd_audit_witnessed(args: argparse.Namespace) -> int:
         for w in found:
             print(json.dumps(w.checkpoint.to_json(), separators=(",", ":")))
         return 0
+    # A length held with two hashes or more: the peer signed two chains.
+    hashes = Counter((w.peer, w.checkpoint.length) for w in found)
     conflicts = 0
-    for i, w in enumerate(found):
+    for w in found:
         cp = w.checkpoint
-        twin = any(
-            o.peer == w.peer and o.checkpoint.length == cp.length and o is not w
-            for o in found[max(0, i - 1) : i + 2]
-        )
+        twin = hashes[w.peer, cp.length] > 1
         conflicts += twin
         print(
             f"{w.peer:<16} entries 1-{cp.length:<10} signed {utc_text(cp.ts)}  key {cp.key_id}  "

@@ -517,20 +517,22 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
         node = raw.get(section)
         if not isinstance(node, dict):
             continue
-        value = node.get(key)
-        if isinstance(value, str):
-            node[key] = str(_under(base, value))
-        elif isinstance(value, list):
-            node[key] = [str(_under(base, v)) if isinstance(v, str) else v for v in value]
+        if key in node:
+            node[key] = _resolved(base, node[key])
     partners = raw.get("partners")
     for partner in partners.values() if isinstance(partners, dict) else ():
-        if not isinstance(partner, dict):
-            continue
-        keys = partner.get("audit_public_keys")
-        if isinstance(keys, list):
-            partner["audit_public_keys"] = [
-                str(_under(base, v)) if isinstance(v, str) else v for v in keys
-            ]
+        if isinstance(partner, dict) and "audit_public_keys" in partner:
+            partner["audit_public_keys"] = _resolved(base, partner["audit_public_keys"])
+
+
+def _resolved(base: Path, value: Any) -> Any:
+    """A path, or each path of a list, relative to ``base``; anything else as it is (the
+    settings' own checks name it)."""
+    if isinstance(value, str):
+        return str(_under(base, value))
+    if isinstance(value, list):
+        return [str(_under(base, v)) if isinstance(v, str) else v for v in value]
+    return value
 
 
 def _under(base: Path, value: str) -> Path:

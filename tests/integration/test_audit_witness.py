@@ -24,7 +24,7 @@ from gateway.audit_signing import Signer, generate_signing_key
 from gateway.cli import main as cli
 from gateway.demo import make_federation_pki
 from gateway.services.witness import checkpoint_to_proto
-from gateway.settings import ConfigError
+from gateway.settings import ConfigError, load_settings
 from gateway.store.checkpoints import stored_checkpoints
 from gateway.store.store import Store
 from gateway.store.witness import WitnessIntent, witnessed_checkpoints
@@ -421,3 +421,17 @@ def test_settings_refuse_witnesses_that_are_not_peers(tmp_path: Path) -> None:
             TONGBAN_PARTNERS__ZHONGSHAN__CITY="442000",
             TONGBAN_PARTNERS__ZHONGSHAN__AUDIT_PUBLIC_KEYS=f'["{bad}"]',
         )
+
+
+def test_audit_public_keys_in_a_config_file_are_relative_to_it(tmp_path: Path) -> None:
+    (tmp_path / "conf").mkdir()
+    generate_signing_key(tmp_path / "conf" / "peer.pem")
+    config = tmp_path / "conf" / "tongban.toml"
+    config.write_text(
+        '[partners.zhongshan]\ncity = "442000"\naudit_public_keys = ["peer.pem.pub"]\n',
+        encoding="utf-8",
+    )
+    # Read from conf/, not from the working directory: the key loads, and the partner is then
+    # refused for not being a peer (a key not found would be refused as unreadable).
+    with pytest.raises(ConfigError, match=r"audit_public_keys: only a peer gateway"):
+        load_settings(config, env={})
