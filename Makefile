@@ -17,10 +17,12 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/tongban demo
 
-# The Prometheus server and promtool (Debian package) for the alert-rule and scrape tests.
+# Debian packages the tests need: the Prometheus server and promtool (the alert-rule and scrape
+# tests), SoftHSM2 (a PKCS#11 token for the audit signing key held in an HSM).
 system-deps:
-	@command -v prometheus >/dev/null && command -v promtool >/dev/null || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null && \
+	  command -v softhsm2-util >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus softhsm2; }
 
 test: $(VENV)/.installed system-deps
 	$(PY) scripts/check.py

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -356,7 +357,8 @@ class Gateway:
         # again (_reload_keys, _signing_key).
         keys, signing = settings.store.keys_file, settings.audit.signing_key
         self._keys_file = FileWatch([keys]) if keys is not None else None
-        self._signing_file = FileWatch([signing]) if signing is not None else None
+        # A key in a PKCS#11 token is not watched: it changes with the setting (a restart).
+        self._signing_file = FileWatch([signing]) if isinstance(signing, Path) else None
         self._signer = settings.audit.signer
         # Keys signing_key held before it changed while serving: their checkpoints still hold.
         self._retired_keys: dict[str, Ed25519PublicKey] = {}
@@ -499,7 +501,10 @@ class Gateway:
                     outcome = "broken"
         except Exception as exc:  # noqa: BLE001 - the store down: tried again next time
             metrics.audit_checkpoints.labels("failed").inc()
-            log.warning("audit checkpoint failed", extra={"error": type(exc).__name__})
+            extra = {"error": type(exc).__name__}
+            if isinstance(exc, SigningKeyError):  # a token that could not sign says why
+                extra["problem"] = str(exc)
+            log.warning("audit checkpoint failed", extra=extra)
             return "failed"
         if outcome == "broken":
             metrics.audit_checkpoints.labels(outcome).inc()
@@ -519,7 +524,7 @@ class Gateway:
         refused and the old key goes on signing)."""
         path = self.settings.audit.signing_key
         if path is None or self._signing_file is None:
-            return None
+            return self._signer
         if self._signing_file.changed():
             try:
                 signer = Signer.load(path)

@@ -5,12 +5,13 @@ who can write to the store (a database administrator, a stolen backup restored) 
 entry and computing every hash after it again: the chain then verifies. A *checkpoint* closes
 that gap, as a transparency log's signed tree head does: a serving gateway signs the chain's
 head every ``audit.checkpoint_seconds`` while it grows (its length, its last hash, the time)
-with an Ed25519 key kept in a file outside the store, and stores the signature. A chain
-rewritten below a checkpoint no longer has the signed hash at the signed length, and a chain
-cut short is shorter than a signed length; ``tongban audit verify`` finds both. New checkpoints
-for the rewritten chain need the private key, which the store never holds. Checkpoints copied
-out of the store (``tongban audit checkpoints --json``) are evidence even once the store's rows
-are deleted: ``tongban audit verify --checkpoints FILE``.
+with an Ed25519 key kept outside the store (a file, or a PKCS#11 token: gateway.audit_pkcs11),
+and stores the signature. A chain rewritten below a checkpoint no longer has the signed hash
+at the signed length, and a chain cut short is shorter than a signed length; ``tongban audit
+verify`` finds both. New checkpoints for the rewritten chain need the private key, which the
+store never holds. Checkpoints copied out of the store (``tongban audit checkpoints --json``)
+are evidence even once the store's rows are deleted: ``tongban audit verify --checkpoints
+FILE``.
 
 What is signed is the UTF-8 text ``tongban-audit-checkpoint/1\\n<length>\\n<hash>\\n<ms>\\n``
 (``ms``: the time in whole milliseconds since the Unix epoch, in decimal), so any Ed25519
@@ -26,6 +27,7 @@ import binascii
 import hashlib
 import json
 import string
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +41,10 @@ from .store.sealing import PrivateFileError, read_private_file, write_private_fi
 
 __all__ = [
     "FORMAT",
+    "PKCS11_SCHEME",
     "Checkpoint",
     "CheckpointError",
+    "FileSigner",
     "Signer",
     "SigningKeyError",
     "generate_signing_key",
@@ -51,6 +55,8 @@ __all__ = [
 ]
 
 FORMAT = "tongban-audit-checkpoint/1"
+#: How a PKCS#11 URI begins (RFC 7512): ``audit.signing_key`` names a key in a token.
+PKCS11_SCHEME = "pkcs11:"
 _YEAR_10000 = 253_402_300_800  # Unix seconds: the times a checkpoint may carry end before
 # The fields of a ListAuditCheckpointsResponse in protobuf's JSON (grpcurl prints {} for none).
 _RESPONSE_FIELDS = {"checkpoints", "nextPageToken", "next_page_token"}
@@ -127,13 +133,54 @@ def signature_problem(cp: Checkpoint, keys: Mapping[str, Ed25519PublicKey]) -> s
     return ""
 
 
-class Signer:
-    """An Ed25519 private key that signs checkpoints."""
+class Signer(ABC):
+    """An Ed25519 key that signs checkpoints: its id, its public half, and the signing
+    (:class:`FileSigner`: a PEM file; :class:`~gateway.audit_pkcs11.Pkcs11Signer`: a key held
+    in a hardware security module). Where it is makes no difference to what it signs."""
 
-    def __init__(self, private: Ed25519PrivateKey) -> None:
+    def __init__(self, public: Ed25519PublicKey) -> None:
+        self.public_key = public
+        self.key_id = key_id(public)
+
+    @staticmethod
+    def load(source: Path | str) -> Signer:
+        """The key of ``audit.signing_key``: a PKCS#11 URI (``pkcs11:...``, RFC 7512) or a
+        PEM file; SigningKeyError saying what is wrong."""
+        if isinstance(source, str) and source.startswith(PKCS11_SCHEME):
+            from .audit_pkcs11 import Pkcs11Signer, Pkcs11Uri
+
+            return Pkcs11Signer.open(Pkcs11Uri(source))
+        return FileSigner.load(Path(source))
+
+    @abstractmethod
+    def signature(self, data: bytes) -> bytes:
+        """The Ed25519 signature of ``data``."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where the key is, for logs and messages."""
+
+    def sign(self, length: int, head: str, ts: float) -> Checkpoint:
+        """A checkpoint of the chain's first ``length`` entries, ending with ``head``, at
+        ``ts`` (Unix seconds, kept to the millisecond)."""
+        ts = round(ts, 3)
+        sig = self.signature(_signed_bytes(length, head, ts))
+        return Checkpoint(length, head, ts, self.key_id, base64.b64encode(sig).decode("ascii"))
+
+    def public_pem(self) -> bytes:
+        """The public key, PEM (SubjectPublicKeyInfo): what verifiers are given."""
+        return self.public_key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+
+class FileSigner(Signer):
+    """An Ed25519 private key read from a PEM file."""
+
+    def __init__(self, private: Ed25519PrivateKey, path: Path | None = None) -> None:
+        super().__init__(private.public_key())
         self._private = private
-        self.public_key = private.public_key()
-        self.key_id = key_id(self.public_key)
+        self.path = path
 
     def __reduce__(self) -> tuple[Any, tuple[bytes]]:
         # Settings cross to the store's writer process pickled; a key object does not pickle.
@@ -145,9 +192,10 @@ class Signer:
         return _signer_from_raw, (raw,)
 
     @classmethod
-    def load(cls, path: Path) -> Signer:
+    def load(cls, path: Path | str) -> FileSigner:
         """Read a PEM (PKCS#8, unencrypted) Ed25519 private key from a file only its owner may
         read; SigningKeyError otherwise."""
+        path = Path(path)
         try:
             data = read_private_file(path)
         except PrivateFileError as exc:
@@ -160,27 +208,22 @@ class Signer:
             raise SigningKeyError(f"{path}: not an unencrypted PEM private key ({exc})") from None
         if not isinstance(key, Ed25519PrivateKey):
             raise SigningKeyError(f"{path}: not an Ed25519 key")
-        return cls(key)
+        return cls(key, path)
 
-    def sign(self, length: int, head: str, ts: float) -> Checkpoint:
-        """A checkpoint of the chain's first ``length`` entries, ending with ``head``, at
-        ``ts`` (Unix seconds, kept to the millisecond)."""
-        ts = round(ts, 3)
-        sig = self._private.sign(_signed_bytes(length, head, ts))
-        return Checkpoint(length, head, ts, self.key_id, base64.b64encode(sig).decode("ascii"))
+    def signature(self, data: bytes) -> bytes:
+        """The Ed25519 signature of ``data``."""
+        return self._private.sign(data)
 
-    def public_pem(self) -> bytes:
-        """The public key, PEM (SubjectPublicKeyInfo): what verifiers are given."""
-        return self.public_key.public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+    def describe(self) -> str:
+        """The key's file."""
+        return str(self.path) if self.path is not None else "a key in memory"
 
 
-def _signer_from_raw(raw: bytes) -> Signer:
-    return Signer(Ed25519PrivateKey.from_private_bytes(raw))
+def _signer_from_raw(raw: bytes) -> FileSigner:
+    return FileSigner(Ed25519PrivateKey.from_private_bytes(raw))
 
 
-def generate_signing_key(path: Path) -> tuple[Signer, Path]:
+def generate_signing_key(path: Path) -> tuple[FileSigner, Path]:
     """Write a new Ed25519 private key to ``path`` (mode 600, never over an existing file) and
     its public key to ``path`` + ``.pub``; return the signer and the public key's path."""
     if path.exists():
@@ -192,7 +235,7 @@ def generate_signing_key(path: Path) -> tuple[Signer, Path]:
         serialization.NoEncryption(),
     )
     write_private_file(path, pem)
-    signer = Signer(private)
+    signer = FileSigner(private, path)
     public = path.with_name(path.name + ".pub")
     public.write_bytes(signer.public_pem())
     return signer, public
@@ -209,7 +252,7 @@ def load_public_keys(paths: Iterable[Path]) -> dict[str, Ed25519PublicKey]:
             raise SigningKeyError(f"{path}: cannot read: {exc.strerror or exc}") from None
         public: Any
         if b"PRIVATE KEY" in data:
-            public = Signer.load(path).public_key
+            public = FileSigner.load(path).public_key
         else:
             try:
                 public = serialization.load_pem_public_key(data)

@@ -1,5 +1,6 @@
-"""``tongban audit keys new``, ``tongban audit checkpoints`` and ``tongban audit witnessed``,
-and what ``tongban audit verify`` says of the signed checkpoints (gateway.audit_signing)."""
+"""``tongban audit keys new`` and ``public``, ``tongban audit checkpoints`` and ``tongban audit
+witnessed``, and what ``tongban audit verify`` says of the signed checkpoints
+(gateway.audit_signing)."""
 
 from __future__ import annotations
 
@@ -138,7 +139,13 @@ def _warn_unsigned(
 
 
 def cmd_audit_keys_new(args: argparse.Namespace) -> int:
-    """Write a new Ed25519 key for signing the audit chain's checkpoints."""
+    """Write a new Ed25519 key for signing the audit chain's checkpoints, to a file or into a
+    PKCS#11 token."""
+    if args.pkcs11 is not None:
+        if not args.public_file:
+            print("error: --pkcs11 needs --public-file FILE for the public key", file=sys.stderr)
+            return 2
+        return _new_pkcs11_key(args.pkcs11, Path(args.public_file))
     path = Path(args.file)
     try:
         signer, public = generate_signing_key(path)
@@ -151,6 +158,44 @@ def cmd_audit_keys_new(args: argparse.Namespace) -> int:
         f'set audit.signing_key = "{path}"; serving gateways read a changed file before their '
         "next checkpoint. After a rotation, list the old public key in audit.trusted_keys"
     )
+    return 0
+
+
+def _new_pkcs11_key(uri: str, public: Path) -> int:
+    from .audit_pkcs11 import Pkcs11Uri, generate_pkcs11_key
+
+    if public.exists():
+        print(f"error: {public}: already exists; choose another file", file=sys.stderr)
+        return 2
+    try:
+        signer = generate_pkcs11_key(Pkcs11Uri(uri))
+        public.write_bytes(signer.public_pem())
+    except (SigningKeyError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"generated a new Ed25519 audit signing key in {signer.describe()} (sensitive, not "
+        f"extractable), key id {signer.key_id}"
+    )
+    print(f"wrote its public key to {public}: give it to whoever verifies the audit chain")
+    print(
+        "set audit.signing_key to that URI; a gateway reads the key when it starts. After a "
+        "rotation, list the old public key in audit.trusted_keys"
+    )
+    return 0
+
+
+def cmd_audit_keys_public(args: argparse.Namespace) -> int:
+    """Print the public half of audit.signing_key (PEM) and its key id."""
+    settings = read_settings(args.config)
+    if settings is None:
+        return 2
+    signer = settings.audit.signer
+    if signer is None:
+        print("error: audit.signing_key is not set", file=sys.stderr)
+        return 2
+    print(f"key id {signer.key_id}: {signer.describe()}", file=sys.stderr)
+    sys.stdout.write(signer.public_pem().decode("ascii"))
     return 0
 
 
@@ -223,7 +268,8 @@ def add_audit_signing_commands(
     aus: argparse._SubParsersAction,  # type: ignore[type-arg]
     verify: argparse.ArgumentParser,
 ) -> None:
-    """Register ``audit keys new`` and ``audit checkpoints``; add ``verify``'s options."""
+    """Register ``audit keys new``/``public``, ``audit checkpoints`` and ``audit witnessed``;
+    add ``verify``'s options."""
     verify.add_argument(
         "--public-key",
         action="append",
@@ -242,10 +288,30 @@ def add_audit_signing_commands(
     ks = keys.add_subparsers(dest="audit_keys_command", required=True, metavar="COMMAND")
     new = ks.add_parser(
         "new",
-        help="write a new Ed25519 signing key (PEM, mode 600) and its public key (FILE.pub)",
+        help="write a new Ed25519 signing key (PEM, mode 600) and its public key (FILE.pub), "
+        "or generate it in a PKCS#11 token",
     )
-    new.add_argument("--file", required=True, help="where to write the private key")
+    where = new.add_mutually_exclusive_group(required=True)
+    where.add_argument("--file", help="where to write the private key")
+    where.add_argument(
+        "--pkcs11",
+        metavar="URI",
+        help="generate the key pair in a PKCS#11 token instead (a hardware security module; "
+        "RFC 7512 URI: pkcs11:token=LABEL;object=LABEL?module-path=LIB&pin-source=FILE): the "
+        "private key never leaves it",
+    )
+    new.add_argument(
+        "--public-file",
+        metavar="FILE",
+        help="with --pkcs11: where to write the public key (PEM)",
+    )
     new.set_defaults(func=cmd_audit_keys_new)
+    pub = ks.add_parser(
+        "public",
+        help="print the public key (PEM) of audit.signing_key, a file or a PKCS#11 token's",
+    )
+    pub.add_argument("--config", help="TOML settings file")
+    pub.set_defaults(func=cmd_audit_keys_public)
     cps = aus.add_parser(
         "checkpoints",
         help="list the signed checkpoints of the audit chain held in the store",

@@ -47,6 +47,7 @@ from tongban.v1 import common_pb2
 
 from .app import Gateway
 from .audit import ChainReport, sort_checkpoints, verify_store_chain
+from .audit_pkcs11 import Pkcs11Signer
 from .audit_signing import generate_signing_key
 from .certs import issue, make_ca
 from .logs import configure_logging
@@ -184,15 +185,18 @@ _TIMINGS = {
 DEMO_KEY = ("demo", "sm4-gcm")
 
 
-def _demo_keys(data: Path) -> dict[str, str]:
+def _demo_keys(data: Path, signing_key: str | None = None) -> dict[str, str]:
     """Settings sealing the store's personal data with a development key made in ``data``, and
-    signing the audit chain's checkpoints with another."""
+    signing the audit chain's checkpoints with another, or with ``signing_key`` (a PEM file or
+    a PKCS#11 URI: ``--audit-signing-key``)."""
     path = data / "keys.toml"
     kid, algorithm = DEMO_KEY
     write_keyring(path, kid, {kid: (algorithm, generate_key(algorithm))})
-    signing = data / "audit-signing.pem"
-    generate_signing_key(signing)
-    return {"TONGBAN_STORE__KEYS_FILE": str(path), "TONGBAN_AUDIT__SIGNING_KEY": str(signing)}
+    if signing_key is None:
+        signing = data / "audit-signing.pem"
+        generate_signing_key(signing)
+        signing_key = str(signing)
+    return {"TONGBAN_STORE__KEYS_FILE": str(path), "TONGBAN_AUDIT__SIGNING_KEY": signing_key}
 
 
 async def _signed_chain(gateway: Gateway) -> tuple[ChainReport, int, str]:
@@ -228,11 +232,18 @@ async def _witnessed(gateways: list[Gateway]) -> dict[str, int]:
     return {city: held.get(city, 0) for city in ("Zhongshan", "Shenzhen")}
 
 
-def _hub(data: Path, port: int, metrics_port: int, zs_port: int, sz_port: int) -> _Topology:
+def _hub(
+    data: Path,
+    port: int,
+    metrics_port: int,
+    zs_port: int,
+    sz_port: int,
+    signing_key: str | None = None,
+) -> _Topology:
     """One gateway for both cities; their systems call it with development tokens."""
     env = {
         **_TIMINGS,
-        **_demo_keys(data),
+        **_demo_keys(data, signing_key),
         "TONGBAN_SERVER__PORT": str(port),
         "TONGBAN_STORE__DATA_DIR": str(data),
         "TONGBAN_METRICS__PORT": str(metrics_port),
@@ -377,6 +388,9 @@ def _sealed_counts(database: Path) -> dict[str, dict[str, int]]:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    if args.audit_signing_key and args.federated:
+        print("error: --audit-signing-key is for the hub demo, not --federated", file=sys.stderr)
+        return 2
     data = Path(args.data_dir).resolve()
     if data.exists():
         shutil.rmtree(data)
@@ -386,8 +400,11 @@ async def _run(args: argparse.Namespace) -> int:
     zs_server, zs_port = await start_simulator(zs_sim)
     sz_server, sz_port = await start_simulator(sz_sim)
     metrics_port = args.metrics_port or _free_port()
-    build = _federation if args.federated else _hub
-    topology = build(data, args.port or _free_port(), metrics_port, zs_port, sz_port)
+    gw_port = args.port or _free_port()
+    if args.federated:
+        topology = _federation(data, gw_port, metrics_port, zs_port, sz_port)
+    else:
+        topology = _hub(data, gw_port, metrics_port, zs_port, sz_port, args.audit_signing_key)
     for gateway in topology.gateways:
         await gateway.start()
     observer = topology.shenzhen_deliveries  # counts for the account, feeds /metrics
@@ -470,6 +487,7 @@ async def _run(args: argparse.Namespace) -> int:
     elapsed = time.monotonic() - started
     sealed = _sealed_counts(topology.database)
     chain, covered, signing_key = await _signed_chain(topology.gateways[0])
+    in_token = isinstance(topology.gateways[0].settings.audit.signer, Pkcs11Signer)
     witnessed = await _witnessed(topology.gateways) if args.federated else {}
     delivered = sz_sim.applied("case")
     duplicates = sum(1 for c in delivered.values() if c > 1)
@@ -518,7 +536,8 @@ async def _run(args: argparse.Namespace) -> int:
     print(
         f"  audit chain .................... {entries} entries, "
         + (
-            f"intact; signed up to entry {covered} (Ed25519 checkpoint, key {signing_key})"
+            f"intact; signed up to entry {covered} (Ed25519 checkpoint, key {signing_key}"
+            + (", in a PKCS#11 token)" if in_token else ")")
             if chain.ok
             else f"BROKEN at entry {chain.broken_seq}: {chain.reason}"
         ),
@@ -625,5 +644,11 @@ def add_demo_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--federated",
         action="store_true",
         help="a gateway per city, peers over mutual TLS (federated mode) instead of one hub",
+    )
+    p.add_argument(
+        "--audit-signing-key",
+        metavar="KEY",
+        help="sign the hub's audit checkpoints with this key (a PEM file, or a PKCS#11 URI "
+        "naming a key in a hardware security module) instead of a development key",
     )
     p.set_defaults(func=cmd_demo)

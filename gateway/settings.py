@@ -24,13 +24,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainValidator,
     PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-from .audit_signing import Signer, SigningKeyError, load_public_keys
+from .audit_signing import PKCS11_SCHEME, Signer, SigningKeyError, load_public_keys
 from .store.sealing import Keyring, KeyringError
 
 __all__ = [
@@ -166,6 +167,16 @@ def _raw_public_keys(paths: list[Path], setting: str) -> dict[str, bytes]:
     except SigningKeyError as exc:
         raise ValueError(f"{setting}: {exc}") from None
     return {kid: key.public_bytes(Encoding.Raw, PublicFormat.Raw) for kid, key in keys.items()}
+
+
+def _key_source(value: Any) -> Path | str | None:
+    """``audit.signing_key``: a PKCS#11 URI kept as its text (a path would fold its ``//``),
+    anything else a path."""
+    if value is None or isinstance(value, Path):
+        return value
+    if not isinstance(value, str) or not value:
+        raise ValueError("a file path or a pkcs11: URI is required")
+    return value if value.startswith(PKCS11_SCHEME) else Path(value)
 
 
 def _public_keys(raw: dict[str, bytes]) -> dict[str, Ed25519PublicKey]:
@@ -379,11 +390,12 @@ class AuditSettings(_Model):
     # WatchCases event with a note; an operator's TraceCase): who read which case and how,
     # committed before the data is answered.
     case_reads: bool = False
-    # An Ed25519 private key (PEM, readable by its owner only; `tongban audit keys new`): with
-    # it, a serving gateway signs the chain's head every checkpoint_seconds while the chain
-    # grows, so that a chain rewritten or cut short is found by `tongban audit verify`
-    # (docs/security.md#signed-audit-checkpoints).
-    signing_key: Path | None = None
+    # An Ed25519 private key (PEM, readable by its owner only; `tongban audit keys new`), or a
+    # PKCS#11 URI naming one held in a hardware security module (RFC 7512; `tongban audit
+    # keys new --pkcs11`): with it, a serving gateway signs the chain's head every
+    # checkpoint_seconds while the chain grows, so that a chain rewritten or cut short is
+    # found by `tongban audit verify` (docs/security.md#signed-audit-checkpoints).
+    signing_key: Annotated[Path | str | None, PlainValidator(_key_source)] = None
     checkpoint_seconds: Annotated[float, Field(gt=0, le=86400)] = 60.0
     # Public keys (PEM) whose checkpoints `tongban audit verify` trusts besides signing_key's:
     # the keys signing_key held before a rotation.
@@ -517,7 +529,7 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
         node = raw.get(section)
         if not isinstance(node, dict):
             continue
-        if key in node:
+        if key in node and not str(node[key]).startswith(PKCS11_SCHEME):
             node[key] = _resolved(base, node[key])
     partners = raw.get("partners")
     for partner in partners.values() if isinstance(partners, dict) else ():

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -85,7 +86,8 @@ async def sign_head(
         return "broken", length, problem
     if length == 0 or (last is not None and last.length == length):
         return "unchanged", length, ""
-    cp = signer.sign(length, head, time.time())
+    # In a thread: a key in a hardware security module signs over a network or a bus.
+    cp = await asyncio.to_thread(signer.sign, length, head, time.time())
     outcome = await store.write(
         CheckpointIntent(cp.length, cp.hash, cp.ts, cp.key_id, cp.signature)
     )

@@ -1,0 +1,311 @@
+"""The audit signing key held in a hardware security module, through PKCS#11 (SoftHSM2 here,
+Debian's package): generated in the token and never out of it, loaded from an RFC 7512 URI,
+signing a serving gateway's checkpoints that verify with the public key like a file key's;
+every wrong URI, PIN, token or key refused with a message naming it; a forked process and a
+lost session sign again; a token that cannot sign counts a failed checkpoint."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import multiprocessing
+import os
+import pickle
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pkcs11
+import pytest
+from pkcs11 import Attribute, ObjectClass
+
+from gateway.app import Gateway
+from gateway.audit import sort_checkpoints
+from gateway.audit_pkcs11 import (
+    Pkcs11Signer,
+    Pkcs11Uri,
+    _logged_in,
+    generate_pkcs11_key,
+    token_session,
+)
+from gateway.audit_signing import (
+    Signer,
+    SigningKeyError,
+    load_public_keys,
+    signature_problem,
+)
+from gateway.settings import ConfigError, load_settings
+from gateway.store.checkpoints import stored_checkpoints
+from gateway.store.sealing import write_private_file
+
+from .conftest import append_audit_entries, make_settings
+
+MODULES = (
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+)
+MODULE = next((m for m in MODULES if Path(m).is_file()), None)
+PIN = "4711-tongban"
+TONGBAN = [sys.executable, "-m", "gateway.cli"]
+
+
+@dataclass(frozen=True)
+class Hsm:
+    """A SoftHSM2 token, ``tongban``, in a folder of its own; its user PIN in ``pin``."""
+
+    conf: Path
+    pin: Path
+
+    def uri(self, label: str, **extra: str) -> str:
+        query = {"module-path": str(MODULE), "pin-source": str(self.pin), **extra}
+        q = "&".join(f"{k}={v}" for k, v in query.items() if v)
+        return f"pkcs11:token=tongban;object={label}?{q}"
+
+    def session(self, rw: bool = False) -> contextlib.AbstractContextManager[pkcs11.Session]:
+        return token_session(Pkcs11Uri(self.uri("any")), rw=rw)
+
+
+@pytest.fixture(scope="module")
+def hsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hsm]:
+    assert MODULE, "SoftHSM2 (Debian package softhsm2; `make system-deps` installs it) is required"
+    folder = tmp_path_factory.mktemp("softhsm")
+    (folder / "tokens").mkdir()
+    conf = folder / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {folder / 'tokens'}\nobjectstore.backend = file\n")
+    before = os.environ.get("SOFTHSM2_CONF")
+    os.environ["SOFTHSM2_CONF"] = str(conf)  # read by the library when it is initialized
+    init = ["softhsm2-util", "--init-token", "--free", "--label", "tongban"]
+    subprocess.run(
+        [*init, "--pin", PIN, "--so-pin", "so-4711"],
+        check=True,
+        capture_output=True,
+    )
+    pin = folder / "pin"
+    write_private_file(pin, f"{PIN}\n".encode())
+    yield Hsm(conf, pin)
+    if before is None:
+        os.environ.pop("SOFTHSM2_CONF", None)
+    else:
+        os.environ["SOFTHSM2_CONF"] = before
+
+
+def tongban(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``tongban ARGS`` in a process of its own, with ``env`` added to the environment."""
+    return subprocess.run(
+        [*TONGBAN, *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=60,
+    )
+
+
+async def signing_gateway(tmp_path: Path, uri: str) -> Gateway:
+    """A started gateway signing with the token's key ``uri`` when told to, delivering nothing."""
+    gw = Gateway(
+        make_settings(
+            tmp_path,
+            TONGBAN_AUDIT__SIGNING_KEY=uri,
+            TONGBAN_AUDIT__CHECKPOINT_SECONDS="3600",
+            TONGBAN_DELIVERY__ENABLED="false",
+        )
+    )
+    await gw.start()
+    return gw
+
+
+def test_a_key_generated_in_the_token_never_leaves_it_and_signs_like_a_file_key(
+    hsm: Hsm, tmp_path: Path
+) -> None:
+    uri = hsm.uri("audit-new")
+    out = tongban("audit", "keys", "new", "--pkcs11", uri, "--public-file", str(tmp_path / "p"))
+    assert out.returncode == 0, out.stderr
+    assert "sensitive, not extractable" in out.stdout
+    signer = Signer.load(uri)
+    assert isinstance(signer, Pkcs11Signer)
+    assert f"key id {signer.key_id}" in out.stdout
+    assert list(load_public_keys([tmp_path / "p"])) == [signer.key_id]
+    with hsm.session() as s:
+        (private,) = s.get_objects(
+            {Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.LABEL: "audit-new"}
+        )
+        assert private[Attribute.SENSITIVE]
+        assert not private[Attribute.EXTRACTABLE]
+        assert private[Attribute.SIGN]
+        assert not private[Attribute.DECRYPT]
+        with pytest.raises(pkcs11.PKCS11Error):  # the token will not hand its value out
+            private[Attribute.VALUE]
+    cp = signer.sign(7, "ab" * 32, 1_700_000_000.123)
+    assert signature_problem(cp, load_public_keys([tmp_path / "p"])) == ""
+    forged = cp.__class__(8, cp.hash, cp.ts, cp.key_id, cp.signature)
+    assert "does not verify" in signature_problem(forged, {signer.key_id: signer.public_key})
+    assert len(base64.b64decode(cp.signature)) == 64
+    # `audit keys public` prints the same public key, from the token
+    shown = tongban("audit", "keys", "public", TONGBAN_AUDIT__SIGNING_KEY=uri)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == (tmp_path / "p").read_text()
+    assert f"key id {signer.key_id}" in shown.stderr
+    # a second key under the same label is refused, and so is --pkcs11 without --public-file
+    again = tongban("audit", "keys", "new", "--pkcs11", uri, "--public-file", str(tmp_path / "q"))
+    assert again.returncode == 2
+    assert "labelled 'audit-new' on token 'tongban' exists already" in again.stderr
+    assert not (tmp_path / "q").exists()
+    bare = tongban("audit", "keys", "new", "--pkcs11", uri)
+    assert bare.returncode == 2
+    assert "--public-file" in bare.stderr
+
+
+async def test_a_serving_gateway_signs_its_checkpoints_in_the_token(
+    hsm: Hsm, tmp_path: Path
+) -> None:
+    uri = hsm.uri("audit-serving")
+    signer = generate_pkcs11_key(Pkcs11Uri(uri))
+    (tmp_path / "p").write_bytes(signer.public_pem())
+    gw = await signing_gateway(tmp_path, uri)
+    try:
+        store = gw.services.store
+        await append_audit_entries(store, 3)
+        assert await gw.checkpoint() == "signed"
+        await append_audit_entries(store, 2)
+        assert await gw.checkpoint() == "signed"
+        assert gw.services.metrics.audit_checkpoints.labels("signed")._value.get() == 2
+    finally:
+        await gw.stop(grace=0)
+    cps = stored_checkpoints(store.engine)
+    assert [(c.length, c.key_id) for c in cps] == [(3, signer.key_id), (5, signer.key_id)]
+    found = sort_checkpoints(cps, load_public_keys([tmp_path / "p"]))
+    assert found.problems == ()
+    assert sorted(found.trusted) == [3, 5]
+    store.dispose()
+
+
+async def test_a_token_that_cannot_sign_counts_a_failed_checkpoint_and_serving_goes_on(
+    hsm: Hsm, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    uri = hsm.uri("audit-deleted")
+    generate_pkcs11_key(Pkcs11Uri(uri))
+    gw = await signing_gateway(tmp_path, uri)
+    try:
+        await append_audit_entries(gw.services.store, 2)
+        with hsm.session(rw=True) as s:  # an operator removes the key from the token
+            for key in s.get_objects({Attribute.LABEL: "audit-deleted"}):
+                key.destroy()
+        assert await gw.checkpoint() == "failed"
+        assert gw.services.metrics.audit_checkpoints.labels("failed")._value.get() == 1
+        failed = [r for r in caplog.records if r.getMessage() == "audit checkpoint failed"]
+        assert "no private key labelled 'audit-deleted'" in failed[-1].problem  # type: ignore[attr-defined]
+    finally:
+        await gw.stop(grace=0)
+    assert stored_checkpoints(gw.services.store.engine) == []
+    gw.services.store.dispose()
+
+
+def _sign_in_child(signer: Signer, queue: multiprocessing.Queue[object]) -> None:
+    try:
+        queue.put(signer.sign(2, "cd" * 32, 1_700_000_001.0).signature)
+    except Exception as exc:
+        queue.put(exc)
+
+
+def test_a_forked_worker_a_pickled_copy_and_a_lost_session_sign_again(hsm: Hsm) -> None:
+    uri = hsm.uri("audit-fork")
+    signer = generate_pkcs11_key(Pkcs11Uri(uri))
+    keys = {signer.key_id: signer.public_key}
+    assert signature_problem(signer.sign(1, "ef" * 32, 1_700_000_000.0), keys) == ""
+    # `tongban serve --workers`: a process forked after the library was initialized here
+    ctx = multiprocessing.get_context("fork")
+    queue: multiprocessing.Queue[object] = ctx.Queue()
+    child = ctx.Process(target=_sign_in_child, args=(signer, queue))
+    child.start()
+    got = queue.get(timeout=60)
+    child.join(60)
+    assert child.exitcode == 0
+    assert isinstance(got, str), got
+    cp = signer.sign(2, "cd" * 32, 1_700_000_001.0)
+    assert got == cp.signature  # Ed25519 is deterministic: the child used the same key
+    # still signing here after the child's C_Initialize
+    assert signature_problem(signer.sign(3, "ef" * 32, 1_700_000_002.0), keys) == ""
+    # the settings cross to the writer process pickled: the copy opens the token itself
+    copy = pickle.loads(pickle.dumps(signer))
+    assert copy.key_id == signer.key_id
+    assert copy.sign(4, "ef" * 32, 1.0) == signer.sign(4, "ef" * 32, 1.0)
+    # a session the token dropped (a network HSM restarted) is opened again
+    _logged_in(signer.uri.parts()).close()
+    assert signature_problem(signer.sign(5, "ef" * 32, 1_700_000_003.0), keys) == ""
+
+
+def test_settings_name_what_is_wrong_with_the_uri_the_pin_the_token_or_the_key(
+    hsm: Hsm, tmp_path: Path
+) -> None:
+    generate_pkcs11_key(Pkcs11Uri(hsm.uri("audit-settings")))
+    loose = tmp_path / "loose-pin"
+    loose.write_text(PIN)
+    loose.chmod(0o644)
+    module = f"module-path={MODULE}"
+    cases = {
+        hsm.uri("audit-settings").replace(f"{module}&", ""): "module-path=",
+        hsm.uri("audit-settings", **{"module-path": "/nonexistent/lib.so"}): (
+            "module-path /nonexistent/lib.so: no such file"
+        ),
+        hsm.uri("audit-settings").replace("token=tongban;", ""): "token=LABEL is required",
+        hsm.uri("audit-settings").replace("object=audit-settings", "slot-id=1"): (
+            "attribute 'slot-id' is not understood"
+        ),
+        hsm.uri("audit-settings").replace("object=", "type=public;object="): "type must be private",
+        hsm.uri("audit-settings", **{"pin-value": PIN}): "pin-source or pin-value, not both",
+        hsm.uri("audit-settings").replace("token=tongban", "token=elsewhere"): (
+            "no token labelled 'elsewhere'"
+        ),
+        hsm.uri("audit-settings", **{"pin-source": str(loose)}): "readable by others",
+        hsm.uri("nobody"): "no private key labelled 'nobody' on token 'tongban'",
+        hsm.uri("audit-settings").replace("object=audit-settings", "id=%ff%00"): (
+            "no private key with id ff00"
+        ),
+    }
+    for uri, said in cases.items():
+        with pytest.raises(ConfigError) as caught:
+            make_settings(tmp_path, TONGBAN_AUDIT__SIGNING_KEY=uri)
+        assert "signing_key" in str(caught.value), uri
+        assert said in str(caught.value), (uri, str(caught.value))
+        assert "0000" not in str(caught.value)  # a PIN in the URI is never repeated
+    # a wrong PIN, in a process of its own (a login belongs to the process: this one is
+    # logged in to the token already)
+    wrong = hsm.uri("audit-settings", **{"pin-source": "", "pin-value": "0000"})
+    shown = tongban("audit", "keys", "public", TONGBAN_AUDIT__SIGNING_KEY=wrong)
+    assert shown.returncode == 2
+    assert "signing_key: pkcs11: token 'tongban' refused the PIN" in shown.stderr
+    assert "0000" not in shown.stderr
+    # a URI in a config file is kept as written (paths there are relative to the file)
+    config = tmp_path / "etc" / "tongban.toml"
+    config.parent.mkdir()
+    uri = hsm.uri("audit-settings")
+    config.write_text(f'[audit]\nsigning_key = "{uri}"\n[store]\ndata_dir = "data"\n')
+    settings = load_settings(config, env={})
+    assert settings.audit.signing_key == uri
+    assert isinstance(settings.audit.signer, Pkcs11Signer)
+    assert settings.store.data_dir == config.parent / "data"
+    with pytest.raises(SigningKeyError, match="names the new key"):
+        generate_pkcs11_key(Pkcs11Uri(uri.replace("object=audit-settings", "id=%01")))
+
+
+def test_the_demo_signs_its_chain_in_the_token(hsm: Hsm, tmp_path: Path) -> None:
+    uri = hsm.uri("audit-demo")
+    signer = generate_pkcs11_key(Pkcs11Uri(uri))
+    demo = ["demo", "--cases", "4", "--no-progress", "--data-dir", str(tmp_path / "d")]
+    run = subprocess.run(
+        [*TONGBAN, *demo, "--audit-signing-key", uri],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"(Ed25519 checkpoint, key {signer.key_id}, in a PKCS#11 token)" in run.stdout
+    assert not (tmp_path / "d" / "audit-signing.pem").exists()  # no development key made
+    federated = tongban("demo", "--federated", "--audit-signing-key", uri)
+    assert federated.returncode == 2
+    assert "not --federated" in federated.stderr
