@@ -523,7 +523,7 @@ class Gateway:
         """The signing key, read again if ``audit.signing_key`` changed (a file that fails is
         refused and the old key goes on signing)."""
         path = self.settings.audit.signing_key
-        if path is None or self._signing_file is None:
+        if path is None or self._signing_file is None:  # no key, or one in a PKCS#11 token
             return self._signer
         if self._signing_file.changed():
             try:

@@ -50,58 +50,99 @@ _PATH_ATTRS = {"token", "serial", "manufacturer", "model", "object", "id", "type
 _QUERY_ATTRS = {"module-path", "pin-source", "pin-value"}
 #: DER of the object identifier id-Ed25519 (1.3.101.112, RFC 8410): the curve's CKA_EC_PARAMS.
 _ED25519_PARAMS = bytes.fromhex("06032b6570")
-#: What a new key pair is checked with, and what a loaded one is checked with.
+#: The text the token signs when a key is loaded, checked with the key's public half.
 _PROBE = b"tongban-audit-signing-key-check\n"
 
 
-class Pkcs11Uri(str):
-    """A PKCS#11 URI (RFC 7512) naming an Ed25519 private key, parsed and checked when made
-    (SigningKeyError naming the attribute that is wrong). A ``str``: the setting's text."""
+@dataclass(frozen=True, slots=True)
+class Pkcs11Uri:
+    """A PKCS#11 URI (RFC 7512) naming an Ed25519 private key: its ``text`` and its
+    attributes, decoded (:meth:`parse`)."""
 
-    __slots__ = ()
+    text: str
+    module: str
+    token: str
+    serial: str | None
+    manufacturer: str | None
+    model: str | None
+    label: str | None
+    key_id: bytes | None
+    pin_source: str | None
+    pin_value: str | None
 
-    def __new__(cls, text: str) -> Pkcs11Uri:
-        self = super().__new__(cls, text)
-        self.parts()  # refused here, once, rather than at the first signature
-        return self
-
-    def parts(self) -> _Parts:
-        """The attributes, decoded."""
-        if not self.startswith(PKCS11_SCHEME):
-            raise SigningKeyError(f"not a PKCS#11 URI (it begins {PKCS11_SCHEME}): {self!r}")
-        path, _, query = self[len(PKCS11_SCHEME) :].partition("?")
+    @classmethod
+    def parse(cls, text: str) -> Pkcs11Uri:
+        """``text`` read, or SigningKeyError naming the attribute that is wrong."""
+        if not text.startswith(PKCS11_SCHEME):
+            raise SigningKeyError(f"not a PKCS#11 URI (it begins {PKCS11_SCHEME}): {text!r}")
+        path, _, query = text[len(PKCS11_SCHEME) :].partition("?")
         attrs = _attributes(path, ";", _PATH_ATTRS, "path")
         attrs.update(_attributes(query, "&", _QUERY_ATTRS, "query"))
-        text = {k: _text(k, v) for k, v in attrs.items() if k != "id"}
-        if "token" not in text:
+        given = {k: _text(k, v) for k, v in attrs.items() if k != "id"}
+        if "token" not in given:
             raise SigningKeyError("pkcs11 URI: token=LABEL is required")
-        if "object" not in text and "id" not in attrs:
+        if "object" not in given and "id" not in attrs:
             raise SigningKeyError("pkcs11 URI: object=LABEL or id=BYTES names the key")
-        if text.get("type", "private") != "private":
+        if given.get("type", "private") != "private":
             raise SigningKeyError("pkcs11 URI: type must be private (the key that signs)")
-        if "module-path" not in text:
+        if "module-path" not in given:
             raise SigningKeyError(
                 "pkcs11 URI: module-path=/path/to/the/PKCS#11/library.so is required"
             )
-        if "pin-source" in text and "pin-value" in text:
+        if "pin-source" in given and "pin-value" in given:
             raise SigningKeyError("pkcs11 URI: give pin-source or pin-value, not both")
-        return _Parts(
-            module=text["module-path"],
-            token=text["token"],
-            serial=text.get("serial"),
-            manufacturer=text.get("manufacturer"),
-            model=text.get("model"),
-            label=text.get("object"),
+        return cls(
+            text=text,
+            module=given["module-path"],
+            token=given["token"],
+            serial=given.get("serial"),
+            manufacturer=given.get("manufacturer"),
+            model=given.get("model"),
+            label=given.get("object"),
             key_id=attrs.get("id"),
-            pin_source=text.get("pin-source"),
-            pin_value=text.get("pin-value"),
+            pin_source=given.get("pin-source"),
+            pin_value=given.get("pin-value"),
         )
 
     def redacted(self) -> str:
         """The URI without its ``pin-value`` (for messages and logs)."""
-        head, sep, query = self.partition("?")
+        head, sep, query = self.text.partition("?")
         kept = [a for a in query.split("&") if not a.startswith("pin-value=")]
         return head + (sep + "&".join(kept) if kept and sep else "")
+
+    def pin(self) -> str | None:
+        """The user PIN (None: the token is used without logging in)."""
+        if self.pin_value is not None:
+            return self.pin_value
+        if self.pin_source is None:
+            return None
+        source = self.pin_source.removeprefix("file://").removeprefix("file:")
+        try:
+            data = read_private_file(Path(source))
+        except PrivateFileError as exc:
+            raise SigningKeyError(f"pkcs11 URI: pin-source {exc}") from None
+        except OSError as exc:
+            raise SigningKeyError(
+                f"pkcs11 URI: pin-source {source}: cannot read: {exc.strerror or exc}"
+            ) from None
+        return data.decode("utf-8").rstrip("\r\n")
+
+    def key_attrs(self) -> dict[Any, Any]:
+        """The key's label and id, as a search template."""
+        from pkcs11 import Attribute
+
+        attrs: dict[Any, Any] = {}
+        if self.label is not None:
+            attrs[Attribute.LABEL] = self.label
+        if self.key_id is not None:
+            attrs[Attribute.ID] = self.key_id
+        return attrs
+
+    def describe(self) -> str:
+        """The key, as messages name it."""
+        named = [f"labelled {self.label!r}"] if self.label is not None else []
+        named += [f"with id {self.key_id.hex()}"] if self.key_id is not None else []
+        return f"{' and '.join(named)} on token {self.token!r}"
 
 
 def _attributes(text: str, sep: str, known: set[str], where: str) -> dict[str, bytes]:
@@ -126,51 +167,6 @@ def _text(name: str, value: bytes) -> str:
         return value.decode("utf-8")
     except UnicodeDecodeError:
         raise SigningKeyError(f"pkcs11 URI: {name} is not UTF-8 once decoded") from None
-
-
-@dataclass(frozen=True, slots=True)
-class _Parts:
-    module: str
-    token: str
-    serial: str | None
-    manufacturer: str | None
-    model: str | None
-    label: str | None
-    key_id: bytes | None
-    pin_source: str | None
-    pin_value: str | None
-
-    def pin(self) -> str | None:
-        """The user PIN (None: the token is used without logging in)."""
-        if self.pin_value is not None:
-            return self.pin_value
-        if self.pin_source is None:
-            return None
-        source = self.pin_source.removeprefix("file://").removeprefix("file:")
-        try:
-            data = read_private_file(Path(source))
-        except PrivateFileError as exc:
-            raise SigningKeyError(f"pkcs11 URI: pin-source {exc}") from None
-        except OSError as exc:
-            raise SigningKeyError(
-                f"pkcs11 URI: pin-source {source}: cannot read: {exc.strerror or exc}"
-            ) from None
-        return data.decode("utf-8").rstrip("\r\n")
-
-    def key_attrs(self) -> dict[Any, Any]:
-        from pkcs11 import Attribute
-
-        attrs: dict[Any, Any] = {}
-        if self.label is not None:
-            attrs[Attribute.LABEL] = self.label
-        if self.key_id is not None:
-            attrs[Attribute.ID] = self.key_id
-        return attrs
-
-    def describe(self) -> str:
-        named = [f"labelled {self.label!r}"] if self.label is not None else []
-        named += [f"with id {self.key_id.hex()}"] if self.key_id is not None else []
-        return f"{' and '.join(named)} on token {self.token!r}"
 
 
 # -- the libraries and the logged-in sessions: one each per process ---------------------------
@@ -214,109 +210,103 @@ def _library(module: str) -> Any:
     return lib
 
 
-def _token(parts: _Parts) -> Any:
+def _token(uri: Pkcs11Uri) -> Any:
     """The one token the URI names (call with the library's lock)."""
     import pkcs11
 
-    lib = _library(parts.module)
+    lib = _library(uri.module)
+    serial = None if uri.serial is None else uri.serial.encode("utf-8")
     try:
         tokens = [
             t
-            for t in lib.get_tokens(token_label=parts.token, token_serial=_bytes(parts.serial))
-            if parts.manufacturer in (None, t.manufacturer_id) and parts.model in (None, t.model)
+            for t in lib.get_tokens(token_label=uri.token, token_serial=serial)
+            if uri.manufacturer in (None, t.manufacturer_id) and uri.model in (None, t.model)
         ]
     except pkcs11.PKCS11Error as exc:
-        raise SigningKeyError(
-            f"pkcs11: cannot list the tokens of {parts.module}: {exc!r}"
-        ) from None
+        raise SigningKeyError(f"pkcs11: cannot list the tokens of {uri.module}: {exc!r}") from None
     if not tokens:
-        raise SigningKeyError(f"pkcs11: no token labelled {parts.token!r} in {parts.module}")
+        raise SigningKeyError(f"pkcs11: no token labelled {uri.token!r} in {uri.module}")
     if len(tokens) > 1:
         raise SigningKeyError(
-            f"pkcs11: {len(tokens)} tokens are labelled {parts.token!r}; add serial= to the URI"
+            f"pkcs11: {len(tokens)} tokens are labelled {uri.token!r}; add serial= to the URI"
         )
     return tokens[0]
 
 
-def _logged_in(parts: _Parts) -> Any:
+def _login_key(uri: Pkcs11Uri) -> tuple[str, str, str | None]:
+    return (uri.module, uri.token, uri.serial)
+
+
+def _logged_in(uri: Pkcs11Uri) -> Any:
     """This process's logged-in session on the URI's token, opened with its PIN the first
     time (call with the library's lock)."""
     import pkcs11
 
-    key = (parts.module, parts.token, parts.serial)
-    found = _LOGINS.get(key)
+    found = _LOGINS.get(_login_key(uri))
     if found is not None and found[1] == os.getpid():
         return found[0]
-    token = _token(parts)
+    token = _token(uri)
     try:
-        session = token.open(user_pin=parts.pin())
+        session = token.open(user_pin=uri.pin())
     except pkcs11.UserAlreadyLoggedIn:  # logged in by a session opened outside this module
         session = token.open()
     except pkcs11.PinIncorrect:
-        raise SigningKeyError(f"pkcs11: token {parts.token!r} refused the PIN") from None
+        raise SigningKeyError(f"pkcs11: token {uri.token!r} refused the PIN") from None
     except pkcs11.PinLocked:
-        raise SigningKeyError(f"pkcs11: token {parts.token!r}: the PIN is locked") from None
+        raise SigningKeyError(f"pkcs11: token {uri.token!r}: the PIN is locked") from None
     except pkcs11.PKCS11Error as exc:
-        raise SigningKeyError(f"pkcs11: cannot open token {parts.token!r}: {exc!r}") from None
-    _LOGINS[key] = (session, os.getpid())
+        raise SigningKeyError(f"pkcs11: cannot open token {uri.token!r}: {exc!r}") from None
+    _LOGINS[_login_key(uri)] = (session, os.getpid())
     return session
 
 
-def _forget_login(parts: _Parts) -> None:
+def _forget_login(uri: Pkcs11Uri) -> None:
     """Close this process's logged-in session on the URI's token (after an error: the next
     use opens and logs in again)."""
-    found = _LOGINS.pop((parts.module, parts.token, parts.serial), None)
+    found = _LOGINS.pop(_login_key(uri), None)
     if found is not None and found[1] == os.getpid():
-        try:
+        with contextlib.suppress(Exception):  # a session the token dropped already
             found[0].close()
-        except Exception:  # noqa: BLE001, S110 - a session the token dropped already
-            pass
 
 
 @contextlib.contextmanager
 def token_session(uri: Pkcs11Uri, rw: bool = False) -> Iterator[Any]:
     """A session on ``uri``'s token, sharing this process's login (a ``pkcs11.Session``;
     closed afterwards, which does not log the process out)."""
-    parts = uri.parts()
-    with _lock(parts.module):
-        _logged_in(parts)
-        session = _token(parts).open(rw=rw)
+    with _lock(uri.module):
+        session = _logged_in(uri).token.open(rw=rw)
         try:
             yield session
         finally:
             session.close()
 
 
-def _bytes(text: str | None) -> bytes | None:
-    return None if text is None else text.encode("utf-8")
-
-
-def _one_key(session: Any, parts: _Parts, cls: Any) -> Any:
+def _one_key(session: Any, uri: Pkcs11Uri, cls: Any) -> Any:
     import pkcs11
     from pkcs11 import Attribute, KeyType
 
-    found = list(session.get_objects({Attribute.CLASS: cls, **parts.key_attrs()}))
+    found = list(session.get_objects({Attribute.CLASS: cls, **uri.key_attrs()}))
     kind = "private" if cls == pkcs11.ObjectClass.PRIVATE_KEY else "public"
     if not found:
-        raise SigningKeyError(f"pkcs11: no {kind} key {parts.describe()}")
+        raise SigningKeyError(f"pkcs11: no {kind} key {uri.describe()}")
     if len(found) > 1:
         raise SigningKeyError(
-            f"pkcs11: {len(found)} {kind} keys {parts.describe()}; add id= to the URI"
+            f"pkcs11: {len(found)} {kind} keys {uri.describe()}; add id= to the URI"
         )
     key = found[0]
     if key.key_type != KeyType.EC_EDWARDS:
-        raise SigningKeyError(f"pkcs11: the {kind} key {parts.describe()} is not an EdDSA key")
+        raise SigningKeyError(f"pkcs11: the {kind} key {uri.describe()} is not an EdDSA key")
     return key
 
 
-def _public_of(session: Any, parts: _Parts) -> Ed25519PublicKey:
+def _public_of(session: Any, uri: Pkcs11Uri) -> Ed25519PublicKey:
     from pkcs11 import Attribute, ObjectClass
 
-    point = bytes(_one_key(session, parts, ObjectClass.PUBLIC_KEY)[Attribute.EC_POINT])
+    point = bytes(_one_key(session, uri, ObjectClass.PUBLIC_KEY)[Attribute.EC_POINT])
     # PKCS#11 3.0 gives the point as a DER OCTET STRING; some tokens give the 32 bytes bare.
     raw = point[2:] if len(point) == 34 and point[:2] == b"\x04\x20" else point
     if len(raw) != 32:
-        raise SigningKeyError(f"pkcs11: the key {parts.describe()} is not an Ed25519 key")
+        raise SigningKeyError(f"pkcs11: the key {uri.describe()} is not an Ed25519 key")
     return Ed25519PublicKey.from_public_bytes(raw)
 
 
@@ -326,7 +316,6 @@ class Pkcs11Signer(Signer):
     def __init__(self, uri: Pkcs11Uri, public: Ed25519PublicKey) -> None:
         super().__init__(public)
         self.uri = uri
-        self._parts = uri.parts()
         # The private key's handle, and the login session it was found in: looked up again
         # only in a new session (a search on a session the token dropped fails noisily inside
         # python-pkcs11; a signature fails cleanly).
@@ -340,30 +329,30 @@ class Pkcs11Signer(Signer):
         SigningKeyError saying what is wrong otherwise."""
         import pkcs11
 
-        parts = uri.parts()
-        parts.pin()  # its file readable, even when this process is logged in already
-        with _lock(parts.module):
-            session = _logged_in(parts)
+        uri.pin()  # its file readable, even when this process is logged in already
+        with _lock(uri.module):
+            session = _logged_in(uri)
             try:
-                _one_key(session, parts, pkcs11.ObjectClass.PRIVATE_KEY)
-                public = _public_of(session, parts)
+                private = _one_key(session, uri, pkcs11.ObjectClass.PRIVATE_KEY)
+                public = _public_of(session, uri)
             except pkcs11.PKCS11Error as exc:
-                _forget_login(parts)
+                _forget_login(uri)
                 raise SigningKeyError(f"pkcs11: cannot read the key: {exc!r}") from None
         signer = cls(uri, public)
+        signer._key, signer._key_session = private, session
         signature = signer.signature(_PROBE)
         try:
             public.verify(signature, _PROBE)
         except InvalidSignature:
             raise SigningKeyError(
-                f"pkcs11: the private and public keys {parts.describe()} are not one pair"
+                f"pkcs11: the private and public keys {uri.describe()} are not one pair"
             ) from None
         return signer
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # Settings cross to the writer process pickled: the token is opened there only if the
         # key signs there (it does not), never through a session of this process.
-        return _pkcs11_signer, (str(self.uri), self.public_key.public_bytes_raw())
+        return _pkcs11_signer, (self.uri.text, self.public_key.public_bytes_raw())
 
     def signature(self, data: bytes) -> bytes:
         """The token's Ed25519 signature of ``data``; tried once more on a new login session
@@ -371,35 +360,31 @@ class Pkcs11Signer(Signer):
         cannot sign."""
         import pkcs11
 
-        parts = self._parts
-        with _lock(parts.module):
-            for attempt in (1, 2):
+        uri = self.uri
+        with _lock(uri.module):
+            for _ in range(2):
                 try:
-                    session = _logged_in(parts)
+                    session = _logged_in(uri)
                     if self._key_session is not session:
-                        self._key = _one_key(session, parts, pkcs11.ObjectClass.PRIVATE_KEY)
+                        self._key = _one_key(session, uri, pkcs11.ObjectClass.PRIVATE_KEY)
                         self._key_session = session
                     return bytes(self._key.sign(data, mechanism=pkcs11.Mechanism.EDDSA))
+                except SigningKeyError as exc:
+                    problem = exc
                 except pkcs11.PKCS11Error as exc:
-                    _forget_login(parts)
-                    if attempt == 2:
-                        raise SigningKeyError(
-                            f"pkcs11: the token could not sign with the key "
-                            f"{parts.describe()}: {exc!r}"
-                        ) from None
-                except SigningKeyError:
-                    _forget_login(parts)
-                    if attempt == 2:
-                        raise
-            raise AssertionError("unreachable")  # pragma: no cover
+                    problem = SigningKeyError(
+                        f"pkcs11: the token could not sign with the key {uri.describe()}: {exc!r}"
+                    )
+                _forget_login(uri)
+        raise problem
 
     def describe(self) -> str:
         """Where the key is: the URI, without a PIN."""
         return self.uri.redacted()
 
 
-def _pkcs11_signer(uri: str, raw_public: bytes) -> Pkcs11Signer:
-    return Pkcs11Signer(Pkcs11Uri(uri), Ed25519PublicKey.from_public_bytes(raw_public))
+def _pkcs11_signer(text: str, raw_public: bytes) -> Pkcs11Signer:
+    return Pkcs11Signer(Pkcs11Uri.parse(text), Ed25519PublicKey.from_public_bytes(raw_public))
 
 
 def generate_pkcs11_key(uri: Pkcs11Uri) -> Pkcs11Signer:
@@ -409,18 +394,17 @@ def generate_pkcs11_key(uri: Pkcs11Uri) -> Pkcs11Signer:
     import pkcs11
     from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 
-    parts = uri.parts()
-    if parts.label is None:
+    if uri.label is None:
         raise SigningKeyError("pkcs11 URI: object=LABEL names the new key")
     with token_session(uri, rw=True) as session:
         for cls in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
-            if list(session.get_objects({Attribute.CLASS: cls, **parts.key_attrs()})):
+            if list(session.get_objects({Attribute.CLASS: cls, **uri.key_attrs()})):
                 raise SigningKeyError(
-                    f"pkcs11: a key {parts.describe()} exists already; choose another label"
+                    f"pkcs11: a key {uri.describe()} exists already; choose another label"
                 )
-        common = {Attribute.TOKEN: True, Attribute.LABEL: parts.label}
-        if parts.key_id is not None:
-            common[Attribute.ID] = parts.key_id
+        common = {Attribute.TOKEN: True, Attribute.LABEL: uri.label}
+        if uri.key_id is not None:
+            common[Attribute.ID] = uri.key_id
         try:
             params = session.create_domain_parameters(
                 KeyType.EC_EDWARDS, {Attribute.EC_PARAMS: _ED25519_PARAMS}, local=True
@@ -442,6 +426,6 @@ def generate_pkcs11_key(uri: Pkcs11Uri) -> Pkcs11Signer:
             )
         except pkcs11.PKCS11Error as exc:
             raise SigningKeyError(
-                f"pkcs11: token {parts.token!r} could not generate an Ed25519 key: {exc!r}"
+                f"pkcs11: token {uri.token!r} could not generate an Ed25519 key: {exc!r}"
             ) from None
     return Pkcs11Signer.open(uri)

@@ -149,7 +149,7 @@ class Signer(ABC):
         if isinstance(source, str) and source.startswith(PKCS11_SCHEME):
             from .audit_pkcs11 import Pkcs11Signer, Pkcs11Uri
 
-            return Pkcs11Signer.open(Pkcs11Uri(source))
+            return Pkcs11Signer.open(Pkcs11Uri.parse(source))
         return FileSigner.load(Path(source))
 
     @abstractmethod

@@ -168,7 +168,7 @@ def _new_pkcs11_key(uri: str, public: Path) -> int:
         print(f"error: {public}: already exists; choose another file", file=sys.stderr)
         return 2
     try:
-        signer = generate_pkcs11_key(Pkcs11Uri(uri))
+        signer = generate_pkcs11_key(Pkcs11Uri.parse(uri))
         public.write_bytes(signer.public_pem())
     except (SigningKeyError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -65,7 +65,7 @@ class Hsm:
         return f"pkcs11:token=tongban;object={label}?{q}"
 
     def session(self, rw: bool = False) -> contextlib.AbstractContextManager[pkcs11.Session]:
-        return token_session(Pkcs11Uri(self.uri("any")), rw=rw)
+        return token_session(Pkcs11Uri.parse(self.uri("any")), rw=rw)
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +163,7 @@ async def test_a_serving_gateway_signs_its_checkpoints_in_the_token(
     hsm: Hsm, tmp_path: Path
 ) -> None:
     uri = hsm.uri("audit-serving")
-    signer = generate_pkcs11_key(Pkcs11Uri(uri))
+    signer = generate_pkcs11_key(Pkcs11Uri.parse(uri))
     (tmp_path / "p").write_bytes(signer.public_pem())
     gw = await signing_gateway(tmp_path, uri)
     try:
@@ -187,7 +187,7 @@ async def test_a_token_that_cannot_sign_counts_a_failed_checkpoint_and_serving_g
     hsm: Hsm, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     uri = hsm.uri("audit-deleted")
-    generate_pkcs11_key(Pkcs11Uri(uri))
+    generate_pkcs11_key(Pkcs11Uri.parse(uri))
     gw = await signing_gateway(tmp_path, uri)
     try:
         await append_audit_entries(gw.services.store, 2)
@@ -213,7 +213,7 @@ def _sign_in_child(signer: Signer, queue: multiprocessing.Queue[object]) -> None
 
 def test_a_forked_worker_a_pickled_copy_and_a_lost_session_sign_again(hsm: Hsm) -> None:
     uri = hsm.uri("audit-fork")
-    signer = generate_pkcs11_key(Pkcs11Uri(uri))
+    signer = generate_pkcs11_key(Pkcs11Uri.parse(uri))
     keys = {signer.key_id: signer.public_key}
     assert signature_problem(signer.sign(1, "ef" * 32, 1_700_000_000.0), keys) == ""
     # `tongban serve --workers`: a process forked after the library was initialized here
@@ -234,14 +234,14 @@ def test_a_forked_worker_a_pickled_copy_and_a_lost_session_sign_again(hsm: Hsm) 
     assert copy.key_id == signer.key_id
     assert copy.sign(4, "ef" * 32, 1.0) == signer.sign(4, "ef" * 32, 1.0)
     # a session the token dropped (a network HSM restarted) is opened again
-    _logged_in(signer.uri.parts()).close()
+    _logged_in(signer.uri).close()
     assert signature_problem(signer.sign(5, "ef" * 32, 1_700_000_003.0), keys) == ""
 
 
 def test_settings_name_what_is_wrong_with_the_uri_the_pin_the_token_or_the_key(
     hsm: Hsm, tmp_path: Path
 ) -> None:
-    generate_pkcs11_key(Pkcs11Uri(hsm.uri("audit-settings")))
+    generate_pkcs11_key(Pkcs11Uri.parse(hsm.uri("audit-settings")))
     loose = tmp_path / "loose-pin"
     loose.write_text(PIN)
     loose.chmod(0o644)
@@ -289,12 +289,12 @@ def test_settings_name_what_is_wrong_with_the_uri_the_pin_the_token_or_the_key(
     assert isinstance(settings.audit.signer, Pkcs11Signer)
     assert settings.store.data_dir == config.parent / "data"
     with pytest.raises(SigningKeyError, match="names the new key"):
-        generate_pkcs11_key(Pkcs11Uri(uri.replace("object=audit-settings", "id=%01")))
+        generate_pkcs11_key(Pkcs11Uri.parse(uri.replace("object=audit-settings", "id=%01")))
 
 
 def test_the_demo_signs_its_chain_in_the_token(hsm: Hsm, tmp_path: Path) -> None:
     uri = hsm.uri("audit-demo")
-    signer = generate_pkcs11_key(Pkcs11Uri(uri))
+    signer = generate_pkcs11_key(Pkcs11Uri.parse(uri))
     demo = ["demo", "--cases", "4", "--no-progress", "--data-dir", str(tmp_path / "d")]
     run = subprocess.run(
         [*TONGBAN, *demo, "--audit-signing-key", uri],
