@@ -13,7 +13,6 @@ import multiprocessing as mp
 import os
 import resource
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,12 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 ECHO_SERVICE = "bench.Echo"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
+from gateway.ports import free_port  # noqa: E402 - after ROOT is on sys.path
 
 # -- the bare echo server (bytes in, same bytes out), in its own process -----------------------
 

@@ -28,7 +28,6 @@ import copy
 import json
 import random
 import shutil
-import socket
 import sys
 import time
 from collections import Counter
@@ -52,6 +51,7 @@ from .audit_signing import generate_signing_key
 from .certs import issue, make_ca
 from .logs import configure_logging
 from .partner_sim import InboxSimulator, start_simulator
+from .ports import free_port
 from .services.delivery import DeliveryObserver
 from .settings import load_settings
 from .store.checkpoints import stored_checkpoints
@@ -67,12 +67,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SURNAMES = "陈李黄张王刘林何郭罗梁宋郑谢韩唐冯于董萧"
 GIVEN = ["嘉怡", "志强", "晓明", "丽娟", "建华", "雅婷", "国栋", "思远", "慧敏", "俊杰"]
 SZ_DISTRICTS = ["440303", "440304", "440305", "440306", "440307", "440308"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_cases(n: int, seed: int = 2026) -> list[dict[str, Any]]:
@@ -325,7 +319,7 @@ def _federation(data: Path, port: int, metrics_port: int, zs_port: int, sz_port:
     """A gateway per city, peers over mutual TLS; each city's system calls its own gateway
     with its own certificate."""
     pki = make_federation_pki(data / "pki", ("zhongshan", "shenzhen"))
-    ports = {"zs-gateway": port or _free_port(), "sz-gateway": _free_port()}
+    ports = {"zs-gateway": port or free_port(), "sz-gateway": free_port()}
     keys = _demo_keys(data)
     # Each city's gateway signs its audit chain with its own key, and witnesses the other's
     # checkpoints with the other's public key.
@@ -340,7 +334,7 @@ def _federation(data: Path, port: int, metrics_port: int, zs_port: int, sz_port:
             **keys,
             **peer_gateway_env(pki, me, ports[me], own, (*peer, ports[peer[0]])),
             "TONGBAN_STORE__DATA_DIR": str(data / me),
-            "TONGBAN_METRICS__PORT": str(metrics_port if me == "zs-gateway" else _free_port()),
+            "TONGBAN_METRICS__PORT": str(metrics_port if me == "zs-gateway" else free_port()),
             "TONGBAN_AUDIT__SIGNING_KEY": str(signing[me]),
             f"TONGBAN_PARTNERS__{peer[0].upper()}__AUDIT_PUBLIC_KEYS": json.dumps([public]),
         }
@@ -399,8 +393,8 @@ async def _run(args: argparse.Namespace) -> int:
     sz_sim = InboxSimulator(data / "shenzhen-inbox.db", fail_rate=args.fail_rate, seed=11)
     zs_server, zs_port = await start_simulator(zs_sim)
     sz_server, sz_port = await start_simulator(sz_sim)
-    metrics_port = args.metrics_port or _free_port()
-    gw_port = args.port or _free_port()
+    metrics_port = args.metrics_port or free_port()
+    gw_port = args.port or free_port()
     if args.federated:
         topology = _federation(data, gw_port, metrics_port, zs_port, sz_port)
     else:

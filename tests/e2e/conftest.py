@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from gateway.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 TONGBAN = [sys.executable, "-m", "gateway.cli"]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["ROOT", "TONGBAN", "free_port", "run"]
 
 
 def run(

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import json
 import random
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -23,6 +22,7 @@ import pytest
 from gateway.app import Gateway
 from gateway.demo import make_federation_pki, peer_gateway_env
 from gateway.partner_sim import InboxSimulator, start_simulator
+from gateway.ports import free_port
 from gateway.settings import ConfigError
 from tongban.v1 import case_exchange_pb2 as cx
 from tongban.v1 import case_exchange_pb2_grpc as cx_grpc
@@ -36,12 +36,6 @@ from .conftest import ROOT, make_settings, rich_error
 
 ZS_CASE = json.loads((ROOT / "mappings/zhongshan/samples/case/01-case.json").read_text("utf-8"))
 PERSON = "440303199001010015"  # a Shenzhen resident (Luohu, 440303)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
