@@ -147,9 +147,9 @@ class Signer(ABC):
         """The key of ``audit.signing_key``: a PKCS#11 URI (``pkcs11:...``, RFC 7512) or a
         PEM file; SigningKeyError saying what is wrong."""
         if isinstance(source, str) and source.startswith(PKCS11_SCHEME):
-            from .audit_pkcs11 import Pkcs11Signer, Pkcs11Uri
+            from .audit_pkcs11 import Pkcs11Signer, signing_uri
 
-            return Pkcs11Signer.open(Pkcs11Uri.parse(source))
+            return Pkcs11Signer.open(signing_uri(source))
         return FileSigner.load(Path(source))
 
     @abstractmethod

@@ -162,13 +162,13 @@ def cmd_audit_keys_new(args: argparse.Namespace) -> int:
 
 
 def _new_pkcs11_key(uri: str, public: Path) -> int:
-    from .audit_pkcs11 import Pkcs11Uri, generate_pkcs11_key
+    from .audit_pkcs11 import generate_pkcs11_key, signing_uri
 
     if public.exists():
         print(f"error: {public}: already exists; choose another file", file=sys.stderr)
         return 2
     try:
-        signer = generate_pkcs11_key(Pkcs11Uri.parse(uri))
+        signer = generate_pkcs11_key(signing_uri(uri))
         public.write_bytes(signer.public_pem())
     except (SigningKeyError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+import pkcs11
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from gateway.app import Gateway
+from gateway.hsm import Pkcs11Uri, token_session
 from gateway.settings import Settings, load_settings
 from gateway.store.intents import ReplayIntent
+from gateway.store.sealing import write_private_file
 from gateway.store.store import Store
 from gateway.store.writer import OUTBOX
 
@@ -121,3 +128,67 @@ def rich_error(err: grpc.aio.AioRpcError) -> dict[str, Any]:
             d.Unpack(ri)
             out["retry"] = ri.retry_delay.ToTimedelta().total_seconds()
     return out
+
+
+# -- a SoftHSM2 token (one per test session: the library reads SOFTHSM2_CONF once per process) --
+
+MODULES = (
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+)
+MODULE = next((m for m in MODULES if Path(m).is_file()), None)
+PIN = "4711-tongban"
+TONGBAN = [sys.executable, "-m", "gateway.cli"]
+
+
+@dataclass(frozen=True)
+class Hsm:
+    """A SoftHSM2 token, ``tongban``, in a folder of its own; its user PIN in ``pin``."""
+
+    conf: Path
+    pin: Path
+
+    def uri(self, label: str, **extra: str) -> str:
+        query = {"module-path": str(MODULE), "pin-source": str(self.pin), **extra}
+        q = "&".join(f"{k}={v}" for k, v in query.items() if v)
+        return f"pkcs11:token=tongban;object={label}?{q}"
+
+    def session(self, rw: bool = False) -> contextlib.AbstractContextManager[pkcs11.Session]:
+        return token_session(Pkcs11Uri.parse(self.uri("any")), rw=rw)
+
+
+@pytest.fixture(scope="session")
+def hsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hsm]:
+    assert MODULE, "SoftHSM2 (Debian package softhsm2; `make system-deps` installs it) is required"
+    folder = tmp_path_factory.mktemp("softhsm")
+    (folder / "tokens").mkdir()
+    conf = folder / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {folder / 'tokens'}\nobjectstore.backend = file\n")
+    before = os.environ.get("SOFTHSM2_CONF")
+    os.environ["SOFTHSM2_CONF"] = str(conf)  # read by the library when it is initialized
+    init = ["softhsm2-util", "--init-token", "--free", "--label", "tongban"]
+    subprocess.run(
+        [*init, "--pin", PIN, "--so-pin", "so-4711"],
+        check=True,
+        capture_output=True,
+    )
+    pin = folder / "pin"
+    write_private_file(pin, f"{PIN}\n".encode())
+    yield Hsm(conf, pin)
+    if before is None:
+        os.environ.pop("SOFTHSM2_CONF", None)
+    else:
+        os.environ["SOFTHSM2_CONF"] = before
+
+
+def tongban(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``tongban ARGS`` in a process of its own, with ``env`` added to the environment."""
+    return subprocess.run(
+        [*TONGBAN, *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=60,
+    )

@@ -7,14 +7,9 @@ lost session sign again; a token that cannot sign counts a failed checkpoint."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import multiprocessing
-import os
 import pickle
 import subprocess
-import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pkcs11
@@ -23,85 +18,18 @@ from pkcs11 import Attribute, ObjectClass
 
 from gateway.app import Gateway
 from gateway.audit import sort_checkpoints
-from gateway.audit_pkcs11 import (
-    Pkcs11Signer,
-    Pkcs11Uri,
-    _logged_in,
-    generate_pkcs11_key,
-    token_session,
-)
+from gateway.audit_pkcs11 import Pkcs11Signer, generate_pkcs11_key
 from gateway.audit_signing import (
     Signer,
     SigningKeyError,
     load_public_keys,
     signature_problem,
 )
+from gateway.hsm import Pkcs11Uri, logged_in
 from gateway.settings import ConfigError, load_settings
 from gateway.store.checkpoints import stored_checkpoints
-from gateway.store.sealing import write_private_file
 
-from .conftest import append_audit_entries, make_settings
-
-MODULES = (
-    "/usr/lib/softhsm/libsofthsm2.so",
-    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
-)
-MODULE = next((m for m in MODULES if Path(m).is_file()), None)
-PIN = "4711-tongban"
-TONGBAN = [sys.executable, "-m", "gateway.cli"]
-
-
-@dataclass(frozen=True)
-class Hsm:
-    """A SoftHSM2 token, ``tongban``, in a folder of its own; its user PIN in ``pin``."""
-
-    conf: Path
-    pin: Path
-
-    def uri(self, label: str, **extra: str) -> str:
-        query = {"module-path": str(MODULE), "pin-source": str(self.pin), **extra}
-        q = "&".join(f"{k}={v}" for k, v in query.items() if v)
-        return f"pkcs11:token=tongban;object={label}?{q}"
-
-    def session(self, rw: bool = False) -> contextlib.AbstractContextManager[pkcs11.Session]:
-        return token_session(Pkcs11Uri.parse(self.uri("any")), rw=rw)
-
-
-@pytest.fixture(scope="module")
-def hsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hsm]:
-    assert MODULE, "SoftHSM2 (Debian package softhsm2; `make system-deps` installs it) is required"
-    folder = tmp_path_factory.mktemp("softhsm")
-    (folder / "tokens").mkdir()
-    conf = folder / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {folder / 'tokens'}\nobjectstore.backend = file\n")
-    before = os.environ.get("SOFTHSM2_CONF")
-    os.environ["SOFTHSM2_CONF"] = str(conf)  # read by the library when it is initialized
-    init = ["softhsm2-util", "--init-token", "--free", "--label", "tongban"]
-    subprocess.run(
-        [*init, "--pin", PIN, "--so-pin", "so-4711"],
-        check=True,
-        capture_output=True,
-    )
-    pin = folder / "pin"
-    write_private_file(pin, f"{PIN}\n".encode())
-    yield Hsm(conf, pin)
-    if before is None:
-        os.environ.pop("SOFTHSM2_CONF", None)
-    else:
-        os.environ["SOFTHSM2_CONF"] = before
-
-
-def tongban(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """``tongban ARGS`` in a process of its own, with ``env`` added to the environment."""
-    return subprocess.run(
-        [*TONGBAN, *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        timeout=60,
-    )
+from .conftest import MODULE, PIN, TONGBAN, Hsm, append_audit_entries, make_settings, tongban
 
 
 async def signing_gateway(tmp_path: Path, uri: str) -> Gateway:
@@ -234,7 +162,7 @@ def test_a_forked_worker_a_pickled_copy_and_a_lost_session_sign_again(hsm: Hsm) 
     assert copy.key_id == signer.key_id
     assert copy.sign(4, "ef" * 32, 1.0) == signer.sign(4, "ef" * 32, 1.0)
     # a session the token dropped (a network HSM restarted) is opened again
-    _logged_in(signer.uri).close()
+    logged_in(signer.uri).close()
     assert signature_problem(signer.sign(5, "ef" * 32, 1_700_000_003.0), keys) == ""
 
 
