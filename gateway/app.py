@@ -394,6 +394,8 @@ class Gateway:
                 "mapping_fast_path": native_enabled(),
                 "event_loop": loop_name(asyncio.get_running_loop()),
                 "sealing_key": keyring.active if keyring else None,
+                # A PKCS#11 URI without its PIN, or None: the keys file holds them in the clear.
+                "sealing_keys_wrapped_by": keyring.wrapping_described() if keyring else None,
                 "audit_signing_key": self._signer.key_id if self._signer else None,
             },
         )
@@ -414,7 +416,7 @@ class Gateway:
         store, metrics = self.services.store, self.services.metrics
         refresh_at = 0.0
         while not self._stop.is_set():
-            self._reload_keys()
+            await self._reload_keys()
             try:
                 await asyncio.wait_for(store.read(store.reader.ping), timeout=interval * 3)
                 started = time.monotonic()
@@ -438,15 +440,16 @@ class Gateway:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), interval)
 
-    def _reload_keys(self) -> None:
+    async def _reload_keys(self) -> None:
         """Read ``store.keys_file`` again if it changed (a key added or made active): checked
-        like at start; a file that fails is refused and the old keys go on."""
+        like at start; a file that fails is refused and the old keys go on. Read in a thread:
+        wrapped keys are unwrapped by their token, a round trip to a network HSM."""
         path = self.settings.store.keys_file
         if path is None or self._keys_file is None or not self._keys_file.changed():
             return
         reloads = self.services.metrics.keys_reloads
         try:
-            keyring = Keyring.load(path)
+            keyring = await asyncio.to_thread(Keyring.load, path)
         except KeyringError as exc:
             log.warning(
                 "new store keys file refused; the old keys still seal and open",

@@ -1,5 +1,6 @@
-"""``tongban db keys new|status`` and ``tongban db reencrypt``: the keys that seal personal data
-in the store, and moving stored values to the active key (docs/security.md#personal-data-at-rest).
+"""``tongban db keys new|wrap|unwrap|status`` and ``tongban db reencrypt``: the keys that seal
+personal data in the store, kept in the clear or wrapped by a key in a hardware security module,
+and moving stored values to the active key (docs/security.md#personal-data-at-rest).
 """
 
 from __future__ import annotations
@@ -23,27 +24,35 @@ from .store.sealing import ALGORITHMS, Keyring, KeyringError, generate_key, writ
 __all__ = ["add_key_commands"]
 
 
+def _keys_path(args: argparse.Namespace) -> Path | None:
+    """``--file``, or ``store.keys_file`` of ``--config`` (None, said, if neither)."""
+    if args.file:
+        return Path(args.file)
+    settings = read_settings(args.config)
+    if settings is None:
+        return None
+    if settings.store.keys_file is None:
+        print("error: give --file, or set store.keys_file", file=sys.stderr)
+    return settings.store.keys_file
+
+
 def cmd_keys_new(args: argparse.Namespace) -> int:
     """Add a new random key to a keys file (made if missing) and make it the active one."""
-    path = Path(args.file) if args.file else None
+    path = _keys_path(args)
     if path is None:
-        settings = read_settings(args.config)
-        if settings is None:
-            return 2
-        path = settings.store.keys_file
-        if path is None:
-            print("error: give --file, or set store.keys_file", file=sys.stderr)
-            return 2
+        return 2
     keys: dict[str, tuple[str, str]] = {}
+    wrapping = args.wrap_with
     try:
         if path.exists():
-            keys = Keyring.load(path).entries()
+            ring = Keyring.load(path)
+            keys, wrapping = ring.entries(), wrapping or ring.wrapping
         kid = args.id or datetime.now(UTC).strftime("k%Y%m%d%H%M%S")
         if kid in keys:
             print(f"error: {path} already has a key {kid!r}", file=sys.stderr)
             return 2
         keys[kid] = (args.algorithm, generate_key(args.algorithm))
-        write_keyring(path, kid, keys)
+        write_keyring(path, kid, keys, wrapping)
     except KeyringError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -55,11 +64,59 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
         if len(keys) > 1
         else ""
     )
+    wrapped = f", wrapped by {_redacted(wrapping)}" if wrapping else ""
     print(
-        f"key {kid} ({args.algorithm}) added to {path} and made active{older}. Gateways using "
+        f"key {kid} ({args.algorithm}) added to {path}{wrapped} and made active{older}. "
+        "Gateways using "
         "this file seal with it from now on (a serving one reads the file again within a "
         "second); `tongban db reencrypt` moves stored values to it"
     )
+    return 0
+
+
+def _redacted(uri: str) -> str:
+    from .hsm import Pkcs11Uri
+
+    return Pkcs11Uri.parse(uri).redacted()  # parsed once already: it was used
+
+
+def cmd_keys_wrap(args: argparse.Namespace) -> int:
+    """Write the keys file again with every key wrapped by a key in a PKCS#11 token (made
+    there first with ``--generate``), or, with ``args.unwrap``, in the clear."""
+    from .store.key_wrapping import WrappingError, generate_wrapping_key, wrapping_uri
+
+    path = _keys_path(args)
+    if path is None:
+        return 2
+    uri = None if args.unwrap else args.uri
+    try:
+        ring = Keyring.load(path)
+        if uri is not None and args.generate:
+            generate_wrapping_key(wrapping_uri(uri))
+        write_keyring(path, ring.active, ring.entries(), uri)
+    except (KeyringError, WrappingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    made = (
+        f"generated an AES-256 key {_redacted(uri)} (sensitive, not extractable); "
+        if (uri and args.generate)
+        else ""
+    )
+    if uri is None:
+        print(
+            f"wrote the {len(ring.keys)} keys of {path} in the clear (mode 600): the file alone "
+            "now opens the store's sealed values"
+        )
+    else:
+        print(
+            f"{made}wrote the {len(ring.keys)} keys of {path} wrapped by {_redacted(uri)}: the "
+            "file holds no secret; gateways unwrap the keys in the token when they read it "
+            "(a serving one within a second). Copies of the file as it was before (backups) "
+            "still hold the keys in the clear: rotate (db keys new, db reencrypt) if that matters"
+        )
     return 0
 
 
@@ -83,6 +140,7 @@ def cmd_keys_status(args: argparse.Namespace) -> int:
             json.dumps(
                 {
                     "active": ring.active if ring else None,
+                    "wrapping_key": _redacted(ring.wrapping) if ring and ring.wrapping else None,
                     "values": counts,
                     "missing_keys": missing,
                     "unused_keys": unused,
@@ -91,6 +149,9 @@ def cmd_keys_status(args: argparse.Namespace) -> int:
         )
         return 1 if missing else 0
     print(f"active key: {ring.active}" if ring else "no keys (store.keys_file unset)")
+    if ring is not None:
+        where = f"wrapped by {_redacted(ring.wrapping)}" if ring.wrapping else "in the clear"
+        print(f"keys in {settings.store.keys_file}: {where}")
     for column, per in counts.items():
         parts = [
             f"{n} in the clear" if not kid else f"{n} sealed with {kid}" for kid, n in per.items()
@@ -167,7 +228,7 @@ def _positive(text: str) -> int:
 
 
 def add_key_commands(dbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``db keys new|status`` and ``db reencrypt`` under ``tongban db``."""
+    """Register ``db keys new|wrap|unwrap|status`` and ``db reencrypt`` under ``tongban db``."""
     keys = dbs.add_parser(
         "keys", help="the keys that seal personal data in the store (store.keys_file)"
     )
@@ -185,8 +246,41 @@ def add_key_commands(dbs: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="the cipher (default aes-256-gcm; sm4-gcm is GB/T 32907's SM4)",
     )
     new.add_argument("--id", help="the key's id (default: k and the UTC time, kYYYYMMDDHHMMSS)")
+    new.add_argument(
+        "--wrap-with",
+        metavar="URI",
+        help="write the file's keys wrapped by this AES key in a PKCS#11 token (RFC 7512 URI) "
+        "instead of in the clear (default: as the file is)",
+    )
     new.add_argument("--config", help="TOML settings file")
     new.set_defaults(func=cmd_keys_new)
+    wrap = ks.add_parser(
+        "wrap",
+        help="write the keys file again with every key wrapped by an AES key in a hardware "
+        "security module (PKCS#11), so that the file holds no secret",
+    )
+    wrap.add_argument(
+        "uri",
+        metavar="URI",
+        help="the wrapping key: pkcs11:token=LABEL;object=LABEL?module-path=LIB&pin-source=FILE",
+    )
+    wrap.add_argument(
+        "--generate",
+        action="store_true",
+        help="first generate that key in the token (AES-256, sensitive, not extractable, "
+        "encrypt and decrypt only); refused if its label is taken",
+    )
+    wrap.add_argument("--file", help="the keys file (default: store.keys_file of --config)")
+    wrap.add_argument("--config", help="TOML settings file")
+    wrap.set_defaults(func=cmd_keys_wrap, unwrap=False)
+    unwrap = ks.add_parser(
+        "unwrap",
+        help="write the keys file again with its keys in the clear (leaving the hardware "
+        "security module: the file alone then opens the store)",
+    )
+    unwrap.add_argument("--file", help="the keys file (default: store.keys_file of --config)")
+    unwrap.add_argument("--config", help="TOML settings file")
+    unwrap.set_defaults(func=cmd_keys_wrap, unwrap=True, uri=None, generate=False)
     st = ks.add_parser(
         "status",
         help="how many stored values each key seals, and how many are in the clear; exit 1 "

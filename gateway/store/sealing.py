@@ -25,6 +25,9 @@ values are sealed with::
     algorithm = "sm4-gcm"
     secret = "<base64 of 16 random bytes>"
 
+With ``wrapping_key`` (a PKCS#11 URI), the file holds each key ``wrapped`` by an AES key in a
+hardware security module instead of its ``secret``: see :mod:`gateway.store.key_wrapping`.
+
 Values stored before sealing was turned on stay readable as they are (a canonical record is
 JSON, which never starts like a sealed value); ``tongban db reencrypt`` seals them, and moves
 values sealed with older keys to the active one, after which an old key can be dropped.
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import os
 import re
 import secrets
@@ -160,6 +164,8 @@ class Keyring:
 
     active: str
     keys: dict[str, _Key]
+    # The PKCS#11 URI of the key in a token that wraps them in the file (None: in the clear).
+    wrapping: str | None = None
 
     @classmethod
     def load(cls, path: Path) -> Keyring:
@@ -177,35 +183,60 @@ class Keyring:
     @classmethod
     def parse(cls, data: dict[str, object], where: str = "keys file") -> Keyring:
         """A keyring from a keys file's content (see the module docstring)."""
-        unknown = set(data) - {"active", "keys"}
+        from .key_wrapping import WrappingError, unwrap_key, wrapping_uri
+
+        unknown = set(data) - {"active", "keys", "wrapping_key"}
         if unknown:
             raise KeyringError(f"{where}: unknown entries {sorted(unknown)}")
         table = data.get("keys")
         if not isinstance(table, dict) or not table:
             raise KeyringError(f"{where}: [keys] holds no key")
+        wrapping = data.get("wrapping_key")
+        uri = None
+        if wrapping is not None:
+            try:
+                uri = wrapping_uri(str(wrapping))
+            except WrappingError as exc:
+                raise KeyringError(f"{where}: wrapping_key: {exc}") from None
+        # Each key's secret, or with a wrapping key, the secret wrapped by it.
+        field = "secret" if uri is None else "wrapped"
         keys: dict[str, _Key] = {}
         for kid, entry in table.items():
             at = f"{where}: keys.{kid}"
             if not _KEY_ID.fullmatch(kid):
                 raise KeyringError(f"{at}: a key id is 1-32 of A-Z a-z 0-9 _ . -")
-            if not isinstance(entry, dict) or set(entry) != {"algorithm", "secret"}:
-                raise KeyringError(f"{at}: needs exactly algorithm and secret")
-            algorithm, secret = entry["algorithm"], entry["secret"]
+            if not isinstance(entry, dict) or set(entry) != {"algorithm", field}:
+                also = "" if uri is None else " (wrapping_key is set: no secret in the file)"
+                raise KeyringError(f"{at}: needs exactly algorithm and {field}{also}")
+            algorithm, value = entry["algorithm"], entry[field]
             if algorithm not in ALGORITHMS:
                 raise KeyringError(f"{at}.algorithm: one of {', '.join(ALGORITHMS)}")
             try:
-                raw = base64.b64decode(str(secret), validate=True)
+                raw = base64.b64decode(str(value), validate=True)
             except (binascii.Error, ValueError):
-                raise KeyringError(f"{at}.secret: not base64") from None
+                raise KeyringError(f"{at}.{field}: not base64") from None
+            if uri is not None:
+                try:
+                    raw = unwrap_key(uri, kid, algorithm, raw)
+                except WrappingError as exc:
+                    raise KeyringError(f"{at}.wrapped: {exc}") from None
             if len(raw) != ALGORITHMS[algorithm]:
                 raise KeyringError(
-                    f"{at}.secret: {algorithm} takes {ALGORITHMS[algorithm]} bytes, not {len(raw)}"
+                    f"{at}.{field}: {algorithm} takes {ALGORITHMS[algorithm]} bytes, not {len(raw)}"
                 )
             keys[kid] = _Key(algorithm, raw)
         active = data.get("active")
         if not isinstance(active, str) or active not in keys:
             raise KeyringError(f"{where}: active must name one of the keys ({', '.join(keys)})")
-        return cls(active, keys)
+        return cls(active, keys, None if uri is None else uri.text)
+
+    def wrapping_described(self) -> str | None:
+        """The wrapping key's URI without a PIN (None: the file holds the keys in the clear)."""
+        if self.wrapping is None:
+            return None
+        from ..hsm import Pkcs11Uri
+
+        return Pkcs11Uri.parse(self.wrapping).redacted()
 
     def entries(self) -> dict[str, tuple[str, str]]:
         """Each key's id -> (algorithm, base64 secret), as :func:`write_keyring` takes them."""
@@ -255,17 +286,41 @@ def generate_key(algorithm: str) -> str:
     return base64.b64encode(secrets.token_bytes(ALGORITHMS[algorithm])).decode("ascii")
 
 
-def write_keyring(path: Path, active: str, keys: dict[str, tuple[str, str]]) -> None:
+def write_keyring(
+    path: Path, active: str, keys: dict[str, tuple[str, str]], wrapping: str | None = None
+) -> Keyring:
     """Write a keys file (``keys``: id -> (algorithm, base64 secret)) readable by its owner
-    only: beside its final name, fsynced, then renamed over it."""
-    lines = [
-        "# Tongban store keys (docs/security.md#personal-data-at-rest). Keep secret; back up.",
-        f'active = "{active}"',
-    ]
-    for kid, (algorithm, secret) in keys.items():
-        lines += ["", f'[keys."{kid}"]', f'algorithm = "{algorithm}"', f'secret = "{secret}"']
-    Keyring.parse(tomllib.loads("\n".join(lines)), str(path))  # what it writes, it can read
+    only: beside its final name, fsynced, then renamed over it. With ``wrapping`` (a PKCS#11
+    URI), each key is written wrapped by that key in its token, not in the clear. Returns the
+    keyring read back from what was written."""
+    from .key_wrapping import WrappingError, wrap_key, wrapping_uri
+
+    if wrapping is None:
+        lines = [
+            "# Tongban store keys (docs/security.md#personal-data-at-rest). Keep secret; back up.",
+            f'active = "{active}"',
+        ]
+    else:
+        lines = [
+            "# Tongban store keys, wrapped by a key in a hardware security module",
+            "# (docs/security.md#the-sealing-keys-wrapped-by-a-hardware-security-module).",
+            f'active = "{active}"',
+            f"wrapping_key = {json.dumps(wrapping, ensure_ascii=False)}",
+        ]
+    try:
+        uri = None if wrapping is None else wrapping_uri(wrapping)
+        for kid, (algorithm, secret) in keys.items():
+            lines += ["", f'[keys."{kid}"]', f'algorithm = "{algorithm}"']
+            if uri is None:
+                lines.append(f'secret = "{secret}"')
+            else:
+                blob = wrap_key(uri, kid, algorithm, base64.b64decode(secret))
+                lines.append(f'wrapped = "{base64.b64encode(blob).decode("ascii")}"')
+    except WrappingError as exc:
+        raise KeyringError(f"{path}: wrapping_key: {exc}") from None
+    ring = Keyring.parse(tomllib.loads("\n".join(lines)), str(path))  # what it writes, it reads
     write_private_file(path, ("\n".join(lines) + "\n").encode("utf-8"))
+    return ring
 
 
 class PrivateFileError(OSError):

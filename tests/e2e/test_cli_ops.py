@@ -423,6 +423,7 @@ def test_the_demo_store_is_sealed_and_its_keys_rotate(tmp_path) -> None:
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout) == {
         "active": "k2",
+        "wrapping_key": None,
         "values": {"cases.canonical": {"k2": 4}, "events.note": {"k2": 8}},
         "missing_keys": [],
         "unused_keys": ["demo"],
