@@ -80,6 +80,11 @@ def _redacted(uri: str) -> str:
     return Pkcs11Uri.parse(uri).redacted()  # parsed once already: it was used
 
 
+def _count(ring: Keyring) -> str:
+    n = len(ring.keys)
+    return f"the {n} keys" if n > 1 else "the key"
+
+
 def cmd_keys_wrap(args: argparse.Namespace) -> int:
     """Write the keys file again with every key wrapped by a key in a PKCS#11 token (made
     there first with ``--generate``), or, with ``args.unwrap``, in the clear."""
@@ -107,12 +112,12 @@ def cmd_keys_wrap(args: argparse.Namespace) -> int:
     )
     if uri is None:
         print(
-            f"wrote the {len(ring.keys)} keys of {path} in the clear (mode 600): the file alone "
+            f"wrote {_count(ring)} of {path} in the clear (mode 600): the file alone "
             "now opens the store's sealed values"
         )
     else:
         print(
-            f"{made}wrote the {len(ring.keys)} keys of {path} wrapped by {_redacted(uri)}: the "
+            f"{made}wrote {_count(ring)} of {path} wrapped by {_redacted(uri)}: the "
             "file holds no secret; gateways unwrap the keys in the token when they read it "
             "(a serving one within a second). Copies of the file as it was before (backups) "
             "still hold the keys in the clear: rotate (db keys new, db reencrypt) if that matters"

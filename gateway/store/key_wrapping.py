@@ -31,7 +31,14 @@ from typing import Any
 
 from ..hsm import Pkcs11Uri, TokenError, forget_login, lock, logged_in, one_object, token_session
 
-__all__ = ["generate_wrapping_key", "unwrap_key", "wrap_key", "wrapping_uri"]
+__all__ = [
+    "WrappedKeyError",
+    "WrappingError",
+    "generate_wrapping_key",
+    "unwrap_key",
+    "wrap_key",
+    "wrapping_uri",
+]
 
 _NONCE, _TAG_BITS = 12, 128
 #: Where a wrapped key's associated data says it belongs, before its id and algorithm.
@@ -40,6 +47,10 @@ _AAD = b"tongban-store-key\x00"
 
 class WrappingError(ValueError):
     """The wrapping key or a wrapped key cannot be used (the message says why)."""
+
+
+class WrappedKeyError(WrappingError):
+    """A wrapped key that does not open with the wrapping key (the token itself works)."""
 
 
 class _TokenFailed(WrappingError):
@@ -126,13 +137,13 @@ def wrap_key(uri: Pkcs11Uri, kid: str, algorithm: str, secret: bytes) -> bytes:
 
 def unwrap_key(uri: Pkcs11Uri, kid: str, algorithm: str, blob: bytes) -> bytes:
     """The secret :func:`wrap_key` wrapped as ``blob`` for key ``kid`` of ``algorithm``;
-    WrappingError if it does not open (altered, moved to another id or algorithm, or wrapped
-    by another key)."""
+    WrappedKeyError if it does not open (altered, moved to another id or algorithm, or wrapped
+    by another key), WrappingError if the token or its key cannot be used."""
     from pkcs11 import Mechanism
     from pkcs11.mechanisms import GCMParams
 
     if len(blob) < _NONCE + _TAG_BITS // 8:
-        raise WrappingError("too short to be a wrapped key")
+        raise WrappedKeyError("too short to be a wrapped key")
     params = GCMParams(blob[:_NONCE], _aad(kid, algorithm), _TAG_BITS)
     try:
         return _in_token(
@@ -148,7 +159,7 @@ def unwrap_key(uri: Pkcs11Uri, kid: str, algorithm: str, blob: bytes) -> bytes:
         # the token's trouble, not this key's.
         if not isinstance(exc.cause, _data_errors()):
             raise
-        raise WrappingError(
+        raise WrappedKeyError(
             f"does not open with the secret key {uri.describe()}: altered, moved from another "
             "key, or wrapped by another wrapping key"
         ) from None

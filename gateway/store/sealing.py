@@ -183,7 +183,7 @@ class Keyring:
     @classmethod
     def parse(cls, data: dict[str, object], where: str = "keys file") -> Keyring:
         """A keyring from a keys file's content (see the module docstring)."""
-        from .key_wrapping import WrappingError, unwrap_key, wrapping_uri
+        from .key_wrapping import WrappedKeyError, WrappingError, unwrap_key, wrapping_uri
 
         unknown = set(data) - {"active", "keys", "wrapping_key"}
         if unknown:
@@ -218,8 +218,10 @@ class Keyring:
             if uri is not None:
                 try:
                     raw = unwrap_key(uri, kid, algorithm, raw)
-                except WrappingError as exc:
+                except WrappedKeyError as exc:
                     raise KeyringError(f"{at}.wrapped: {exc}") from None
+                except WrappingError as exc:  # the token, or its key: not this wrapped key
+                    raise KeyringError(f"{where}: wrapping_key: {exc}") from None
             if len(raw) != ALGORITHMS[algorithm]:
                 raise KeyringError(
                     f"{at}.{field}: {algorithm} takes {ALGORITHMS[algorithm]} bytes, not {len(raw)}"

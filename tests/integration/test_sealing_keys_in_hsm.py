@@ -160,7 +160,10 @@ def test_wrapped_keys_that_do_not_open_and_wrong_wrapping_keys_are_refused(
         {k: v for k, v in good.items() if k != "wrapping_key"}, "needs exactly algorithm and secret"
     )
     # wrapping keys that are not one
-    refused({**good, "wrapping_key": hsm.uri("kek-none")}, "no secret key labelled 'kek-none'")
+    refused(
+        {**good, "wrapping_key": hsm.uri("kek-none")},
+        "keys.toml: wrapping_key: pkcs11: no secret key labelled 'kek-none'",
+    )
     refused({**good, "wrapping_key": "pkcs11:object=x"}, "wrapping_key: pkcs11 URI: token=")
     refused(
         {**good, "wrapping_key": uri.replace("object=", "type=private;object=")},
@@ -176,7 +179,7 @@ def test_wrapped_keys_that_do_not_open_and_wrong_wrapping_keys_are_refused(
     bad = tmp_path / "bad.toml"
     write_keyring(bad, "k2", Keyring.load(keys).entries(), uri)
     bad.write_text(bad.read_text("utf-8").replace("kek-refusals", "kek-none"), "utf-8")
-    with pytest.raises(ConfigError, match=r"keys_file: .*no secret key labelled 'kek-none'"):
+    with pytest.raises(ConfigError, match=r"keys_file: .*: wrapping_key: pkcs11: no secret key"):
         make_settings(tmp_path, TONGBAN_STORE__KEYS_FILE=str(bad))
     ring = make_settings(tmp_path, TONGBAN_STORE__KEYS_FILE=str(keys)).store.keyring
     assert ring is not None
