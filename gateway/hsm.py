@@ -258,7 +258,9 @@ def logged_in(uri: Pkcs11Uri) -> Any:
 
     found = _LOGINS.get(_login_key(uri))
     if found is not None and found[1] == os.getpid():
-        return found[0]
+        if _alive(found[0]):
+            return found[0]
+        forget_login(uri)
     token = _token(uri)
     try:
         session = token.open(user_pin=uri.pin())
@@ -272,6 +274,24 @@ def logged_in(uri: Pkcs11Uri) -> Any:
         raise TokenError(f"pkcs11: cannot open token {uri.token!r}: {exc!r}") from None
     _LOGINS[_login_key(uri)] = (session, os.getpid())
     return session
+
+
+def _alive(session: Any) -> bool:
+    """False if the token dropped ``session`` (a network HSM restarted, a session closed).
+
+    Asked with a cheap call that fails cleanly (C_GenerateRandom): a search for objects on a
+    dropped session raises, and python-pkcs11 then raises again from the search's
+    ``__del__``, where nothing can catch it. A token without a random number generator
+    answers that it has none: alive."""
+    import pkcs11
+
+    try:
+        session.generate_random(64)
+    except (pkcs11.RandomNoRNG, pkcs11.FunctionNotSupported):
+        return True
+    except pkcs11.PKCS11Error:
+        return False
+    return True
 
 
 def forget_login(uri: Pkcs11Uri) -> None:

@@ -106,19 +106,21 @@ def _in_token(uri: Pkcs11Uri, operation: str, work: Any) -> bytes:
     on a new login if the token fails it (a session dropped, a network HSM restarted)."""
     import pkcs11
 
+    def attempt() -> bytes:
+        return bytes(work(_aes_key(logged_in(uri), uri)))
+
     with _wrapping_errors(), lock(uri.module):
         uri.pin()  # its file readable, even when this process is logged in already
-        for attempt in range(2):
-            try:
-                return bytes(work(_aes_key(logged_in(uri), uri)))
-            except pkcs11.PKCS11Error as exc:
-                forget_login(uri)
-                if attempt:
-                    raise _TokenFailed(
-                        f"pkcs11: the token could not {operation} with the key {uri.describe()}: {exc!r}",
-                        exc,
-                    ) from None
-    raise AssertionError("unreachable")  # pragma: no cover
+        try:
+            return attempt()
+        except pkcs11.PKCS11Error:
+            forget_login(uri)
+        try:
+            return attempt()
+        except pkcs11.PKCS11Error as exc:
+            forget_login(uri)
+            message = f"pkcs11: the token could not {operation} with the key {uri.describe()}"
+            raise _TokenFailed(f"{message}: {exc!r}", exc) from None
 
 
 def wrap_key(uri: Pkcs11Uri, kid: str, algorithm: str, secret: bytes) -> bytes:

@@ -14,7 +14,7 @@ import pkcs11
 import pytest
 from pkcs11 import Attribute, ObjectClass
 
-from gateway.hsm import Pkcs11Uri
+from gateway.hsm import Pkcs11Uri, logged_in
 from gateway.settings import ConfigError
 from gateway.store.key_wrapping import generate_wrapping_key, wrapping_uri
 from gateway.store.sealing import Keyring, KeyringError, generate_key, key_id_of, write_keyring
@@ -185,3 +185,6 @@ def test_wrapped_keys_that_do_not_open_and_wrong_wrapping_keys_are_refused(
     assert ring is not None
     assert (ring.active, ring.wrapping) == ("k2", uri)
     assert ring.wrapping_described() == Pkcs11Uri.parse(uri).redacted()
+    # A login session the token dropped (a network HSM restarted): logged in again, unwrapped.
+    logged_in(wrapping_uri(uri)).close()
+    assert Keyring.load(keys).entries() == ring.entries()
