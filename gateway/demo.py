@@ -179,13 +179,16 @@ _TIMINGS = {
 DEMO_KEY = ("demo", "sm4-gcm")
 
 
-def _demo_keys(data: Path, signing_key: str | None = None) -> dict[str, str]:
-    """Settings sealing the store's personal data with a development key made in ``data``, and
-    signing the audit chain's checkpoints with another, or with ``signing_key`` (a PEM file or
-    a PKCS#11 URI: ``--audit-signing-key``)."""
+def _demo_keys(
+    data: Path, signing_key: str | None = None, wrapping: str | None = None
+) -> dict[str, str]:
+    """Settings sealing the store's personal data with a development key made in ``data``
+    (written wrapped by ``wrapping``, a PKCS#11 URI: ``--wrap-keys-with``), and signing the
+    audit chain's checkpoints with another, or with ``signing_key`` (a PEM file or a PKCS#11
+    URI: ``--audit-signing-key``)."""
     path = data / "keys.toml"
     kid, algorithm = DEMO_KEY
-    write_keyring(path, kid, {kid: (algorithm, generate_key(algorithm))})
+    write_keyring(path, kid, {kid: (algorithm, generate_key(algorithm))}, wrapping)
     if signing_key is None:
         signing = data / "audit-signing.pem"
         generate_signing_key(signing)
@@ -233,11 +236,12 @@ def _hub(
     zs_port: int,
     sz_port: int,
     signing_key: str | None = None,
+    wrapping: str | None = None,
 ) -> _Topology:
     """One gateway for both cities; their systems call it with development tokens."""
     env = {
         **_TIMINGS,
-        **_demo_keys(data, signing_key),
+        **_demo_keys(data, signing_key, wrapping),
         "TONGBAN_SERVER__PORT": str(port),
         "TONGBAN_STORE__DATA_DIR": str(data),
         "TONGBAN_METRICS__PORT": str(metrics_port),
@@ -382,9 +386,13 @@ def _sealed_counts(database: Path) -> dict[str, dict[str, int]]:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    if args.audit_signing_key and args.federated:
-        print("error: --audit-signing-key is for the hub demo, not --federated", file=sys.stderr)
-        return 2
+    for option, given in (
+        ("--audit-signing-key", args.audit_signing_key),
+        ("--wrap-keys-with", args.wrap_keys_with),
+    ):
+        if given and args.federated:
+            print(f"error: {option} is for the hub demo, not --federated", file=sys.stderr)
+            return 2
     data = Path(args.data_dir).resolve()
     if data.exists():
         shutil.rmtree(data)
@@ -398,7 +406,15 @@ async def _run(args: argparse.Namespace) -> int:
     if args.federated:
         topology = _federation(data, gw_port, metrics_port, zs_port, sz_port)
     else:
-        topology = _hub(data, gw_port, metrics_port, zs_port, sz_port, args.audit_signing_key)
+        topology = _hub(
+            data,
+            gw_port,
+            metrics_port,
+            zs_port,
+            sz_port,
+            args.audit_signing_key,
+            args.wrap_keys_with,
+        )
     for gateway in topology.gateways:
         await gateway.start()
     observer = topology.shenzhen_deliveries  # counts for the account, feeds /metrics
@@ -482,6 +498,8 @@ async def _run(args: argparse.Namespace) -> int:
     sealed = _sealed_counts(topology.database)
     chain, covered, signing_key = await _signed_chain(topology.gateways[0])
     in_token = isinstance(topology.gateways[0].settings.audit.signer, Pkcs11Signer)
+    keyring = topology.gateways[0].settings.store.keyring
+    wrapped = ", wrapped by a key in a PKCS#11 token" if keyring and keyring.wrapping else ""
     witnessed = await _witnessed(topology.gateways) if args.federated else {}
     delivered = sz_sim.applied("case")
     duplicates = sum(1 for c in delivered.values() if c > 1)
@@ -523,7 +541,8 @@ async def _run(args: argparse.Namespace) -> int:
     clear = records.get("", 0) + notes.get("", 0)
     print(
         f"  personal data at rest .......... {records.get(kid, 0)} case records and "
-        f"{notes.get(kid, 0)} notes sealed ({algorithm}, key {kid!r}), {clear} in the clear",
+        f"{notes.get(kid, 0)} notes sealed ({algorithm}, key {kid!r}{wrapped}), {clear} in the "
+        "clear",
         file=out,
     )
     entries = chain.after + chain.checked
@@ -644,5 +663,11 @@ def add_demo_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         metavar="KEY",
         help="sign the hub's audit checkpoints with this key (a PEM file, or a PKCS#11 URI "
         "naming a key in a hardware security module) instead of a development key",
+    )
+    p.add_argument(
+        "--wrap-keys-with",
+        metavar="URI",
+        help="write the hub's development sealing key wrapped by this AES key in a hardware "
+        "security module (a PKCS#11 URI; `tongban db keys wrap URI --generate` makes one)",
     )
     p.set_defaults(func=cmd_demo)

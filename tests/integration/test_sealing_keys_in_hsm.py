@@ -188,3 +188,20 @@ def test_wrapped_keys_that_do_not_open_and_wrong_wrapping_keys_are_refused(
     # A login session the token dropped (a network HSM restarted): logged in again, unwrapped.
     logged_in(wrapping_uri(uri)).close()
     assert Keyring.load(keys).entries() == ring.entries()
+
+
+def test_the_demo_seals_with_a_key_wrapped_in_the_token(hsm: Hsm, tmp_path: Path) -> None:
+    uri = hsm.uri("kek-demo")
+    generate_wrapping_key(wrapping_uri(uri))
+    demo = ["demo", "--cases", "4", "--no-progress", "--data-dir", str(tmp_path / "d")]
+    run = tongban(*demo, "--wrap-keys-with", uri)
+    assert run.returncode == 0, run.stderr
+    assert "4 case records and 8 notes sealed (sm4-gcm, key 'demo', wrapped by a key in a " in (
+        run.stdout
+    )
+    assert "result: every case delivered once and completed" in run.stdout
+    data = the_file(tmp_path / "d" / "keys.toml")
+    assert (data["wrapping_key"], set(data["keys"]["demo"])) == (uri, {"algorithm", "wrapped"})
+    federated = tongban(*demo, "--federated", "--wrap-keys-with", uri)
+    assert federated.returncode == 2
+    assert "--wrap-keys-with is for the hub demo" in federated.stderr
