@@ -67,9 +67,8 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
     wrapped = f", wrapped by {_redacted(wrapping)}" if wrapping else ""
     print(
         f"key {kid} ({args.algorithm}) added to {path}{wrapped} and made active{older}. "
-        "Gateways using "
-        "this file seal with it from now on (a serving one reads the file again within a "
-        "second); `tongban db reencrypt` moves stored values to it"
+        "Gateways using this file seal with it from now on (a serving one reads the file again "
+        "within a second); `tongban db reencrypt` moves stored values to it"
     )
     return 0
 
@@ -145,7 +144,7 @@ def cmd_keys_status(args: argparse.Namespace) -> int:
             json.dumps(
                 {
                     "active": ring.active if ring else None,
-                    "wrapping_key": _redacted(ring.wrapping) if ring and ring.wrapping else None,
+                    "wrapping_key": ring.wrapping_described() if ring else None,
                     "values": counts,
                     "missing_keys": missing,
                     "unused_keys": unused,
@@ -155,7 +154,8 @@ def cmd_keys_status(args: argparse.Namespace) -> int:
         return 1 if missing else 0
     print(f"active key: {ring.active}" if ring else "no keys (store.keys_file unset)")
     if ring is not None:
-        where = f"wrapped by {_redacted(ring.wrapping)}" if ring.wrapping else "in the clear"
+        wrapping = ring.wrapping_described()
+        where = f"wrapped by {wrapping}" if wrapping else "in the clear"
         print(f"keys in {settings.store.keys_file}: {where}")
     for column, per in counts.items():
         parts = [
