@@ -18,15 +18,22 @@ login session (a network HSM restarted, a token re-inserted), then reported as
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .audit_signing import Signer, SigningKeyError
-from .hsm import Pkcs11Uri, TokenError, forget_login, lock, logged_in, one_object, token_session
+from .hsm import (
+    Pkcs11Uri,
+    TokenError,
+    errors_as,
+    forget_login,
+    lock,
+    logged_in,
+    one_object,
+    token_session,
+)
 
 __all__ = ["Pkcs11Signer", "generate_pkcs11_key", "signing_uri"]
 
@@ -36,18 +43,9 @@ _ED25519_PARAMS = bytes.fromhex("06032b6570")
 _PROBE = b"tongban-audit-signing-key-check\n"
 
 
-@contextlib.contextmanager
-def _signing_key_errors() -> Iterator[None]:
-    """A token's problem raised as the SigningKeyError callers of a signing key expect."""
-    try:
-        yield
-    except TokenError as exc:
-        raise SigningKeyError(str(exc)) from None
-
-
 def signing_uri(text: str) -> Pkcs11Uri:
     """``text`` read as the URI of a signing key; SigningKeyError naming what is wrong."""
-    with _signing_key_errors():
+    with errors_as(SigningKeyError):
         uri = Pkcs11Uri.parse(text)
         uri.require_type("private", "the key that signs")
     return uri
@@ -58,7 +56,7 @@ def _one_key(session: Any, uri: Pkcs11Uri, cls: Any) -> Any:
     from pkcs11 import KeyType
 
     kind = "private" if cls == pkcs11.ObjectClass.PRIVATE_KEY else "public"
-    with _signing_key_errors():
+    with errors_as(SigningKeyError):
         key = one_object(session, uri, cls, kind)
     if key.key_type != KeyType.EC_EDWARDS:
         raise SigningKeyError(f"pkcs11: the {kind} key {uri.describe()} is not an EdDSA key")
@@ -83,8 +81,7 @@ class Pkcs11Signer(Signer):
         super().__init__(public)
         self.uri = uri
         # The private key's handle, and the login session it was found in: looked up again
-        # only in a new session (a search on a session the token dropped fails noisily inside
-        # python-pkcs11; a signature fails cleanly).
+        # only in a new session (one search per session, not one per signature).
         self._key: Any = None
         self._key_session: Any = None
 
@@ -95,7 +92,7 @@ class Pkcs11Signer(Signer):
         SigningKeyError saying what is wrong otherwise."""
         import pkcs11
 
-        with _signing_key_errors(), lock(uri.module):
+        with errors_as(SigningKeyError), lock(uri.module):
             uri.pin()  # its file readable, even when this process is logged in already
             session = logged_in(uri)
             try:
@@ -162,7 +159,7 @@ def generate_pkcs11_key(uri: Pkcs11Uri) -> Pkcs11Signer:
 
     if uri.label is None:
         raise SigningKeyError("pkcs11 URI: object=LABEL names the new key")
-    with _signing_key_errors(), token_session(uri, rw=True) as session:
+    with errors_as(SigningKeyError), token_session(uri, rw=True) as session:
         for cls in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
             if list(session.get_objects({Attribute.CLASS: cls, **uri.key_attrs()})):
                 raise SigningKeyError(

@@ -40,6 +40,7 @@ __all__ = [
     "SCHEME",
     "Pkcs11Uri",
     "TokenError",
+    "errors_as",
     "forget_login",
     "lock",
     "logged_in",
@@ -53,6 +54,17 @@ SCHEME = "pkcs11:"
 
 class TokenError(ValueError):
     """A token, or a key in it, that cannot be used (the message says why; never a PIN)."""
+
+
+@contextlib.contextmanager
+def errors_as(error: type[ValueError]) -> Iterator[None]:
+    """A TokenError raised inside as ``error`` (with its message), the error its use's
+    callers expect: SigningKeyError for the audit signing key, WrappingError for the key
+    that wraps the store's keys."""
+    try:
+        yield
+    except TokenError as exc:
+        raise error(str(exc)) from None
 
 
 _PATH_ATTRS = {"token", "serial", "manufacturer", "model", "object", "id", "type"}

@@ -24,12 +24,10 @@ never extractable, for encrypting and decrypting only.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from typing import Any
 
-from ..hsm import Pkcs11Uri, TokenError, forget_login, lock, logged_in, one_object, token_session
+from ..hsm import Pkcs11Uri, errors_as, forget_login, lock, logged_in, one_object, token_session
 
 __all__ = [
     "WrappedKeyError",
@@ -61,17 +59,9 @@ class _TokenFailed(WrappingError):
         self.cause = cause
 
 
-@contextlib.contextmanager
-def _wrapping_errors() -> Iterator[None]:
-    try:
-        yield
-    except TokenError as exc:
-        raise WrappingError(str(exc)) from None
-
-
 def wrapping_uri(text: str) -> Pkcs11Uri:
     """``text`` read as the URI of a wrapping key; WrappingError naming what is wrong."""
-    with _wrapping_errors():
+    with errors_as(WrappingError):
         uri = Pkcs11Uri.parse(text)
         uri.require_type("secret-key", "the key that wraps the store's keys")
     return uri
@@ -109,7 +99,7 @@ def _in_token(uri: Pkcs11Uri, operation: str, work: Any) -> bytes:
     def attempt() -> bytes:
         return bytes(work(_aes_key(logged_in(uri), uri)))
 
-    with _wrapping_errors(), lock(uri.module):
+    with errors_as(WrappingError), lock(uri.module):
         uri.pin()  # its file readable, even when this process is logged in already
         try:
             return attempt()
@@ -177,7 +167,7 @@ def generate_wrapping_key(uri: Pkcs11Uri) -> None:
 
     if uri.label is None:
         raise WrappingError("pkcs11 URI: object=LABEL names the new key")
-    with _wrapping_errors(), token_session(uri, rw=True) as session:
+    with errors_as(WrappingError), token_session(uri, rw=True) as session:
         if list(session.get_objects(uri.key_attrs())):
             raise WrappingError(
                 f"pkcs11: a key {uri.describe()} exists already; choose another label"

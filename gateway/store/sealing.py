@@ -50,6 +50,10 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+# pkcs11 itself is imported by these only when a keys file names a wrapping key.
+from ..hsm import Pkcs11Uri
+from .key_wrapping import WrappedKeyError, WrappingError, unwrap_key, wrap_key, wrapping_uri
+
 __all__ = [
     "ALGORITHMS",
     "CANONICAL",
@@ -183,8 +187,6 @@ class Keyring:
     @classmethod
     def parse(cls, data: dict[str, object], where: str = "keys file") -> Keyring:
         """A keyring from a keys file's content (see the module docstring)."""
-        from .key_wrapping import WrappedKeyError, WrappingError, unwrap_key, wrapping_uri
-
         unknown = set(data) - {"active", "keys", "wrapping_key"}
         if unknown:
             raise KeyringError(f"{where}: unknown entries {sorted(unknown)}")
@@ -236,8 +238,6 @@ class Keyring:
         """The wrapping key's URI without a PIN (None: the file holds the keys in the clear)."""
         if self.wrapping is None:
             return None
-        from ..hsm import Pkcs11Uri
-
         return Pkcs11Uri.parse(self.wrapping).redacted()
 
     def entries(self) -> dict[str, tuple[str, str]]:
@@ -295,8 +295,6 @@ def write_keyring(
     only: beside its final name, fsynced, then renamed over it. With ``wrapping`` (a PKCS#11
     URI), each key is written wrapped by that key in its token, not in the clear. Returns the
     keyring read back from what was written."""
-    from .key_wrapping import WrappingError, wrap_key, wrapping_uri
-
     if wrapping is None:
         lines = [
             "# Tongban store keys (docs/security.md#personal-data-at-rest). Keep secret; back up.",
