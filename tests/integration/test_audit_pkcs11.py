@@ -7,9 +7,10 @@ lost session sign again; a token that cannot sign counts a failed checkpoint."""
 from __future__ import annotations
 
 import base64
-import multiprocessing
+import json
 import pickle
 import subprocess
+import sys
 from pathlib import Path
 
 import pkcs11
@@ -132,11 +133,28 @@ async def test_a_token_that_cannot_sign_counts_a_failed_checkpoint_and_serving_g
     gw.services.store.dispose()
 
 
-def _sign_in_child(signer: Signer, queue: multiprocessing.Queue[object]) -> None:
+# `tongban serve --workers`: the library initialized and signing in a process that then forks
+# (before any gRPC object exists, as serve forks), the child signing and the parent after it.
+# In a fresh interpreter: forking pytest's process, whose earlier tests left gRPC's threads
+# running, hung the child now and then (fork with other threads running is not what serve does).
+_FORKED = """
+import json, multiprocessing, sys
+from gateway.audit_pkcs11 import Pkcs11Signer, signing_uri
+signer = Pkcs11Signer.open(signing_uri(sys.argv[1]))
+before = signer.sign(2, "cd" * 32, 1_700_000_001.0).signature
+queue = multiprocessing.get_context("fork").SimpleQueue()
+def child():
     try:
         queue.put(signer.sign(2, "cd" * 32, 1_700_000_001.0).signature)
     except Exception as exc:
-        queue.put(exc)
+        queue.put(repr(exc))
+worker = multiprocessing.get_context("fork").Process(target=child)
+worker.start()
+worker.join(60)
+got = queue.get() if worker.exitcode == 0 else None
+after = signer.sign(3, "ef" * 32, 1_700_000_002.0).signature
+print(json.dumps({"exitcode": worker.exitcode, "before": before, "child": got, "after": after}))
+"""
 
 
 def test_a_forked_worker_a_pickled_copy_and_a_lost_session_sign_again(hsm: Hsm) -> None:
@@ -144,19 +162,23 @@ def test_a_forked_worker_a_pickled_copy_and_a_lost_session_sign_again(hsm: Hsm) 
     signer = generate_pkcs11_key(Pkcs11Uri.parse(uri))
     keys = {signer.key_id: signer.public_key}
     assert signature_problem(signer.sign(1, "ef" * 32, 1_700_000_000.0), keys) == ""
-    # `tongban serve --workers`: a process forked after the library was initialized here
-    ctx = multiprocessing.get_context("fork")
-    queue: multiprocessing.Queue[object] = ctx.Queue()
-    child = ctx.Process(target=_sign_in_child, args=(signer, queue))
-    child.start()
-    got = queue.get(timeout=60)
-    child.join(60)
-    assert child.exitcode == 0
-    assert isinstance(got, str), got
+    run = subprocess.run(
+        [sys.executable, "-c", _FORKED, uri],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    forked = json.loads(run.stdout)
+    assert forked["exitcode"] == 0
     cp = signer.sign(2, "cd" * 32, 1_700_000_001.0)
-    assert got == cp.signature  # Ed25519 is deterministic: the child used the same key
-    # still signing here after the child's C_Initialize
-    assert signature_problem(signer.sign(3, "ef" * 32, 1_700_000_002.0), keys) == ""
+    # Ed25519 is deterministic: the child and its parent used the same key as this process
+    assert forked["child"] == forked["before"] == cp.signature
+    # the parent still signing after the child's C_Initialize
+    after = signer.sign(3, "ef" * 32, 1_700_000_002.0)
+    assert forked["after"] == after.signature
+    assert signature_problem(after, keys) == ""
     # the settings cross to the writer process pickled: the copy opens the token itself
     copy = pickle.loads(pickle.dumps(signer))
     assert copy.key_id == signer.key_id
