@@ -28,6 +28,8 @@ sys.path.insert(0, str(ROOT))
 ECHO_SERVICE = "bench.Echo"
 
 from gateway.ports import free_port  # noqa: E402 - after ROOT is on sys.path
+from gateway.store.intents import ReleaseIntent  # noqa: E402
+from gateway.store.store import Store  # noqa: E402
 
 # -- the bare echo server (bytes in, same bytes out), in its own process -----------------------
 
@@ -622,3 +624,18 @@ def translate_payloads(n: int = 64) -> list[bytes]:
             target_schema="shenzhen.case",
         ).SerializeToString(),
     )
+
+
+async def write_probe(store: Store, stop: asyncio.Event, out: list[float]) -> None:
+    """Until ``stop``: write a small intent through ``store``'s writer every 10 ms, timing each
+    (seconds, appended to ``out``): what other work on the writer costs a caller."""
+    while not stop.is_set():
+        t = time.perf_counter()
+        await store.write(ReleaseIntent("probe", [0]))
+        out.append(time.perf_counter() - t)
+        await asyncio.sleep(0.01)
+
+
+def pct(xs: list[float], p: float) -> float:
+    """The ``p`` quantile of ``xs`` (seconds) in milliseconds, two decimals."""
+    return round(1000 * sorted(xs)[int(p * (len(xs) - 1))], 2)

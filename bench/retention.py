@@ -21,11 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import report
+from common import pct, report, write_probe
 
 from gateway.services.retention import PACED_SHARE, RetentionService
 from gateway.settings import RetentionSettings
-from gateway.store.intents import ReleaseIntent
 from gateway.store.store import Store
 
 DAY = 86400.0
@@ -67,18 +66,6 @@ def load(db: Path, n: int, start: int, age_days: float, status: str, state: str)
             )
 
 
-async def probe(store: Store, stop: asyncio.Event, out: list[float]) -> None:
-    while not stop.is_set():
-        t = time.perf_counter()
-        await store.write(ReleaseIntent("probe", [0]))
-        out.append(time.perf_counter() - t)
-        await asyncio.sleep(0.01)
-
-
-def pct(xs: list[float], p: float) -> float:
-    return round(1000 * sorted(xs)[int(p * (len(xs) - 1))], 2)
-
-
 async def phase(db_dir: Path, cases: int, open_cases: int, share: float) -> dict[str, float]:
     db = db_dir / "store.db"
     store = Store(f"sqlite:///{db}", writer="process")
@@ -90,12 +77,12 @@ async def phase(db_dir: Path, cases: int, open_cases: int, share: float) -> dict
     idle: list[float] = []
     during: list[float] = []
     stop = asyncio.Event()
-    task = asyncio.create_task(probe(store, stop, idle))
+    task = asyncio.create_task(write_probe(store, stop, idle))
     await asyncio.sleep(2)
     stop.set()
     await task
     stop = asyncio.Event()
-    task = asyncio.create_task(probe(store, stop, during))
+    task = asyncio.create_task(write_probe(store, stop, during))
     t = time.perf_counter()
     done = await svc.purge("bench", share=share)
     took = time.perf_counter() - t

@@ -56,6 +56,7 @@ from .services.dead_letters import DeadLetterService
 from .services.delivery import DeliveryObserver, DeliveryService
 from .services.identity import IdentityService
 from .services.peering import PeerInbox
+from .services.reencrypt import ReencryptService
 from .services.retention import RetentionService
 from .services.witness import AuditWitness, WitnessClient
 from .settings import Settings
@@ -109,6 +110,8 @@ class Services:
     observer: CallObserver | None = None
     # Hands the audit chain's checkpoints to peer gateways to witness (audit.witnesses).
     witnesses: WitnessClient | None = None
+    # Moves sealed values to the active key (store.keys_file, store.reencrypt_in_background).
+    reencrypt: ReencryptService | None = None
 
 
 def make_transports(
@@ -214,6 +217,14 @@ def bootstrap(
         ),
     )
     services.observer = call_observer(metrics)
+    if settings.store.keys_file is not None and settings.store.reencrypt_in_background:
+        services.reencrypt = ReencryptService(
+            store,
+            batch_rows=settings.store.reencrypt_batch_rows,
+            settle_seconds=settings.store.reencrypt_settle_seconds,
+            on_sealed=lambda column, n: metrics.reencrypted.labels(column).inc(n),
+            on_stopped=lambda stopped: metrics.reencrypt_stopped.set(1 if stopped else 0),
+        )
     services.servicers["TranslationService"] = TranslationServicer(
         mappings,
         settings.server.max_record_bytes,
@@ -384,6 +395,8 @@ class Gateway:
         self._tasks.append(asyncio.create_task(self._probe_store()))
         self._tasks.append(asyncio.create_task(self.services.watchdog.run(self._stop)))
         self._tasks.append(asyncio.create_task(self.services.retention.run(self._stop)))
+        if self.services.reencrypt is not None:
+            self._tasks.append(asyncio.create_task(self.services.reencrypt.run(self._stop)))
         if self._signer is not None:
             self._tasks.append(asyncio.create_task(self._sign_checkpoints()))
         keyring = self.settings.store.keyring

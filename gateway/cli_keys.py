@@ -18,8 +18,15 @@ from tqdm import tqdm
 from .cli_ops import read_store, writing_store
 from .cli_serve import read_settings
 from .errors import GatewayError
-from .store.rekey import SEALED_COLUMNS, ReencryptIntent, sealed_counts
+from .store.rekey import (
+    SEALED_COLUMNS,
+    Progress,
+    ReencryptIntent,
+    reencrypt_progress,
+    sealed_counts,
+)
 from .store.sealing import ALGORITHMS, Keyring, KeyringError, generate_key, write_keyring
+from .timestamps import utc_text
 
 __all__ = ["add_key_commands"]
 
@@ -68,7 +75,8 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
     print(
         f"key {kid} ({args.algorithm}) added to {path}{wrapped} and made active{older}. "
         "Gateways using this file seal with it from now on (a serving one reads the file again "
-        "within a second); `tongban db reencrypt` moves stored values to it"
+        "within a second), and serving gateways move the stored values to it in the background "
+        "(store.reencrypt_in_background; `tongban db reencrypt` does it at once)"
     )
     return 0
 
@@ -119,7 +127,7 @@ def cmd_keys_wrap(args: argparse.Namespace) -> int:
             f"{made}wrote {_count(ring)} of {path} wrapped by {_redacted(uri)}: the "
             "file holds no secret; gateways unwrap the keys in the token when they read it "
             "(a serving one within a second). Copies of the file as it was before (backups) "
-            "still hold the keys in the clear: rotate (db keys new, db reencrypt) if that matters"
+            "still hold the keys in the clear: rotate (db keys new) if that matters"
         )
     return 0
 
@@ -130,9 +138,14 @@ def cmd_keys_status(args: argparse.Namespace) -> int:
     settings = read_settings(args.config)
     if settings is None:
         return 2
-    counts = read_store(settings, "store", lambda reader: sealed_counts(reader.engine))
-    if counts is None:
+    read = read_store(
+        settings,
+        "store",
+        lambda reader: (sealed_counts(reader.engine), reencrypt_progress(reader.engine)),
+    )
+    if read is None:
         return 1
+    counts, walks = read
     ring = settings.store.keyring
     known = set(ring.keys) if ring else set()
     used = {kid for per in counts.values() for kid in per if kid}
@@ -148,6 +161,17 @@ def cmd_keys_status(args: argparse.Namespace) -> int:
                     "values": counts,
                     "missing_keys": missing,
                     "unused_keys": unused,
+                    "background_walk": {
+                        p.column: {
+                            "key": p.key_id,
+                            "last_row": p.last_seq,
+                            "sealed": p.sealed,
+                            "started_at": p.started_at,
+                            "done_at": p.done_at,
+                            "problem": p.problem or None,
+                        }
+                        for p in walks
+                    },
                 }
             )
         )
@@ -162,6 +186,8 @@ def cmd_keys_status(args: argparse.Namespace) -> int:
             f"{n} in the clear" if not kid else f"{n} sealed with {kid}" for kid, n in per.items()
         ]
         print(f"{column}: {', '.join(parts) or 'no values'}")
+    for p in walks:
+        print(f"{p.column}: background re-encryption {_walk_state(p, ring)}")
     if unused:
         print(
             f"older keys sealing no stored value: {', '.join(unused)} (drop one only once no "
@@ -174,6 +200,17 @@ def cmd_keys_status(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _walk_state(p: Progress, ring: Keyring | None) -> str:
+    """Where the serving gateways' walk over one column is, in words."""
+    began = utc_text(p.started_at)
+    if p.problem:
+        return f"to key {p.key_id} stopped at {p.problem} (begun {began})"
+    if p.done_at is not None:
+        behind = "" if ring is None or ring.active == p.key_id else f", not yet to {ring.active}"
+        return f"to key {p.key_id} done {utc_text(p.done_at)} ({p.sealed} sealed{behind})"
+    return f"to key {p.key_id} at row {p.last_seq} ({p.sealed} sealed since {began})"
 
 
 async def _reencrypt(args: argparse.Namespace) -> int:
@@ -288,8 +325,9 @@ def add_key_commands(dbs: argparse._SubParsersAction[argparse.ArgumentParser]) -
     unwrap.set_defaults(func=cmd_keys_wrap, unwrap=True, uri=None, generate=False)
     st = ks.add_parser(
         "status",
-        help="how many stored values each key seals, and how many are in the clear; exit 1 "
-        "if some are sealed with a key the keys file lacks",
+        help="how many stored values each key seals, how many are in the clear, and where "
+        "the serving gateways' background re-encryption is; exit 1 if some are sealed with a "
+        "key the keys file lacks",
     )
     st.add_argument("--json", action="store_true", help="one JSON object")
     st.add_argument("--config", help="TOML settings file")
@@ -297,7 +335,8 @@ def add_key_commands(dbs: argparse._SubParsersAction[argparse.ArgumentParser]) -
     re = dbs.add_parser(
         "reencrypt",
         help="seal with the active key every stored value in the clear or under an older key, "
-        "a transaction per batch, each recorded in the audit log (safe while gateways run)",
+        "a transaction per batch, each recorded in the audit log (safe while gateways run); "
+        "serving gateways do the same by themselves, paced (store.reencrypt_in_background)",
     )
     re.add_argument(
         "--batch", type=_positive, default=500, help="rows per transaction (default 500)"

@@ -28,6 +28,7 @@ from prometheus_client import multiprocess as prom_mp
 from . import __version__
 from .rpc.registration import CallObserver, MethodObserver
 from .services.delivery import DeliveryObserver
+from .store.rekey import SEALED_COLUMNS
 
 __all__ = [
     "GatewayMetrics",
@@ -232,6 +233,23 @@ class GatewayMetrics:
         )
         for outcome in ("ok", "rejected"):
             self.keys_reloads.labels(outcome)
+        self.reencrypted = Counter(
+            "tongban_store_reencrypted_values_total",
+            "Sealed values moved to the active key by the background walk (cases.canonical, "
+            "events.note), values in the clear included.",
+            ("column",),
+            registry=r,
+        )
+        for column in SEALED_COLUMNS:
+            self.reencrypted.labels(column)
+        self.reencrypt_stopped = Gauge(
+            "tongban_store_reencrypt_stopped",
+            "1 while the background re-encryption is stopped at a stored value that does not "
+            "open (altered, or sealed with a key the keys file lacks; tongban db keys status "
+            "names it), 0 otherwise.",
+            registry=r,
+            multiprocess_mode="max",
+        )
         self.audit_checkpoints = Counter(
             "tongban_audit_checkpoints_total",
             "Attempts to sign the audit chain's head (audit.signing_key), by outcome: signed; "

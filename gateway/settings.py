@@ -96,6 +96,12 @@ class StoreSettings(_Model):
     # and its status notes are sealed in the store (AES-256-GCM or SM4-GCM); without it, they
     # are stored in the clear. docs/security.md#personal-data-at-rest.
     keys_file: Path | None = None
+    # With keys_file: serving gateways move every sealed value to the active key themselves,
+    # at the start and after a new active key (gateway.services.reencrypt), this many rows a
+    # transaction, reencrypt_settle_seconds after they read the new key.
+    reencrypt_in_background: bool = True
+    reencrypt_batch_rows: Annotated[int, Field(ge=1, le=10000)] = 200
+    reencrypt_settle_seconds: Annotated[float, Field(ge=0, le=3600)] = 10.0
     _keyring: Keyring | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")

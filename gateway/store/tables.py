@@ -10,6 +10,7 @@ audit_archives  the audit chain's entries moved to archive files (``tongban audi
 audit_checkpoints  signed checkpoints of the audit chain (``audit.signing_key``)
 witnessed_checkpoints  peer gateways' signed checkpoints, kept here as their witness
 gateways    the gateway processes delivering from the store, and when each was last seen
+reencrypt_progress  how far the background walk has sealed each sealed column with the active key
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "EventRow",
     "GatewayRow",
     "OutboxRow",
+    "ReencryptProgressRow",
     "RequestRow",
     "WitnessedCheckpointRow",
 ]
@@ -191,3 +193,20 @@ class GatewayRow(SQLModel, table=True):
     pid: int
     started_at: float
     seen_at: float
+
+
+class ReencryptProgressRow(SQLModel, table=True):
+    """The background re-encryption of one sealed column (0008; gateway.services.reencrypt):
+    rows up to ``last_seq`` hold no value under a key other than ``key_id`` (as far as the walk
+    saw), ``sealed`` of them sealed by it; ``done_at`` once it passed the last row, ``problem``
+    the value it stopped at when one did not open."""
+
+    __tablename__ = "reencrypt_progress"
+
+    sealed_column: str = Field(primary_key=True, max_length=40)  # "table.column"
+    key_id: str = Field(max_length=32)
+    last_seq: int
+    sealed: int
+    started_at: float
+    done_at: float | None = None
+    problem: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))

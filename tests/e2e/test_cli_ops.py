@@ -16,7 +16,7 @@ def test_db_upgrade_and_dead_letter_commands(tmp_path) -> None:
     env = {"TONGBAN_STORE__DATA_DIR": str(tmp_path)}
     up = run("db", "upgrade", "--config", "tongban.toml", env=env)
     assert up.returncode == 0, up.stderr
-    assert "store at revision 0007 (was empty)" in up.stdout
+    assert "store at revision 0008 (was empty)" in up.stdout
     db = tmp_path / "tongban.db"
     now = time.time()
     with sqlite3.connect(db) as conn:
@@ -421,13 +421,21 @@ def test_the_demo_store_is_sealed_and_its_keys_rotate(tmp_path) -> None:
     }
     status = run("db", "keys", "status", "--json", "--config", "tongban.toml", env=env)
     assert status.returncode == 0, status.stderr
-    assert json.loads(status.stdout) == {
+    shown = json.loads(status.stdout)
+    walk = shown.pop("background_walk")
+    assert shown == {
         "active": "k2",
         "wrapping_key": None,
         "values": {"cases.canonical": {"k2": 4}, "events.note": {"k2": 8}},
         "missing_keys": [],
         "unused_keys": ["demo"],
     }
+    # The demo's gateway walked both columns under its key (nothing to move: it sealed them).
+    assert {c: (w["key"], w["sealed"], w["problem"]) for c, w in walk.items()} == {
+        "cases.canonical": ("demo", 0, None),
+        "events.note": ("demo", 0, None),
+    }
+    assert all(w["done_at"] is not None for w in walk.values()), walk
     verify = run("audit", "verify", "--config", "tongban.toml", env=env)
     assert verify.returncode == 0, verify.stdout
     with sqlite3.connect(demo / "tongban.db") as conn:

@@ -1,7 +1,8 @@
 """The migrations build the tables the code declares, on SQLite and on PostgreSQL; 0002
 drops the outbox's unread exchange index and 0003 replaces its claim index with one by
 partner, without touching its rows; 0004 adds the gateways table, 0005 the audit archives
-table, 0006 the audit checkpoints table and 0007 the witnessed checkpoints table."""
+table, 0006 the audit checkpoints table, 0007 the witnessed checkpoints table and 0008 the
+background re-encryption's progress."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from sqlmodel import SQLModel
 from gateway.store.checkpoints import stored_checkpoints
 from gateway.store.engine import _config, current_revision, upgrade
 from gateway.store.reads import StoreReader
+from gateway.store.rekey import reencrypt_progress
 from gateway.store.witness import witnessed_checkpoints
 from gateway.store.writer import GENESIS
 
@@ -132,8 +134,19 @@ def test_0007_adds_the_witnessed_checkpoints_table_and_takes_it_away(db_engine: 
     assert "witnessed_checkpoints" not in inspect(db_engine).get_table_names()
     # `tongban audit witnessed` (which does not migrate) reads it as a store that witnessed none
     assert witnessed_checkpoints(db_engine) == []
-    upgrade(db_engine)
+    upgrade(db_engine, "0007")
     assert current_revision(db_engine) == "0007"
-    assert _differences(db_engine) == []
     _downgrade(db_engine, "0006")  # and back, for a gateway of revision 0006
     assert "witnessed_checkpoints" not in inspect(db_engine).get_table_names()
+
+
+def test_0008_adds_the_reencrypt_progress_table_and_takes_it_away(db_engine: Engine) -> None:
+    upgrade(db_engine, "0007")
+    assert "reencrypt_progress" not in inspect(db_engine).get_table_names()
+    # `tongban db keys status` (which does not migrate) reads it as a store not yet walked
+    assert reencrypt_progress(db_engine) == []
+    upgrade(db_engine)
+    assert current_revision(db_engine) == "0008"
+    assert _differences(db_engine) == []
+    _downgrade(db_engine, "0007")  # and back, for a gateway of revision 0007
+    assert "reencrypt_progress" not in inspect(db_engine).get_table_names()
