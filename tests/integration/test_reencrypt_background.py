@@ -6,10 +6,13 @@ value that does not open (saying which), and goes on once the keys file can open
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 
+from gateway.cli import main as cli
 from gateway.store.rekey import WalkIntent, reencrypt_progress, sealed_counts
 from gateway.store.sealing import Keyring, generate_key, write_keyring
 from gateway.store.store import Store
@@ -125,7 +128,7 @@ async def test_the_walk_goes_on_where_it_was_and_replicas_share_it(
 
 
 async def test_a_value_that_does_not_open_stops_the_walk_until_the_keys_can_open_it(
-    tmp_path: Path, db_url: str
+    tmp_path: Path, db_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     k1 = new_keys(tmp_path / "k1.toml", k1="sm4-gcm")
     async with running_exchange(
@@ -152,6 +155,17 @@ async def test_a_value_that_does_not_open_stops_the_walk_until_the_keys_can_open
         assert canonical.problem.startswith("cases.canonical of case ")
         assert canonical.done_at is None
         assert sealed_counts(store.engine) == under("k1")  # nothing changed
+        # What `tongban db keys status` tells the operator: the missing key, where the walk is.
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        assert cli(["db", "keys", "status"]) == 1
+        shown = capsys.readouterr()
+        assert "values are sealed with keys the keys file lacks: k1" in shown.err
+        assert (
+            "cases.canonical: background re-encryption to key k9 stopped at cases.canonical of "
+            "case " in shown.out
+        )
+        assert "events.note: background re-encryption to key k1 done " in shown.out
         # The operator adds k1 back (k9 still active): the walk goes on and finishes.
         write_keyring(
             keys,
@@ -161,6 +175,12 @@ async def test_a_value_that_does_not_open_stops_the_walk_until_the_keys_can_open
         await wait_for(lambda: sealed_counts(store.engine) == under("k9"))
         await wait_for(lambda: registry.get_sample_value("tongban_store_reencrypt_stopped") == 0)
         assert [p.problem for p in reencrypt_progress(store.engine)] == ["", ""]
+        assert cli(["db", "keys", "status", "--json"]) == 0
+        walk = json.loads(capsys.readouterr().out)["background_walk"]
+        assert {c: (w["key"], w["sealed"], w["problem"]) for c, w in walk.items()} == {
+            "cases.canonical": ("k9", 3, None),
+            "events.note": ("k9", 1, None),
+        }
 
 
 async def test_the_walk_can_be_turned_off(tmp_path: Path) -> None:
