@@ -11,7 +11,8 @@ It walks once when the gateway starts (a walk that is done under the active key 
 small transaction) and again when the keys file, read again while serving, names another
 active key, after ``store.reencrypt_settle_seconds``: every gateway sharing the store reads the
 file within a second, and the values they seal meanwhile with the old key are then behind
-the walk. A value that does not open (altered, or sealed with a key the file lacks) stops the
+the walk. A gateway that reads the new key later than that (an old copy of the file) may
+have sealed with the old key after the walk ended: it walks on from where the walk ended. A value that does not open (altered, or sealed with a key the file lacks) stops the
 walk there, named in the gateway's log, in ``tongban db keys status`` and by
 ``tongban_store_reencrypt_stopped``; it is tried again when the keys file changes.
 ``tongban db reencrypt`` remains for doing it all at once, by hand.
@@ -65,18 +66,23 @@ class ReencryptService:
         self,
         *,
         retry: bool = False,
+        tail: bool = False,
         share: float = 1.0,
         stop: asyncio.Event | None = None,
     ) -> tuple[WalkStep, int]:
         """Step until every column is done under the active key, the walk stops at a value
         that does not open, or ``stop`` is set; the last step, and the values sealed.
+        ``retry`` and ``tail`` are :class:`~gateway.store.rekey.WalkIntent`'s, for its first
+        step.
         ``share`` < 1 paces it (after each step, a wait until the step's time is ``share`` of
         the time since it began)."""
         sealed = 0
         while True:
             started = time.monotonic()
-            step: WalkStep = await self.store.write(WalkIntent(self.actor, self.batch_rows, retry))
-            retry = False
+            step: WalkStep = await self.store.write(
+                WalkIntent(self.actor, self.batch_rows, retry, tail)
+            )
+            retry = tail = False
             for column, n in step.sealed:
                 if n:
                     sealed += n
@@ -95,9 +101,14 @@ class ReencryptService:
         walked: Keyring | None = None  # the keys of the last walk that ended
         seen: Keyring | None = None  # the keys last looked at, and since when
         seen_at = retry_at = 0.0
+        # Whether this gateway sealed with another key than the active one since its last walk:
+        # if the other gateways' walk ended meanwhile, what it wrote since is behind that walk.
+        tail = False
         while not stop.is_set():
             keyring, now = self.store.keyring, time.monotonic()
             if keyring is not seen:
+                if seen is not None and keyring is not None and seen.active != keyring.active:
+                    tail = True
                 seen, seen_at, retry_at = keyring, now, 0.0
             wait = CHECK_SECONDS
             if keyring is not None and keyring is not walked and now >= retry_at:
@@ -107,17 +118,17 @@ class ReencryptService:
                 left = seen_at + self.settle_seconds - now if settling else 0.0
                 if left > 0:
                     wait = min(wait, left)
-                elif await self._walk(keyring, stop):
-                    walked = keyring
+                elif await self._walk(keyring, stop, tail):
+                    walked, tail = keyring, False
                 else:
                     retry_at = time.monotonic() + RETRY_SECONDS
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), wait)
 
-    async def _walk(self, keyring: Keyring, stop: asyncio.Event) -> bool:
+    async def _walk(self, keyring: Keyring, stop: asyncio.Event, tail: bool) -> bool:
         """One paced walk, logged; whether it ended (done, or stopped at a value)."""
         try:
-            step, sealed = await self.walk(retry=True, share=PACED_SHARE, stop=stop)
+            step, sealed = await self.walk(retry=True, tail=tail, share=PACED_SHARE, stop=stop)
         except Exception as exc:  # noqa: BLE001 - the store down: tried again later
             log.warning(
                 "re-encryption paused; trying again",

@@ -191,11 +191,14 @@ class WalkIntent(Intent):
     rows together (a walk with little left ends in one step).
 
     A walk that stopped at a value that did not open stays stopped (the step reports it)
-    unless ``retry`` (the keys file was read again: it may now hold the key)."""
+    unless ``retry`` (the keys file was read again: it may now hold the key). A walk done
+    under the active key goes on from where it ended if ``tail``: the gateway asking sealed
+    with an older key until now, and what it wrote after the walk ended is behind it."""
 
     actor: str
     limit: int
     retry: bool = False
+    tail: bool = False
 
     def run(self, batch: Batch) -> WalkStep:
         keyring = batch.keyring
@@ -224,7 +227,8 @@ class WalkIntent(Intent):
             p = rows[name]
             if p.key_id != active:  # a new key: the walk begins again
                 p = Progress(name, active, 0, 0, now, None, "")
-            elif p.problem and self.retry:
+            elif (p.problem and self.retry) or (p.done_at is not None and self.tail):
+                # Tried again from where it stopped, or gone on from where it ended.
                 p = Progress(name, active, p.last_seq, p.sealed, p.started_at, None, "")
             if p.done_at is not None:
                 continue

@@ -13,11 +13,12 @@ import pytest
 from sqlalchemy import text
 
 from gateway.cli import main as cli
+from gateway.services.reencrypt import ReencryptService
 from gateway.store.rekey import WalkIntent, reencrypt_progress, sealed_counts
 from gateway.store.sealing import Keyring, generate_key, write_keyring
 from gateway.store.store import Store
 
-from .test_case_exchange import running_exchange, wait_for
+from .test_case_exchange import ZS, ZS_CASE, running_exchange, submit_req, wait_for
 from .test_sealing_at_rest import exchange_three_cases, migrated, new_keys
 
 IN_CLEAR = {"cases.canonical": {"": 3}, "events.note": {"": 1}}
@@ -196,3 +197,51 @@ async def test_the_walk_can_be_turned_off(tmp_path: Path) -> None:
         await asyncio.sleep(0.5)
         assert sealed_counts(ex.gateway.services.store.engine) == IN_CLEAR
         assert reencrypt_progress(ex.gateway.services.store.engine) == []
+
+
+async def test_a_gateway_that_read_the_new_key_late_moves_what_it_sealed_since_the_walk(
+    tmp_path: Path, db_url: str
+) -> None:
+    """The other gateways walked the store to k2 while this one still sealed with k1 (an old
+    copy of the keys file): what it wrote after their walk ended is behind that walk. When it
+    reads k2 at last, it goes on from where their walk ended, and only from there."""
+    keys = new_keys(tmp_path / "keys.toml", k1="sm4-gcm")
+    env = {
+        "TONGBAN_STORE__URL": migrated(db_url),
+        "TONGBAN_STORE__KEYS_FILE": str(keys),
+        "TONGBAN_STORE__REENCRYPT_SETTLE_SECONDS": "0.2",
+    }
+    async with running_exchange(tmp_path, **env) as ex:
+        store = ex.gateway.services.store
+        await exchange_three_cases(ex)
+        await wait_for(lambda: all(p.done_at for p in reencrypt_progress(store.engine)))
+        # The other gateways (one Store here) have k2 and walk the store to it.
+        k1 = Keyring.load(keys)
+        k2 = write_keyring(
+            tmp_path / "others.toml",
+            "k2",
+            {**k1.entries(), "k2": ("aes-256-gcm", generate_key("aes-256-gcm"))},
+        )
+        others = Store(db_url, keyring=k2)
+        others.start()
+        try:
+            step, _ = await ReencryptService(others).walk()
+            assert step.done
+            assert sealed_counts(store.engine) == under("k2")
+            ended = {p.column: p.last_seq for p in reencrypt_progress(store.engine)}
+        finally:
+            await others.stop()
+        # This gateway, still on k1, takes one more case.
+        late = dict(ZS_CASE, SBLSH="442000-2026-900009")
+        await ex.stub.SubmitCase(submit_req("seal-late", late), metadata=ZS)
+        assert sealed_counts(store.engine)["cases.canonical"] == {"k1": 1, "k2": 3}
+        # Its keys file gets k2 at last: it walks on from where the others' walk ended.
+        write_keyring(keys, "k2", k2.entries())
+        await wait_for(
+            lambda: sealed_counts(store.engine)["cases.canonical"] == {"k2": 4}, timeout=15
+        )
+        tail = {p.column: p for p in reencrypt_progress(store.engine)}
+        await wait_for(lambda: all(p.done_at for p in reencrypt_progress(store.engine)))
+        assert tail["cases.canonical"].last_seq > ended["cases.canonical"]
+        # Only the late case was read again: the audit says one value, not the store's four.
+        assert audited(store)[-1] == ("gateway", "1 values of cases.canonical sealed with key k2")
