@@ -368,7 +368,8 @@ class Gateway:
         # again (_reload_keys, _signing_key).
         keys, signing = settings.store.keys_file, settings.audit.signing_key
         self._keys_file = FileWatch([keys]) if keys is not None else None
-        # A key in a PKCS#11 token is not watched: it changes with the setting (a restart).
+        # A key in a PKCS#11 token is looked up before each checkpoint instead (its label may
+        # name a new key: _follow_token_key).
         self._signing_file = FileWatch([signing]) if isinstance(signing, Path) else None
         self._signer = settings.audit.signer
         # Keys signing_key held before it changed while serving: their checkpoints still hold.
@@ -493,6 +494,7 @@ class Gateway:
         before, and the new one after: :class:`~gateway.services.witness.WitnessClient`, each
         peer given ``timeout`` seconds to answer); the outcome (``"unchanged"``, or as
         ``tongban_audit_checkpoints_total`` counts it)."""
+        await self._follow_token_key()
         signer = self._signing_key()
         if signer is None:
             return "unchanged"
@@ -534,6 +536,34 @@ class Gateway:
         if outcome != "gone":
             metrics.audit_signed_length.set(length)
         return outcome
+
+    async def _follow_token_key(self) -> None:
+        """A signing key in a PKCS#11 token: if its label names another key now (``tongban
+        audit keys rotate``), sign with that one from now on, the old one trusted still (as
+        when a key file is replaced). One search in the token, in a thread; a token that
+        cannot tell, or a new key that does not sign, leaves the old signer in place."""
+        from .audit_pkcs11 import Pkcs11Signer
+
+        old = self._signer
+        if not isinstance(old, Pkcs11Signer):
+            return
+        try:
+            kid = await asyncio.to_thread(old.current_key_id)
+            if kid == old.key_id:
+                return
+            new = await asyncio.to_thread(Pkcs11Signer.open, old.uri)
+        except SigningKeyError as exc:
+            log.warning(
+                "cannot tell which key the token's label names; the old key still signs",
+                extra={"error": str(exc)},
+            )
+            return
+        self._retired_keys[old.key_id] = old.public_key
+        self._signer = new
+        log.info(
+            "audit signing key reloaded",
+            extra={"key_id": new.key_id, "retired_key_id": old.key_id, "key": new.describe()},
+        )
 
     def _signing_key(self) -> Signer | None:
         """The signing key, read again if ``audit.signing_key`` changed (a file that fails is

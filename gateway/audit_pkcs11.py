@@ -10,6 +10,12 @@ a key in a file, so checkpoints, ``trusted_keys``, the peers' ``audit_public_key
 ``tongban audit verify`` do not tell the two apart. ``tongban audit keys new --pkcs11 URI``
 generates the key pair in the token: sensitive, not extractable.
 
+``tongban audit keys rotate --pkcs11 URI`` gives the URI's label to a new key pair and keeps
+the old one under ``LABEL.retired-KEYID``: serving gateways look, before each checkpoint, which
+key the label names (one search), and sign with the new one from then on, as they do when a
+key file is replaced. Every signature is checked with the signer's public key before it is
+used, so a key that changed under a signer is never taken for it.
+
 The URI is read by :mod:`gateway.hsm` (its attributes, the library, the login); its
 ``type``, when given, must be ``private``. A failed signature is tried once more on a new
 login session (a network HSM restarted, a token re-inserted), then reported as
@@ -23,7 +29,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from .audit_signing import Signer, SigningKeyError
+from .audit_signing import Signer, SigningKeyError, key_id
 from .hsm import (
     Pkcs11Uri,
     TokenError,
@@ -35,7 +41,7 @@ from .hsm import (
     token_session,
 )
 
-__all__ = ["Pkcs11Signer", "generate_pkcs11_key", "signing_uri"]
+__all__ = ["Pkcs11Signer", "generate_pkcs11_key", "rotate_pkcs11_key", "signing_uri"]
 
 #: DER of the object identifier id-Ed25519 (1.3.101.112, RFC 8410): the curve's CKA_EC_PARAMS.
 _ED25519_PARAMS = bytes.fromhex("06032b6570")
@@ -131,7 +137,8 @@ class Pkcs11Signer(Signer):
                     if self._key_session is not session:
                         self._key = _one_key(session, uri, pkcs11.ObjectClass.PRIVATE_KEY)
                         self._key_session = session
-                    return bytes(self._key.sign(data, mechanism=pkcs11.Mechanism.EDDSA))
+                    signature = bytes(self._key.sign(data, mechanism=pkcs11.Mechanism.EDDSA))
+                    return self._checked(signature, data)
                 except (SigningKeyError, TokenError) as exc:
                     problem = SigningKeyError(str(exc))
                 except pkcs11.PKCS11Error as exc:
@@ -140,6 +147,34 @@ class Pkcs11Signer(Signer):
                     )
                 forget_login(uri)
         raise problem
+
+    def _checked(self, signature: bytes, data: bytes) -> bytes:
+        """``signature``, once it verifies with this signer's public key: the key the label
+        names may have been rotated since this signer was opened (``current_key_id``)."""
+        try:
+            self.public_key.verify(signature, data)
+        except InvalidSignature:
+            self._key = self._key_session = None
+            raise SigningKeyError(
+                f"pkcs11: the key {self.uri.describe()} is no longer key {self.key_id} "
+                "(rotated?): nothing signed with it"
+            ) from None
+        return signature
+
+    def current_key_id(self) -> str:
+        """The id of the key the URI's label names in the token now (another than
+        ``key_id`` once the key was rotated); SigningKeyError if the token cannot tell."""
+        import pkcs11
+
+        uri = self.uri
+        with errors_as(SigningKeyError), lock(uri.module):
+            try:
+                return key_id(_public_of(logged_in(uri), uri))
+            except pkcs11.PKCS11Error as exc:
+                forget_login(uri)
+                raise SigningKeyError(
+                    f"pkcs11: cannot read the key {uri.describe()}: {exc!r}"
+                ) from None
 
     def describe(self) -> str:
         """Where the key is: the URI, without a PIN."""
@@ -154,8 +189,7 @@ def generate_pkcs11_key(uri: Pkcs11Uri) -> Pkcs11Signer:
     """Generate an Ed25519 key pair in the token ``uri`` names, under its ``object`` label
     (and ``id``, when given): the private key sensitive, never extractable, for signing only.
     Refused if a key of that label or id is there already."""
-    import pkcs11
-    from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+    from pkcs11 import Attribute, ObjectClass
 
     if uri.label is None:
         raise SigningKeyError("pkcs11 URI: object=LABEL names the new key")
@@ -165,30 +199,80 @@ def generate_pkcs11_key(uri: Pkcs11Uri) -> Pkcs11Signer:
                 raise SigningKeyError(
                     f"pkcs11: a key {uri.describe()} exists already; choose another label"
                 )
-        common = {Attribute.TOKEN: True, Attribute.LABEL: uri.label}
-        if uri.key_id is not None:
-            common[Attribute.ID] = uri.key_id
-        try:
-            params = session.create_domain_parameters(
-                KeyType.EC_EDWARDS, {Attribute.EC_PARAMS: _ED25519_PARAMS}, local=True
-            )
-            params.generate_keypair(
-                mechanism=Mechanism.EC_EDWARDS_KEY_PAIR_GEN,
-                store=True,
-                public_template={**common, Attribute.VERIFY: True},
-                private_template={
-                    **common,
-                    Attribute.PRIVATE: True,
-                    Attribute.SENSITIVE: True,
-                    Attribute.EXTRACTABLE: False,
-                    Attribute.SIGN: True,
-                    Attribute.DECRYPT: False,
-                    Attribute.UNWRAP: False,
-                    Attribute.DERIVE: False,
-                },
-            )
-        except pkcs11.PKCS11Error as exc:
-            raise SigningKeyError(
-                f"pkcs11: token {uri.token!r} could not generate an Ed25519 key: {exc!r}"
-            ) from None
+        _generate(session, uri, uri.label)
     return Pkcs11Signer.open(uri)
+
+
+def _generate(session: Any, uri: Pkcs11Uri, label: str) -> None:
+    """A new Ed25519 key pair labelled ``label`` (with ``uri``'s ``id``, if any)."""
+    import pkcs11
+    from pkcs11 import Attribute, KeyType, Mechanism
+
+    common = {Attribute.TOKEN: True, Attribute.LABEL: label}
+    if uri.key_id is not None:
+        common[Attribute.ID] = uri.key_id
+    try:
+        params = session.create_domain_parameters(
+            KeyType.EC_EDWARDS, {Attribute.EC_PARAMS: _ED25519_PARAMS}, local=True
+        )
+        params.generate_keypair(
+            mechanism=Mechanism.EC_EDWARDS_KEY_PAIR_GEN,
+            store=True,
+            public_template={**common, Attribute.VERIFY: True},
+            private_template={
+                **common,
+                Attribute.PRIVATE: True,
+                Attribute.SENSITIVE: True,
+                Attribute.EXTRACTABLE: False,
+                Attribute.SIGN: True,
+                Attribute.DECRYPT: False,
+                Attribute.UNWRAP: False,
+                Attribute.DERIVE: False,
+            },
+        )
+    except pkcs11.PKCS11Error as exc:
+        raise SigningKeyError(
+            f"pkcs11: token {uri.token!r} could not generate an Ed25519 key: {exc!r}"
+        ) from None
+
+
+def retired_label(label: str, kid: str) -> str:
+    """The label a rotated key keeps in the token: ``LABEL.retired-KEYID``."""
+    return f"{label}.retired-{kid}"
+
+
+def rotate_pkcs11_key(uri: Pkcs11Uri) -> tuple[Ed25519PublicKey, Pkcs11Signer]:
+    """Rotate the key pair ``uri`` names: the old pair is relabelled
+    :func:`retired_label` (kept: it signed the checkpoints so far, and a backup of the store
+    may need them verified), and a new pair is generated under the URI's label. Returns the
+    old public key and the new signer. If the token cannot generate the new pair, the old
+    one gets its label back; SigningKeyError saying what failed."""
+    import pkcs11
+    from pkcs11 import Attribute, ObjectClass
+
+    if uri.label is None:
+        raise SigningKeyError("pkcs11 URI: object=LABEL names the key to rotate")
+    with errors_as(SigningKeyError), token_session(uri, rw=True) as session:
+        private = _one_key(session, uri, ObjectClass.PRIVATE_KEY)
+        public_obj = _one_key(session, uri, ObjectClass.PUBLIC_KEY)
+        old = _public_of(session, uri)
+        kid = key_id(old)
+        moved = retired_label(uri.label, kid)
+        if list(session.get_objects({Attribute.LABEL: moved})):
+            raise SigningKeyError(f"pkcs11: the token holds objects labelled {moved!r} already")
+        relabelled = []
+        try:
+            for obj in (private, public_obj):
+                obj[Attribute.LABEL] = moved
+                relabelled.append(obj)
+            _generate(session, uri, uri.label)
+        except (pkcs11.PKCS11Error, SigningKeyError) as exc:
+            for obj in relabelled:
+                obj[Attribute.LABEL] = uri.label
+            if isinstance(exc, SigningKeyError):
+                raise
+            raise SigningKeyError(
+                f"pkcs11: the token would not relabel the key {uri.describe()}: {exc!r} "
+                "(its label may be read-only: CKA_MODIFIABLE false)"
+            ) from None
+    return old, Pkcs11Signer.open(uri)

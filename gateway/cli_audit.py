@@ -12,12 +12,15 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cryptography.hazmat.primitives import serialization
+
 from .audit import ChainReport, SignedCheckpoints
 from .audit_signing import (
     Checkpoint,
     CheckpointError,
     SigningKeyError,
     generate_signing_key,
+    key_id,
     load_public_keys,
     read_checkpoints,
 )
@@ -185,6 +188,48 @@ def _new_pkcs11_key(uri: str, public: Path) -> int:
     return 0
 
 
+def cmd_audit_keys_rotate(args: argparse.Namespace) -> int:
+    """Give a PKCS#11 token's signing key label to a new key pair, keeping the old one."""
+    from .audit_pkcs11 import retired_label, rotate_pkcs11_key, signing_uri
+
+    new_pem, old_pem = Path(args.public_file), Path(args.retired_public_file)
+    for path in (new_pem, old_pem):
+        if path.exists():
+            print(f"error: {path}: already exists; choose another file", file=sys.stderr)
+            return 2
+    try:
+        uri = signing_uri(args.pkcs11)
+        old, signer = rotate_pkcs11_key(uri)
+    except SigningKeyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    old_id = key_id(old)
+    try:
+        new_pem.write_bytes(signer.public_pem())
+        old_pem.write_bytes(
+            old.public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    label = uri.label or ""
+    print(
+        f"generated a new Ed25519 audit signing key in {signer.describe()} (sensitive, not "
+        f"extractable), key id {signer.key_id}; the old key {old_id} is kept in the token as "
+        f"{retired_label(label, old_id)!r}"
+    )
+    print(f"wrote the new public key to {new_pem} and the old one to {old_pem}")
+    print(
+        "serving gateways with this URI sign with the new key from their next checkpoint, and "
+        f"go on trusting the old one; list {old_pem} in audit.trusted_keys (and give {new_pem} "
+        "to the peers and auditors) so that restarted gateways and tongban audit verify "
+        "trust both"
+    )
+    return 0
+
+
 def cmd_audit_keys_public(args: argparse.Namespace) -> int:
     """Print the public half of audit.signing_key (PEM) and its key id."""
     settings = read_settings(args.config)
@@ -306,6 +351,23 @@ def add_audit_signing_commands(
         help="with --pkcs11: where to write the public key (PEM)",
     )
     new.set_defaults(func=cmd_audit_keys_new)
+    rot = ks.add_parser(
+        "rotate",
+        help="in a PKCS#11 token: generate a new signing key pair under the URI's label and "
+        "keep the old one as LABEL.retired-KEYID; serving gateways sign with the new one from "
+        "their next checkpoint (no restart)",
+    )
+    rot.add_argument("--pkcs11", metavar="URI", required=True, help="the key's PKCS#11 URI")
+    rot.add_argument(
+        "--public-file", metavar="FILE", required=True, help="where to write the new public key"
+    )
+    rot.add_argument(
+        "--retired-public-file",
+        metavar="FILE",
+        required=True,
+        help="where to write the old public key (for audit.trusted_keys)",
+    )
+    rot.set_defaults(func=cmd_audit_keys_rotate)
     pub = ks.add_parser(
         "public",
         help="print the public key (PEM) of audit.signing_key, a file or a PKCS#11 token's",

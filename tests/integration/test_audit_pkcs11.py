@@ -112,6 +112,101 @@ async def test_a_serving_gateway_signs_its_checkpoints_in_the_token(
     store.dispose()
 
 
+async def test_a_token_key_rotated_while_serving_signs_the_next_checkpoint_no_restart(
+    hsm: Hsm, tmp_path: Path
+) -> None:
+    uri = hsm.uri("audit-rotating")
+    old = generate_pkcs11_key(Pkcs11Uri.parse(uri))
+    gw = await signing_gateway(tmp_path, uri)
+    try:
+        store = gw.services.store
+        await append_audit_entries(store, 3)
+        assert await gw.checkpoint() == "signed"
+        # `tongban audit keys rotate`, in its own process, while the gateway serves.
+        new_pem, old_pem = tmp_path / "new.pem", tmp_path / "old.pem"
+        out = tongban(
+            "audit", "keys", "rotate", "--pkcs11", uri,
+            "--public-file", str(new_pem), "--retired-public-file", str(old_pem),
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert f"the old key {old.key_id} is kept in the token as " in out.stdout
+        assert list(load_public_keys([old_pem])) == [old.key_id]
+        (new_id,) = load_public_keys([new_pem])
+        assert new_id != old.key_id
+        # The token: the new pair under the label, the old one under its retired label.
+        with hsm.session() as s:
+            for label, kid in (
+                ("audit-rotating", new_id),
+                (f"audit-rotating.retired-{old.key_id}", old.key_id),
+            ):
+                (private,) = s.get_objects(
+                    {Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.LABEL: label}
+                )
+                assert private[Attribute.SENSITIVE]
+                assert not private[Attribute.EXTRACTABLE]
+                public = Pkcs11Signer.open(Pkcs11Uri.parse(hsm.uri(label))).key_id
+                assert public == kid
+        await append_audit_entries(store, 2)
+        # The next checkpoint is signed with the new key, after checking the old one's.
+        assert await gw.checkpoint() == "signed"
+        assert gw.services.metrics.audit_checkpoints.labels("signed")._value.get() == 2
+    finally:
+        await gw.stop(grace=0)
+    cps = stored_checkpoints(store.engine)
+    assert [(c.length, c.key_id) for c in cps] == [(3, old.key_id), (5, new_id)]
+    found = sort_checkpoints(cps, load_public_keys([old_pem, new_pem]))
+    assert found.problems == ()
+    # The old signer, still open in this process, refuses to sign with what its label names
+    # now: a key that changed under a signer is never taken for it.
+    old._key = old._key_session = None  # as after a lost session: it searches by label again
+    with pytest.raises(SigningKeyError, match="is no longer key"):
+        old.sign(9, "ab" * 32, 1_700_000_000.0)
+    # Rotating a key the token does not hold, or to a retired label that is taken, is refused.
+    gone = tongban(
+        "audit", "keys", "rotate", "--pkcs11", hsm.uri("audit-none"),
+        "--public-file", str(tmp_path / "a"), "--retired-public-file", str(tmp_path / "b"),
+    )  # fmt: skip
+    assert gone.returncode == 2
+    assert "no private key labelled 'audit-none'" in gone.stderr
+    assert not (tmp_path / "a").exists()
+    store.dispose()
+
+
+def test_a_key_whose_label_the_token_will_not_change_is_not_rotated(
+    hsm: Hsm, tmp_path: Path
+) -> None:
+    from pkcs11 import KeyType, Mechanism
+
+    with hsm.session(rw=True) as s:  # a pair made elsewhere, its attributes read-only
+        common = {
+            Attribute.TOKEN: True,
+            Attribute.LABEL: "audit-fixed",
+            Attribute.MODIFIABLE: False,
+        }
+        params = s.create_domain_parameters(
+            KeyType.EC_EDWARDS, {Attribute.EC_PARAMS: bytes.fromhex("06032b6570")}, local=True
+        )
+        params.generate_keypair(
+            mechanism=Mechanism.EC_EDWARDS_KEY_PAIR_GEN,
+            store=True,
+            public_template={**common, Attribute.VERIFY: True},
+            private_template={**common, Attribute.PRIVATE: True, Attribute.SIGN: True},
+        )
+    before = Signer.load(hsm.uri("audit-fixed")).key_id
+    out = tongban(
+        "audit", "keys", "rotate", "--pkcs11", hsm.uri("audit-fixed"),
+        "--public-file", str(tmp_path / "a"), "--retired-public-file", str(tmp_path / "b"),
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert "would not relabel the key" in out.stderr
+    # Nothing changed: the label names the same key, and no new pair was made.
+    assert Signer.load(hsm.uri("audit-fixed")).key_id == before
+    with hsm.session() as s:
+        assert len(list(s.get_objects({Attribute.LABEL: "audit-fixed"}))) == 2
+        assert not list(s.get_objects({Attribute.LABEL: f"audit-fixed.retired-{before}"}))
+    assert not (tmp_path / "a").exists()
+
+
 async def test_a_token_that_cannot_sign_counts_a_failed_checkpoint_and_serving_goes_on(
     hsm: Hsm, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
