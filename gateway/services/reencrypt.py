@@ -12,8 +12,10 @@ small transaction) and again when the keys file, read again while serving, names
 active key, after ``store.reencrypt_settle_seconds``: every gateway sharing the store reads the
 file within a second, and the values they seal meanwhile with the old key are then behind
 the walk. A gateway that reads the new key later than that (an old copy of the file) may
-have sealed with the old key after the walk ended: it walks on from where the walk ended. A value that does not open (altered, or sealed with a key the file lacks) stops the
-walk there, named in the gateway's log, in ``tongban db keys status`` and by
+have sealed with the old key after the walk ended: it walks on from where the walk ended.
+
+A value that does not open (altered, or sealed with a key the file lacks) stops the walk
+there, named in the gateway's log, in ``tongban db keys status`` and by
 ``tongban_store_reencrypt_stopped``; it is tried again when the keys file changes.
 ``tongban db reencrypt`` remains for doing it all at once, by hand.
 """
@@ -72,10 +74,9 @@ class ReencryptService:
     ) -> tuple[WalkStep, int]:
         """Step until every column is done under the active key, the walk stops at a value
         that does not open, or ``stop`` is set; the last step, and the values sealed.
-        ``retry`` and ``tail`` are :class:`~gateway.store.rekey.WalkIntent`'s, for its first
-        step.
-        ``share`` < 1 paces it (after each step, a wait until the step's time is ``share`` of
-        the time since it began)."""
+        ``retry`` and ``tail`` are :class:`~gateway.store.rekey.WalkIntent`'s, for the first
+        step; ``share`` < 1 paces the walk (after each step, a wait until the step's time is
+        ``share`` of the time since it began)."""
         sealed = 0
         while True:
             started = time.monotonic()
