@@ -17,7 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -626,14 +626,26 @@ def translate_payloads(n: int = 64) -> list[bytes]:
     )
 
 
-async def write_probe(store: Store, stop: asyncio.Event, out: list[float]) -> None:
-    """Until ``stop``: write a small intent through ``store``'s writer every 10 ms, timing each
-    (seconds, appended to ``out``): what other work on the writer costs a caller."""
-    while not stop.is_set():
-        t = time.perf_counter()
-        await store.write(ReleaseIntent("probe", [0]))
-        out.append(time.perf_counter() - t)
-        await asyncio.sleep(0.01)
+@contextlib.asynccontextmanager
+async def write_probe(store: Store) -> AsyncIterator[list[float]]:
+    """While in the block: a small intent written through ``store``'s writer every 10 ms, each
+    timed (seconds, in the list yielded): what other work on the writer costs a caller."""
+    times: list[float] = []
+    stop = asyncio.Event()
+
+    async def probe() -> None:
+        while not stop.is_set():
+            t = time.perf_counter()
+            await store.write(ReleaseIntent("probe", [0]))
+            times.append(time.perf_counter() - t)
+            await asyncio.sleep(0.01)
+
+    task = asyncio.create_task(probe())
+    try:
+        yield times
+    finally:
+        stop.set()
+        await task
 
 
 def pct(xs: list[float], p: float) -> float:

@@ -52,14 +52,10 @@ def load(db: Path, cases: int, notes: int) -> None:
 
 async def walk(store: Store, share: float, expected: int) -> tuple[float, list[float]]:
     """One walk with the probe beside it: (seconds, the probe's times)."""
-    times: list[float] = []
-    stop = asyncio.Event()
-    task = asyncio.create_task(write_probe(store, stop, times))
-    t = time.perf_counter()
-    step, sealed = await ReencryptService(store).walk(retry=True, share=share)
-    took = time.perf_counter() - t
-    stop.set()
-    await task
+    async with write_probe(store) as times:
+        t = time.perf_counter()
+        step, sealed = await ReencryptService(store).walk(retry=True, share=share)
+        took = time.perf_counter() - t
     assert step.done, step
     assert not step.problem, step
     assert sealed == expected, (sealed, expected)
@@ -77,12 +73,8 @@ async def run(tmp: Path, cases: int, notes: int) -> dict[str, float]:
     store.start()
     figures: dict[str, float] = {}
     try:
-        idle: list[float] = []
-        stop = asyncio.Event()
-        task = asyncio.create_task(write_probe(store, stop, idle))
-        await asyncio.sleep(2)
-        stop.set()
-        await task
+        async with write_probe(store) as idle:
+            await asyncio.sleep(2)
         figures |= {"idle_p50_ms": pct(idle, 0.5), "idle_p99_ms": pct(idle, 0.99)}
         values = cases + notes
         took, times = await walk(store, PACED_SHARE, values)

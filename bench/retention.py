@@ -74,20 +74,12 @@ async def phase(db_dir: Path, cases: int, open_cases: int, share: float) -> dict
     load(db, open_cases, cases, 90, "CASE_STATUS_IN_PROGRESS", "pending")
     store.start()
     svc = RetentionService(POLICY, store)
-    idle: list[float] = []
-    during: list[float] = []
-    stop = asyncio.Event()
-    task = asyncio.create_task(write_probe(store, stop, idle))
-    await asyncio.sleep(2)
-    stop.set()
-    await task
-    stop = asyncio.Event()
-    task = asyncio.create_task(write_probe(store, stop, during))
-    t = time.perf_counter()
-    done = await svc.purge("bench", share=share)
-    took = time.perf_counter() - t
-    stop.set()
-    await task
+    async with write_probe(store) as idle:
+        await asyncio.sleep(2)
+    async with write_probe(store) as during:
+        t = time.perf_counter()
+        done = await svc.purge("bench", share=share)
+        took = time.perf_counter() - t
     t = time.perf_counter()
     again = await svc.purge("bench")
     nothing = time.perf_counter() - t

@@ -70,9 +70,16 @@ def _one_key(session: Any, uri: Pkcs11Uri, cls: Any) -> Any:
 
 
 def _public_of(session: Any, uri: Pkcs11Uri) -> Ed25519PublicKey:
-    from pkcs11 import Attribute, ObjectClass
+    from pkcs11 import ObjectClass
 
-    point = bytes(_one_key(session, uri, ObjectClass.PUBLIC_KEY)[Attribute.EC_POINT])
+    return _ed25519_public(_one_key(session, uri, ObjectClass.PUBLIC_KEY), uri)
+
+
+def _ed25519_public(obj: Any, uri: Pkcs11Uri) -> Ed25519PublicKey:
+    """The Ed25519 public key of the token's public key object ``obj``."""
+    from pkcs11 import Attribute
+
+    point = bytes(obj[Attribute.EC_POINT])
     # PKCS#11 3.0 gives the point as a DER OCTET STRING; some tokens give the 32 bytes bare.
     raw = point[2:] if len(point) == 34 and point[:2] == b"\x04\x20" else point
     if len(raw) != 32:
@@ -255,7 +262,7 @@ def rotate_pkcs11_key(uri: Pkcs11Uri) -> tuple[Ed25519PublicKey, Pkcs11Signer]:
     with errors_as(SigningKeyError), token_session(uri, rw=True) as session:
         private = _one_key(session, uri, ObjectClass.PRIVATE_KEY)
         public_obj = _one_key(session, uri, ObjectClass.PUBLIC_KEY)
-        old = _public_of(session, uri)
+        old = _ed25519_public(public_obj, uri)
         kid = key_id(old)
         moved = retired_label(uri.label, kid)
         if list(session.get_objects({Attribute.LABEL: moved})):

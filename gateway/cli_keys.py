@@ -59,7 +59,7 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
             print(f"error: {path} already has a key {kid!r}", file=sys.stderr)
             return 2
         keys[kid] = (args.algorithm, generate_key(args.algorithm))
-        write_keyring(path, kid, keys, wrapping)
+        written = write_keyring(path, kid, keys, wrapping)
     except KeyringError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -71,7 +71,8 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
         if len(keys) > 1
         else ""
     )
-    wrapped = f", wrapped by {_redacted(wrapping)}" if wrapping else ""
+    described = written.wrapping_described()
+    wrapped = f", wrapped by {described}" if described else ""
     print(
         f"key {kid} ({args.algorithm}) added to {path}{wrapped} and made active{older}. "
         "Gateways using this file seal with it from now on (a serving one reads the file again "
@@ -79,12 +80,6 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
         "(store.reencrypt_in_background; `tongban db reencrypt` does it at once)"
     )
     return 0
-
-
-def _redacted(uri: str) -> str:
-    from .hsm import Pkcs11Uri
-
-    return Pkcs11Uri.parse(uri).redacted()  # parsed once already: it was used
 
 
 def _count(ring: Keyring) -> str:
@@ -105,7 +100,7 @@ def cmd_keys_wrap(args: argparse.Namespace) -> int:
         ring = Keyring.load(path)
         if uri is not None and args.generate:
             generate_wrapping_key(wrapping_uri(uri))
-        write_keyring(path, ring.active, ring.entries(), uri)
+        described = write_keyring(path, ring.active, ring.entries(), uri).wrapping_described()
     except (KeyringError, WrappingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -113,7 +108,7 @@ def cmd_keys_wrap(args: argparse.Namespace) -> int:
         print(f"error: {path}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     made = (
-        f"generated an AES-256 key {_redacted(uri)} (sensitive, not extractable); "
+        f"generated an AES-256 key {described} (sensitive, not extractable); "
         if (uri and args.generate)
         else ""
     )
@@ -124,7 +119,7 @@ def cmd_keys_wrap(args: argparse.Namespace) -> int:
         )
     else:
         print(
-            f"{made}wrote {_count(ring)} of {path} wrapped by {_redacted(uri)}: the "
+            f"{made}wrote {_count(ring)} of {path} wrapped by {described}: the "
             "file holds no secret; gateways unwrap the keys in the token when they read it "
             "(a serving one within a second). Copies of the file as it was before (backups) "
             "still hold the keys in the clear: rotate (db keys new) if that matters"

@@ -15,7 +15,7 @@ the walk was. A new active key starts the walk again from the first row.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
 from sqlalchemy import Engine, inspect, text
 
@@ -217,9 +217,9 @@ class WalkIntent(Intent):
         lock = " FOR UPDATE" if batch.is_postgres else ""
         rows = {r[0]: Progress(*r) for r in conn.execute(text(_PROGRESS + lock)).all()}
         save = text(
-            "UPDATE reencrypt_progress SET key_id = :k, last_seq = :last, sealed = :sealed, "
-            "started_at = :started, done_at = :done, problem = :problem "
-            "WHERE sealed_column = :c"
+            "UPDATE reencrypt_progress SET key_id = :key_id, last_seq = :last_seq, "
+            "sealed = :sealed, started_at = :started_at, done_at = :done_at, "
+            "problem = :problem WHERE sealed_column = :column"
         )
         budget, read, changed = self.limit, 0, 0
         sealed: list[tuple[str, int]] = []
@@ -229,41 +229,27 @@ class WalkIntent(Intent):
                 p = Progress(name, active, 0, 0, now, None, "")
             elif (p.problem and self.retry) or (p.done_at is not None and self.tail):
                 # Tried again from where it stopped, or gone on from where it ended.
-                p = Progress(name, active, p.last_seq, p.sealed, p.started_at, None, "")
+                p = replace(p, done_at=None, problem="")
             if p.done_at is not None:
                 continue
             if p.problem:
                 return WalkStep(read, tuple(sealed), changed, problem=p.problem)
             if budget <= 0:
-                conn.execute(save, _saved(p))  # a column begun again waits for the next step
+                conn.execute(save, asdict(p))  # a column begun again waits for the next step
                 return WalkStep(read, tuple(sealed), changed)
             step = _seal_step(batch, keyring, self.actor, name, p.last_seq, budget)
             finished = step.read < budget and not step.problem
             budget -= max(step.read, 1)
             read, changed = read + step.read, changed + step.changed
             sealed.append((name, step.sealed))
-            p = Progress(
-                name,
-                active,
-                step.last,
-                p.sealed + step.sealed,
-                p.started_at,
-                now if finished else None,
-                step.problem,
+            p = replace(
+                p,
+                last_seq=step.last,
+                sealed=p.sealed + step.sealed,
+                done_at=now if finished else None,
+                problem=step.problem,
             )
-            conn.execute(save, _saved(p))
+            conn.execute(save, asdict(p))
             if not finished:
                 return WalkStep(read, tuple(sealed), changed, problem=step.problem)
         return WalkStep(read, tuple(sealed), changed, done=True)
-
-
-def _saved(p: Progress) -> dict[str, object]:
-    return {
-        "c": p.column,
-        "k": p.key_id,
-        "last": p.last_seq,
-        "sealed": p.sealed,
-        "started": p.started_at,
-        "done": p.done_at,
-        "problem": p.problem,
-    }
