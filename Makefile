@@ -18,11 +18,12 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/tongban demo
 
 # Debian packages the tests need: the Prometheus server and promtool (the alert-rule and scrape
-# tests), SoftHSM2 (a PKCS#11 token for the audit signing key held in an HSM).
+# tests), SoftHSM2 (a PKCS#11 token for the audit signing key held in an HSM), the openssl
+# command (it checks the SM2 signatures the gateway makes with OpenSSL 3's libcrypto).
 system-deps:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null && \
-	  command -v softhsm2-util >/dev/null || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus softhsm2; }
+	  command -v softhsm2-util >/dev/null && command -v openssl >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus softhsm2 openssl; }
 
 test: $(VENV)/.installed system-deps
 	$(PY) scripts/check.py

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2
@@ -33,7 +32,7 @@ from tongban.v1 import (
     witness_pb2,
 )
 
-from .audit_signing import Signer, SigningKeyError
+from .audit_signing import PublicKey, Signer, SigningKeyError
 from .auth import AccessGuard, Authenticator
 from .logs import observe_drops
 from .loops import loop_name
@@ -373,7 +372,7 @@ class Gateway:
         self._signing_file = FileWatch([signing]) if isinstance(signing, Path) else None
         self._signer = settings.audit.signer
         # Keys signing_key held before it changed while serving: their checkpoints still hold.
-        self._retired_keys: dict[str, Ed25519PublicKey] = {}
+        self._retired_keys: dict[str, PublicKey] = {}
 
     @property
     def address(self) -> str:

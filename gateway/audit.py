@@ -18,8 +18,7 @@ from .store.writer import GENESIS, AuditEntry, audit_hash
 from .timestamps import utc_text
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
+    from .audit_signing import PublicKey
     from .store.reads import StoreReader
 
 __all__ = [
@@ -79,7 +78,7 @@ class SignedCheckpoints:
 
 
 def sort_checkpoints(
-    checkpoints: Iterable[Checkpoint], keys: Mapping[str, Ed25519PublicKey]
+    checkpoints: Iterable[Checkpoint], keys: Mapping[str, PublicKey]
 ) -> SignedCheckpoints:
     """Check each checkpoint's signature against the trusted ``keys``; two that hold for one
     length with different hashes are a problem too (the key signed two different chains)."""

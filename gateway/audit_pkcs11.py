@@ -128,7 +128,9 @@ class Pkcs11Signer(Signer):
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # Settings cross to the writer process pickled: the token is opened there only if the
         # key signs there (it does not), never through a session of this process.
-        return _pkcs11_signer, (self.uri.text, self.public_key.public_bytes_raw())
+        public = self.public_key
+        assert isinstance(public, Ed25519PublicKey)  # a token's key is Ed25519 (_public_of)
+        return _pkcs11_signer, (self.uri.text, public.public_bytes_raw())
 
     def signature(self, data: bytes) -> bytes:
         """The token's Ed25519 signature of ``data``; tried once more on a new login session

@@ -5,8 +5,8 @@ who can write to the store (a database administrator, a stolen backup restored) 
 entry and computing every hash after it again: the chain then verifies. A *checkpoint* closes
 that gap, as a transparency log's signed tree head does: a serving gateway signs the chain's
 head every ``audit.checkpoint_seconds`` while it grows (its length, its last hash, the time)
-with an Ed25519 key kept outside the store (a file, or a PKCS#11 token: gateway.audit_pkcs11),
-and stores the signature. A chain rewritten below a checkpoint no longer has the signed hash
+with a key kept outside the store (a file, or a PKCS#11 token: gateway.audit_pkcs11), and
+stores the signature. A chain rewritten below a checkpoint no longer has the signed hash
 at the signed length, and a chain cut short is shorter than a signed length; ``tongban audit
 verify`` finds both. New checkpoints for the rewritten chain need the private key, which the
 store never holds. Checkpoints copied out of the store (``tongban audit checkpoints --json``)
@@ -14,10 +14,13 @@ are evidence even once the store's rows are deleted: ``tongban audit verify --ch
 FILE``.
 
 What is signed is the UTF-8 text ``tongban-audit-checkpoint/1\\n<length>\\n<hash>\\n<ms>\\n``
-(``ms``: the time in whole milliseconds since the Unix epoch, in decimal), so any Ed25519
-implementation checks it, from any representation of the time to the millisecond (a
-protobuf Timestamp, the JSON number of seconds). A key is named by the first 16 hex digits of
-the SHA-256 of its raw public key.
+(``ms``: the time in whole milliseconds since the Unix epoch, in decimal), so any
+implementation of the key's algorithm checks it, from any representation of the time to the
+millisecond (a protobuf Timestamp, the JSON number of seconds). A key is Ed25519 (RFC 8032) or
+SM2 with SM3 (GB/T 32918.2, for deployments held to China's commercial cryptography rules; a
+file key only: gateway.sm2), named by the first 16 hex digits of the SHA-256 of its raw public
+key (Ed25519: its 32 bytes; SM2: the uncompressed point, 65 bytes). Which algorithm a
+checkpoint was signed with follows from its key.
 """
 
 from __future__ import annotations
@@ -33,23 +36,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from .sm2 import Sm2Error, Sm2PrivateKey, Sm2PublicKey
 from .store.sealing import PrivateFileError, read_private_file, write_private_file
 
 __all__ = [
+    "ALGORITHMS",
     "FORMAT",
+    "MAX_SIGNATURE_BYTES",
     "PKCS11_SCHEME",
     "Checkpoint",
     "CheckpointError",
     "FileSigner",
+    "PublicKey",
     "Signer",
     "SigningKeyError",
+    "algorithm_of",
     "generate_signing_key",
     "key_id",
     "load_public_keys",
+    "public_der",
+    "public_key_from_der",
     "read_checkpoints",
     "signature_problem",
 ]
@@ -61,6 +71,15 @@ _YEAR_10000 = 253_402_300_800  # Unix seconds: the times a checkpoint may carry 
 # The fields of a ListAuditCheckpointsResponse in protobuf's JSON (grpcurl prints {} for none).
 _RESPONSE_FIELDS = {"checkpoints", "nextPageToken", "next_page_token"}
 
+#: The algorithms a checkpoint key may have, as ``tongban audit keys new --algorithm`` names them.
+ALGORITHMS = ("ed25519", "sm2")
+
+#: The longest signature a checkpoint may carry (SM2's DER: 72 bytes; Ed25519's is 64).
+MAX_SIGNATURE_BYTES = 72
+
+#: A public key that verifies checkpoints: both raise InvalidSignature from ``verify``.
+PublicKey = Ed25519PublicKey | Sm2PublicKey
+
 
 class SigningKeyError(ValueError):
     """A signing or public key file that cannot be used (the message says why)."""
@@ -70,10 +89,39 @@ class CheckpointError(ValueError):
     """A checkpoint that is not well formed (the message says where)."""
 
 
-def key_id(public: Ed25519PublicKey) -> str:
-    """A public key's id: the first 16 hex digits of the SHA-256 of its 32 raw bytes."""
-    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+def key_id(public: PublicKey) -> str:
+    """A public key's id: the first 16 hex digits of the SHA-256 of its raw public key
+    (Ed25519: 32 bytes; SM2: the uncompressed point)."""
+    if isinstance(public, Sm2PublicKey):
+        raw = public.point()
+    else:
+        raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def algorithm_of(public: PublicKey) -> str:
+    """``ed25519`` or ``sm2``."""
+    return "sm2" if isinstance(public, Sm2PublicKey) else "ed25519"
+
+
+def public_der(public: PublicKey) -> bytes:
+    """The key's SubjectPublicKeyInfo, DER (how settings carry keys to the writer process)."""
+    if isinstance(public, Sm2PublicKey):
+        return public.der()
+    return public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def public_key_from_der(der: bytes) -> PublicKey:
+    """The key of :func:`public_der`."""
+    try:
+        key = serialization.load_der_public_key(der)
+    except UnsupportedAlgorithm:
+        return Sm2PublicKey.from_der(der)
+    if not isinstance(key, Ed25519PublicKey):
+        raise SigningKeyError("not an Ed25519 or SM2 key")
+    return key
 
 
 def _signed_bytes(length: int, head: str, ts: float) -> bytes:
@@ -120,7 +168,7 @@ class Checkpoint:
         return cls(length, head, float(ts), kid, sig)
 
 
-def signature_problem(cp: Checkpoint, keys: Mapping[str, Ed25519PublicKey]) -> str:
+def signature_problem(cp: Checkpoint, keys: Mapping[str, PublicKey]) -> str:
     """Why ``cp``'s signature does not hold under the trusted ``keys`` ("" when it does)."""
     public = keys.get(cp.key_id)
     if public is None:
@@ -134,13 +182,15 @@ def signature_problem(cp: Checkpoint, keys: Mapping[str, Ed25519PublicKey]) -> s
 
 
 class Signer(ABC):
-    """An Ed25519 key that signs checkpoints: its id, its public half, and the signing
-    (:class:`FileSigner`: a PEM file; :class:`~gateway.audit_pkcs11.Pkcs11Signer`: a key held
-    in a hardware security module). Where it is makes no difference to what it signs."""
+    """A key that signs checkpoints: its id, its public half, and the signing
+    (:class:`FileSigner`: a PEM file, Ed25519 or SM2;
+    :class:`~gateway.audit_pkcs11.Pkcs11Signer`: an Ed25519 key held in a hardware security
+    module). Where it is makes no difference to what it signs."""
 
-    def __init__(self, public: Ed25519PublicKey) -> None:
-        self.public_key = public
+    def __init__(self, public: PublicKey) -> None:
+        self.public_key: PublicKey = public
         self.key_id = key_id(public)
+        self.algorithm = algorithm_of(public)
 
     @staticmethod
     def load(source: Path | str) -> Signer:
@@ -154,7 +204,7 @@ class Signer(ABC):
 
     @abstractmethod
     def signature(self, data: bytes) -> bytes:
-        """The Ed25519 signature of ``data``."""
+        """The signature of ``data`` (Ed25519: 64 bytes; SM2: DER)."""
 
     @abstractmethod
     def describe(self) -> str:
@@ -169,32 +219,31 @@ class Signer(ABC):
 
     def public_pem(self) -> bytes:
         """The public key, PEM (SubjectPublicKeyInfo): what verifiers are given."""
+        if isinstance(self.public_key, Sm2PublicKey):
+            return self.public_key.pem()
         return self.public_key.public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
 
 
 class FileSigner(Signer):
-    """An Ed25519 private key read from a PEM file."""
+    """An Ed25519 or SM2 private key read from a PEM file."""
 
-    def __init__(self, private: Ed25519PrivateKey, path: Path | None = None) -> None:
+    def __init__(
+        self, private: Ed25519PrivateKey | Sm2PrivateKey, path: Path | None = None
+    ) -> None:
         super().__init__(private.public_key())
         self._private = private
         self.path = path
 
     def __reduce__(self) -> tuple[Any, tuple[bytes]]:
         # Settings cross to the store's writer process pickled; a key object does not pickle.
-        raw = self._private.private_bytes(
-            serialization.Encoding.Raw,
-            serialization.PrivateFormat.Raw,
-            serialization.NoEncryption(),
-        )
-        return _signer_from_raw, (raw,)
+        return _signer_from_pem, (_private_pem(self._private),)
 
     @classmethod
     def load(cls, path: Path | str) -> FileSigner:
-        """Read a PEM (PKCS#8, unencrypted) Ed25519 private key from a file only its owner may
-        read; SigningKeyError otherwise."""
+        """Read a PEM (PKCS#8, unencrypted) Ed25519 or SM2 private key from a file only its
+        owner may read; SigningKeyError otherwise."""
         path = Path(path)
         try:
             data = read_private_file(path)
@@ -202,16 +251,10 @@ class FileSigner(Signer):
             raise SigningKeyError(str(exc)) from None
         except OSError as exc:
             raise SigningKeyError(f"{path}: cannot read: {exc.strerror or exc}") from None
-        try:
-            key = serialization.load_pem_private_key(data, password=None)
-        except (ValueError, TypeError) as exc:
-            raise SigningKeyError(f"{path}: not an unencrypted PEM private key ({exc})") from None
-        if not isinstance(key, Ed25519PrivateKey):
-            raise SigningKeyError(f"{path}: not an Ed25519 key")
-        return cls(key, path)
+        return cls(_private_key(data, path), path)
 
     def signature(self, data: bytes) -> bytes:
-        """The Ed25519 signature of ``data``."""
+        """The signature of ``data`` (Ed25519: 64 bytes; SM2 with SM3: DER)."""
         return self._private.sign(data)
 
     def describe(self) -> str:
@@ -219,32 +262,61 @@ class FileSigner(Signer):
         return str(self.path) if self.path is not None else "a key in memory"
 
 
-def _signer_from_raw(raw: bytes) -> FileSigner:
-    return FileSigner(Ed25519PrivateKey.from_private_bytes(raw))
+def _private_key(data: bytes, path: Path | None) -> Ed25519PrivateKey | Sm2PrivateKey:
+    """The Ed25519 or SM2 key of an unencrypted PEM; SigningKeyError naming ``path``."""
+    where = path or "the key"
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except UnsupportedAlgorithm:
+        try:  # the curve SM2, which the cryptography library does not know
+            return Sm2PrivateKey.from_pem(data)
+        except Sm2Error as exc:
+            raise SigningKeyError(f"{where}: {exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise SigningKeyError(f"{where}: not an unencrypted PEM private key ({exc})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise SigningKeyError(f"{where}: not an Ed25519 or SM2 key")
+    return key
 
 
-def generate_signing_key(path: Path) -> tuple[FileSigner, Path]:
-    """Write a new Ed25519 private key to ``path`` (mode 600, never over an existing file) and
-    its public key to ``path`` + ``.pub``; return the signer and the public key's path."""
-    if path.exists():
-        raise SigningKeyError(f"{path}: already exists; choose another file")
-    private = Ed25519PrivateKey.generate()
-    pem = private.private_bytes(
+def _private_pem(private: Ed25519PrivateKey | Sm2PrivateKey) -> bytes:
+    if isinstance(private, Sm2PrivateKey):
+        return private.pem()
+    return private.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    write_private_file(path, pem)
+
+
+def _signer_from_pem(pem: bytes) -> FileSigner:
+    return FileSigner(_private_key(pem, None))
+
+
+def generate_signing_key(path: Path, algorithm: str = "ed25519") -> tuple[FileSigner, Path]:
+    """Write a new private key (``algorithm``: one of :data:`ALGORITHMS`) to ``path`` (mode
+    600, never over an existing file) and its public key to ``path`` + ``.pub``; return the
+    signer and the public key's path."""
+    if algorithm not in ALGORITHMS:
+        raise SigningKeyError(f"algorithm must be one of {', '.join(ALGORITHMS)}")
+    if path.exists():
+        raise SigningKeyError(f"{path}: already exists; choose another file")
+    private: Ed25519PrivateKey | Sm2PrivateKey
+    try:
+        private = Sm2PrivateKey.generate() if algorithm == "sm2" else Ed25519PrivateKey.generate()
+    except Sm2Error as exc:
+        raise SigningKeyError(str(exc)) from None
+    write_private_file(path, _private_pem(private))
     signer = FileSigner(private, path)
     public = path.with_name(path.name + ".pub")
     public.write_bytes(signer.public_pem())
     return signer, public
 
 
-def load_public_keys(paths: Iterable[Path]) -> dict[str, Ed25519PublicKey]:
+def load_public_keys(paths: Iterable[Path]) -> dict[str, PublicKey]:
     """Trusted public keys by id, from PEM files (a public key, or a private key whose public
-    half is meant); SigningKeyError naming the file that is not one."""
-    keys: dict[str, Ed25519PublicKey] = {}
+    half is meant; Ed25519 or SM2); SigningKeyError naming the file that is not one."""
+    keys: dict[str, PublicKey] = {}
     for path in paths:
         try:
             data = path.read_bytes()
@@ -256,10 +328,15 @@ def load_public_keys(paths: Iterable[Path]) -> dict[str, Ed25519PublicKey]:
         else:
             try:
                 public = serialization.load_pem_public_key(data)
+            except UnsupportedAlgorithm:
+                try:
+                    public = Sm2PublicKey.from_pem(data)
+                except Sm2Error as exc:
+                    raise SigningKeyError(f"{path}: {exc}") from None
             except ValueError as exc:
                 raise SigningKeyError(f"{path}: not a PEM public key ({exc})") from None
-        if not isinstance(public, Ed25519PublicKey):
-            raise SigningKeyError(f"{path}: not an Ed25519 key")
+        if not isinstance(public, Ed25519PublicKey | Sm2PublicKey):
+            raise SigningKeyError(f"{path}: not an Ed25519 or SM2 key")
         keys[key_id(public)] = public
     return keys
 

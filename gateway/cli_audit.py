@@ -16,8 +16,10 @@ from cryptography.hazmat.primitives import serialization
 
 from .audit import ChainReport, SignedCheckpoints
 from .audit_signing import (
+    ALGORITHMS,
     Checkpoint,
     CheckpointError,
+    PublicKey,
     SigningKeyError,
     generate_signing_key,
     key_id,
@@ -28,8 +30,6 @@ from .cli_serve import read_settings
 from .timestamps import utc_text
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
     from .settings import Settings
 
 __all__ = [
@@ -40,9 +40,7 @@ __all__ = [
 ]
 
 
-def trusted_public_keys(
-    given: list[str] | None, settings: Settings
-) -> dict[str, Ed25519PublicKey] | None:
+def trusted_public_keys(given: list[str] | None, settings: Settings) -> dict[str, PublicKey] | None:
     """The keys whose checkpoints are trusted: those given with ``--public-key``, else
     ``audit.trusted_keys`` and the public half of ``audit.signing_key``; None (said why) if a
     file given is not a key."""
@@ -142,26 +140,37 @@ def _warn_unsigned(
 
 
 def cmd_audit_keys_new(args: argparse.Namespace) -> int:
-    """Write a new Ed25519 key for signing the audit chain's checkpoints, to a file or into a
-    PKCS#11 token."""
+    """Write a new key (Ed25519 or SM2) for signing the audit chain's checkpoints, to a file, or
+    an Ed25519 one into a PKCS#11 token."""
     if args.pkcs11 is not None:
+        if args.algorithm != "ed25519":
+            print(
+                "error: --pkcs11 generates Ed25519 keys only (PKCS#11 3.0 defines no SM2 "
+                "mechanism); write an SM2 key to a --file",
+                file=sys.stderr,
+            )
+            return 2
         if not args.public_file:
             print("error: --pkcs11 needs --public-file FILE for the public key", file=sys.stderr)
             return 2
         return _new_pkcs11_key(args.pkcs11, Path(args.public_file))
     path = Path(args.file)
     try:
-        signer, public = generate_signing_key(path)
+        signer, public = generate_signing_key(path, args.algorithm)
     except (SigningKeyError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote a new Ed25519 audit signing key to {path} (mode 600), key id {signer.key_id}")
+    name = _ALGORITHM_NAMES[signer.algorithm]
+    print(f"wrote a new {name} audit signing key to {path} (mode 600), key id {signer.key_id}")
     print(f"wrote its public key to {public}: give it to whoever verifies the audit chain")
     print(
         f'set audit.signing_key = "{path}"; serving gateways read a changed file before their '
         "next checkpoint. After a rotation, list the old public key in audit.trusted_keys"
     )
     return 0
+
+
+_ALGORITHM_NAMES = {"ed25519": "Ed25519", "sm2": "SM2 (with SM3)"}
 
 
 def _new_pkcs11_key(uri: str, public: Path) -> int:
@@ -319,7 +328,8 @@ def add_audit_signing_commands(
         "--public-key",
         action="append",
         metavar="FILE",
-        help="trust checkpoints signed by this Ed25519 public key (PEM; repeat for several); "
+        help="trust checkpoints signed by this public key (Ed25519 or SM2, PEM; repeat for "
+        "several); "
         "default: the public half of audit.signing_key and audit.trusted_keys",
     )
     verify.add_argument(
@@ -333,8 +343,15 @@ def add_audit_signing_commands(
     ks = keys.add_subparsers(dest="audit_keys_command", required=True, metavar="COMMAND")
     new = ks.add_parser(
         "new",
-        help="write a new Ed25519 signing key (PEM, mode 600) and its public key (FILE.pub), "
-        "or generate it in a PKCS#11 token",
+        help="write a new signing key (Ed25519, or SM2 with --algorithm sm2; PEM, mode 600) "
+        "and its public key (FILE.pub), or generate an Ed25519 one in a PKCS#11 token",
+    )
+    new.add_argument(
+        "--algorithm",
+        choices=ALGORITHMS,
+        default="ed25519",
+        help="ed25519 (default), or sm2: SM2 with SM3 (GB/T 32918.2), for deployments held to "
+        "China's commercial cryptography rules; a file key only",
     )
     where = new.add_mutually_exclusive_group(required=True)
     where.add_argument("--file", help="where to write the private key")

@@ -190,8 +190,9 @@ def _demo_keys(
     kid, algorithm = DEMO_KEY
     write_keyring(path, kid, {kid: (algorithm, generate_key(algorithm))}, wrapping)
     if signing_key is None:
+        # SM2 (GB/T 32918.2), as the records are sealed with SM4: China's algorithms throughout.
         signing = data / "audit-signing.pem"
-        generate_signing_key(signing)
+        generate_signing_key(signing, "sm2")
         signing_key = str(signing)
     return {"TONGBAN_STORE__KEYS_FILE": str(path), "TONGBAN_AUDIT__SIGNING_KEY": signing_key}
 
@@ -329,7 +330,7 @@ def _federation(data: Path, port: int, metrics_port: int, zs_port: int, sz_port:
     # checkpoints with the other's public key.
     signing = {me: data / f"{me}-audit-signing.pem" for me in ports}
     for path in signing.values():
-        generate_signing_key(path)
+        generate_signing_key(path, "sm2")
 
     def env(me: str, own: tuple[str, str, int], peer: tuple[str, str]) -> dict[str, str]:
         public = f"{signing[peer[0]]}.pub"
@@ -497,7 +498,9 @@ async def _run(args: argparse.Namespace) -> int:
     elapsed = time.monotonic() - started
     sealed = _sealed_counts(topology.database)
     chain, covered, signing_key = await _signed_chain(topology.gateways[0])
-    in_token = isinstance(topology.gateways[0].settings.audit.signer, Pkcs11Signer)
+    signer = topology.gateways[0].settings.audit.signer
+    in_token = isinstance(signer, Pkcs11Signer)
+    signed_with = "SM2" if signer is not None and signer.algorithm == "sm2" else "Ed25519"
     keyring = topology.gateways[0].settings.store.keyring
     wrapped = ", wrapped by a key in a PKCS#11 token" if keyring and keyring.wrapping else ""
     witnessed = await _witnessed(topology.gateways) if args.federated else {}
@@ -549,7 +552,7 @@ async def _run(args: argparse.Namespace) -> int:
     print(
         f"  audit chain .................... {entries} entries, "
         + (
-            f"intact; signed up to entry {covered} (Ed25519 checkpoint, key {signing_key}"
+            f"intact; signed up to entry {covered} ({signed_with} checkpoint, key {signing_key}"
             + (", in a PKCS#11 token)" if in_token else ")")
             if chain.ok
             else f"BROKEN at entry {chain.broken_seq}: {chain.reason}"

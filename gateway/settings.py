@@ -18,8 +18,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -31,7 +29,15 @@ from pydantic import (
     model_validator,
 )
 
-from .audit_signing import PKCS11_SCHEME, Signer, SigningKeyError, load_public_keys
+from .audit_signing import (
+    PKCS11_SCHEME,
+    PublicKey,
+    Signer,
+    SigningKeyError,
+    load_public_keys,
+    public_der,
+    public_key_from_der,
+)
 from .store.sealing import Keyring, KeyringError
 
 __all__ = [
@@ -166,13 +172,13 @@ class CircuitPolicy(_Model):
 
 
 def _raw_public_keys(paths: list[Path], setting: str) -> dict[str, bytes]:
-    """The Ed25519 public keys in ``paths`` by id, as raw bytes (settings cross to the store's
-    writer process pickled; key objects do not); ValueError naming ``setting`` if one is not."""
+    """The public keys in ``paths`` by id, as DER (settings cross to the store's writer
+    process pickled; key objects do not); ValueError naming ``setting`` if one is not."""
     try:
         keys = load_public_keys(paths)
     except SigningKeyError as exc:
         raise ValueError(f"{setting}: {exc}") from None
-    return {kid: key.public_bytes(Encoding.Raw, PublicFormat.Raw) for kid, key in keys.items()}
+    return {kid: public_der(key) for kid, key in keys.items()}
 
 
 def _key_source(value: Any) -> Path | str | None:
@@ -185,8 +191,8 @@ def _key_source(value: Any) -> Path | str | None:
     return value if value.startswith(PKCS11_SCHEME) else Path(value)
 
 
-def _public_keys(raw: dict[str, bytes]) -> dict[str, Ed25519PublicKey]:
-    return {kid: Ed25519PublicKey.from_public_bytes(b) for kid, b in raw.items()}
+def _public_keys(der: dict[str, bytes]) -> dict[str, PublicKey]:
+    return {kid: public_key_from_der(b) for kid, b in der.items()}
 
 
 class InboxSettings(_Model):
@@ -298,7 +304,7 @@ class PartnerSettings(_Model):
     # it signed with before a rotation): with them this gateway witnesses the peer's signed
     # checkpoints (AuditWitnessService), keeping copies the peer's store cannot take back.
     audit_public_keys: list[Path] = []
-    # As raw bytes: settings cross to the store's writer process pickled, key objects do not.
+    # As DER: settings cross to the store's writer process pickled, key objects do not.
     _audit_keys: dict[str, bytes] = PrivateAttr(default_factory=dict)
 
     @field_validator("city")
@@ -331,7 +337,7 @@ class PartnerSettings(_Model):
         return self
 
     @property
-    def audit_keys(self) -> dict[str, Ed25519PublicKey]:
+    def audit_keys(self) -> dict[str, PublicKey]:
         """The keys of ``audit_public_keys`` by id (none: this gateway witnesses nothing of it)."""
         return _public_keys(self._audit_keys)
 
@@ -396,9 +402,9 @@ class AuditSettings(_Model):
     # WatchCases event with a note; an operator's TraceCase): who read which case and how,
     # committed before the data is answered.
     case_reads: bool = False
-    # An Ed25519 private key (PEM, readable by its owner only; `tongban audit keys new`), or a
-    # PKCS#11 URI naming one held in a hardware security module (RFC 7512; `tongban audit
-    # keys new --pkcs11`): with it, a serving gateway signs the chain's head every
+    # An Ed25519 or SM2 private key (PEM, readable by its owner only; `tongban audit keys new
+    # [--algorithm sm2]`), or a PKCS#11 URI naming an Ed25519 key held in a hardware security
+    # module (RFC 7512; `tongban audit keys new --pkcs11`): with it, a serving gateway signs the chain's head every
     # checkpoint_seconds while the chain grows, so that a chain rewritten or cut short is
     # found by `tongban audit verify` (docs/security.md#signed-audit-checkpoints).
     signing_key: Annotated[Path | str | None, PlainValidator(_key_source)] = None
@@ -411,7 +417,7 @@ class AuditSettings(_Model):
     # every peer gateway; [] for none.
     witnesses: list[str] | None = None
     _signer: Signer | None = PrivateAttr(default=None)
-    # As raw bytes: settings cross to the store's writer process pickled, key objects do not.
+    # As DER: settings cross to the store's writer process pickled, key objects do not.
     _trusted: dict[str, bytes] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
@@ -430,7 +436,7 @@ class AuditSettings(_Model):
         return self._signer
 
     @property
-    def trusted_public_keys(self) -> dict[str, Ed25519PublicKey]:
+    def trusted_public_keys(self) -> dict[str, PublicKey]:
         """The keys of ``trusted_keys`` by id, and the public half of ``signing_key``."""
         keys = _public_keys(self._trusted)
         if self._signer is not None:

@@ -34,13 +34,11 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from adapters.transports import TransportError
 from tongban.v1 import operations_pb2 as ops
 from tongban.v1 import witness_pb2
 
-from ..audit_signing import Checkpoint, signature_problem
+from ..audit_signing import MAX_SIGNATURE_BYTES, Checkpoint, PublicKey, signature_problem
 from ..auth import Caller
 from ..errors import AuditKeyUnknown, CheckpointConflict, InvalidRequest
 from ..store.checkpoints import held_problem, last_checkpoint
@@ -91,9 +89,11 @@ def checked_checkpoint(request: witness_pb2.WitnessCheckpointRequest) -> Checkpo
         raise InvalidRequest("checkpoint.hash must be 64 hex digits", "checkpoint.hash")
     if len(m.key_id) != 16 or m.key_id.strip(string.hexdigits):
         raise InvalidRequest("checkpoint.key_id must be 16 hex digits", "checkpoint.key_id")
-    if len(m.signature) != 64:
+    if not 0 < len(m.signature) <= MAX_SIGNATURE_BYTES:
         raise InvalidRequest(
-            "checkpoint.signature must be 64 bytes (Ed25519)", "checkpoint.signature"
+            f"checkpoint.signature must be 1-{MAX_SIGNATURE_BYTES} bytes (Ed25519: 64; SM2: DER, "
+            "at most 72)",
+            "checkpoint.signature",
         )
     if not m.HasField("signed_at") or m.signed_at.seconds < 0 or not 0 <= m.signed_at.nanos < 10**9:
         raise InvalidRequest(
@@ -107,7 +107,7 @@ class AuditWitness:
     """Keeps peer gateways' checkpoints (``keys``: each peer's audit public keys by id)."""
 
     store: Store
-    keys: Mapping[str, Mapping[str, Ed25519PublicKey]]
+    keys: Mapping[str, Mapping[str, PublicKey]]
     clock: Callable[[], float] = time.time
     on_witnessed: Callable[[str, str], None] | None = None  # (peer, outcome)
 
@@ -167,9 +167,7 @@ class WitnessClient:
     # The last outcome of each peer: a peer refusing or unreachable is logged when that starts.
     _last: dict[str, str] = field(default_factory=dict)
 
-    async def hand_over(
-        self, keys: Mapping[str, Ed25519PublicKey], timeout: float | None = None
-    ) -> str:
+    async def hand_over(self, keys: Mapping[str, PublicKey], timeout: float | None = None) -> str:
         """Hand the store's last checkpoint to every peer at once; what the chain no longer
         has of what they witnessed ("" when nothing: every peer's answer checked, or none
         answered). ``keys``: this chain's signing keys, which the peers' answers must hold."""
@@ -193,7 +191,7 @@ class WitnessClient:
         last: Checkpoint,
         length: int,
         head: str,
-        keys: Mapping[str, Ed25519PublicKey],
+        keys: Mapping[str, PublicKey],
         timeout: float,
     ) -> str:
         request = witness_pb2.WitnessCheckpointRequest(checkpoint=checkpoint_to_proto(last))

@@ -29,7 +29,7 @@ from .checkpoints import stored_checkpoints
 from .reads import StoreReader
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from ..audit_signing import PublicKey
 
 __all__ = ["BackupError", "BackupReport", "backup_sqlite"]
 
@@ -65,7 +65,7 @@ def backup_sqlite(
     dest: Path,
     *,
     replace: bool = False,
-    keys: Mapping[str, Ed25519PublicKey] | None = None,
+    keys: Mapping[str, PublicKey] | None = None,
 ) -> BackupReport:
     """Copy the store ``db`` to ``dest`` as of now; raise :class:`BackupError` if it cannot.
     With ``keys``, the copy's chain is checked against its signed checkpoints too."""
@@ -115,9 +115,7 @@ def backup_sqlite(
     return dataclasses.replace(report, bytes=dest.stat().st_size)
 
 
-def _check(
-    copy: Path, dest: Path, seconds: float, keys: Mapping[str, Ed25519PublicKey]
-) -> BackupReport:
+def _check(copy: Path, dest: Path, seconds: float, keys: Mapping[str, PublicKey]) -> BackupReport:
     """The copy's integrity and audit chain (against the checkpoints that hold under
     ``keys``), and what it holds."""
     conn = sqlite3.connect(copy)

@@ -16,8 +16,7 @@ from ..timestamps import utc_text
 from .writer import AUDIT, AUDIT_CHECKPOINTS, Batch, Intent
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
+    from ..audit_signing import PublicKey
     from .reads import StoreReader
     from .store import Store
 
@@ -73,7 +72,7 @@ class CheckpointIntent(Intent):
 
 
 async def sign_head(
-    store: Store, signer: Signer, keys: Mapping[str, Ed25519PublicKey]
+    store: Store, signer: Signer, keys: Mapping[str, PublicKey]
 ) -> tuple[str, int, str]:
     """Sign the chain's head if it grew past the store's last checkpoint, once the chain is
     checked to extend that checkpoint (:func:`extension_problem`, its signature checked with
@@ -105,7 +104,7 @@ def last_checkpoint(engine: Engine) -> Checkpoint | None:
 
 
 def extension_problem(
-    reader: StoreReader, length: int, head: str, keys: Mapping[str, Ed25519PublicKey]
+    reader: StoreReader, length: int, head: str, keys: Mapping[str, PublicKey]
 ) -> tuple[Checkpoint | None, str]:
     """The store's last checkpoint, and why the chain's first ``length`` entries, ending with
     ``head``, do not extend it ("" when they do, or when there is none): its signature must

@@ -9,6 +9,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+
 from .conftest import run
 
 
@@ -86,14 +88,19 @@ def test_audit_verify_catches_an_edited_row(tmp_path) -> None:
     assert "BROKEN at entry 5" in gone.stdout
 
 
-def test_signed_checkpoints_catch_a_chain_rewritten_with_its_hashes(tmp_path) -> None:
+@pytest.mark.parametrize(("algorithm", "name"), [("ed25519", "Ed25519"), ("sm2", "SM2 (with SM3)")])
+def test_signed_checkpoints_catch_a_chain_rewritten_with_its_hashes(
+    tmp_path, algorithm, name
+) -> None:
     from gateway.audit_signing import Signer
 
     key = tmp_path / "audit.pem"
-    made = run("audit", "keys", "new", "--file", str(key))
+    made = run("audit", "keys", "new", "--file", str(key), "--algorithm", algorithm)
     assert made.returncode == 0, made.stderr
+    assert f"wrote a new {name} audit signing key to {key}" in made.stdout
     assert key.stat().st_mode & 0o777 == 0o600
     signer = Signer.load(key)
+    assert signer.algorithm == algorithm
     assert f"key id {signer.key_id}" in made.stdout
     assert (tmp_path / "audit.pem.pub").read_bytes() == signer.public_pem()
     again = run("audit", "keys", "new", "--file", str(key))

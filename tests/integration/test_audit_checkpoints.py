@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import pickle
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,12 +19,15 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from gmssl.sm2 import CryptSM2
 from google.protobuf import json_format
 from sqlalchemy import delete, select, update
 
 from gateway.app import Gateway
 from gateway.audit import sort_checkpoints, verify_store_chain
 from gateway.audit_signing import (
+    ALGORITHMS,
     Checkpoint,
     CheckpointError,
     Signer,
@@ -51,9 +55,9 @@ async def store(db_url: str) -> AsyncIterator[Store]:
         yield s
 
 
-@pytest.fixture
-def signer(tmp_path: Path) -> Signer:
-    return generate_signing_key(tmp_path / "audit.pem")[0]
+@pytest.fixture(params=ALGORITHMS)
+def signer(tmp_path: Path, request: pytest.FixtureRequest) -> Signer:
+    return generate_signing_key(tmp_path / "audit.pem", request.param)[0]
 
 
 def rewrite(store: Store, seq: int, actor: str) -> None:
@@ -254,10 +258,11 @@ async def test_checkpoints_of_archived_entries_are_checked_in_the_files(
     assert report.problem.startswith("audit-000000000006.jsonl.gz: entry 7: rewritten")
 
 
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 async def test_a_serving_gateway_signs_while_the_chain_grows_and_when_it_stops(
-    tmp_path: Path,
+    tmp_path: Path, algorithm: str
 ) -> None:
-    signer, _ = generate_signing_key(tmp_path / "audit.pem")
+    signer, _ = generate_signing_key(tmp_path / "audit.pem", algorithm)
     gw = await signing_gateway(tmp_path, tmp_path / "audit.pem", 3600)
     try:
         store = gw.services.store
@@ -390,8 +395,9 @@ async def test_the_gateway_signs_every_interval_and_goes_on_with_a_key_rotated_i
     try:
         await append_audit_entries(store, 2)
         assert [c.key_id for c in await signed_up_to(2)] == [first.key_id]
-        second, _ = generate_signing_key(tmp_path / "next.pem")
-        os.replace(tmp_path / "next.pem", path)  # the file replaced while serving
+        # The file replaced while serving, by an SM2 key: a move to GB/T 32918 signatures.
+        second, _ = generate_signing_key(tmp_path / "next.pem", "sm2")
+        os.replace(tmp_path / "next.pem", path)
         await append_audit_entries(store, 2)
         cps = await signed_up_to(4)
         # The old key's checkpoint still holds (the gateway kept its public half); the new
@@ -422,7 +428,9 @@ async def test_a_backup_is_kept_only_if_its_chain_holds_to_its_checkpoints(
         store.dispose()
 
 
-def test_a_signing_key_others_may_read_or_not_ed25519_is_refused(tmp_path: Path) -> None:
+def test_a_signing_key_others_may_read_or_neither_ed25519_nor_sm2_is_refused(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "audit.pem"
     generate_signing_key(path)
     with pytest.raises(SigningKeyError, match="already exists"):
@@ -439,7 +447,7 @@ def test_a_signing_key_others_may_read_or_not_ed25519_is_refused(tmp_path: Path)
         )
     )
     ec_key.chmod(0o600)
-    with pytest.raises(SigningKeyError, match="not an Ed25519 key"):
+    with pytest.raises(SigningKeyError, match="not an Ed25519 or SM2 key"):
         Signer.load(ec_key)
     junk = tmp_path / "junk.pem"
     junk.write_text("not a key")
@@ -450,11 +458,13 @@ def test_a_signing_key_others_may_read_or_not_ed25519_is_refused(tmp_path: Path)
         load_public_keys([junk])
 
 
-def test_a_signer_crosses_to_the_writer_process_and_signs_the_same(tmp_path: Path) -> None:
-    signer = generate_signing_key(tmp_path / "audit.pem")[0]
+def test_a_signer_crosses_to_the_writer_process_and_signs_the_same(signer: Signer) -> None:
     copy = pickle.loads(pickle.dumps(signer))
-    assert copy.key_id == signer.key_id
-    assert copy.sign(1, "a" * 64, 2.0) == signer.sign(1, "a" * 64, 2.0)  # Ed25519 is deterministic
+    assert (copy.key_id, copy.algorithm) == (signer.key_id, signer.algorithm)
+    keys = {signer.key_id: signer.public_key}
+    assert sort_checkpoints([copy.sign(1, "a" * 64, 2.0)], keys).problems == ()
+    if signer.algorithm == "ed25519":  # deterministic; SM2 draws a nonce per signature
+        assert copy.sign(1, "a" * 64, 2.0) == signer.sign(1, "a" * 64, 2.0)
 
 
 def test_what_is_signed_is_the_documented_text_any_ed25519_library_checks(tmp_path: Path) -> None:
@@ -467,6 +477,44 @@ def test_what_is_signed_is_the_documented_text_any_ed25519_library_checks(tmp_pa
     raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     assert cp.key_id == hashlib.sha256(raw).hexdigest()[:16]
     # From JSON and back (tongban audit checkpoints --json), the signature still holds.
+    again = Checkpoint.from_json(json.loads(json.dumps(cp.to_json())), "line 1")
+    assert sort_checkpoints([again], {signer.key_id: signer.public_key}).trusted == {42: again}
+
+
+def test_an_sm2_checkpoint_is_the_documented_text_openssl_and_gmssl_check(tmp_path: Path) -> None:
+    """An SM2 checkpoint is checked by the openssl command, as docs/security.md shows, and by
+    gmssl, an SM2 written apart from OpenSSL (its Z from the default identifier, the curve and
+    the key, as GB/T 32918.2 defines it)."""
+    signer = generate_signing_key(tmp_path / "audit.pem", "sm2")[0]
+    cp = signer.sign(42, "ab" * 32, 1_795_808_583.1604996)
+    text = f"tongban-audit-checkpoint/1\n42\n{'ab' * 32}\n1795808583160\n".encode()
+    (tmp_path / "text").write_bytes(text)
+    (tmp_path / "sig").write_bytes(base64.b64decode(cp.signature))
+
+    def openssl_verify(text_file: Path) -> subprocess.CompletedProcess[str]:
+        public, sig = str(tmp_path / "audit.pem.pub"), str(tmp_path / "sig")
+        return subprocess.run(
+            [
+                *("openssl", "pkeyutl", "-verify", "-pubin", "-inkey", public, "-rawin"),
+                *("-digest", "sm3", "-pkeyopt", "distid:1234567812345678"),
+                *("-in", str(text_file), "-sigfile", sig),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    assert openssl_verify(tmp_path / "text").stdout.strip() == "Signature Verified Successfully"
+    (tmp_path / "other").write_bytes(text.replace(b"\n42\n", b"\n43\n"))
+    assert openssl_verify(tmp_path / "other").returncode != 0
+
+    point = signer.public_key.point()  # type: ignore[union-attr]
+    assert cp.key_id == hashlib.sha256(point).hexdigest()[:16]
+    r, s = decode_dss_signature(base64.b64decode(cp.signature))
+    gm = CryptSM2(private_key=None, public_key=point[1:].hex())
+    assert gm.verify_with_sm3(f"{r:064x}{s:064x}", text)
+    assert not gm.verify_with_sm3(f"{r:064x}{s:064x}", text + b"x")
+    # From JSON and back, it still holds.
     again = Checkpoint.from_json(json.loads(json.dumps(cp.to_json())), "line 1")
     assert sort_checkpoints([again], {signer.key_id: signer.public_key}).trusted == {42: again}
 

@@ -86,6 +86,14 @@ def test_a_key_generated_in_the_token_never_leaves_it_and_signs_like_a_file_key(
     bare = tongban("audit", "keys", "new", "--pkcs11", uri)
     assert bare.returncode == 2
     assert "--public-file" in bare.stderr
+    # SM2 keys are file keys: PKCS#11 3.0 defines no SM2 mechanism
+    sm2 = tongban(
+        "audit", "keys", "new", "--pkcs11", uri, "--public-file", str(tmp_path / "r"),
+        "--algorithm", "sm2",
+    )  # fmt: skip
+    assert sm2.returncode == 2
+    assert "--pkcs11 generates Ed25519 keys only" in sm2.stderr
+    assert not (tmp_path / "r").exists()
 
 
 async def test_a_serving_gateway_signs_its_checkpoints_in_the_token(

@@ -74,7 +74,8 @@ async def _pair(
     tmp_path: Path, urls: dict[str, str], *, sz_holds_zs_key: bool = True
 ) -> AsyncIterator[Pair]:
     pki = make_federation_pki(tmp_path / "pki", ("zhongshan", "shenzhen"))
-    zs_key, zs_pub = generate_signing_key(tmp_path / "zs-audit.pem")
+    # Zhongshan signs with SM2 (GB/T 32918.2), Shenzhen with Ed25519: each checks the other's.
+    zs_key, zs_pub = generate_signing_key(tmp_path / "zs-audit.pem", "sm2")
     sz_key, sz_pub = generate_signing_key(tmp_path / "sz-audit.pem")
     zs_port, sz_port = free_port(), free_port()
     zs_env = _env(pki, ZS, zs_port, sz_port, tmp_path / "zs-audit.pem", sz_pub)
@@ -277,6 +278,8 @@ async def test_bad_checkpoints_get_clear_statuses(pair: Pair) -> None:
         (changed(hash="x" * 64), "INVALID_ARGUMENT", "checkpoint.hash"),
         (changed(hash=head[:-1]), "INVALID_ARGUMENT", "checkpoint.hash"),
         (changed(key_id="nothex!!nothex!!"), "INVALID_ARGUMENT", "checkpoint.key_id"),
+        (changed(signature=b""), "INVALID_ARGUMENT", "checkpoint.signature"),
+        (changed(signature=b"\x30" * 73), "INVALID_ARGUMENT", "checkpoint.signature"),
         (changed(signature=b"\x00" * 10), "INVALID_ARGUMENT", "checkpoint.signature"),
         (changed(signed_at=None), "INVALID_ARGUMENT", "checkpoint.signed_at"),
         (changed(signature=b"\x00" * 64), "INVALID_ARGUMENT", "checkpoint.signature"),

@@ -469,8 +469,9 @@ Global___TraceCaseResponse: _TypeAlias = TraceCaseResponse  # noqa: Y015
 @_typing.final
 class AuditCheckpoint(_message.Message):
     """A signed checkpoint of the audit chain: its first `length` entries end with `hash`. The
-    Ed25519 signature covers the UTF-8 text "tongban-audit-checkpoint/1\\n<length>\\n<hash>\\n<ms>\\n",
-    `ms` being `signed_at` in whole milliseconds since the Unix epoch (docs/security.md).
+    signature (Ed25519, or SM2 with SM3) covers the UTF-8 text
+    "tongban-audit-checkpoint/1\\n<length>\\n<hash>\\n<ms>\\n", `ms` being `signed_at` in whole
+    milliseconds since the Unix epoch (docs/security.md).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -485,9 +486,13 @@ class AuditCheckpoint(_message.Message):
     hash: _builtins.str
     """Hash of entry `length` (SHA-256, 64 hex digits)."""
     key_id: _builtins.str
-    """Id of the signing key: the first 16 hex digits of the SHA-256 of its raw public key."""
+    """Id of the signing key: the first 16 hex digits of the SHA-256 of its raw public key
+    (Ed25519: 32 bytes; SM2: the uncompressed point, 65 bytes). The key tells the algorithm.
+    """
     signature: _builtins.bytes
-    """The Ed25519 signature, 64 bytes."""
+    """The signature: Ed25519, 64 bytes; or SM2 with SM3 and the identifier "1234567812345678"
+    (GB/T 32918.2, GB/T 35276), DER, 70-72 bytes.
+    """
     @_builtins.property
     def signed_at(self) -> _timestamp_pb2.Timestamp:
         """When it was signed, to the millisecond."""
