@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 from gmssl.sm2 import CryptSM2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.sm2 import DEFAULT_ID, Sm2Error, Sm2PrivateKey, Sm2PublicKey, available
 
@@ -188,3 +190,33 @@ def test_threads_sign_and_verify_side_by_side() -> None:
     for t in threads:
         t.join()
     assert failures == []
+
+
+_KEY = Sm2PrivateKey.generate()
+
+
+@settings(max_examples=300, deadline=None)
+@given(signature=st.binary(max_size=80), data=st.binary(max_size=64))
+def test_any_bytes_as_a_signature_are_refused_without_a_crash(
+    signature: bytes, data: bytes
+) -> None:
+    with pytest.raises(InvalidSignature):
+        _KEY.public_key().verify(signature, data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(junk=st.binary(max_size=200), at=st.integers(min_value=0, max_value=90))
+def test_damaged_keys_are_refused_as_sm2_errors(junk: bytes, at: int) -> None:
+    der = _KEY.public_key().der()
+    damaged = der[:at] + junk[:8] + der[at + len(junk[:8]) :]
+    try:
+        key = Sm2PublicKey.from_der(damaged)
+    except Sm2Error:
+        return
+    # What still parses is an SM2 key that verifies nothing of ours unless it is ours.
+    if key.point() != _KEY.public_key().point():
+        with pytest.raises(InvalidSignature):
+            key.verify(_KEY.sign(MESSAGE), MESSAGE)
+    for text in (junk, b"-----BEGIN PUBLIC KEY-----\n" + junk + b"\n-----END PUBLIC KEY-----\n"):
+        with pytest.raises(Sm2Error):
+            Sm2PublicKey.from_pem(text)
