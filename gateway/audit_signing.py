@@ -58,8 +58,8 @@ __all__ = [
     "generate_signing_key",
     "key_id",
     "load_public_keys",
-    "public_der",
-    "public_key_from_der",
+    "public_key_from_spki",
+    "public_spki",
     "read_checkpoints",
     "signature_problem",
 ]
@@ -104,21 +104,28 @@ def algorithm_of(public: PublicKey) -> str:
     return "sm2" if isinstance(public, Sm2PublicKey) else "ed25519"
 
 
-def public_der(public: PublicKey) -> bytes:
-    """The key's SubjectPublicKeyInfo, DER (how settings carry keys to the writer process)."""
+def public_spki(public: PublicKey, encoding: serialization.Encoding) -> bytes:
+    """The key's SubjectPublicKeyInfo, PEM (what verifiers are given) or DER (how settings
+    carry keys to the writer process)."""
     if isinstance(public, Sm2PublicKey):
-        return public.der()
-    return public.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+        return public.pem() if encoding is serialization.Encoding.PEM else public.der()
+    return public.public_bytes(encoding, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def public_key_from_der(der: bytes) -> PublicKey:
-    """The key of :func:`public_der`."""
+def public_key_from_spki(data: bytes, encoding: serialization.Encoding) -> PublicKey:
+    """The Ed25519 or SM2 key of a SubjectPublicKeyInfo, PEM or DER; SigningKeyError
+    otherwise."""
+    pem = encoding is serialization.Encoding.PEM
+    load = serialization.load_pem_public_key if pem else serialization.load_der_public_key
     try:
-        key = serialization.load_der_public_key(der)
+        key = load(data)
     except UnsupportedAlgorithm:
-        return Sm2PublicKey.from_der(der)
+        try:  # the curve SM2, which the cryptography library does not know
+            return Sm2PublicKey.from_pem(data) if pem else Sm2PublicKey.from_der(data)
+        except Sm2Error as exc:
+            raise SigningKeyError(str(exc)) from None
+    except ValueError as exc:
+        raise SigningKeyError(f"not a {'PEM' if pem else 'DER'} public key ({exc})") from None
     if not isinstance(key, Ed25519PublicKey):
         raise SigningKeyError("not an Ed25519 or SM2 key")
     return key
@@ -219,11 +226,7 @@ class Signer(ABC):
 
     def public_pem(self) -> bytes:
         """The public key, PEM (SubjectPublicKeyInfo): what verifiers are given."""
-        if isinstance(self.public_key, Sm2PublicKey):
-            return self.public_key.pem()
-        return self.public_key.public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        return public_spki(self.public_key, serialization.Encoding.PEM)
 
 
 class FileSigner(Signer):
@@ -322,21 +325,13 @@ def load_public_keys(paths: Iterable[Path]) -> dict[str, PublicKey]:
             data = path.read_bytes()
         except OSError as exc:
             raise SigningKeyError(f"{path}: cannot read: {exc.strerror or exc}") from None
-        public: Any
         if b"PRIVATE KEY" in data:
             public = FileSigner.load(path).public_key
         else:
             try:
-                public = serialization.load_pem_public_key(data)
-            except UnsupportedAlgorithm:
-                try:
-                    public = Sm2PublicKey.from_pem(data)
-                except Sm2Error as exc:
-                    raise SigningKeyError(f"{path}: {exc}") from None
-            except ValueError as exc:
-                raise SigningKeyError(f"{path}: not a PEM public key ({exc})") from None
-        if not isinstance(public, Ed25519PublicKey | Sm2PublicKey):
-            raise SigningKeyError(f"{path}: not an Ed25519 or SM2 key")
+                public = public_key_from_spki(data, serialization.Encoding.PEM)
+            except SigningKeyError as exc:
+                raise SigningKeyError(f"{path}: {exc}") from None
         keys[key_id(public)] = public
     return keys
 

@@ -24,6 +24,7 @@ from .audit_signing import (
     generate_signing_key,
     key_id,
     load_public_keys,
+    public_spki,
     read_checkpoints,
 )
 from .cli_serve import read_settings
@@ -215,11 +216,7 @@ def cmd_audit_keys_rotate(args: argparse.Namespace) -> int:
     old_id = key_id(old)
     try:
         new_pem.write_bytes(signer.public_pem())
-        old_pem.write_bytes(
-            old.public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-        )
+        old_pem.write_bytes(public_spki(old, serialization.Encoding.PEM))
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from cryptography.hazmat.primitives.serialization import Encoding
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -35,8 +36,8 @@ from .audit_signing import (
     Signer,
     SigningKeyError,
     load_public_keys,
-    public_der,
-    public_key_from_der,
+    public_key_from_spki,
+    public_spki,
 )
 from .store.sealing import Keyring, KeyringError
 
@@ -178,7 +179,7 @@ def _raw_public_keys(paths: list[Path], setting: str) -> dict[str, bytes]:
         keys = load_public_keys(paths)
     except SigningKeyError as exc:
         raise ValueError(f"{setting}: {exc}") from None
-    return {kid: public_der(key) for kid, key in keys.items()}
+    return {kid: public_spki(key, Encoding.DER) for kid, key in keys.items()}
 
 
 def _key_source(value: Any) -> Path | str | None:
@@ -192,7 +193,7 @@ def _key_source(value: Any) -> Path | str | None:
 
 
 def _public_keys(der: dict[str, bytes]) -> dict[str, PublicKey]:
-    return {kid: public_key_from_der(b) for kid, b in der.items()}
+    return {kid: public_key_from_spki(b, Encoding.DER) for kid, b in der.items()}
 
 
 class InboxSettings(_Model):
@@ -404,9 +405,10 @@ class AuditSettings(_Model):
     case_reads: bool = False
     # An Ed25519 or SM2 private key (PEM, readable by its owner only; `tongban audit keys new
     # [--algorithm sm2]`), or a PKCS#11 URI naming an Ed25519 key held in a hardware security
-    # module (RFC 7512; `tongban audit keys new --pkcs11`): with it, a serving gateway signs the chain's head every
-    # checkpoint_seconds while the chain grows, so that a chain rewritten or cut short is
-    # found by `tongban audit verify` (docs/security.md#signed-audit-checkpoints).
+    # module (RFC 7512; `tongban audit keys new --pkcs11`): with it, a serving gateway signs
+    # the chain's head every checkpoint_seconds while the chain grows, so that a chain
+    # rewritten or cut short is found by `tongban audit verify`
+    # (docs/security.md#signed-audit-checkpoints).
     signing_key: Annotated[Path | str | None, PlainValidator(_key_source)] = None
     checkpoint_seconds: Annotated[float, Field(gt=0, le=86400)] = 60.0
     # Public keys (PEM) whose checkpoints `tongban audit verify` trusts besides signing_key's:

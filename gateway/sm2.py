@@ -23,6 +23,7 @@ freed before the call returns, except the key itself, freed with its Python obje
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -53,14 +54,12 @@ class _Lib:
 
     def __init__(self) -> None:
         # OpenSSL 3's soname first: find_library may name an older one installed beside it.
-        for name in ("libcrypto.so.3", ctypes.util.find_library("crypto")):
-            try:
-                lib = ctypes.CDLL(name) if name else None
-            except OSError:
-                continue
-            if lib is not None:
+        lib = None
+        for name in filter(None, ("libcrypto.so.3", ctypes.util.find_library("crypto"))):
+            with contextlib.suppress(OSError):
+                lib = ctypes.CDLL(name)
                 break
-        else:
+        if lib is None:
             raise Sm2Error("SM2 needs OpenSSL 3's libcrypto, which is not installed")
         lib.OpenSSL_version_num.restype = ctypes.c_ulong
         if lib.OpenSSL_version_num() < 0x30000000:
