@@ -60,6 +60,7 @@ from .services.retention import RetentionService
 from .services.witness import AuditWitness, WitnessClient
 from .settings import Settings
 from .store.checkpoints import sign_head
+from .store.intents import ChainHashIntent
 from .store.sealing import Keyring, KeyringError
 from .store.store import Store
 from .tls_files import ClientCertificates, FileWatch, ServerCertificates
@@ -382,6 +383,7 @@ class Gateway:
     async def start(self) -> None:
         """Start the store writer and the server, background tasks, then report SERVING."""
         self.services.store.start()
+        await self._follow_hash_setting()
         await self.server.start()
         if self.settings.delivery.enabled:
             self._tasks.append(asyncio.create_task(self.services.delivery.run(self._stop)))
@@ -416,6 +418,18 @@ class Gateway:
             log.warning(
                 "personal data is stored in the clear: set store.keys_file to seal it "
                 "(docs/security.md#personal-data-at-rest)"
+            )
+
+    async def _follow_hash_setting(self) -> None:
+        """Switch the audit chain to ``audit.hash_algorithm`` if it uses another function: an
+        ``audit.hash`` entry, before this gateway serves a call (replicas of one store: the
+        first to start switches, the others find it done)."""
+        algorithm = self.settings.audit.hash_algorithm
+        was = await self.services.store.write(ChainHashIntent("gateway", algorithm))
+        if was is not None:
+            log.info(
+                "audit chain switched to another hash function",
+                extra={"from": was, "to": algorithm},
             )
 
     async def _probe_store(self, interval: float = 1.0) -> None:
@@ -486,13 +500,15 @@ class Gateway:
             if not self._stop.is_set():
                 await self.checkpoint()
 
-    async def checkpoint(self, timeout: float | None = None) -> str:
+    async def checkpoint(self, timeout: float | None = None, *, stopping: bool = False) -> str:
         """Sign the audit chain's head now if it grew since the last checkpoint, once that
         checkpoint is checked to hold still (:func:`~gateway.store.checkpoints.sign_head`) and
         the chain to have what peer gateways witnessed of it (handing them the last checkpoint
         before, and the new one after: :class:`~gateway.services.witness.WitnessClient`, each
         peer given ``timeout`` seconds to answer); the outcome (``"unchanged"``, or as
-        ``tongban_audit_checkpoints_total`` counts it)."""
+        ``tongban_audit_checkpoints_total`` counts it). ``stopping``: the last checkpoint is
+        not handed again to the peers that answered for it already (they may be stopping
+        too); a new one is."""
         await self._follow_token_key()
         signer = self._signing_key()
         if signer is None:
@@ -507,7 +523,9 @@ class Gateway:
         try:
             # What the peers witnessed of this chain is checked first: a chain rewritten below
             # it is not signed (and, checked again once signed, not whatever signed it first).
-            problem = await witnesses.hand_over(keys, timeout) if witnesses else ""
+            problem = (
+                await witnesses.hand_over(keys, timeout, again=not stopping) if witnesses else ""
+            )
             if problem:
                 outcome, length = "broken", 0
             else:
@@ -602,7 +620,7 @@ class Gateway:
                 await asyncio.wait_for(task, timeout=max(grace, 1.0))
         if self._signer is not None:
             # What the gateway wrote to its last entry is signed, and handed to the witnesses.
-            await self.checkpoint(timeout=min(max(grace, 1.0), 5.0))
+            await self.checkpoint(timeout=min(max(grace, 1.0), 5.0), stopping=True)
         for transport in self.services.delivery.transports.values():
             with contextlib.suppress(Exception):
                 await transport.close()

@@ -1,8 +1,10 @@
 """Verification of the append-only, hash-chained audit log.
 
-Each entry's hash is sha256(previous hash + the entry's canonical JSON) (see
-gateway.store.writer.audit_hash). Editing, deleting or reordering any entry breaks the chain
-from that entry on; :func:`verify_chain` finds the first broken link. A chain whose hashes were
+Each entry's hash is H(previous hash + the entry's canonical JSON) (see
+gateway.store.writer.audit_hash), H being SHA-256 or SM3: the function of the chain's first
+entry is SHA-256, and an ``audit.hash`` entry names the function of the entries after it
+(``audit.hash_algorithm``; a walk follows it, gateway.store.chain_hash). Editing, deleting or
+reordering any entry breaks the chain from that entry on; :func:`verify_chain` finds the first broken link. A chain whose hashes were
 all computed again after an edit is found by its signed checkpoints (gateway.audit_signing):
 given them (``signed``), the walk also checks each signed entry's hash.
 """
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .audit_signing import Checkpoint, signature_problem
+from .store.chain_hash import algorithm_after
 from .store.writer import GENESIS, AuditEntry, audit_hash
 from .timestamps import utc_text
 
@@ -45,18 +48,28 @@ class ChainReport:
     reason: str = ""
     after: int = 0
     after_hash: str = GENESIS
+    #: The hash function of the entry after the last one checked, and the last entry of the
+    #: walk that switched to it (0: none did; it is the function the walk started with).
+    algorithm: str = "sha256"
+    switched_at: int = 0
 
 
-def link_problem(row: Any, seq: int, prev: str, signed: Signed | None = None) -> str:
-    """What is wrong with ``row`` as entry ``seq`` of the chain, following the hash ``prev``
-    and, if a checkpoint in ``signed`` covers it, ending with the signed hash ("" when nothing
-    is). Shared by the store's chain and the archive files'."""
+def link_problem(
+    row: Any, seq: int, prev: str, signed: Signed | None = None, algorithm: str = "sha256"
+) -> str:
+    """What is wrong with ``row`` as entry ``seq`` of the chain, following the hash ``prev``,
+    hashed with ``algorithm`` and, if a checkpoint in ``signed`` covers it, ending with the
+    signed hash ("" when nothing is). Shared by the store's chain and the archive files'."""
     if row.seq != seq:
         return f"missing (found entry {row.seq})"
     if row.prev_hash != prev:
         return "link to the previous entry is broken"
     entry = AuditEntry(row.actor, row.action, row.subject, row.outcome, row.detail)
-    if audit_hash(prev, row.seq, row.ts, entry) != row.hash:
+    try:
+        computed = audit_hash(prev, row.seq, row.ts, entry, algorithm)
+    except ValueError:  # hashlib: this Python's OpenSSL lacks the function
+        return f"cannot be checked: this Python's hashlib has no {algorithm}"
+    if computed != row.hash:
         return "content does not match its hash"
     if signed and (cp := signed.get(seq)) is not None and cp.hash != row.hash:
         return (
@@ -101,6 +114,12 @@ def sort_checkpoints(
     return SignedCheckpoints(trusted, tuple(problems))
 
 
+def next_algorithm(row: Any, algorithm: str) -> str:
+    """The hash function of the entry after ``row`` (hashed with ``algorithm``); ValueError
+    when ``row`` switches to one this gateway does not know."""
+    return algorithm_after(row.action, row.subject, algorithm)
+
+
 def verify_chain(
     rows: Iterable[Any],
     head_length: int,
@@ -108,29 +127,41 @@ def verify_chain(
     after: int = 0,
     after_hash: str = GENESIS,
     signed: Signed | None = None,
+    algorithm: str = "sha256",
+    head_algorithm: str | None = None,
 ) -> ChainReport:
     """Walk ``rows`` (in seq order, from entry ``after + 1``, whose previous hash is
-    ``after_hash``) and the recorded head, checking the hashes ``signed`` covers; report the
-    first inconsistency."""
+    ``after_hash`` and whose hash function is ``algorithm``) and the recorded head (its
+    function ``head_algorithm``, when given), checking the hashes ``signed`` covers; report
+    the first inconsistency."""
     prev = after_hash
-    checked = 0
+    checked = switched_at = 0
     for row in rows:
         seq = after + checked + 1
-        problem = link_problem(row, seq, prev, signed)
+        problem = link_problem(row, seq, prev, signed, algorithm)
+        if not problem:
+            try:
+                now = next_algorithm(row, algorithm)
+            except ValueError as exc:
+                problem = str(exc)
+            else:
+                if now != algorithm:
+                    algorithm, switched_at = now, seq
         if problem:
-            return ChainReport(False, checked, seq, problem, after, after_hash)
+            return ChainReport(
+                False, checked, seq, problem, after, after_hash, algorithm, switched_at
+            )
         prev = row.hash
         checked += 1
-    if after + checked != head_length or prev != head_hash:
-        return ChainReport(
-            False,
-            checked,
-            after + checked + 1,
-            f"chain ends at entry {after + checked} but the head records {head_length}",
-            after,
-            after_hash,
-        )
-    return ChainReport(True, checked, after=after, after_hash=after_hash)
+    end = after + checked
+    if end != head_length or prev != head_hash:
+        problem = f"chain ends at entry {end} but the head records {head_length}"
+    elif head_algorithm is not None and head_algorithm != algorithm:
+        how = f"switched to {algorithm} at entry {switched_at}" if switched_at else algorithm
+        problem = f"the head records the hash function {head_algorithm}, the entries {how}"
+    else:
+        return ChainReport(True, checked, None, "", after, after_hash, algorithm, switched_at)
+    return ChainReport(False, checked, end + 1, problem, after, after_hash, algorithm, switched_at)
 
 
 def verify_store_chain(reader: StoreReader, signed: Signed | None = None) -> ChainReport:
@@ -138,9 +169,17 @@ def verify_store_chain(reader: StoreReader, signed: Signed | None = None) -> Cha
     read first (entries a running gateway appends meanwhile are not part of the walk), and
     against the checkpoints ``signed`` (one of a length past the head: the chain was cut)."""
     after, after_hash = reader.audit_archived()
+    start, head_algorithm = reader.audit_hash_algorithms()
     length, head = reader.audit_head()
     report = verify_chain(
-        reader.audit_rows(length, after=after), length, head, after, after_hash, signed
+        reader.audit_rows(length, after=after),
+        length,
+        head,
+        after,
+        after_hash,
+        signed,
+        start,
+        head_algorithm,
     )
     beyond = [cp for n, cp in (signed or {}).items() if n > length]
     if report.ok and beyond:
@@ -153,5 +192,7 @@ def verify_store_chain(reader: StoreReader, signed: Signed | None = None) -> Cha
             f"{cp.length} at {utc_text(cp.ts)}",
             after,
             after_hash,
+            report.algorithm,
+            report.switched_at,
         )
     return report

@@ -297,6 +297,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     from .audit import ChainReport, SignedCheckpoints, sort_checkpoints, verify_store_chain
     from .cli_audit import external_checkpoints, report_checkpoints, trusted_public_keys
     from .store.audit_archive import ArchivesReport, verify_archives
+    from .store.chain_hash import HASH_NAMES
     from .store.checkpoints import stored_checkpoints
 
     settings = read_settings(args.config)
@@ -328,7 +329,13 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         if archives is None:
             return chain, None, signed, len(stored), unsigned
         recorded = {r.file: r.sha256 for r in reader.audit_archives()}
-        files = verify_archives(archives, (chain.after, chain.after_hash), recorded, signed.trusted)
+        files = verify_archives(
+            archives,
+            (chain.after, chain.after_hash),
+            recorded,
+            signed.trusted,
+            reader.audit_hash_algorithms()[0],
+        )
         return chain, files, signed, len(stored), unsigned
 
     found = read_store(settings, "audit log", verify)
@@ -340,6 +347,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     if report.ok:
         since = f" (entries {archived + 1} on; 1-{archived} archived)" if archived else ""
         print(f"audit chain intact: {report.checked} entries in the store{since}")
+        switched = f" (since entry {report.switched_at + 1})" if report.switched_at else ""
+        print(f"  hashed with {HASH_NAMES[report.algorithm]}{switched}")
     else:
         print(
             f"audit chain BROKEN at entry {report.broken_seq}: {report.reason} "

@@ -54,6 +54,7 @@ from .partner_sim import InboxSimulator, start_simulator
 from .ports import free_port
 from .services.delivery import DeliveryObserver
 from .settings import load_settings
+from .store.chain_hash import HASH_NAMES
 from .store.checkpoints import stored_checkpoints
 from .store.reads import StoreReader
 from .store.rekey import sealed_counts
@@ -183,9 +184,9 @@ def _demo_keys(
     data: Path, signing_key: str | None = None, wrapping: str | None = None
 ) -> dict[str, str]:
     """Settings sealing the store's personal data with a development key made in ``data``
-    (written wrapped by ``wrapping``, a PKCS#11 URI: ``--wrap-keys-with``), and signing the
-    audit chain's checkpoints with another, or with ``signing_key`` (a PEM file or a PKCS#11
-    URI: ``--audit-signing-key``)."""
+    (written wrapped by ``wrapping``, a PKCS#11 URI: ``--wrap-keys-with``), hashing the audit
+    chain with SM3 and signing its checkpoints with another key, or with ``signing_key`` (a
+    PEM file or a PKCS#11 URI: ``--audit-signing-key``)."""
     path = data / "keys.toml"
     kid, algorithm = DEMO_KEY
     write_keyring(path, kid, {kid: (algorithm, generate_key(algorithm))}, wrapping)
@@ -194,7 +195,12 @@ def _demo_keys(
         signing = data / "audit-signing.pem"
         generate_signing_key(signing, "sm2")
         signing_key = str(signing)
-    return {"TONGBAN_STORE__KEYS_FILE": str(path), "TONGBAN_AUDIT__SIGNING_KEY": signing_key}
+    return {
+        "TONGBAN_STORE__KEYS_FILE": str(path),
+        "TONGBAN_AUDIT__SIGNING_KEY": signing_key,
+        # SM3 (GB/T 32905) for the chain's hashes, as SM4 seals and SM2 signs.
+        "TONGBAN_AUDIT__HASH_ALGORITHM": "sm3",
+    }
 
 
 async def _signed_chain(gateway: Gateway) -> tuple[ChainReport, int, str]:
@@ -550,7 +556,8 @@ async def _run(args: argparse.Namespace) -> int:
     )
     entries = chain.after + chain.checked
     print(
-        f"  audit chain .................... {entries} entries, "
+        f"  audit chain .................... {entries} entries hashed with "
+        f"{HASH_NAMES[chain.algorithm]}, "
         + (
             f"intact; signed up to entry {covered} ({signed_with} checkpoint, key {signing_key}"
             + (", in a PKCS#11 token)" if in_token else ")")

@@ -39,6 +39,7 @@ from .audit_signing import (
     public_key_from_spki,
     public_spki,
 )
+from .store.chain_hash import hash_available
 from .store.sealing import Keyring, KeyringError
 
 __all__ = [
@@ -418,12 +419,21 @@ class AuditSettings(_Model):
     # copies, and this gateway checks its chain against them (AuditWitnessService). Default:
     # every peer gateway; [] for none.
     witnesses: list[str] | None = None
+    # The hash function of the chain's entries: "sha256", or "sm3" (GB/T 32905, China's
+    # commercial cryptography standard). A serving gateway finding the chain on another one
+    # switches it with an `audit.hash` entry (docs/security.md#sm3-for-the-chains-hashes); every replica
+    # sharing a store sets the same.
+    hash_algorithm: Literal["sha256", "sm3"] = "sha256"
     _signer: Signer | None = PrivateAttr(default=None)
     # As DER: settings cross to the store's writer process pickled, key objects do not.
     _trusted: dict[str, bytes] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _load_signing_keys(self) -> AuditSettings:
+        if not hash_available(self.hash_algorithm):
+            raise ValueError(
+                f"hash_algorithm: this Python's hashlib (its OpenSSL) has no {self.hash_algorithm}"
+            )
         self._trusted = _raw_public_keys(self.trusted_keys, "trusted_keys")
         if self.signing_key is not None:
             try:

@@ -166,20 +166,33 @@ class WitnessClient:
     on_length: Callable[[str, int], None] | None = None  # (peer, length acknowledged)
     # The last outcome of each peer: a peer refusing or unreachable is logged when that starts.
     _last: dict[str, str] = field(default_factory=dict)
+    # The last checkpoint (length, hash) each peer answered for, the answer checking out.
+    _answered: dict[str, tuple[int, str]] = field(default_factory=dict)
 
-    async def hand_over(self, keys: Mapping[str, PublicKey], timeout: float | None = None) -> str:
+    async def hand_over(
+        self, keys: Mapping[str, PublicKey], timeout: float | None = None, *, again: bool = True
+    ) -> str:
         """Hand the store's last checkpoint to every peer at once; what the chain no longer
         has of what they witnessed ("" when nothing: every peer's answer checked, or none
-        answered). ``keys``: this chain's signing keys, which the peers' answers must hold."""
+        answered). ``keys``: this chain's signing keys, which the peers' answers must hold.
+        ``again=False`` skips the peers that already answered for that very checkpoint (a
+        stopping gateway with nothing new to sign: its peers may be stopping too)."""
         store = self.store
         last = await store.read(last_checkpoint, store.reader.engine)
         if last is None or not self.peers:
+            return ""
+        peers = {
+            peer: call
+            for peer, call in self.peers.items()
+            if again or self._answered.get(peer) != (last.length, last.hash)
+        }
+        if not peers:
             return ""
         length, head = await store.read(store.reader.audit_head)
         found = await asyncio.gather(
             *(
                 self._hand_one(peer, call, last, length, head, keys, timeout or self.timeout)
-                for peer, call in self.peers.items()
+                for peer, call in peers.items()
             )
         )
         return "; ".join(problem for problem in found if problem)
@@ -226,6 +239,7 @@ class WitnessClient:
                 self._count(peer, "contradicted", "")
                 return problem
         self._count(peer, "known" if answer.already_witnessed else "witnessed", "")
+        self._answered[peer] = (last.length, last.hash)  # its answer checked out
         return ""
 
     def _count(self, peer: str, outcome: str, why: str) -> None:

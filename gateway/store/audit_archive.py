@@ -5,8 +5,9 @@ The audit log is append-only and would grow for ever; like X-Road's message log 
 deletes them from the store, in chain order, without breaking the chain's evidence:
 
 * a file holds entries ``first``..``last``: a header line (format, ``first``, the hash before
-  it), one line per entry (every column), and a trailer line (``last``, its hash, the count).
-  A file cut short has no trailer and fails to read;
+  it, the hash function of its first entry: ``sha256`` when a file of an earlier gateway names
+  none), one line per entry (every column), and a trailer line (``last``, its hash, the
+  count). A file cut short has no trailer and fails to read;
 * it is written next to its final name, flushed to disk, checked by reading it back, and only
   then renamed (the directory flushed too). Only then is the store told (:class:`ArchiveIntent`):
   in one transaction the entries are deleted and a row of ``audit_archives`` records the file,
@@ -37,7 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, text
 
-from ..audit import Signed, link_problem
+from ..audit import Signed, link_problem, next_algorithm
+from .chain_hash import HASH_ALGORITHMS
 from .reads import time_bound
 from .writer import AUDIT, AUDIT_ARCHIVES, AUDIT_HEAD, GENESIS, AuditEntry, Batch, Intent
 
@@ -77,7 +79,8 @@ class ArchiveRaced(ArchiveError):
 @dataclass(frozen=True, slots=True)
 class ArchiveFile:
     """One archive file: entries ``first``..``last``, the hash before the first, the last's
-    hash, and the file's SHA-256."""
+    hash, and the file's SHA-256; the hash function of its first entry (``algorithm``) and of
+    the entry after its last (``next_algorithm``: the chain may switch inside a file)."""
 
     path: Path
     first: int
@@ -85,6 +88,8 @@ class ArchiveFile:
     prev_hash: str
     last_hash: str
     sha256: str
+    algorithm: str = "sha256"
+    next_algorithm: str = "sha256"
 
     @property
     def entries(self) -> int:
@@ -96,13 +101,19 @@ def archive_name(first: int) -> str:
     return f"audit-{first:012d}.jsonl.gz"
 
 
-def _check(row: Any, seq: int, prev: str, signed: Signed | None = None) -> str:
-    """The entry's hash, after checking it follows ``prev`` as entry ``seq`` (and ends the
-    chain a checkpoint in ``signed`` covers); raises ArchiveError naming what is wrong."""
-    problem = link_problem(row, seq, prev, signed)
-    if problem:
-        raise ArchiveError(f"entry {seq}: {problem}")
-    return str(row.hash)
+def _check(
+    row: Any, seq: int, prev: str, algorithm: str, signed: Signed | None = None
+) -> tuple[str, str]:
+    """The entry's hash and the hash function of the entry after it, after checking it
+    follows ``prev`` as entry ``seq`` hashed with ``algorithm`` (and ends the chain a
+    checkpoint in ``signed`` covers); raises ArchiveError naming what is wrong."""
+    problem = link_problem(row, seq, prev, signed, algorithm)
+    if not problem:
+        try:
+            return str(row.hash), next_algorithm(row, algorithm)
+        except ValueError as exc:
+            problem = str(exc)
+    raise ArchiveError(f"entry {seq}: {problem}")
 
 
 def _sha256(path: Path) -> str:
@@ -113,23 +124,31 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_archive(rows: Iterable[Any], first: int, prev_hash: str, directory: Path) -> ArchiveFile:
-    """Write ``rows`` (entries ``first``.., in chain order, following ``prev_hash``) to an
-    archive file in ``directory``, checking each link on the way; read it back before it
-    takes its name. Raises ArchiveError if the rows do not chain, or there are none."""
+def write_archive(
+    rows: Iterable[Any], first: int, prev_hash: str, directory: Path, algorithm: str = "sha256"
+) -> ArchiveFile:
+    """Write ``rows`` (entries ``first``.., in chain order, following ``prev_hash``, the first
+    hashed with ``algorithm``) to an archive file in ``directory``, checking each link on the
+    way; read it back before it takes its name. Raises ArchiveError if the rows do not chain,
+    or there are none."""
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / archive_name(first)
     partial = final.with_name(final.name + ".partial")
-    seq, prev = first, prev_hash
+    seq, prev, now = first, prev_hash, algorithm
     try:
         with partial.open("wb") as raw:
             # mtime 0: the same entries give the same bytes (and SHA-256) when written again
             with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as out:
-                header = {"format": FORMAT, "first": first, "prev_hash": prev_hash}
+                header = {
+                    "format": FORMAT,
+                    "first": first,
+                    "prev_hash": prev_hash,
+                    "hash": algorithm,
+                }
                 out.write(json.dumps(header).encode() + b"\n")
                 for row in rows:
                     try:
-                        prev = _check(row, seq, prev)
+                        prev, now = _check(row, seq, prev, now)
                     except ArchiveError as exc:
                         raise ArchiveError(f"the store's audit chain is broken: {exc}") from None
                     line = {c: getattr(row, c) for c in _COLUMNS}
@@ -142,7 +161,12 @@ def write_archive(rows: Iterable[Any], first: int, prev_hash: str, directory: Pa
             raw.flush()
             os.fsync(raw.fileno())
         written = read_archive(partial)
-        if (written.first, written.last, written.last_hash) != (first, seq - 1, prev):
+        if (written.first, written.last, written.last_hash, written.next_algorithm) != (
+            first,
+            seq - 1,
+            prev,
+            now,
+        ):
             raise ArchiveError(f"{partial}: reads back as another range")  # pragma: no cover
         partial.replace(final)
         fd = os.open(directory, os.O_RDONLY)
@@ -152,7 +176,7 @@ def write_archive(rows: Iterable[Any], first: int, prev_hash: str, directory: Pa
             os.close(fd)
     finally:
         partial.unlink(missing_ok=True)
-    return ArchiveFile(final, first, seq - 1, prev_hash, prev, written.sha256)
+    return ArchiveFile(final, first, seq - 1, prev_hash, prev, written.sha256, algorithm, now)
 
 
 class _Row:
@@ -176,14 +200,17 @@ def read_archive(path: Path, signed: Signed | None = None) -> ArchiveFile:
             if not isinstance(header, dict) or header.get("format") != FORMAT:
                 raise ArchiveError(f"{path.name}: not a {FORMAT} file")
             first, prev = int(header["first"]), str(header["prev_hash"])
-            seq, trailer = first, None
+            algorithm = str(header.get("hash", "sha256"))
+            if algorithm not in HASH_ALGORITHMS:
+                raise ArchiveError(f"{path.name}: unknown hash function {algorithm!r}")
+            seq, trailer, now = first, None, algorithm
             for raw in lines:
                 line = json.loads(raw)
                 if "last" in line:
                     trailer = line
                     break
                 try:
-                    prev = _check(_Row(line), seq, prev, signed)
+                    prev, now = _check(_Row(line), seq, prev, now, signed)
                 except ArchiveError as exc:
                     raise ArchiveError(f"{path.name}: {exc}") from None
                 seq += 1
@@ -201,7 +228,9 @@ def read_archive(path: Path, signed: Signed | None = None) -> ArchiveFile:
         raise
     except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
         raise ArchiveError(f"{path.name}: unreadable ({type(exc).__name__}: {exc})") from exc
-    return ArchiveFile(path, first, seq - 1, str(header["prev_hash"]), prev, _sha256(path))
+    return ArchiveFile(
+        path, first, seq - 1, str(header["prev_hash"]), prev, _sha256(path), algorithm, now
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,15 +249,18 @@ def verify_archives(
     archived: tuple[int, str],
     recorded: dict[str, str],
     signed: Signed | None = None,
+    archived_algorithm: str = "sha256",
 ) -> ArchivesReport:
     """Check every archive file in ``directory``: each one on its own (:func:`read_archive`,
-    with the checkpoints ``signed``), linked to the one before it from the chain's start, the
-    last ending where the store's chain begins (``archived``: its last archived entry and
-    hash), and each file's SHA-256 equal to the one the store recorded (``recorded``: file
+    with the checkpoints ``signed``), linked to the one before it from the chain's start (hash
+    and hash function), the last ending where the store's chain begins (``archived``: its
+    last archived entry and hash; ``archived_algorithm``: the function of the entry after
+    it), and each file's SHA-256 equal to the one the store recorded (``recorded``: file
     name -> SHA-256)."""
     upto, upto_hash = archived
     found = sorted(p for p in directory.glob("audit-*.jsonl.gz") if _NAME.match(p.name))
     expected, prev, files, ignored = 1, GENESIS, 0, []
+    algorithm = "sha256"  # the chain's first entry's
     try:
         for path in found:
             if int(_NAME.match(path.name).group(1)) > upto:  # type: ignore[union-attr]
@@ -241,13 +273,24 @@ def verify_archives(
                 raise ArchiveError(f"entries {expected}..{a.first - 1} have no file")
             if a.prev_hash != prev:
                 raise ArchiveError(f"{path.name}: does not follow the file before it")
+            if a.algorithm != algorithm:
+                raise ArchiveError(
+                    f"{path.name}: starts hashed with {a.algorithm}, the chain before it "
+                    f"with {algorithm}"
+                )
             if recorded.get(path.name) != a.sha256:
                 raise ArchiveError(f"{path.name}: its SHA-256 is not the one the store recorded")
             expected, prev, files = a.last + 1, a.last_hash, files + 1
+            algorithm = a.next_algorithm
         if expected - 1 != upto or prev != upto_hash:
             raise ArchiveError(
                 f"the files end at entry {expected - 1}, the store's chain starts after entry "
                 f"{upto}"
+            )
+        if algorithm != archived_algorithm:
+            raise ArchiveError(
+                f"the files end hashed with {algorithm}, the store's chain goes on with "
+                f"{archived_algorithm}"
             )
     except ArchiveError as exc:
         return ArchivesReport(False, files, expected - 1, str(exc))
@@ -266,6 +309,7 @@ class ArchiveIntent(Intent):
     last_hash: str
     file: str
     sha256: str
+    next_algorithm: str = "sha256"  # the hash function of entry ``last + 1``
 
     def run(self, batch: Batch) -> bool:
         conn = batch.conn
@@ -292,6 +336,7 @@ class ArchiveIntent(Intent):
                 file=self.file,
                 sha256=self.sha256,
                 archived_at=batch.now,
+                hash_algorithm=self.next_algorithm,
             )
         )
         detail = f"entries {self.first}-{self.last}, sha256 {self.sha256}"
@@ -335,7 +380,8 @@ async def archive_audit(
         started = time.monotonic()
         last = min(bound, after + per_file)
         rows = store.reader.audit_rows(last, after=after)
-        written = await store.read(write_archive, rows, after + 1, after_hash, directory)
+        algorithm = (await store.read(store.reader.audit_hash_algorithms))[0]
+        written = await store.read(write_archive, rows, after + 1, after_hash, directory, algorithm)
         recorded = await store.write(
             ArchiveIntent(
                 actor,
@@ -344,6 +390,7 @@ async def archive_audit(
                 written.last_hash,
                 written.path.name,
                 written.sha256,
+                written.next_algorithm,
             )
         )
         if not recorded:

@@ -11,12 +11,14 @@ from typing import Any
 from sqlalchemy import and_, delete, func, insert, select, update
 
 from ..domain.lifecycle import allowed
-from ..errors import CaseNotFound, IllegalTransition, RequestIdReused
+from ..errors import CaseNotFound, IllegalTransition, InvalidRequest, RequestIdReused
+from .chain_hash import HASH_ALGORITHMS, SWITCH_ACTION
 from .sealing import CANONICAL, NOTE, open_value
 from .writer import CASES, EVENTS, GATEWAYS, OUTBOX, AuditEntry, Batch, Intent
 
 __all__ = [
     "AuditIntent",
+    "ChainHashIntent",
     "ClaimIntent",
     "ClaimedRow",
     "DeferPartnerIntent",
@@ -52,6 +54,29 @@ class AuditIntent(Intent):
 
     def run(self, batch: Batch) -> None:
         batch.audit.extend(self.entries)
+
+
+@dataclass
+class ChainHashIntent(Intent):
+    """Compute the audit chain's entries from now on with ``algorithm``: if the chain uses
+    another function, an ``audit.hash`` entry (hashed with that one) names the new one, and
+    the head records it. Returns the function the chain used before (None: it already used
+    ``algorithm``, nothing is written). Replicas sharing a store read the head under its lock:
+    one of them switches, the others find it done."""
+
+    actor: str
+    algorithm: str
+
+    def run(self, batch: Batch) -> str | None:
+        if self.algorithm not in HASH_ALGORITHMS:
+            raise InvalidRequest(f"unknown hash function {self.algorithm!r}", "hash_algorithm")
+        was = batch.chain_algorithm()
+        if was == self.algorithm:
+            return None
+        batch.audit.append(
+            AuditEntry(self.actor, SWITCH_ACTION, self.algorithm, "switched", f"from {was}")
+        )
+        return was
 
 
 @dataclass

@@ -424,6 +424,21 @@ class StoreReader:
             ).first()
         return (int(row.last_seq), str(row.last_hash)) if row else (0, GENESIS)
 
+    def audit_hash_algorithms(self) -> tuple[str, str]:
+        """(the hash function of the first entry after the archived ones, that of the chain's
+        next entry): where a walk of the store's chain starts, and where it must end. SHA-256
+        both for a store not yet migrated to 0009 (its chain never switched)."""
+        with self.engine.connect() as conn:
+            if not self._hash_columns(conn):
+                return "sha256", "sha256"
+            head = conn.execute(select(AUDIT_HEAD.c.hash_algorithm)).scalar_one()
+            start = conn.execute(
+                select(AUDIT_ARCHIVES.c.hash_algorithm)
+                .order_by(AUDIT_ARCHIVES.c.last_seq.desc())
+                .limit(1)
+            ).scalar()
+        return str(start or "sha256"), str(head)
+
     def audit_entry_time(self, seq: int, default: float) -> float:
         """When audit entry ``seq`` was made (``default`` if the store does not hold it)."""
         with self.engine.connect() as conn:
@@ -435,15 +450,23 @@ class StoreReader:
         with self.engine.connect() as conn:
             if not self._archives_table(conn):
                 return []
-            return list(
-                conn.execute(select(AUDIT_ARCHIVES).order_by(AUDIT_ARCHIVES.c.last_seq)).all()
-            )
+            columns = [
+                c
+                for c in AUDIT_ARCHIVES.c
+                if c.name != "hash_algorithm" or self._hash_columns(conn)
+            ]
+            return list(conn.execute(select(*columns).order_by(AUDIT_ARCHIVES.c.last_seq)).all())
 
     @staticmethod
     def _archives_table(conn: Connection) -> bool:
         # A store not yet migrated to 0005 (`tongban audit verify` does not migrate) has
         # nothing archived.
         return inspect(conn).has_table(AUDIT_ARCHIVES.name)
+
+    @staticmethod
+    def _hash_columns(conn: Connection) -> bool:
+        # A store not yet migrated to 0009 has no hash_algorithm columns: its chain is SHA-256.
+        return any(c["name"] == "hash_algorithm" for c in inspect(conn).get_columns("audit_head"))
 
     def audit_rows(self, upto: int, page: int = 10_000, after: int = 0) -> Iterator[Any]:
         """The audit log's entries ``after + 1`` to ``upto`` (the head's length, read first)

@@ -5,7 +5,7 @@ requests    idempotency: (partner, request_id) -> body hash and the first answer
 events      status history of every case; ``seq`` is the WatchCases cursor
 outbox      deliveries to partner systems: pending -> delivered | dead (the dead-letter queue)
 audit       append-only, hash-chained log of who did what
-audit_head  the chain's last hash, locked while appending
+audit_head  the chain's last hash and hash function, locked while appending
 audit_archives  the audit chain's entries moved to archive files (``tongban audit archive``)
 audit_checkpoints  signed checkpoints of the audit chain (``audit.signing_key``)
 witnessed_checkpoints  peer gateways' signed checkpoints, kept here as their witness
@@ -129,19 +129,21 @@ class AuditRow(SQLModel, table=True):
 
 
 class AuditHead(SQLModel, table=True):
-    """The audit chain's head (one row, id 1): its length and last hash."""
+    """The audit chain's head (one row, id 1): its length, last hash, and the hash function
+    of its next entry (0009; the last ``audit.hash`` entry's, SHA-256 before any)."""
 
     __tablename__ = "audit_head"
 
     id: int = Field(default=1, primary_key=True)
     length: int = 0
     hash: str = Field(max_length=64)
+    hash_algorithm: str = Field(default="sha256", max_length=10)
 
 
 class AuditArchiveRow(SQLModel, table=True):
     """Entries ``first_seq``..``last_seq`` of the audit chain, moved to the archive file
     ``file`` (0005): the store no longer holds them, and its chain starts after the highest
-    ``last_seq``, from ``last_hash``."""
+    ``last_seq``, from ``last_hash``, hashed with ``hash_algorithm`` (0009)."""
 
     __tablename__ = "audit_archives"
 
@@ -151,6 +153,8 @@ class AuditArchiveRow(SQLModel, table=True):
     file: str = Field(max_length=255)
     sha256: str = Field(max_length=64)
     archived_at: float
+    # The hash function of the entry after last_seq (the chain may have switched in the file).
+    hash_algorithm: str = Field(default="sha256", max_length=10)
 
 
 class AuditCheckpointRow(SQLModel, table=True):

@@ -33,6 +33,7 @@ from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import BackendUnavailable, GatewayError
+from .chain_hash import SWITCH_ACTION, algorithm_after
 from .sealing import Keyring
 from .tables import (
     AuditArchiveRow,
@@ -86,20 +87,23 @@ class AuditEntry(NamedTuple):
     detail: str = ""
 
 
-def audit_hash(prev: str, seq: int, ts: float, e: AuditEntry) -> str:
-    """The chain hash of one entry: sha256 of the previous hash and the entry as compact JSON.
+def audit_hash(prev: str, seq: int, ts: float, e: AuditEntry, algorithm: str = "sha256") -> str:
+    """The chain hash of one entry: the hash (``algorithm``, one of :data:`HASH_ALGORITHMS`)
+    of the previous hash and the entry as compact JSON.
 
     orjson writes the bytes ``json.dumps(..., ensure_ascii=False, separators=(",", ":"))``
     wrote before it, UTF-8 encoded (tested string for string, control characters included),
     at a sixth of the cost: chains written by either verify with the other.
     """
-    return _chain_hash(prev, seq, repr(ts), e)
+    return _chain_hash(prev, seq, repr(ts), e, algorithm)
 
 
-def _chain_hash(prev: str, seq: int, ts_text: str, e: AuditEntry) -> str:
+def _chain_hash(prev: str, seq: int, ts_text: str, e: AuditEntry, algorithm: str) -> str:
     """:func:`audit_hash` with the time as its ``repr`` (once per batch when writing)."""
     body = orjson.dumps([seq, ts_text, e.actor, e.action, e.subject, e.detail, e.outcome])
-    return hashlib.sha256(prev.encode() + body).hexdigest()
+    if algorithm == "sha256":
+        return hashlib.sha256(prev.encode() + body).hexdigest()
+    return hashlib.new(algorithm, prev.encode() + body).hexdigest()
 
 
 def _literal(value: str | int | float | None) -> str:
@@ -312,24 +316,47 @@ class Batch:
         if self.audit:
             cur = self._cursor()
             lock = " FOR UPDATE" if self.is_postgres else ""
-            cur.execute(f"SELECT length, hash FROM {AUDIT_HEAD.name} WHERE id = 1{lock}")  # noqa: S608
-            length, prev = cur.fetchone()
+            cur.execute(
+                f"SELECT length, hash, hash_algorithm FROM {AUDIT_HEAD.name} WHERE id = 1{lock}"  # noqa: S608
+            )
+            length, prev, algorithm = cur.fetchone()
+            was = algorithm
             now = self.now
             now_text = repr(now)
             rows = []
             for e in self.audit:
                 length += 1
-                h = _chain_hash(prev, length, now_text, e)
+                h = _chain_hash(prev, length, now_text, e, algorithm)
                 rows.append(
                     (length, now, e.actor, e.action, e.subject, e.detail[:200], e.outcome, prev, h)
                 )
                 prev = h
+                if e.action == SWITCH_ACTION:  # ChainHashIntent's entry: the next ones change
+                    algorithm = algorithm_after(e.action, e.subject, algorithm)
             self._insert_many(NEW_AUDIT, rows)
             m = self._mark
-            cur.execute(
-                f"UPDATE {AUDIT_HEAD.name} SET length = {m}, hash = {m} WHERE id = 1",  # noqa: S608
-                (length, prev),
-            )
+            if algorithm == was:
+                cur.execute(
+                    f"UPDATE {AUDIT_HEAD.name} SET length = {m}, hash = {m} WHERE id = 1",  # noqa: S608
+                    (length, prev),
+                )
+            else:
+                cur.execute(
+                    f"UPDATE {AUDIT_HEAD.name} SET length = {m}, hash = {m}, "  # noqa: S608
+                    f"hash_algorithm = {m} WHERE id = 1",
+                    (length, prev, algorithm),
+                )
+
+    def chain_algorithm(self) -> str:
+        """The hash function of the chain's next entry: the head's, or the one an entry this
+        batch adds switches to (read under the head's lock on PostgreSQL)."""
+        lock = " FOR UPDATE" if self.is_postgres else ""
+        cur = self._cursor()
+        cur.execute(f"SELECT hash_algorithm FROM {AUDIT_HEAD.name} WHERE id = 1{lock}")  # noqa: S608
+        algorithm = str(cur.fetchone()[0])
+        for e in self.audit:
+            algorithm = algorithm_after(e.action, e.subject, algorithm)
+        return algorithm
 
     def known_requests(
         self, keys: Sequence[tuple[str, str]]

@@ -18,7 +18,7 @@ def test_db_upgrade_and_dead_letter_commands(tmp_path) -> None:
     env = {"TONGBAN_STORE__DATA_DIR": str(tmp_path)}
     up = run("db", "upgrade", "--config", "tongban.toml", env=env)
     assert up.returncode == 0, up.stderr
-    assert "store at revision 0008 (was empty)" in up.stdout
+    assert "store at revision 0009 (was empty)" in up.stdout
     db = tmp_path / "tongban.db"
     now = time.time()
     with sqlite3.connect(db) as conn:
@@ -46,24 +46,33 @@ def test_db_upgrade_and_dead_letter_commands(tmp_path) -> None:
     assert run("dead-letters", "replay", "--config", "tongban.toml", env=env).returncode == 2
 
 
-def write_chain(db: Path, actors: list[str]) -> str:
+def write_chain(db: Path, actors: list[str], sm3_from: int = 0) -> str:
     """Write (or write again, as someone who can write to the store would) an audit chain of
-    one entry per actor, with every hash computed; its last hash."""
+    one entry per actor, with every hash computed; its last hash. With ``sm3_from``, entry
+    ``sm3_from`` switches the chain to SM3 (as a gateway would with audit.hash_algorithm)."""
+    from gateway.store.chain_hash import SWITCH_ACTION
     from gateway.store.writer import AuditEntry, audit_hash
 
-    prev = "0" * 64
+    prev, algorithm = "0" * 64, "sha256"
     with sqlite3.connect(db) as conn:
         conn.execute("DELETE FROM audit")
         for seq, actor in enumerate(actors, 1):
             e = AuditEntry(actor, "case.submit", f"x{seq}", "accepted", "to 440300")
-            h = audit_hash(prev, seq, 1000.0 + seq, e)
+            if seq == sm3_from:
+                e = AuditEntry("gateway", SWITCH_ACTION, "sm3", "switched", "from sha256")
+            h = audit_hash(prev, seq, 1000.0 + seq, e, algorithm)
             conn.execute(
                 "INSERT INTO audit (seq, ts, actor, action, subject, detail, outcome, "
                 "prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (seq, 1000.0 + seq, e.actor, e.action, e.subject, e.detail, e.outcome, prev, h),
             )
             prev = h
-        conn.execute("UPDATE audit_head SET length = ?, hash = ?", (len(actors), prev))
+            if seq == sm3_from:
+                algorithm = "sm3"
+        conn.execute(
+            "UPDATE audit_head SET length = ?, hash = ?, hash_algorithm = ?",
+            (len(actors), prev, algorithm),
+        )
     return prev
 
 
@@ -75,6 +84,7 @@ def test_audit_verify_catches_an_edited_row(tmp_path) -> None:
     ok = run("audit", "verify", "--config", "tongban.toml", env=env)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "intact: 5 entries" in ok.stdout
+    assert "  hashed with SHA-256\n" in ok.stdout
     with sqlite3.connect(db) as conn:  # an insider rewrites who did it
         conn.execute("UPDATE audit SET actor = 'shenzhen' WHERE seq = 3")
     bad = run("audit", "verify", "--config", "tongban.toml", env=env)
@@ -86,6 +96,24 @@ def test_audit_verify_catches_an_edited_row(tmp_path) -> None:
     gone = run("audit", "verify", "--config", "tongban.toml", env=env)
     assert gone.returncode == 1
     assert "BROKEN at entry 5" in gone.stdout
+
+
+def test_audit_verify_follows_a_switch_to_sm3(tmp_path) -> None:
+    env = {"TONGBAN_STORE__DATA_DIR": str(tmp_path)}
+    assert run("db", "upgrade", "--config", "tongban.toml", env=env).returncode == 0
+    db = tmp_path / "tongban.db"
+    write_chain(db, ["zhongshan"] * 6, sm3_from=2)
+    ok = run("audit", "verify", "--config", "tongban.toml", env=env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "intact: 6 entries in the store\n  hashed with SM3 (since entry 3)\n" in ok.stdout
+    with sqlite3.connect(db) as conn:  # the head made to say SHA-256 again
+        conn.execute("UPDATE audit_head SET hash_algorithm = 'sha256'")
+    bad = run("audit", "verify", "--config", "tongban.toml", env=env)
+    assert bad.returncode == 1
+    assert (
+        "BROKEN at entry 7: the head records the hash function sha256, the entries switched to "
+        "sm3 at entry 2"
+    ) in bad.stdout
 
 
 @pytest.mark.parametrize(("algorithm", "name"), [("ed25519", "Ed25519"), ("sm2", "SM2 (with SM3)")])
@@ -194,6 +222,7 @@ def test_the_federated_demo_crosses_two_gateways(tmp_path) -> None:
         env = {"TONGBAN_STORE__DATA_DIR": str(data / gw)}
         ok = run("audit", "verify", "--config", "tongban.toml", env=env)
         assert ok.returncode == 0, ok.stdout
+        assert "  hashed with SM3 (since entry 2)\n" in ok.stdout  # both switched at start
         with sqlite3.connect(data / gw / "tongban.db") as conn:
             held[gw] = dict(conn.execute("SELECT exchange_id, status FROM cases"))
     # One exchange id per case on both gateways, and both see it completed.
@@ -207,6 +236,7 @@ def test_a_real_exchange_is_traced_backed_up_purged_and_its_audit_chain_verifies
         "demo", "--cases", "5", "--no-progress", "--data-dir", str(tmp_path / "demo"), timeout=120
     )
     assert out.returncode == 0, out.stdout + out.stderr
+    assert re.search(r"audit chain \.+ \d+ entries hashed with SM3, intact; signed", out.stdout)
     env = {"TONGBAN_STORE__DATA_DIR": str(tmp_path / "demo")}
     ok = run("audit", "verify", "--config", "tongban.toml", env=env)
     assert ok.returncode == 0, ok.stdout

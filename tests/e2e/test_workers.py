@@ -1,4 +1,4 @@
-"""`tongban serve --workers 2`: two processes on one port, one store, aggregated metrics."""
+"""`tongban serve --workers 2`: two processes on one port, one store, aggregated metrics, one\nswitch of the audit chain's hash function between them."""
 
 from __future__ import annotations
 
@@ -36,6 +36,8 @@ def test_two_workers_share_port_store_and_metrics(tmp_path) -> None:
         "TONGBAN_LOG__FORMAT": "json",
         # The workers on uvloop (server.event_loop): forked, each runs its own.
         "TONGBAN_SERVER__EVENT_LOOP": "uvloop",
+        # Both workers find the new store's chain on SHA-256: one of them switches it.
+        "TONGBAN_AUDIT__HASH_ALGORITHM": "sm3",
     }
     log = (tmp_path / "gw.log").open("wb")
     proc = subprocess.Popen(
@@ -117,3 +119,17 @@ def test_two_workers_share_port_store_and_metrics(tmp_path) -> None:
 
     with sqlite3.connect(tmp_path / "tongban.db") as conn:
         assert conn.execute("SELECT count(*) FROM cases").fetchone()[0] == 40
+        switches = conn.execute("SELECT seq FROM audit WHERE action = 'audit.hash'").fetchall()
+    assert switches == [(1,)]  # once, before any case, by whichever worker started first
+    assert out.count("audit chain switched to another hash function") == 1
+    verified = subprocess.run(
+        [*TONGBAN, "audit", "verify", "--config", "tongban.toml"],
+        check=False,
+        cwd=ROOT,
+        env={**os.environ, "TONGBAN_STORE__DATA_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "intact: 41 entries in the store\n  hashed with SM3 (since entry 2)\n" in verified.stdout

@@ -57,6 +57,17 @@ def make_settings(tmp_path: Path, **env: str) -> Settings:
     return load_settings(None, env=base)
 
 
+class SteppingClock:
+    """A writer's clock: each batch's entries get its time, one second after the last."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
 @contextlib.asynccontextmanager
 async def running_store(url: str, clock: Callable[[], float] = time.time) -> AsyncIterator[Store]:
     """A store on ``url``, migrated, its writer started; stopped afterwards."""

@@ -29,23 +29,12 @@ from gateway.store.audit_archive import (
 from gateway.store.store import Store
 from gateway.store.writer import AUDIT, GENESIS
 
-from .conftest import append_audit_entries, running_store
-
-
-class Clock:
-    """The writer's clock: each batch's entries get its time, one second after the last."""
-
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        self.now += 1.0
-        return self.now
+from .conftest import SteppingClock, append_audit_entries, running_store
 
 
 @pytest.fixture
 async def store(db_url: str) -> AsyncIterator[Store]:
-    async with running_store(db_url, clock=Clock()) as s:
+    async with running_store(db_url, clock=SteppingClock()) as s:
         yield s
 
 
@@ -103,7 +92,12 @@ async def test_entries_before_the_cut_move_to_files_and_everything_still_verifie
     # Each file holds every column of its entries, readable without the gateway.
     with gzip.open(files[0].path, "rt", encoding="utf-8") as f:
         lines = [json.loads(line) for line in f]
-    assert lines[0] == {"format": "tongban-audit-archive/1", "first": 1, "prev_hash": GENESIS}
+    assert lines[0] == {
+        "format": "tongban-audit-archive/1",
+        "first": 1,
+        "prev_hash": GENESIS,
+        "hash": "sha256",
+    }
     assert (lines[1]["seq"], lines[1]["action"]) == (1, "delivery.replay")
     assert lines[-1] == {"last": 10, "last_hash": files[0].last_hash, "entries": 10}
 

@@ -151,6 +151,33 @@ async def test_each_gateway_keeps_the_others_checkpoints(pair: Pair) -> None:
         assert conn.execute(select(func.count()).select_from(AUDIT)).scalar() == 8
 
 
+async def test_a_stopping_gateway_does_not_hand_its_peer_what_it_answered_for_already(
+    pair: Pair, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Peers stop one after the other: the last to stop finds the other gone. With nothing new
+    to sign since its peer answered for its last checkpoint, it does not call it (nor warn
+    that it could not); a checkpoint the peer has not seen is handed over, and missed."""
+    for gw in (pair.zs, pair.sz):
+        await append_audit_entries(_store(gw), 2, one_by_one=True)
+        assert await gw.checkpoint() == "signed"
+    await pair.zs.stop(grace=0)
+    with caplog.at_level(logging.WARNING, logger="tongban"):
+        assert await pair.sz.checkpoint(timeout=1, stopping=True) == "unchanged"
+    assert not [r for r in caplog.records if "does not witness" in r.getMessage()]
+    assert _count(pair.sz, "tongban_audit_witness_handovers_total", peer=ZS, outcome="failed") == 0
+    # The chain grew: its new checkpoint goes to the peer, which is gone, and that is said.
+    await append_audit_entries(_store(pair.sz), 1)
+    with caplog.at_level(logging.WARNING, logger="tongban"):
+        assert await pair.sz.checkpoint(timeout=1, stopping=True) == "signed"
+    assert [r.__dict__["peer"] for r in caplog.records if "does not witness" in r.getMessage()] == [
+        ZS
+    ]
+    assert _count(pair.sz, "tongban_audit_witness_handovers_total", peer=ZS, outcome="failed") == 1
+    # Not stopping, a gateway checks its chain against its peers at every checkpoint.
+    assert await pair.sz.checkpoint(timeout=1) == "unchanged"
+    assert _count(pair.sz, "tongban_audit_witness_handovers_total", peer=ZS, outcome="failed") == 2
+
+
 async def test_a_chain_rewritten_below_a_witnessed_checkpoint_is_not_signed_again(
     pair: Pair, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -1,8 +1,8 @@
 """The migrations build the tables the code declares, on SQLite and on PostgreSQL; 0002
 drops the outbox's unread exchange index and 0003 replaces its claim index with one by
 partner, without touching its rows; 0004 adds the gateways table, 0005 the audit archives
-table, 0006 the audit checkpoints table, 0007 the witnessed checkpoints table and 0008 the
-background re-encryption's progress."""
+table, 0006 the audit checkpoints table, 0007 the witnessed checkpoints table, 0008 the
+background re-encryption's progress and 0009 the audit chain's hash function."""
 
 from __future__ import annotations
 
@@ -145,8 +145,30 @@ def test_0008_adds_the_reencrypt_progress_table_and_takes_it_away(db_engine: Eng
     assert "reencrypt_progress" not in inspect(db_engine).get_table_names()
     # `tongban db keys status` (which does not migrate) reads it as a store not yet walked
     assert reencrypt_progress(db_engine) == []
-    upgrade(db_engine)
+    upgrade(db_engine, "0008")
     assert current_revision(db_engine) == "0008"
-    assert _differences(db_engine) == []
     _downgrade(db_engine, "0007")  # and back, for a gateway of revision 0007
     assert "reencrypt_progress" not in inspect(db_engine).get_table_names()
+
+
+def _columns(engine: Engine, table: str) -> set[str]:
+    return {str(c["name"]) for c in inspect(engine).get_columns(table)}
+
+
+def test_0009_records_the_audit_chains_hash_function_and_takes_it_away(db_engine: Engine) -> None:
+    upgrade(db_engine, "0008")
+    assert "hash_algorithm" not in _columns(db_engine, "audit_head")
+    # `tongban audit verify` (which does not migrate) reads its chain as SHA-256 throughout,
+    # and its archives without the column
+    reader = StoreReader(db_engine)
+    assert reader.audit_hash_algorithms() == ("sha256", "sha256")
+    assert reader.audit_archives() == []
+    upgrade(db_engine)
+    assert current_revision(db_engine) == "0009"
+    assert _differences(db_engine) == []
+    # every chain until now was SHA-256
+    assert reader.audit_hash_algorithms() == ("sha256", "sha256")
+    assert "hash_algorithm" in _columns(db_engine, "audit_archives")
+    _downgrade(db_engine, "0008")  # and back, for a gateway of revision 0008
+    assert "hash_algorithm" not in _columns(db_engine, "audit_head")
+    assert "hash_algorithm" not in _columns(db_engine, "audit_archives")
