@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ChainReport",
     "SignedCheckpoints",
-    "link_problem",
+    "check_link",
     "sort_checkpoints",
     "verify_chain",
     "verify_store_chain",
@@ -52,31 +52,37 @@ class ChainReport:
     #: walk that switched to it (0: none did; it is the function the walk started with).
     algorithm: str = "sha256"
     switched_at: int = 0
+    #: The hash function of entry ``after + 1`` (where archive files must end).
+    after_algorithm: str = "sha256"
 
 
-def link_problem(
-    row: Any, seq: int, prev: str, signed: Signed | None = None, algorithm: str = "sha256"
-) -> str:
-    """What is wrong with ``row`` as entry ``seq`` of the chain, following the hash ``prev``,
+def check_link(
+    row: Any, seq: int, prev: str, algorithm: str, signed: Signed | None = None
+) -> tuple[str, str]:
+    """(what is wrong with ``row`` as entry ``seq`` of the chain, following the hash ``prev``,
     hashed with ``algorithm`` and, if a checkpoint in ``signed`` covers it, ending with the
-    signed hash ("" when nothing is). Shared by the store's chain and the archive files'."""
+    signed hash: "" when nothing is; the hash function of the entry after it). Shared by the
+    store's chain and the archive files'."""
     if row.seq != seq:
-        return f"missing (found entry {row.seq})"
+        return f"missing (found entry {row.seq})", algorithm
     if row.prev_hash != prev:
-        return "link to the previous entry is broken"
+        return "link to the previous entry is broken", algorithm
     entry = AuditEntry(row.actor, row.action, row.subject, row.outcome, row.detail)
     try:
         computed = audit_hash(prev, row.seq, row.ts, entry, algorithm)
     except ValueError:  # hashlib: this Python's OpenSSL lacks the function
-        return f"cannot be checked: this Python's hashlib has no {algorithm}"
+        return f"cannot be checked: this Python's hashlib has no {algorithm}", algorithm
     if computed != row.hash:
-        return "content does not match its hash"
+        return "content does not match its hash", algorithm
     if signed and (cp := signed.get(seq)) is not None and cp.hash != row.hash:
         return (
             f"rewritten: the chain up to here is not the one key {cp.key_id} signed at "
             f"{utc_text(cp.ts)}"
-        )
-    return ""
+        ), algorithm
+    try:
+        return "", algorithm_after(row.action, row.subject, algorithm)
+    except ValueError as exc:  # a switch to a function this gateway does not know
+        return str(exc), algorithm
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,12 +120,6 @@ def sort_checkpoints(
     return SignedCheckpoints(trusted, tuple(problems))
 
 
-def next_algorithm(row: Any, algorithm: str) -> str:
-    """The hash function of the entry after ``row`` (hashed with ``algorithm``); ValueError
-    when ``row`` switches to one this gateway does not know."""
-    return algorithm_after(row.action, row.subject, algorithm)
-
-
 def verify_chain(
     rows: Iterable[Any],
     head_length: int,
@@ -134,22 +134,16 @@ def verify_chain(
     ``after_hash`` and whose hash function is ``algorithm``) and the recorded head (its
     function ``head_algorithm``, when given), checking the hashes ``signed`` covers; report
     the first inconsistency."""
-    prev = after_hash
+    prev, start = after_hash, algorithm
     checked = switched_at = 0
     for row in rows:
         seq = after + checked + 1
-        problem = link_problem(row, seq, prev, signed, algorithm)
-        if not problem:
-            try:
-                now = next_algorithm(row, algorithm)
-            except ValueError as exc:
-                problem = str(exc)
-            else:
-                if now != algorithm:
-                    algorithm, switched_at = now, seq
+        problem, following = check_link(row, seq, prev, algorithm, signed)
+        if following != algorithm:
+            algorithm, switched_at = following, seq
         if problem:
             return ChainReport(
-                False, checked, seq, problem, after, after_hash, algorithm, switched_at
+                False, checked, seq, problem, after, after_hash, algorithm, switched_at, start
             )
         prev = row.hash
         checked += 1
@@ -160,8 +154,12 @@ def verify_chain(
         how = f"switched to {algorithm} at entry {switched_at}" if switched_at else algorithm
         problem = f"the head records the hash function {head_algorithm}, the entries {how}"
     else:
-        return ChainReport(True, checked, None, "", after, after_hash, algorithm, switched_at)
-    return ChainReport(False, checked, end + 1, problem, after, after_hash, algorithm, switched_at)
+        return ChainReport(
+            True, checked, None, "", after, after_hash, algorithm, switched_at, start
+        )
+    return ChainReport(
+        False, checked, end + 1, problem, after, after_hash, algorithm, switched_at, start
+    )
 
 
 def verify_store_chain(reader: StoreReader, signed: Signed | None = None) -> ChainReport:
@@ -194,5 +192,6 @@ def verify_store_chain(reader: StoreReader, signed: Signed | None = None) -> Cha
             after_hash,
             report.algorithm,
             report.switched_at,
+            report.after_algorithm,
         )
     return report

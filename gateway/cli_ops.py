@@ -334,7 +334,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             (chain.after, chain.after_hash),
             recorded,
             signed.trusted,
-            reader.audit_hash_algorithms()[0],
+            chain.after_algorithm,
         )
         return chain, files, signed, len(stored), unsigned
 

@@ -428,12 +428,15 @@ class AuditSettings(_Model):
     # As DER: settings cross to the store's writer process pickled, key objects do not.
     _trusted: dict[str, bytes] = PrivateAttr(default_factory=dict)
 
+    @field_validator("hash_algorithm")
+    @classmethod
+    def _hash_available(cls, value: str) -> str:
+        if not hash_available(value):
+            raise ValueError(f"this Python's hashlib (its OpenSSL) has no {value}")
+        return value
+
     @model_validator(mode="after")
     def _load_signing_keys(self) -> AuditSettings:
-        if not hash_available(self.hash_algorithm):
-            raise ValueError(
-                f"hash_algorithm: this Python's hashlib (its OpenSSL) has no {self.hash_algorithm}"
-            )
         self._trusted = _raw_public_keys(self.trusted_keys, "trusted_keys")
         if self.signing_key is not None:
             try:

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, text
 
-from ..audit import Signed, link_problem, next_algorithm
+from ..audit import Signed, check_link
 from .chain_hash import HASH_ALGORITHMS
 from .reads import time_bound
 from .writer import AUDIT, AUDIT_ARCHIVES, AUDIT_HEAD, GENESIS, AuditEntry, Batch, Intent
@@ -107,13 +107,10 @@ def _check(
     """The entry's hash and the hash function of the entry after it, after checking it
     follows ``prev`` as entry ``seq`` hashed with ``algorithm`` (and ends the chain a
     checkpoint in ``signed`` covers); raises ArchiveError naming what is wrong."""
-    problem = link_problem(row, seq, prev, signed, algorithm)
-    if not problem:
-        try:
-            return str(row.hash), next_algorithm(row, algorithm)
-        except ValueError as exc:
-            problem = str(exc)
-    raise ArchiveError(f"entry {seq}: {problem}")
+    problem, following = check_link(row, seq, prev, algorithm, signed)
+    if problem:
+        raise ArchiveError(f"entry {seq}: {problem}")
+    return str(row.hash), following
 
 
 def _sha256(path: Path) -> str:
@@ -134,7 +131,7 @@ def write_archive(
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / archive_name(first)
     partial = final.with_name(final.name + ".partial")
-    seq, prev, now = first, prev_hash, algorithm
+    seq, prev, following = first, prev_hash, algorithm
     try:
         with partial.open("wb") as raw:
             # mtime 0: the same entries give the same bytes (and SHA-256) when written again
@@ -148,7 +145,7 @@ def write_archive(
                 out.write(json.dumps(header).encode() + b"\n")
                 for row in rows:
                     try:
-                        prev, now = _check(row, seq, prev, now)
+                        prev, following = _check(row, seq, prev, following)
                     except ArchiveError as exc:
                         raise ArchiveError(f"the store's audit chain is broken: {exc}") from None
                     line = {c: getattr(row, c) for c in _COLUMNS}
@@ -165,7 +162,7 @@ def write_archive(
             first,
             seq - 1,
             prev,
-            now,
+            following,
         ):
             raise ArchiveError(f"{partial}: reads back as another range")  # pragma: no cover
         partial.replace(final)
@@ -176,7 +173,7 @@ def write_archive(
             os.close(fd)
     finally:
         partial.unlink(missing_ok=True)
-    return ArchiveFile(final, first, seq - 1, prev_hash, prev, written.sha256, algorithm, now)
+    return ArchiveFile(final, first, seq - 1, prev_hash, prev, written.sha256, algorithm, following)
 
 
 class _Row:
@@ -203,14 +200,14 @@ def read_archive(path: Path, signed: Signed | None = None) -> ArchiveFile:
             algorithm = str(header.get("hash", "sha256"))
             if algorithm not in HASH_ALGORITHMS:
                 raise ArchiveError(f"{path.name}: unknown hash function {algorithm!r}")
-            seq, trailer, now = first, None, algorithm
+            seq, trailer, following = first, None, algorithm
             for raw in lines:
                 line = json.loads(raw)
                 if "last" in line:
                     trailer = line
                     break
                 try:
-                    prev, now = _check(_Row(line), seq, prev, now, signed)
+                    prev, following = _check(_Row(line), seq, prev, following, signed)
                 except ArchiveError as exc:
                     raise ArchiveError(f"{path.name}: {exc}") from None
                 seq += 1
@@ -229,7 +226,7 @@ def read_archive(path: Path, signed: Signed | None = None) -> ArchiveFile:
     except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
         raise ArchiveError(f"{path.name}: unreadable ({type(exc).__name__}: {exc})") from exc
     return ArchiveFile(
-        path, first, seq - 1, str(header["prev_hash"]), prev, _sha256(path), algorithm, now
+        path, first, seq - 1, str(header["prev_hash"]), prev, _sha256(path), algorithm, following
     )
 
 

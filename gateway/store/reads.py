@@ -450,11 +450,9 @@ class StoreReader:
         with self.engine.connect() as conn:
             if not self._archives_table(conn):
                 return []
-            columns = [
-                c
-                for c in AUDIT_ARCHIVES.c
-                if c.name != "hash_algorithm" or self._hash_columns(conn)
-            ]
+            columns = list(AUDIT_ARCHIVES.c)
+            if not self._hash_columns(conn):  # a store not yet at 0009
+                columns.remove(AUDIT_ARCHIVES.c.hash_algorithm)
             return list(conn.execute(select(*columns).order_by(AUDIT_ARCHIVES.c.last_seq)).all())
 
     @staticmethod

@@ -320,7 +320,6 @@ class Batch:
                 f"SELECT length, hash, hash_algorithm FROM {AUDIT_HEAD.name} WHERE id = 1{lock}"  # noqa: S608
             )
             length, prev, algorithm = cur.fetchone()
-            was = algorithm
             now = self.now
             now_text = repr(now)
             rows = []
@@ -335,17 +334,11 @@ class Batch:
                     algorithm = algorithm_after(e.action, e.subject, algorithm)
             self._insert_many(NEW_AUDIT, rows)
             m = self._mark
-            if algorithm == was:
-                cur.execute(
-                    f"UPDATE {AUDIT_HEAD.name} SET length = {m}, hash = {m} WHERE id = 1",  # noqa: S608
-                    (length, prev),
-                )
-            else:
-                cur.execute(
-                    f"UPDATE {AUDIT_HEAD.name} SET length = {m}, hash = {m}, "  # noqa: S608
-                    f"hash_algorithm = {m} WHERE id = 1",
-                    (length, prev, algorithm),
-                )
+            cur.execute(
+                f"UPDATE {AUDIT_HEAD.name} SET length = {m}, hash = {m}, "  # noqa: S608
+                f"hash_algorithm = {m} WHERE id = 1",
+                (length, prev, algorithm),
+            )
 
     def chain_algorithm(self) -> str:
         """The hash function of the chain's next entry: the head's, or the one an entry this
