@@ -48,7 +48,8 @@ def timeline(
     out: list[tuple[float, str, str]] = []
     for e in events:
         note = f": {e.note}" if e.note else ""
-        out.append((e.occurred_at, "status", f"{e.status} reported by {e.reported_by}{note}"))
+        late = " (recorded late: the status stayed)" if e.late else ""
+        out.append((e.occurred_at, "status", f"{e.status} reported by {e.reported_by}{late}{note}"))
     for r in rows:
         out.append((r.created_at, "outbox", _delivery(r)))
     for a in entries:

@@ -8,7 +8,7 @@ False
 
 from __future__ import annotations
 
-__all__ = ["TERMINAL", "TRANSITIONS", "allowed", "is_terminal"]
+__all__ = ["GATEWAYS_OWN", "TERMINAL", "TRANSITIONS", "allowed", "is_terminal"]
 
 _COMPLETED = {
     "CASE_STATUS_COMPLETED_APPROVED",
@@ -33,6 +33,11 @@ TRANSITIONS: dict[str, frozenset[str]] = {
         {"CASE_STATUS_IN_PROGRESS", _WITHDRAWN, *_COMPLETED}
     ),
 }
+
+#: Statuses the gateways set themselves, stamped by their own clocks: SUBMITTED when a case is
+#: accepted, RECEIVED when its delivery to the handling city succeeds. The others are the
+#: cities' own, stamped by the city that reports them.
+GATEWAYS_OWN = frozenset({"CASE_STATUS_SUBMITTED", "CASE_STATUS_RECEIVED"})
 
 #: Statuses with no way out.
 TERMINAL = frozenset({"CASE_STATUS_NOT_ACCEPTED", _WITHDRAWN, *_COMPLETED})

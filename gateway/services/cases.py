@@ -332,6 +332,7 @@ class CaseService:
                     "occurred_at": _rfc3339(e.occurred_at),
                     "reported_by": e.reported_by,
                     **({"note": e.note} if e.note else {}),
+                    **({"late": True} if e.late else {}),
                 }
                 for e in events
             ]
@@ -419,9 +420,12 @@ class CaseService:
         return (await self.report_replayed(caller, request))[0]
 
     async def report_replayed(
-        self, caller: Caller, request: cx.ReportStatusRequest
+        self, caller: Caller, request: cx.ReportStatusRequest, *, record_late: bool = False
     ) -> tuple[cx.ReportStatusResponse, bool]:
-        """:meth:`report`, and whether the answer is a replay of the request's first one."""
+        """:meth:`report`, and whether the answer is a replay of the request's first one.
+        ``record_late``: a change older than the last one from the caller's city is recorded
+        in the history as late instead of refused (a peer gateway's delivery,
+        :class:`ReportStatusIntent`); its answer keeps the case's status."""
         ms = self.mappings.current
         _check_id(request.request_id, "request_id")
         if not request.exchange_id:
@@ -481,6 +485,7 @@ class CaseService:
                 canonical_update=update,
                 notify=notify,
                 make_response=report_response,
+                record_late=record_late,
             )
         )
         return cx.ReportStatusResponse.FromString(stored), replayed
@@ -531,6 +536,7 @@ class CaseService:
                         occurred_at=_ts(event.occurred_at),
                         reported_by=event.reported_by,
                         note=event.note,
+                        late=event.late,
                     ),
                     cursor=str(event.seq),
                 )

@@ -12,8 +12,9 @@ Statuses of one case may arrive out of order (the sender's outbox delivers rows 
 retries them). A status newer than the last one the handling city reported (by its
 ``occurred_at``) that is not a legal next step here is answered ABORTED with RetryInfo: the
 sender retries it once the change between has arrived, so the changes are applied in the
-order they happened. One that is not newer was applied before, or has been overtaken: it is
-acknowledged and not applied again.
+order they happened. One that is not newer was applied before (acknowledged), or has been
+overtaken by a newer one: it is recorded in the case's history as late, without moving the
+case's status, and acknowledged.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tongban.v1 import identity_pb2, records_pb2
 from tongban.v1 import partner_inbox_pb2 as inbox
 
 from ..auth import Caller
-from ..domain.lifecycle import TERMINAL, TRANSITIONS
+from ..domain.lifecycle import GATEWAYS_OWN, TERMINAL, TRANSITIONS
 from ..errors import (
     CaseNotFound,
     ExchangeIdTaken,
@@ -47,9 +48,6 @@ log = logging.getLogger("tongban.peering")
 
 #: An exchange id is stored in a column of this many characters.
 EXCHANGE_ID_MAX = 40
-
-#: Statuses the gateways set themselves, not the handling city's system.
-_GATEWAYS_OWN = frozenset({"CASE_STATUS_SUBMITTED", "CASE_STATUS_RECEIVED"})
 
 #: How long a peer waits before retrying a status that came before an earlier one (seconds).
 OUT_OF_ORDER_RETRY_SECONDS = 1.0
@@ -138,11 +136,17 @@ class PeerInbox:
             raise
         self._count(caller, outcome)
         if outcome == "overtaken":
-            log.warning(
-                "a peer's status change was overtaken by a newer one: not applied",
-                extra={"exchange_id": request.exchange_id, "partner": caller.partner},
+            log.info(
+                "a peer's status change arrived after a newer one: recorded late, the case's "
+                "status unchanged",
+                extra={
+                    "exchange_id": request.exchange_id,
+                    "partner": caller.partner,
+                    "status": records_pb2.CaseStatus.Name(request.status),
+                },
             )
-        return inbox.DeliverStatusResponse(duplicate=outcome != "applied")
+        # A late change is stored now: new here, though it did not move the case.
+        return inbox.DeliverStatusResponse(duplicate=outcome in ("repeated", "own"))
 
     def _count(self, caller: Caller, outcome: str) -> None:
         if self.on_status is not None:
@@ -150,8 +154,8 @@ class PeerInbox:
 
     async def _apply_status(self, caller: Caller, request: inbox.DeliverStatusRequest) -> str:
         """``applied``, or why not: ``repeated`` (applied before), ``overtaken`` (older than
-        a change applied), ``own`` (RECEIVED, which this gateway set itself); raises what
-        refuses it."""
+        a change applied: recorded in the history as late), ``own`` (RECEIVED, which this
+        gateway set itself); raises what refuses it."""
         check_id(request.idempotency_key, "idempotency_key")
         if not request.exchange_id:
             raise InvalidRequest("exchange_id is required", "exchange_id")
@@ -171,21 +175,24 @@ class PeerInbox:
             raise CaseNotFound("no such case for this partner", "exchange_id")
         if any(e.status == new and e.occurred_at == at for e in events):
             return "repeated"
+        if new in GATEWAYS_OWN and any(e.status == new for e in events):
+            return "own"  # RECEIVED: set here too when its delivery succeeded
         # The last change the handling city's system reported (SUBMITTED and RECEIVED are the
         # gateways' own, stamped by their clocks).
         latest = max(
             (
                 e.occurred_at
                 for e in events
-                if e.reported_by == caller.city and e.status not in _GATEWAYS_OWN
+                if e.reported_by == caller.city and e.status not in GATEWAYS_OWN
             ),
             default=0.0,
         )
-        if at <= latest:
-            return "overtaken"
-        if new == case.status and new in _GATEWAYS_OWN:
-            return "own"  # RECEIVED: set here too when its delivery succeeded
-        if new not in TRANSITIONS.get(case.status, frozenset()) and case.status not in TERMINAL:
+        late = at <= latest and new not in GATEWAYS_OWN
+        if (
+            not late
+            and new not in TRANSITIONS.get(case.status, frozenset())
+            and case.status not in TERMINAL
+        ):
             # Newer, and not a step from here: a change between the two is still on its way
             # (a terminal case cannot move at all: ILLEGAL_TRANSITION below).
             raise OutOfOrder(
@@ -201,8 +208,15 @@ class PeerInbox:
             note=request.note,
         )
         report.occurred_at.CopyFrom(request.occurred_at)
-        _, replayed = await self.cases.report_replayed(caller, report)
-        return "repeated" if replayed else "applied"
+        # Older than a change applied (read above, or stored meanwhile by a delivery in flight
+        # with this one: the writer decides in its transaction): recorded late.
+        answer, replayed = await self.cases.report_replayed(
+            caller, report, record_late=new not in GATEWAYS_OWN
+        )
+        if replayed:
+            return "repeated"
+        stored = await self.store.read(self.store.reader.event, int(answer.event_cursor))
+        return "overtaken" if stored is not None and stored.late else "applied"
 
     def _asked_by(self, caller: Caller, requesting_city: str) -> None:
         if requesting_city != caller.city:

@@ -65,6 +65,7 @@ def to_proto(t: CaseTrace) -> ops.TraceCaseResponse:
                 occurred_at=timestamp(e.occurred_at),
                 reported_by=e.reported_by,
                 note=e.note,
+                late=e.late,
             )
             for e in t.events
         ],

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, select, update
 
-from ..domain.lifecycle import allowed
+from ..domain.lifecycle import GATEWAYS_OWN, allowed
 from ..errors import CaseNotFound, IllegalTransition, InvalidRequest, RequestIdReused
 from .chain_hash import HASH_ALGORITHMS, SWITCH_ACTION
 from .sealing import CANONICAL, NOTE, open_value
@@ -136,6 +136,36 @@ class SubmitCaseIntent(Intent):
         return self.response, False
 
 
+def _insert_event(
+    batch: Batch,
+    exchange_id: str,
+    status: str,
+    reporter: str,
+    occurred_at: float,
+    note: str,
+    late: bool = False,
+) -> int:
+    """Store one status event of a case (its note sealed when the store seals); its seq."""
+    if note and batch.keyring is not None:
+        note = batch.keyring.seal(note.encode("utf-8"), NOTE, exchange_id)
+    # Inserted on its own (not with the batch's deferred rows): its seq is needed right away.
+    return int(
+        batch.conn.execute(
+            insert(EVENTS)
+            .values(
+                exchange_id=exchange_id,
+                status=status,
+                occurred_at=occurred_at,
+                reported_by=reporter,
+                note=note,
+                created_at=batch.now,
+                late=late,
+            )
+            .returning(EVENTS.c.seq)
+        ).scalar_one()
+    )
+
+
 def _apply_status(
     batch: Batch,
     exchange_id: str,
@@ -163,28 +193,12 @@ def _apply_status(
         if keyring is not None:
             text = keyring.seal(text.encode("utf-8"), CANONICAL, exchange_id)
         values["canonical"] = text
-    if note and keyring is not None:
-        note = keyring.seal(note.encode("utf-8"), NOTE, exchange_id)
     batch.conn.execute(
         update(CASES)
         .where(and_(CASES.c.exchange_id == exchange_id, CASES.c.status == current))
         .values(**values)
     )
-    # Inserted on its own (not with the batch's deferred rows): its seq is needed right away.
-    seq = int(
-        batch.conn.execute(
-            insert(EVENTS)
-            .values(
-                exchange_id=exchange_id,
-                status=new,
-                occurred_at=occurred_at,
-                reported_by=reporter,
-                note=note,
-                created_at=batch.now,
-            )
-            .returning(EVENTS.c.seq)
-        ).scalar_one()
-    )
+    seq = _insert_event(batch, exchange_id, new, reporter, occurred_at, note)
     if notify is not None:
         partner, city = notify
         batch.status_deliveries.append((exchange_id, seq, partner, city, batch.now, batch.now))
@@ -193,7 +207,14 @@ def _apply_status(
 
 @dataclass
 class ReportStatusIntent(Intent):
-    """The handling city reports a status change."""
+    """The handling city reports a status change (or the receiving city a withdrawal).
+
+    With ``record_late`` (a peer gateway's delivery), a change that happened no later than
+    the last one applied from the reporter's city (deliveries overtake each other) is stored
+    as a late event: in the history, the case's status and the other city's inbox untouched,
+    audited ``late``. It is decided here, in the transaction, so that two deliveries of one
+    case in flight together are judged against what the other stored.
+    """
 
     partner: str
     reporter_city: str
@@ -207,6 +228,7 @@ class ReportStatusIntent(Intent):
     notify: tuple[str, str] | None  # (partner, city) of the receiving city's inbox
     # (status, seq) -> bytes; a module-level function, so that the intent pickles
     make_response: Any = field(repr=False, default=None)
+    record_late: bool = False
 
     def prefetch_keys(self) -> Sequence[tuple[str, str]]:
         return [(self.partner, self.request_id)]
@@ -222,6 +244,24 @@ class ReportStatusIntent(Intent):
         ).first()
         if row is None or self.reporter_city not in (row.handling_city, row.receiving_city):
             raise CaseNotFound("no such case for this partner", "exchange_id")
+        if self.record_late and self._overtaken(batch):
+            seq = _insert_event(
+                batch,
+                self.exchange_id,
+                self.new_status,
+                self.reporter_city,
+                self.occurred_at,
+                self.note,
+                late=True,
+            )
+            response = self.make_response(row.status, seq)  # the status it stays in
+            batch.remember_request(
+                self.partner, self.request_id, "report", self.body_hash, response
+            )
+            batch.audit.append(
+                AuditEntry(self.partner, "case.status", self.exchange_id, "late", self.new_status)
+            )
+            return response, False
         if self.reporter_city != row.handling_city and self.new_status != "CASE_STATUS_WITHDRAWN":
             # The receiving city may only withdraw; progress is the handling city's to report.
             raise IllegalTransition(row.status, self.new_status)
@@ -244,6 +284,20 @@ class ReportStatusIntent(Intent):
             AuditEntry(self.partner, "case.status", self.exchange_id, "accepted", self.new_status)
         )
         return response, False
+
+    def _overtaken(self, batch: Batch) -> bool:
+        """Whether a change from the reporter's city that happened at or after this one is
+        stored already (the gateways' own statuses, stamped by their clocks, do not count)."""
+        latest = batch.conn.execute(
+            select(func.max(EVENTS.c.occurred_at)).where(
+                and_(
+                    EVENTS.c.exchange_id == self.exchange_id,
+                    EVENTS.c.reported_by == self.reporter_city,
+                    EVENTS.c.status.not_in(sorted(GATEWAYS_OWN)),
+                )
+            )
+        ).scalar()
+        return latest is not None and self.occurred_at <= latest
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,7 @@ class EventRecord:
     occurred_at: float
     reported_by: str
     note: str
+    late: bool  # recorded after a newer change from the same city: history only
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,10 +217,24 @@ class StoreReader:
         return [found[k] for k in sorted(found, reverse=True)[:limit]]
 
     def events(self, exchange_id: str, *, lenient: bool = False) -> list[EventRecord]:
-        """The history of one case, oldest first. With ``lenient``, a note sealed with a key
-        this reader lacks reads as the key's name, instead of raising :class:`SealError`."""
+        """The history of one case, oldest first. With ``lenient`` (``tongban cases trace``,
+        which does not migrate), a note sealed with a key this reader lacks reads as the key's
+        name, instead of raising :class:`SealError`, and a store not yet at 0010 as one with
+        no event recorded late."""
         with self.engine.connect() as conn:
-            rows = conn.execute(_HISTORY, {"x": exchange_id})
+            if lenient and not any(
+                c["name"] == "late" for c in inspect(conn).get_columns(EVENTS.name)
+            ):
+                rows: Any = (
+                    (*r, False)
+                    for r in conn.execute(
+                        select(*_EVENT_COLS[:-1])
+                        .where(EVENTS.c.exchange_id == exchange_id)
+                        .order_by(EVENTS.c.seq)
+                    )
+                )
+            else:
+                rows = conn.execute(_HISTORY, {"x": exchange_id})
             return [self._event(r, lenient=lenient) for r in rows]
 
     def case_history(self, exchange_id: str) -> tuple[CaseRecord | None, list[EventRecord]]:
@@ -272,7 +287,8 @@ class StoreReader:
             .limit(limit)
         )
         with self.engine.connect() as conn:
-            return [(self._event(r[:6]), r[6], r[7]) for r in conn.execute(stmt)]
+            n = len(_EVENT_COLS)
+            return [(self._event(r[:n]), r[n], r[n + 1]) for r in conn.execute(stmt)]
 
     def last_event_seq(self) -> int:
         """The newest event seq (0 when none)."""

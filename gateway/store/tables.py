@@ -15,7 +15,7 @@ reencrypt_progress  how far the background walk has sealed each sealed column wi
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Index, LargeBinary, Text
+from sqlalchemy import Boolean, Column, Index, LargeBinary, Text, false
 from sqlmodel import Field, SQLModel
 
 __all__ = [
@@ -81,6 +81,12 @@ class EventRow(SQLModel, table=True):
     reported_by: str = Field(max_length=6)
     note: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     created_at: float
+    # Recorded late (0010): older than a change from the same city already applied; in the
+    # history, the case's status unchanged.
+    late: bool = Field(
+        default=False,
+        sa_column=Column(Boolean, nullable=False, default=False, server_default=false()),
+    )
 
 
 class OutboxRow(SQLModel, table=True):

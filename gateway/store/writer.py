@@ -110,6 +110,8 @@ def _literal(value: str | int | float | None) -> str:
     """One of our own constants as SQL text (never a caller's value: those are bound)."""
     if value is None:
         return "NULL"
+    if isinstance(value, bool):  # SQLite reads these keywords since 3.23 (as 1 and 0)
+        return "TRUE" if value else "FALSE"
     if isinstance(value, str):
         return "'" + value.replace("'", "''") + "'"
     return repr(value)  # int, or a float whose repr SQL reads back exactly (0.0)
@@ -193,6 +195,7 @@ SUBMITTED_EVENT = NewRows(
     ("exchange_id", "occurred_at", "reported_by", "created_at"),
     status="CASE_STATUS_SUBMITTED",
     note="",
+    late=False,
 )
 
 

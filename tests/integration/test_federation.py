@@ -379,8 +379,15 @@ async def test_statuses_out_of_order_are_retried_then_applied_in_order(f: Federa
         assert rich_error(err.value)["reason"] == "OUT_OF_ORDER"
         assert not (await stub.DeliverStatus(status(6, 6, base + 4), timeout=10)).duplicate
         assert not (await stub.DeliverStatus(status(7, 5, base + 5), timeout=10)).duplicate
-        # A retry of one applied, and a change overtaken: acknowledged, not applied again.
+        # A retry of one applied: acknowledged, not applied again.
         assert (await stub.DeliverStatus(status(3, 3, base + 1), timeout=10)).duplicate
+        # A change overtaken by newer ones (SUPPLEMENT_REQUIRED between the two IN_PROGRESS,
+        # delivered after both): recorded late, the case stays in IN_PROGRESS; its retry is
+        # acknowledged.
+        assert not (await stub.DeliverStatus(status(5, 6, base + 3), timeout=10)).duplicate
+        case = await store.read(store.reader.case, xid)
+        assert case is not None
+        assert case.status == "CASE_STATUS_IN_PROGRESS"
         assert (await stub.DeliverStatus(status(5, 6, base + 3), timeout=10)).duplicate
         # Nothing moves a case after a terminal status.
         assert not (await stub.DeliverStatus(status(8, 7, base + 6), timeout=10)).duplicate
@@ -399,18 +406,52 @@ async def test_statuses_out_of_order_are_retried_then_applied_in_order(f: Federa
     assert counted == {
         "out_of_order": 2,
         "overtaken": 1,
-        "repeated": 1,
+        "repeated": 2,
         "refused": 1,
     }
+    # The history in the order this gateway learned of it, the late change marked.
     events = await store.read(store.reader.events, xid)
-    assert [e.status for e in events] == [
-        "CASE_STATUS_SUBMITTED",
-        "CASE_STATUS_RECEIVED",
-        "CASE_STATUS_ACCEPTED",
-        "CASE_STATUS_IN_PROGRESS",
-        "CASE_STATUS_SUPPLEMENT_REQUIRED",
-        "CASE_STATUS_IN_PROGRESS",
-        "CASE_STATUS_COMPLETED_APPROVED",
+    assert [(e.status, e.late) for e in events] == [
+        ("CASE_STATUS_SUBMITTED", False),
+        ("CASE_STATUS_RECEIVED", False),
+        ("CASE_STATUS_ACCEPTED", False),
+        ("CASE_STATUS_IN_PROGRESS", False),
+        ("CASE_STATUS_SUPPLEMENT_REQUIRED", False),
+        ("CASE_STATUS_IN_PROGRESS", False),
+        ("CASE_STATUS_SUPPLEMENT_REQUIRED", True),
+        ("CASE_STATUS_COMPLETED_APPROVED", False),
+    ]
+    late = events[6]
+    assert (late.occurred_at, late.reported_by) == (pytest.approx(base + 3), "440300")
+    # Zhongshan's system reads it in the case's history and in its watch, marked late.
+    async with _secure(f.zs_gw.address, f.pki, "zhongshan") as ch:
+        stub = cx_grpc.CaseExchangeServiceStub(ch)
+        view = await stub.GetCase(
+            cx.GetCaseRequest(exchange_id=xid, schema="tongban.v1.Case"), timeout=10
+        )
+        history = view.case_view.canonical.status_history
+        assert [(h.status, h.late) for h in history][5:] == [
+            (records_pb2.CASE_STATUS_IN_PROGRESS, False),
+            (records_pb2.CASE_STATUS_SUPPLEMENT_REQUIRED, True),
+            (records_pb2.CASE_STATUS_COMPLETED_APPROVED, False),
+        ]
+        assert view.case_view.status == records_pb2.CASE_STATUS_COMPLETED_APPROVED
+        watched = []
+        async for item in stub.WatchCases(
+            cx.WatchCasesRequest(exchange_id=xid, from_beginning=True), timeout=10
+        ):
+            watched.append((item.event.status, item.event.late))
+            if len(watched) == len(events):
+                break
+        assert watched == [(records_pb2.CaseStatus.Value(e.status), e.late) for e in events]
+    # ... but is not sent it (it would read as the case going back): every other change of
+    # the handling city has its delivery to Zhongshan's system, stored with it, the late one none.
+    rows, entries = await store.read(store.reader.trail, xid, 0.0)
+    sent = {r.event_seq for r in rows if r.kind == "status"}
+    assert late.seq not in sent
+    assert sent == {e.seq for e in events if e.reported_by == "440300" and not e.late}
+    assert [(a.action, a.outcome, a.detail) for a in entries if a.outcome == "late"] == [
+        ("case.status", "late", "CASE_STATUS_SUPPLEMENT_REQUIRED")
     ]
 
 

@@ -2,7 +2,8 @@
 drops the outbox's unread exchange index and 0003 replaces its claim index with one by
 partner, without touching its rows; 0004 adds the gateways table, 0005 the audit archives
 table, 0006 the audit checkpoints table, 0007 the witnessed checkpoints table, 0008 the
-background re-encryption's progress and 0009 the audit chain's hash function."""
+background re-encryption's progress, 0009 the audit chain's hash function and 0010 the status
+events recorded late."""
 
 from __future__ import annotations
 
@@ -163,12 +164,36 @@ def test_0009_records_the_audit_chains_hash_function_and_takes_it_away(db_engine
     reader = StoreReader(db_engine)
     assert reader.audit_hash_algorithms() == ("sha256", "sha256")
     assert reader.audit_archives() == []
-    upgrade(db_engine)
+    upgrade(db_engine, "0009")
     assert current_revision(db_engine) == "0009"
-    assert _differences(db_engine) == []
     # every chain until now was SHA-256
     assert reader.audit_hash_algorithms() == ("sha256", "sha256")
     assert "hash_algorithm" in _columns(db_engine, "audit_archives")
     _downgrade(db_engine, "0008")  # and back, for a gateway of revision 0008
     assert "hash_algorithm" not in _columns(db_engine, "audit_head")
     assert "hash_algorithm" not in _columns(db_engine, "audit_archives")
+
+
+def test_0010_marks_events_recorded_late_and_takes_the_mark_away(db_engine: Engine) -> None:
+    upgrade(db_engine, "0009")
+    with db_engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO events (exchange_id, status, occurred_at, reported_by, note, "
+                "created_at) VALUES ('x1', 'CASE_STATUS_SUBMITTED', 1.0, '442000', '', 1.0)"
+            )
+        )
+    # `tongban cases trace` (which does not migrate) reads its history as never late
+    (event,) = StoreReader(db_engine).events("x1", lenient=True)
+    assert (event.status, event.late) == ("CASE_STATUS_SUBMITTED", False)
+    upgrade(db_engine)
+    assert current_revision(db_engine) == "0010"
+    assert _differences(db_engine) == []
+    # an event stored before was applied
+    (event,) = StoreReader(db_engine).events("x1")
+    assert event.status == "CASE_STATUS_SUBMITTED"
+    assert event.late is False
+    _downgrade(db_engine, "0009")  # and back, for a gateway of revision 0009
+    assert "late" not in _columns(db_engine, "events")
+    with db_engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM events")).scalar_one() == 1

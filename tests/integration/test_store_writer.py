@@ -7,12 +7,13 @@ import logging
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import Engine
 
 from gateway.app import Services, bootstrap
 from gateway.auth import Caller
 from gateway.store.writer import run_intents
 from tongban.v1 import case_exchange_pb2 as cx
-from tongban.v1 import common_pb2
+from tongban.v1 import common_pb2, records_pb2
 
 from .conftest import ROOT, make_settings
 
@@ -37,6 +38,21 @@ def _services(tmp_path: Path) -> tuple[Services, Caller]:
     caller = services.auth.identify([("authorization", "Bearer t")])
     assert caller is not None
     return services, caller
+
+
+def _one_case_stored(tmp_path: Path, request_id: str, at: float) -> tuple[Engine, str]:
+    """A store holding one case Zhongshan submitted for Shenzhen at ``at``; its exchange id."""
+    services, caller = _services(tmp_path)
+    request = cx.SubmitCaseRequest(
+        request_id=request_id,
+        target_city="440300",
+        foreign=common_pb2.ForeignRecord(schema="zhongshan.case", json=json.dumps(CASE).encode()),
+    )
+    intent = services.cases.prepare(caller, request)
+    engine = services.store.engine
+    [(_, replayed)] = run_intents(engine, [intent], at)
+    assert replayed is False
+    return engine, intent.exchange_id
 
 
 async def test_large_batch_commits_once_and_replays_idempotently(
@@ -78,17 +94,7 @@ async def test_rows_of_a_submitted_case_and_a_status_report_hold_the_models_defa
     from gateway.store.intents import ReportStatusIntent
     from gateway.store.writer import CASES, EVENTS, OUTBOX, REQUESTS
 
-    services, caller = _services(tmp_path)
-    request = cx.SubmitCaseRequest(
-        request_id="rows-1",
-        target_city="440300",
-        foreign=common_pb2.ForeignRecord(schema="zhongshan.case", json=json.dumps(CASE).encode()),
-    )
-    intent = services.cases.prepare(caller, request)
-    engine = services.store.engine
-    [(_, replayed)] = run_intents(engine, [intent], 5.0)
-    assert replayed is False
-    exchange_id = intent.exchange_id
+    engine, exchange_id = _one_case_stored(tmp_path, "rows-1", 5.0)
     report = ReportStatusIntent(
         "sz",
         "440300",
@@ -143,4 +149,72 @@ async def test_rows_of_a_submitted_case_and_a_status_report_hold_the_models_defa
         ("rep-1", "report", 7.0),
         ("rows-1", "submit", 5.0),
     ]
+    engine.dispose()
+
+
+async def test_a_peers_change_older_than_one_stored_in_the_same_batch_is_recorded_late(
+    tmp_path: Path,
+) -> None:
+    """Two deliveries of one case in flight together: the writer judges each against what the
+    other stored before it, in the transaction (the peer service's read came before both)."""
+    from sqlalchemy import select
+
+    from gateway.errors import IllegalTransition
+    from gateway.services.cases import report_response
+    from gateway.store.intents import ReportStatusIntent
+    from gateway.store.writer import AUDIT, CASES, EVENTS, OUTBOX
+
+    engine, xid = _one_case_stored(tmp_path, "late-1", 5.0)
+
+    def report(key: str, status: str, at: float, *, late: bool = True) -> ReportStatusIntent:
+        return ReportStatusIntent(
+            "sz", "440300", key, key, xid, status, at, f"note {key}", None, ("zs", "442000"),
+            report_response, record_late=late,
+        )  # fmt: skip
+
+    results = run_intents(
+        engine,
+        [
+            report("r", "CASE_STATUS_RECEIVED", 6.0),
+            report("a", "CASE_STATUS_ACCEPTED", 7.0),
+            report("c", "CASE_STATUS_COMPLETED_APPROVED", 9.0),
+            report("p", "CASE_STATUS_IN_PROGRESS", 8.0),  # overtaken by "c" just before
+            report("q", "CASE_STATUS_IN_PROGRESS", 8.5, late=False),  # a city's own report
+        ],
+        10.0,
+    )
+    assert isinstance(results[4], IllegalTransition)
+    answers = [cx.ReportStatusResponse.FromString(r[0]) for r in results[:4]]
+    # The late one's answer keeps the case's status, and points at its event.
+    assert [records_pb2.CaseStatus.Name(a.status) for a in answers] == [
+        "CASE_STATUS_RECEIVED",
+        "CASE_STATUS_ACCEPTED",
+        "CASE_STATUS_COMPLETED_APPROVED",
+        "CASE_STATUS_COMPLETED_APPROVED",
+    ]
+    with engine.connect() as conn:
+        case = conn.execute(select(CASES).where(CASES.c.exchange_id == xid)).one()
+        events = conn.execute(select(EVENTS).order_by(EVENTS.c.seq)).all()
+        outbox = conn.execute(select(OUTBOX).where(OUTBOX.c.kind == "status")).all()
+        audit = conn.execute(select(AUDIT).where(AUDIT.c.action == "case.status")).all()
+    assert (case.status, case.updated_at) == ("CASE_STATUS_COMPLETED_APPROVED", 10.0)
+    assert [(e.status, e.occurred_at, e.late, e.note) for e in events] == [
+        ("CASE_STATUS_SUBMITTED", 5.0, False, ""),
+        ("CASE_STATUS_RECEIVED", 6.0, False, "note r"),
+        ("CASE_STATUS_ACCEPTED", 7.0, False, "note a"),
+        ("CASE_STATUS_COMPLETED_APPROVED", 9.0, False, "note c"),
+        ("CASE_STATUS_IN_PROGRESS", 8.0, True, "note p"),
+    ]
+    assert answers[3].event_cursor == str(events[4].seq)
+    # Zhongshan's system is told of the three applied, not of the late one.
+    assert sorted(o.event_seq for o in outbox) == [e.seq for e in events[1:4]]
+    assert [(a.subject, a.outcome, a.detail) for a in audit] == [
+        (xid, "accepted", "CASE_STATUS_RECEIVED"),
+        (xid, "accepted", "CASE_STATUS_ACCEPTED"),
+        (xid, "accepted", "CASE_STATUS_COMPLETED_APPROVED"),
+        (xid, "late", "CASE_STATUS_IN_PROGRESS"),
+    ]
+    # A retry of the late one replays its answer.
+    [(again, replayed)] = run_intents(engine, [report("p", "CASE_STATUS_IN_PROGRESS", 8.0)], 11.0)
+    assert (again, replayed) == (results[3][0], True)
     engine.dispose()

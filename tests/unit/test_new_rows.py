@@ -20,6 +20,7 @@ def test_literals() -> None:
     assert _literal(0) == "0"
     assert _literal(0.0) == "0.0"
     assert float(_literal(0.1)) == 0.1
+    assert (_literal(False), _literal(True)) == ("FALSE", "TRUE")
 
 
 def test_placeholders_follow_the_driver() -> None:

@@ -569,6 +569,7 @@ class CaseEvent(_message.Message):
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
     REPORTED_BY_FIELD_NUMBER: _builtins.int
     NOTE_FIELD_NUMBER: _builtins.int
+    LATE_FIELD_NUMBER: _builtins.int
     exchange_id: _builtins.str
     """The case."""
     case_number: _builtins.str
@@ -581,6 +582,10 @@ class CaseEvent(_message.Message):
     """Region code of the city that reported it."""
     note: _builtins.str
     """Note from the reporting city."""
+    late: _builtins.bool
+    """Recorded late (see StatusEvent.late): the change happened, at occurred_at, before a newer
+    change from the same city already reported here; the case's status did not move to it.
+    """
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
         """When the change happened."""
@@ -595,10 +600,11 @@ class CaseEvent(_message.Message):
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
         reported_by: _builtins.str = ...,
         note: _builtins.str = ...,
+        late: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_number", b"case_number", "exchange_id", b"exchange_id", "note", b"note", "occurred_at", b"occurred_at", "reported_by", b"reported_by", "status", b"status", "status_code", b"status_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_number", b"case_number", "exchange_id", b"exchange_id", "late", b"late", "note", b"note", "occurred_at", b"occurred_at", "reported_by", b"reported_by", "status", b"status", "status_code", b"status_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -590,12 +590,18 @@ class StatusEvent(_message.Message):
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
     REPORTED_BY_FIELD_NUMBER: _builtins.int
     NOTE_FIELD_NUMBER: _builtins.int
+    LATE_FIELD_NUMBER: _builtins.int
     status: Global___CaseStatus.ValueType
     """The canonical status reached."""
     reported_by: _builtins.str
     """Region code of the city that reported the change."""
     note: _builtins.str
     """Free-text note from the reporting city (reasons, requested supplements)."""
+    late: _builtins.bool
+    """Recorded late: the change reached this gateway after a newer change from the same city (a
+    peer gateway's deliveries overtake each other). It is part of the history, in the order
+    this gateway learned of it; the case's status did not move to it.
+    """
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
         """When the change happened (as reported by the city that made it)."""
@@ -607,10 +613,11 @@ class StatusEvent(_message.Message):
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
         reported_by: _builtins.str = ...,
         note: _builtins.str = ...,
+        late: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["note", b"note", "occurred_at", b"occurred_at", "reported_by", b"reported_by", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["late", b"late", "note", b"note", "occurred_at", b"occurred_at", "reported_by", b"reported_by", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
