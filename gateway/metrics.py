@@ -299,7 +299,8 @@ class GatewayMetrics:
             "tongban_peer_status_changes_total",
             "Status changes a peer gateway delivered, by peer and outcome: applied, repeated "
             "(applied before), own (RECEIVED, set here too), overtaken (older than one applied: "
-            "recorded in the history as late, the status unchanged), out_of_order (ABORTED: an earlier one has not arrived), refused.",
+            "recorded in the history as late, the status unchanged), out_of_order (ABORTED: an "
+            "earlier one has not arrived), refused.",
             ("peer", "outcome"),
             registry=r,
         )

@@ -7,7 +7,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, func, inspect, or_, select, text
+from sqlalchemy import (
+    Boolean,
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    func,
+    inspect,
+    literal,
+    or_,
+    select,
+    text,
+)
 
 from .sealing import CANONICAL, NOTE, PREFIX, Keyring, SealError, key_id_of, open_value
 from .writer import AUDIT, AUDIT_ARCHIVES, AUDIT_HEAD, CASES, EVENTS, GATEWAYS, GENESIS, OUTBOX
@@ -109,6 +121,11 @@ _AUDIT_COLS = [AUDIT.c[n] for n in AuditRecord.__slots__]
 # Built once: building a statement per call cost a GetCase more than running it.
 _CASE_BY_ID = select(*_CASE_COLS).where(CASES.c.exchange_id == bindparam("x"))
 _HISTORY = select(*_EVENT_COLS).where(EVENTS.c.exchange_id == bindparam("x")).order_by(EVENTS.c.seq)
+#: The history in a store not yet at 0010 (``tongban cases trace`` does not migrate): no
+#: event there was recorded late.
+_HISTORY_BEFORE_0010 = _HISTORY.with_only_columns(
+    *(literal(False, Boolean).label("late") if c.name == "late" else c for c in _EVENT_COLS)
+)
 _EVENT_BY_SEQ = select(*_EVENT_COLS).where(EVENTS.c.seq == bindparam("seq"))
 _CASES_BY_IDS = select(*_CASE_COLS).where(CASES.c.exchange_id.in_(bindparam("ids", expanding=True)))
 _EVENTS_BY_SEQS = select(*_EVENT_COLS).where(EVENTS.c.seq.in_(bindparam("seqs", expanding=True)))
@@ -222,19 +239,10 @@ class StoreReader:
         name, instead of raising :class:`SealError`, and a store not yet at 0010 as one with
         no event recorded late."""
         with self.engine.connect() as conn:
-            if lenient and not any(
-                c["name"] == "late" for c in inspect(conn).get_columns(EVENTS.name)
-            ):
-                rows: Any = (
-                    (*r, False)
-                    for r in conn.execute(
-                        select(*_EVENT_COLS[:-1])
-                        .where(EVENTS.c.exchange_id == exchange_id)
-                        .order_by(EVENTS.c.seq)
-                    )
-                )
-            else:
-                rows = conn.execute(_HISTORY, {"x": exchange_id})
+            history = _HISTORY
+            if lenient and not self._has_column(conn, EVENTS.name, "late"):
+                history = _HISTORY_BEFORE_0010
+            rows = conn.execute(history, {"x": exchange_id})
             return [self._event(r, lenient=lenient) for r in rows]
 
     def case_history(self, exchange_id: str) -> tuple[CaseRecord | None, list[EventRecord]]:
@@ -480,7 +488,13 @@ class StoreReader:
     @staticmethod
     def _hash_columns(conn: Connection) -> bool:
         # A store not yet migrated to 0009 has no hash_algorithm columns: its chain is SHA-256.
-        return any(c["name"] == "hash_algorithm" for c in inspect(conn).get_columns("audit_head"))
+        return StoreReader._has_column(conn, AUDIT_HEAD.name, "hash_algorithm")
+
+    @staticmethod
+    def _has_column(conn: Connection, table: str, column: str) -> bool:
+        """Whether the store's ``table`` has ``column`` (a reader that does not migrate may
+        find a store of an earlier revision)."""
+        return any(c["name"] == column for c in inspect(conn).get_columns(table))
 
     def audit_rows(self, upto: int, page: int = 10_000, after: int = 0) -> Iterator[Any]:
         """The audit log's entries ``after + 1`` to ``upto`` (the head's length, read first)

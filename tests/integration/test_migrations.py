@@ -185,7 +185,8 @@ def test_0010_marks_events_recorded_late_and_takes_the_mark_away(db_engine: Engi
         )
     # `tongban cases trace` (which does not migrate) reads its history as never late
     (event,) = StoreReader(db_engine).events("x1", lenient=True)
-    assert (event.status, event.late) == ("CASE_STATUS_SUBMITTED", False)
+    assert event.status == "CASE_STATUS_SUBMITTED"
+    assert event.late is False
     upgrade(db_engine)
     assert current_revision(db_engine) == "0010"
     assert _differences(db_engine) == []
