@@ -315,6 +315,8 @@ def peer_gateway_env(
         f"{o}CITY": ocity,
         f"{o}INBOX__TRANSPORT": "grpc",
         f"{o}INBOX__TARGET": f"127.0.0.1:{oport}",
+        # The city's system (gateway.partner_sim) reads a change recorded late as history.
+        f"{o}INBOX__LATE_STATUSES": "true",
         f"{p}CITY": pcity,
         f"{p}PEER": "true",
         f"{p}INBOX__TRANSPORT": "grpc",
@@ -477,7 +479,7 @@ async def _run(args: argparse.Namespace) -> int:
             async with asyncio.timeout(args.timeout):
                 async for msg in watch:
                     ev = msg.event
-                    if ev.exchange_id not in ids:
+                    if ev.exchange_id not in ids or ev.late:  # late: history, not the flow
                         continue
                     seen.setdefault(ev.exchange_id, []).append(ev.status_code)
                     if ev.status_code in final and ev.exchange_id not in done:

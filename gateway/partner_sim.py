@@ -118,12 +118,14 @@ class InboxSimulator(inbox_grpc.PartnerInboxServiceServicer):
         """Receive a status change in this city's codes."""
         key = request.idempotency_key
         await self._misbehave(key, context)
-        payload = {
+        payload: dict[str, Any] = {
             "exchange_id": request.exchange_id,
             "case_number": request.case_number,
             "status_code": request.status_code,
             "reported_by": request.reported_by,
         }
+        if request.late:  # history only: the case has moved on
+            payload["late"] = True
         new = self._apply("status", key, payload)
         if new:
             self.received.put_nowait(Received("status", key, payload))

@@ -208,6 +208,10 @@ class InboxSettings(_Model):
     client_cert: Path | None = None  # the gateway's certificate, presented to the partner (mTLS)
     client_key: Path | None = None
     server_name: str = ""  # name expected in the partner's certificate, if not the target's host
+    # The partner system reads DeliverStatusRequest.late: a peer gateway's status change that
+    # was overtaken on its way (recorded late here) is sent to it too, marked late, to add to
+    # the case's history without moving its status. Off: such a change is not sent.
+    late_statuses: bool = False
 
     @property
     def uses_tls(self) -> bool:
@@ -320,6 +324,11 @@ class PartnerSettings(_Model):
     def _peer_over_mutual_tls(self) -> PartnerSettings:
         if not self.peer:
             return self
+        if self.inbox.late_statuses:
+            raise ValueError(
+                "inbox.late_statuses is for a city's system: a peer gateway decides itself "
+                "which status changes arrive late"
+            )
         if self.inbox.transport != "grpc":
             raise ValueError("a peer gateway is reached over gRPC: set inbox.transport = 'grpc'")
         if not self.inbox.tls or self.inbox.client_cert is None:

@@ -425,7 +425,8 @@ class CaseService:
         """:meth:`report`, and whether the answer is a replay of the request's first one.
         ``record_late``: a change older than the last one from the caller's city is recorded
         in the history as late instead of refused (a peer gateway's delivery,
-        :class:`ReportStatusIntent`); its answer keeps the case's status."""
+        :class:`ReportStatusIntent`); its answer keeps the case's status, and the other city's
+        system is sent it, marked late, if its inbox has ``late_statuses``."""
         ms = self.mappings.current
         _check_id(request.request_id, "request_id")
         if not request.exchange_id:
@@ -470,6 +471,8 @@ class CaseService:
         other = row.receiving_city if caller.city == row.handling_city else row.handling_city
         receiver = self.inbox_partner(other)
         notify = (receiver, other) if receiver and other != caller.city else None
+        # A change recorded late goes only to a system that reads it as late.
+        notify_late = notify is not None and self.settings.partners[notify[0]].inbox.late_statuses
         body_hash = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
 
         stored, replayed = await self.store.write(
@@ -486,6 +489,7 @@ class CaseService:
                 notify=notify,
                 make_response=report_response,
                 record_late=record_late,
+                notify_late=notify_late,
             )
         )
         return cx.ReportStatusResponse.FromString(stored), replayed

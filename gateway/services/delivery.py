@@ -513,6 +513,7 @@ class DeliveryService:
                 occurred_at=ts,
                 reported_by=event.reported_by,
                 note=event.note,
+                late=event.late,
             ),
             case,
         )

@@ -163,6 +163,12 @@ class PeerInbox:
             raise InvalidRequest("a peer gateway reports the canonical status", "status")
         if not request.HasField("occurred_at"):
             raise InvalidRequest("occurred_at is required", "occurred_at")
+        if request.late:
+            raise InvalidRequest(
+                "late is for a city's system: a peer gateway sends each change as it was "
+                "reported, and this gateway decides which arrived late",
+                "late",
+            )
         new = enum_name(records_pb2.CaseStatus, request.status, "status")
         at = occurred_at(request.occurred_at, self.cases.clock())
         case, events = await self.store.read(self.store.reader.case_history, request.exchange_id)

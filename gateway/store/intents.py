@@ -211,8 +211,8 @@ class ReportStatusIntent(Intent):
 
     With ``record_late`` (a peer gateway's delivery), a change that happened no later than
     the last one applied from the reporter's city (deliveries overtake each other) is stored
-    as a late event: in the history, the case's status and the other city's inbox untouched,
-    audited ``late``. It is decided here, in the transaction, so that two deliveries of one
+    as a late event: in the history, the case's status untouched, audited ``late``; the other
+    city's inbox is sent it (marked late on delivery) only with ``notify_late``. It is decided here, in the transaction, so that two deliveries of one
     case in flight together are judged against what the other stored.
     """
 
@@ -229,6 +229,7 @@ class ReportStatusIntent(Intent):
     # (status, seq) -> bytes; a module-level function, so that the intent pickles
     make_response: Any = field(repr=False, default=None)
     record_late: bool = False
+    notify_late: bool = False  # ``notify`` of a change recorded late too
 
     def prefetch_keys(self) -> Sequence[tuple[str, str]]:
         return [(self.partner, self.request_id)]
@@ -254,6 +255,11 @@ class ReportStatusIntent(Intent):
                 self.note,
                 late=True,
             )
+            if self.notify is not None and self.notify_late:
+                partner, city = self.notify
+                batch.status_deliveries.append(
+                    (self.exchange_id, seq, partner, city, batch.now, batch.now)
+                )
             response = self.make_response(row.status, seq)  # the status it stays in
             batch.remember_request(
                 self.partner, self.request_id, "report", self.body_hash, response

@@ -306,6 +306,12 @@ async def test_what_a_peer_delivers_is_checked(f: Federation) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.DeliverStatus(early, timeout=10)
         assert rich_error(err.value)["reason"] == "OUT_OF_ORDER"
+        # Lateness is this gateway's to decide, never a peer's to claim.
+        early.late = True
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.DeliverStatus(early, timeout=10)
+        got = rich_error(err.value)
+        assert (got["code"], got["fields"]) == (grpc.StatusCode.INVALID_ARGUMENT, ["late"])
     # A partner that is not a peer gateway may not deliver at all.
     async with _secure(address, f.pki, "guangzhou") as ch:
         with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -444,15 +450,31 @@ async def test_statuses_out_of_order_are_retried_then_applied_in_order(f: Federa
             if len(watched) == len(events):
                 break
         assert watched == [(records_pb2.CaseStatus.Value(e.status), e.late) for e in events]
-    # ... but is not sent it (it would read as the case going back): every other change of
-    # the handling city has its delivery to Zhongshan's system, stored with it, the late one none.
+    # Its system reads DeliverStatusRequest.late (inbox.late_statuses, as in the demo): every
+    # change of the handling city has its delivery, stored with it, the late one's too...
     rows, entries = await store.read(store.reader.trail, xid, 0.0)
     sent = {r.event_seq for r in rows if r.kind == "status"}
-    assert late.seq not in sent
-    assert sent == {e.seq for e in events if e.reported_by == "440300" and not e.late}
+    assert sent == {e.seq for e in events if e.reported_by == "440300"}
     assert [(a.action, a.outcome, a.detail) for a in entries if a.outcome == "late"] == [
         ("case.status", "late", "CASE_STATUS_SUPPLEMENT_REQUIRED")
     ]
+    # ... and it arrives marked late, in Zhongshan's codes (05 补正告知), the others not.
+    for _ in range(300):
+        got = [p for p in f.zs_sim.statuses() if p["exchange_id"] == xid]
+        if len(got) == len(sent):
+            break
+        await asyncio.sleep(0.05)
+    zs_code = {
+        "CASE_STATUS_RECEIVED": "01",
+        "CASE_STATUS_ACCEPTED": "02",
+        "CASE_STATUS_IN_PROGRESS": "04",
+        "CASE_STATUS_SUPPLEMENT_REQUIRED": "05",
+        "CASE_STATUS_COMPLETED_APPROVED": "06",
+    }
+    assert sorted((p["status_code"], p.get("late", False)) for p in got) == sorted(
+        (zs_code[e.status], e.late) for e in events if e.reported_by == "440300"
+    )
+    assert ("05", True) in [(p["status_code"], p.get("late", False)) for p in got]
 
 
 @pytest.fixture
@@ -483,6 +505,10 @@ def test_a_peer_is_reached_over_mutual_tls(federation_pki: Path, tmp_path: Path)
     env["TONGBAN_TLS__KEY"] = str(pki / "zs-gateway-server-key.pem")
     env["TONGBAN_TLS__CLIENT_CA"] = str(pki / "ca.pem")
     assert make_settings(tmp_path, **env).partners["szgw"].peer
+    # A peer is never sent a change marked late: it decides lateness itself.
+    env["TONGBAN_PARTNERS__SZGW__INBOX__LATE_STATUSES"] = "true"
+    with pytest.raises(ConfigError, match="late_statuses is for a city's system"):
+        make_settings(tmp_path, **env)
 
 
 @pytest.fixture

@@ -166,10 +166,12 @@ async def test_a_peers_change_older_than_one_stored_in_the_same_batch_is_recorde
 
     engine, xid = _one_case_stored(tmp_path, "late-1", 5.0)
 
-    def report(key: str, status: str, at: float, *, late: bool = True) -> ReportStatusIntent:
+    def report(
+        key: str, status: str, at: float, *, late: bool = True, notify_late: bool = False
+    ) -> ReportStatusIntent:
         return ReportStatusIntent(
             "sz", "440300", key, key, xid, status, at, f"note {key}", None, ("zs", "442000"),
-            report_response, record_late=late,
+            report_response, record_late=late, notify_late=notify_late,
         )  # fmt: skip
 
     results = run_intents(
@@ -217,4 +219,16 @@ async def test_a_peers_change_older_than_one_stored_in_the_same_batch_is_recorde
     # A retry of the late one replays its answer.
     [(again, replayed)] = run_intents(engine, [report("p", "CASE_STATUS_IN_PROGRESS", 8.0)], 11.0)
     assert (again, replayed) == (results[3][0], True)
+    # For a system that reads late changes (inbox.late_statuses), one is queued for it too.
+    [(told, _)] = run_intents(
+        engine, [report("s", "CASE_STATUS_SUPPLEMENT_REQUIRED", 8.2, notify_late=True)], 12.0
+    )
+    seq = int(cx.ReportStatusResponse.FromString(told).event_cursor)
+    with engine.connect() as conn:
+        late_rows = conn.execute(select(OUTBOX).where(OUTBOX.c.event_seq == seq)).all()
+        (stored,) = conn.execute(select(EVENTS).where(EVENTS.c.seq == seq)).all()
+    assert (stored.status, stored.late) == ("CASE_STATUS_SUPPLEMENT_REQUIRED", True)
+    assert [(o.kind, o.target_partner, o.target_city, o.state) for o in late_rows] == [
+        ("status", "zs", "442000", "pending")
+    ]
     engine.dispose()

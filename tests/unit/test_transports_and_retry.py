@@ -42,6 +42,25 @@ async def test_http_success_sends_key_and_record() -> None:
     assert b'"record":{"a":1}' in seen["body"].replace(b" ", b"")
 
 
+async def test_http_status_change_carries_its_codes_and_late_mark() -> None:
+    import json
+
+    bodies = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert str(request.url) == "http://partner.test/api/statuses"
+        bodies.append(json.loads(request.read()))
+        return httpx.Response(200, json={"duplicate": False})
+
+    change = inbox.DeliverStatusRequest(
+        idempotency_key="x1:7", exchange_id="x1", status_code="05", reported_by="440300"
+    )
+    await transport(handler).deliver_status(change, 1.0)
+    change.late = True
+    await transport(handler).deliver_status(change, 1.0)
+    assert [(b["status_code"], b.get("late")) for b in bodies] == [("05", None), ("05", True)]
+
+
 @pytest.mark.parametrize(
     ("status", "retryable"), [(503, True), (429, True), (408, True), (400, False), (409, False)]
 )

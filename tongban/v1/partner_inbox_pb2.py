@@ -27,7 +27,7 @@ from tongban.v1 import common_pb2 as tongban_dot_v1_dot_common__pb2
 from tongban.v1 import records_pb2 as tongban_dot_v1_dot_records__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etongban/v1/partner_inbox.proto\x12\ntongban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17tongban/v1/common.proto\x1a\x18tongban/v1/records.proto\"\xb2\x01\n\x12\x44\x65liverCaseRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x13\n\x0bsource_city\x18\x02 \x01(\t\x12,\n\x07\x66oreign\x18\x03 \x01(\x0b\x32\x19.tongban.v1.ForeignRecordH\x00\x12%\n\tcanonical\x18\x04 \x01(\x0b\x32\x10.tongban.v1.CaseH\x00\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x42\x08\n\x06record\"C\n\x13\x44\x65liverCaseResponse\x12\x19\n\x11partner_reference\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"\xea\x01\n\x14\x44\x65liverStatusRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x13\n\x0b\x65xchange_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x61se_number\x18\x03 \x01(\t\x12\x13\n\x0bstatus_code\x18\x04 \x01(\t\x12&\n\x06status\x18\x05 \x01(\x0e\x32\x16.tongban.v1.CaseStatus\x12/\n\x0boccurred_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0breported_by\x18\x07 \x01(\t\x12\x0c\n\x04note\x18\x08 \x01(\t\"*\n\x15\x44\x65liverStatusResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\"\x92\x01\n\x13LookupPersonRequest\x12\x35\n\x10\x63\x65rtificate_type\x18\x01 \x01(\x0e\x32\x1b.tongban.v1.CertificateType\x12\x1a\n\x12\x63\x65rtificate_number\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x17\n\x0frequesting_city\x18\x04 \x01(\t\"w\n\x14LookupPersonResponse\x12,\n\x07\x66oreign\x18\x01 \x01(\x0b\x32\x19.tongban.v1.ForeignRecordH\x00\x12\'\n\tcanonical\x18\x02 \x01(\x0b\x32\x12.tongban.v1.PersonH\x00\x42\x08\n\x06record\"X\n\x17LookupEnterpriseRequest\x12\x13\n\x0b\x63redit_code\x18\x01 \x01(\t\x12\x0f\n\x07purpose\x18\x02 \x01(\t\x12\x17\n\x0frequesting_city\x18\x03 \x01(\t\"\x7f\n\x18LookupEnterpriseResponse\x12,\n\x07\x66oreign\x18\x01 \x01(\x0b\x32\x19.tongban.v1.ForeignRecordH\x00\x12+\n\tcanonical\x18\x02 \x01(\x0b\x32\x16.tongban.v1.EnterpriseH\x00\x42\x08\n\x06record2\xed\x02\n\x13PartnerInboxService\x12N\n\x0b\x44\x65liverCase\x12\x1e.tongban.v1.DeliverCaseRequest\x1a\x1f.tongban.v1.DeliverCaseResponse\x12T\n\rDeliverStatus\x12 .tongban.v1.DeliverStatusRequest\x1a!.tongban.v1.DeliverStatusResponse\x12Q\n\x0cLookupPerson\x12\x1f.tongban.v1.LookupPersonRequest\x1a .tongban.v1.LookupPersonResponse\x12]\n\x10LookupEnterprise\x12#.tongban.v1.LookupEnterpriseRequest\x1a$.tongban.v1.LookupEnterpriseResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etongban/v1/partner_inbox.proto\x12\ntongban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17tongban/v1/common.proto\x1a\x18tongban/v1/records.proto\"\xb2\x01\n\x12\x44\x65liverCaseRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x13\n\x0bsource_city\x18\x02 \x01(\t\x12,\n\x07\x66oreign\x18\x03 \x01(\x0b\x32\x19.tongban.v1.ForeignRecordH\x00\x12%\n\tcanonical\x18\x04 \x01(\x0b\x32\x10.tongban.v1.CaseH\x00\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x42\x08\n\x06record\"C\n\x13\x44\x65liverCaseResponse\x12\x19\n\x11partner_reference\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"\xf8\x01\n\x14\x44\x65liverStatusRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x13\n\x0b\x65xchange_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x61se_number\x18\x03 \x01(\t\x12\x13\n\x0bstatus_code\x18\x04 \x01(\t\x12&\n\x06status\x18\x05 \x01(\x0e\x32\x16.tongban.v1.CaseStatus\x12/\n\x0boccurred_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0breported_by\x18\x07 \x01(\t\x12\x0c\n\x04note\x18\x08 \x01(\t\x12\x0c\n\x04late\x18\t \x01(\x08\"*\n\x15\x44\x65liverStatusResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\"\x92\x01\n\x13LookupPersonRequest\x12\x35\n\x10\x63\x65rtificate_type\x18\x01 \x01(\x0e\x32\x1b.tongban.v1.CertificateType\x12\x1a\n\x12\x63\x65rtificate_number\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x17\n\x0frequesting_city\x18\x04 \x01(\t\"w\n\x14LookupPersonResponse\x12,\n\x07\x66oreign\x18\x01 \x01(\x0b\x32\x19.tongban.v1.ForeignRecordH\x00\x12\'\n\tcanonical\x18\x02 \x01(\x0b\x32\x12.tongban.v1.PersonH\x00\x42\x08\n\x06record\"X\n\x17LookupEnterpriseRequest\x12\x13\n\x0b\x63redit_code\x18\x01 \x01(\t\x12\x0f\n\x07purpose\x18\x02 \x01(\t\x12\x17\n\x0frequesting_city\x18\x03 \x01(\t\"\x7f\n\x18LookupEnterpriseResponse\x12,\n\x07\x66oreign\x18\x01 \x01(\x0b\x32\x19.tongban.v1.ForeignRecordH\x00\x12+\n\tcanonical\x18\x02 \x01(\x0b\x32\x16.tongban.v1.EnterpriseH\x00\x42\x08\n\x06record2\xed\x02\n\x13PartnerInboxService\x12N\n\x0b\x44\x65liverCase\x12\x1e.tongban.v1.DeliverCaseRequest\x1a\x1f.tongban.v1.DeliverCaseResponse\x12T\n\rDeliverStatus\x12 .tongban.v1.DeliverStatusRequest\x1a!.tongban.v1.DeliverStatusResponse\x12Q\n\x0cLookupPerson\x12\x1f.tongban.v1.LookupPersonRequest\x1a .tongban.v1.LookupPersonResponse\x12]\n\x10LookupEnterprise\x12#.tongban.v1.LookupEnterpriseRequest\x1a$.tongban.v1.LookupEnterpriseResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,17 +39,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELIVERCASERESPONSE']._serialized_start=311
   _globals['_DELIVERCASERESPONSE']._serialized_end=378
   _globals['_DELIVERSTATUSREQUEST']._serialized_start=381
-  _globals['_DELIVERSTATUSREQUEST']._serialized_end=615
-  _globals['_DELIVERSTATUSRESPONSE']._serialized_start=617
-  _globals['_DELIVERSTATUSRESPONSE']._serialized_end=659
-  _globals['_LOOKUPPERSONREQUEST']._serialized_start=662
-  _globals['_LOOKUPPERSONREQUEST']._serialized_end=808
-  _globals['_LOOKUPPERSONRESPONSE']._serialized_start=810
-  _globals['_LOOKUPPERSONRESPONSE']._serialized_end=929
-  _globals['_LOOKUPENTERPRISEREQUEST']._serialized_start=931
-  _globals['_LOOKUPENTERPRISEREQUEST']._serialized_end=1019
-  _globals['_LOOKUPENTERPRISERESPONSE']._serialized_start=1021
-  _globals['_LOOKUPENTERPRISERESPONSE']._serialized_end=1148
-  _globals['_PARTNERINBOXSERVICE']._serialized_start=1151
-  _globals['_PARTNERINBOXSERVICE']._serialized_end=1516
+  _globals['_DELIVERSTATUSREQUEST']._serialized_end=629
+  _globals['_DELIVERSTATUSRESPONSE']._serialized_start=631
+  _globals['_DELIVERSTATUSRESPONSE']._serialized_end=673
+  _globals['_LOOKUPPERSONREQUEST']._serialized_start=676
+  _globals['_LOOKUPPERSONREQUEST']._serialized_end=822
+  _globals['_LOOKUPPERSONRESPONSE']._serialized_start=824
+  _globals['_LOOKUPPERSONRESPONSE']._serialized_end=943
+  _globals['_LOOKUPENTERPRISEREQUEST']._serialized_start=945
+  _globals['_LOOKUPENTERPRISEREQUEST']._serialized_end=1033
+  _globals['_LOOKUPENTERPRISERESPONSE']._serialized_start=1035
+  _globals['_LOOKUPENTERPRISERESPONSE']._serialized_end=1162
+  _globals['_PARTNERINBOXSERVICE']._serialized_start=1165
+  _globals['_PARTNERINBOXSERVICE']._serialized_end=1530
 # @@protoc_insertion_point(module_scope)

@@ -105,6 +105,7 @@ class DeliverStatusRequest(_message.Message):
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
     REPORTED_BY_FIELD_NUMBER: _builtins.int
     NOTE_FIELD_NUMBER: _builtins.int
+    LATE_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
     """Idempotency key, stable across retries."""
     exchange_id: _builtins.str
@@ -119,6 +120,13 @@ class DeliverStatusRequest(_message.Message):
     """Region code of the city that reported it."""
     note: _builtins.str
     """Note from the reporting city."""
+    late: _builtins.bool
+    """True for a change that was overtaken on its way by a newer one from the same city (the
+    handling city's gateway delivered them out of order): it happened, at occurred_at, but
+    the case has moved on. Add it to the case's history; do not move the case's status to
+    it. Sent only to a partner whose inbox is configured with late_statuses, a partner
+    system that reads this field; never to a peer gateway, which decides lateness itself.
+    """
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
         """When the change happened."""
@@ -134,10 +142,11 @@ class DeliverStatusRequest(_message.Message):
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
         reported_by: _builtins.str = ...,
         note: _builtins.str = ...,
+        late: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_number", b"case_number", "exchange_id", b"exchange_id", "idempotency_key", b"idempotency_key", "note", b"note", "occurred_at", b"occurred_at", "reported_by", b"reported_by", "status", b"status", "status_code", b"status_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_number", b"case_number", "exchange_id", b"exchange_id", "idempotency_key", b"idempotency_key", "late", b"late", "note", b"note", "occurred_at", b"occurred_at", "reported_by", b"reported_by", "status", b"status", "status_code", b"status_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
