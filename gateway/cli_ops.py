@@ -24,6 +24,7 @@ from .cli_serve import read_settings
 from .errors import GatewayError
 from .services.dead_letters import DeadLetterService
 from .services.delivery import LIVE_SECONDS
+from .services.replicas import Replica, disagreements, parse_settings
 from .services.retention import RetentionService
 from .settings import Settings
 from .store.backup import BackupError, backup_sqlite
@@ -268,9 +269,12 @@ def cmd_outbox_status(args: argparse.Namespace) -> int:
     print(
         f"{len(live)} gateway process(es) delivering"
         + "".join(
-            f"; {host} pid {pid}, seen {now - seen:.0f}s ago" for _, host, pid, _, seen in live
+            f"; {host} pid {pid}, seen {now - seen:.0f}s ago" for _, host, pid, _, seen, _ in live
         )
     )
+    differ = disagreements([Replica(g[1], g[2], parse_settings(g[5])) for g in live])
+    for setting, values in differ.items():
+        print(f"settings differ, {setting}: " + "; ".join(values))
     return 0
 
 
@@ -574,7 +578,8 @@ def add_ops_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "status",
         help="pending rows per partner: due now, waiting (backoff or open circuit), held by a "
         "gateway, the next attempt, the oldest row's age, attempts and last error; then the "
-        "gateway processes delivering (their heartbeats)",
+        "gateway processes delivering (their heartbeats), and the settings replicas must "
+        "share that they do not (audit.hash_algorithm, store.keys, mappings)",
     )
     st.add_argument("--json", action="store_true", help="one JSON array, a partner per object")
     st.add_argument("--config", help="TOML settings file")

@@ -28,6 +28,7 @@ from prometheus_client import multiprocess as prom_mp
 from . import __version__
 from .rpc.registration import CallObserver, MethodObserver
 from .services.delivery import DeliveryObserver
+from .services.replicas import AGREED
 from .store.rekey import SEALED_COLUMNS
 
 __all__ = [
@@ -212,6 +213,15 @@ class GatewayMetrics:
             "tongban_gateways_live",
             "Gateway processes delivering from the store, seen by their heartbeats in the last "
             "15 s (they share each partner's max_in_flight_total).",
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.replica_settings_differ = Gauge(
+            "tongban_replica_settings_differ",
+            "1 while another gateway process delivering from the store runs this setting, one "
+            "replicas must share (audit.hash_algorithm, store.keys, mappings), otherwise; "
+            "compared at each heartbeat (docs/operations.md#replicas-run-alike).",
+            ("setting",),
             registry=r,
             multiprocess_mode="max",
         )
@@ -506,3 +516,8 @@ class MetricsDeliveryObserver(DeliveryObserver):
     def gateways(self, n: int) -> None:
         """Gateway processes delivering from the store."""
         self.m.gateways_live.set(n)
+
+    def replicas(self, differ: set[str]) -> None:
+        """Settings other live gateways run otherwise."""
+        for setting in AGREED:
+            self.m.replica_settings_differ.labels(setting).set(1 if setting in differ else 0)

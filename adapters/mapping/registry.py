@@ -12,6 +12,7 @@ each mapping's coverage policy; any problem fails the whole set.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ from .errors import (
 )
 from .model import City, Mapping, Rule, load_city
 
-__all__ = ["CANONICAL_SCHEMAS", "Coverage", "MappingSet", "TranslationResult"]
+__all__ = ["CANONICAL_SCHEMAS", "Coverage", "MappingSet", "TranslationResult", "files_digest"]
 
 #: Canonical schema name -> record kind.
 CANONICAL_SCHEMAS: dict[str, str] = {v: k for k, v in CANONICAL_KINDS.items()}
@@ -113,6 +114,21 @@ def coverage_of(m: Mapping) -> Coverage:
     )
 
 
+def files_digest(root: Path) -> str:
+    """SHA-256 over the files below ``root`` that translations come from (each city's
+    ``city.yaml``, mappings, code lists and schemas; not its golden samples, nor hidden
+    files): each file's path relative to ``root`` and its bytes, in path order."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root)
+        if "samples" in rel.parts[1:] or any(part.startswith(".") for part in rel.parts):
+            continue
+        name = rel.as_posix().encode("utf-8")
+        data = path.read_bytes()
+        h.update(len(name).to_bytes(4, "big") + name + len(data).to_bytes(8, "big") + data)
+    return h.hexdigest()
+
+
 class MappingSet:
     """Immutable, fully checked mappings of every city under one folder."""
 
@@ -122,19 +138,22 @@ class MappingSet:
         cities: dict[str, City],
         compiled: dict[str, CompiledMapping],
         warnings: list[Problem],
+        digest: str = "",
     ) -> None:
         self.root = root
         self.cities = cities
         self.cities_by_code = {c.code: c for c in cities.values()}
         self.compiled = compiled
         self.warnings = warnings
+        # SHA-256 of the files the translations come from (files_digest): replicas compare it.
+        self.digest = digest
         # Called with (schema, direction, first error code or None) per record; set by the host.
         self.observer: Callable[[str, str, str | None], None] | None = None
 
     def view(self, observer: Callable[[str, str, str | None], None] | None = None) -> MappingSet:
         """The same set (its compiled mappings shared) with an observer of its own: a caller
         that counts its translations itself leaves the serving set's observer alone."""
-        ms = MappingSet(self.root, self.cities, self.compiled, self.warnings)
+        ms = MappingSet(self.root, self.cities, self.compiled, self.warnings, self.digest)
         ms.observer = observer
         return ms
 
@@ -183,7 +202,11 @@ class MappingSet:
                 compiled[m.name] = compile_mapping(m)
         if problems:
             raise MappingLoadError(problems)
-        return cls(root, cities, compiled, warnings)
+        return cls(root, cities, compiled, warnings, files_digest(root))
+
+    def versions(self) -> list[str]:
+        """Every mapping's ``<city>.<kind>@<version>``, sorted."""
+        return sorted(cm.ref for cm in self.compiled.values())
 
     # -- schemas ----------------------------------------------------------------------------
 

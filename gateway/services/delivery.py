@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -69,6 +70,7 @@ from ..store.reads import CaseRecord, EventRecord
 from ..store.sealing import SealError
 from ..store.store import Store
 from ..timestamps import timestamp
+from .replicas import Replica, agreed_settings, differences, parse_settings
 
 __all__ = ["DeliveryObserver", "DeliveryService"]
 
@@ -143,10 +145,15 @@ class DeliveryObserver:
     def gateways(self, n: int) -> None:
         """``n`` gateway processes deliver from the store (this one included)."""
 
+    def replicas(self, differ: set[str]) -> None:
+        """Other live gateways run the settings in ``differ`` (of replicas.AGREED) otherwise."""
+
 
 #: How often a delivering process writes its heartbeat, and how long one counts it as live.
 HEARTBEAT_SECONDS = 5.0
 LIVE_SECONDS = 15.0
+#: How long other gateways must run a shared setting otherwise before it is logged.
+REPLICAS_DIFFER_LOG_SECONDS = 60.0
 #: Rows of gateways not seen for this long (killed) are removed when another one stops.
 FORGET_SECONDS = 86400.0
 
@@ -220,6 +227,10 @@ class DeliveryService:
         }
         self.live_gateways = 1
         self.heartbeat_seconds = HEARTBEAT_SECONDS
+        # What the other live gateways run otherwise, of replicas.AGREED (at the last heartbeat).
+        self.replica_differences: dict[str, list[str]] = {}
+        self._differ_since: float | None = None  # since when they have (monotonic)
+        self._differ_logged: frozenset[str] = frozenset()  # the settings the last WARNING named
         # Calls in progress per partner, and rows waiting for a partner's call to end (it had
         # max_in_flight of them when they were taken from the queue).
         self._calls: dict[str, int] = {}
@@ -382,16 +393,31 @@ class DeliveryService:
         return cap
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:
-        """Say this process is alive every ``heartbeat_seconds`` and learn how many gateways
-        deliver from the store (the shares of ``max_in_flight_total``), until ``stop``."""
+        """Say this process is alive every ``heartbeat_seconds``, with the settings replicas
+        must share, and learn how many gateways deliver from the store (the shares of
+        ``max_in_flight_total``) and whether they run alike (gateway.services.replicas),
+        until ``stop``."""
         started = self.clock()
-        beat = HeartbeatIntent(self.owner, socket.gethostname(), os.getpid(), started, LIVE_SECONDS)
+        host, pid = socket.gethostname(), os.getpid()
         while not stop.is_set():
+            mine = agreed_settings(
+                self.settings.audit.hash_algorithm, self.store.keyring, self.mappings.current
+            )
+            beat = HeartbeatIntent(
+                self.owner, host, pid, started, LIVE_SECONDS, json.dumps(mine, ensure_ascii=False)
+            )
             try:
-                live = await self.store.write(beat)
+                gateways = await self.store.write(beat)
             except Exception as exc:  # noqa: BLE001 - store down: the last count stands
                 log.warning("heartbeat failed", extra={"error": type(exc).__name__})
             else:
+                live = max(len(gateways), 1)
+                others = [
+                    Replica(g.host, g.pid, parse_settings(g.settings))
+                    for g in gateways
+                    if g.owner != self.owner
+                ]
+                self._compare(mine, others)
                 if live != self.live_gateways:
                     log.info(
                         "gateways delivering from the store",
@@ -402,6 +428,35 @@ class DeliveryService:
                 self.observer.gateways(live)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.heartbeat_seconds)
+
+    def _compare(self, mine: dict[str, str], others: list[Replica]) -> None:
+        """Report the settings the other live gateways run otherwise: to the observer at
+        once, to the log once a difference has lasted ``REPLICAS_DIFFER_LOG_SECONDS``."""
+        differ = differences(mine, others)
+        now = time.monotonic()
+        if not differ:
+            if self._differ_logged:
+                log.info("gateways sharing this store run alike again")
+            self._differ_logged, self._differ_since = frozenset(), None
+        else:
+            if self._differ_since is None:
+                self._differ_since = now
+            # A rolling change (a mapping reload, a new keys file) makes replicas differ for
+            # a few seconds: logged once it lasts, and again if what differs changes.
+            lasting = now - self._differ_since >= REPLICAS_DIFFER_LOG_SECONDS
+            if lasting and frozenset(differ) != self._differ_logged:
+                log.warning(
+                    "gateways sharing this store run with different settings they must share "
+                    "(docs/operations.md#replicas-run-alike)",
+                    extra={
+                        "settings": {
+                            k: {"here": mine[k], "elsewhere": v} for k, v in differ.items()
+                        }
+                    },
+                )
+                self._differ_logged = frozenset(differ)
+        self.replica_differences = differ
+        self.observer.replicas(set(differ))
 
     def _wake_parked(self) -> None:
         """Rows waiting for a partner's call slot go back to the queue where the partner's

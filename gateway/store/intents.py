@@ -26,6 +26,7 @@ __all__ = [
     "ExtendLeaseIntent",
     "FailedIntent",
     "HeartbeatIntent",
+    "LiveGateway",
     "ReleaseIntent",
     "ReplayIntent",
     "ReportStatusIntent",
@@ -627,21 +628,35 @@ class ReplayIntent(Intent):
         return ids
 
 
+@dataclass(frozen=True, slots=True)
+class LiveGateway:
+    """A gateway process seen by its heartbeat lately."""
+
+    owner: str
+    host: str
+    pid: int
+    settings: str  # JSON of what replicas must agree on (gateway.services.replicas); "" before 0011
+
+
 @dataclass
 class HeartbeatIntent(Intent):
-    """A delivering gateway process says it is alive (its row's ``seen_at`` is now). Returns
-    how many gateways were seen within ``live_seconds``, itself included."""
+    """A delivering gateway process says it is alive (its row's ``seen_at`` is now) and what
+    it runs with (``settings``). Returns the gateways seen within ``live_seconds``, itself
+    included."""
 
     owner: str
     host: str
     pid: int
     started_at: float
     live_seconds: float
+    settings: str = ""
 
-    def run(self, batch: Batch) -> int:
+    def run(self, batch: Batch) -> list[LiveGateway]:
         conn, now = batch.conn, batch.now
         seen = conn.execute(
-            update(GATEWAYS).where(GATEWAYS.c.owner == self.owner).values(seen_at=now)
+            update(GATEWAYS)
+            .where(GATEWAYS.c.owner == self.owner)
+            .values(seen_at=now, settings=self.settings)
         ).rowcount
         if not seen:
             conn.execute(
@@ -651,12 +666,15 @@ class HeartbeatIntent(Intent):
                     pid=self.pid,
                     started_at=self.started_at,
                     seen_at=now,
+                    settings=self.settings,
                 )
             )
-        live = conn.execute(
-            select(func.count()).where(GATEWAYS.c.seen_at > now - self.live_seconds)
-        ).scalar_one()
-        return max(int(live), 1)
+        rows = conn.execute(
+            select(GATEWAYS.c.owner, GATEWAYS.c.host, GATEWAYS.c.pid, GATEWAYS.c.settings)
+            .where(GATEWAYS.c.seen_at > now - self.live_seconds)
+            .order_by(GATEWAYS.c.owner)
+        )
+        return [LiveGateway(r.owner, r.host, r.pid, r.settings) for r in rows]
 
 
 @dataclass

@@ -372,10 +372,16 @@ class StoreReader:
             "dead": float(dead),
         }
 
-    def gateways(self) -> list[tuple[str, str, int, float, float]]:
-        """The delivering gateway processes' heartbeats: (owner, host, pid, started, seen),
-        the latest seen first."""
+    def gateways(self) -> list[tuple[str, str, int, float, float, str]]:
+        """The delivering gateway processes' heartbeats: (owner, host, pid, started, seen,
+        settings), the latest seen first; settings empty in a store not yet at 0011 (``tongban
+        outbox`` does not migrate)."""
         with self.engine.connect() as conn:
+            settings = (
+                GATEWAYS.c.settings
+                if self._has_column(conn, GATEWAYS.name, "settings")
+                else literal("").label("settings")
+            )
             rows = conn.execute(
                 select(
                     GATEWAYS.c.owner,
@@ -383,6 +389,7 @@ class StoreReader:
                     GATEWAYS.c.pid,
                     GATEWAYS.c.started_at,
                     GATEWAYS.c.seen_at,
+                    settings,
                 ).order_by(GATEWAYS.c.seen_at.desc())
             )
             return [tuple(r) for r in rows]

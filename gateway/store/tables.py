@@ -203,6 +203,11 @@ class GatewayRow(SQLModel, table=True):
     pid: int
     started_at: float
     seen_at: float
+    # What replicas sharing the store must agree on, as this process runs it (0011): JSON of
+    # gateway.services.replicas.agreed_settings; empty from a gateway before 0011.
+    settings: str = Field(
+        default="", sa_column=Column(Text, nullable=False, default="", server_default="")
+    )
 
 
 class ReencryptProgressRow(SQLModel, table=True):

@@ -2,8 +2,8 @@
 drops the outbox's unread exchange index and 0003 replaces its claim index with one by
 partner, without touching its rows; 0004 adds the gateways table, 0005 the audit archives
 table, 0006 the audit checkpoints table, 0007 the witnessed checkpoints table, 0008 the
-background re-encryption's progress, 0009 the audit chain's hash function and 0010 the status
-events recorded late."""
+background re-encryption's progress, 0009 the audit chain's hash function, 0010 the status
+events recorded late and 0011 the settings each delivering gateway runs with."""
 
 from __future__ import annotations
 
@@ -188,7 +188,7 @@ def test_0010_marks_events_recorded_late_and_takes_the_mark_away(db_engine: Engi
     assert event.status == "CASE_STATUS_SUBMITTED"
     assert event.late is False
     upgrade(db_engine)
-    assert current_revision(db_engine) == "0010"
+    assert current_revision(db_engine) == "0011"
     assert _differences(db_engine) == []
     # an event stored before was applied
     (event,) = StoreReader(db_engine).events("x1")
@@ -198,3 +198,32 @@ def test_0010_marks_events_recorded_late_and_takes_the_mark_away(db_engine: Engi
     assert "late" not in _columns(db_engine, "events")
     with db_engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM events")).scalar_one() == 1
+
+
+def test_0011_records_each_gateway_s_settings_and_takes_them_away(db_engine: Engine) -> None:
+    upgrade(db_engine, "0010")
+    with db_engine.begin() as conn:  # a gateway of 0010's heartbeat
+        conn.execute(
+            text(
+                "INSERT INTO gateways (owner, host, pid, started_at, seen_at) "
+                "VALUES ('g1', 'h1', 7, 1.0, 2.0)"
+            )
+        )
+    # `tongban outbox status` (which does not migrate) reads it as one that recorded none
+    assert StoreReader(db_engine).gateways() == [("g1", "h1", 7, 1.0, 2.0, "")]
+    upgrade(db_engine)
+    assert current_revision(db_engine) == "0011"
+    assert _differences(db_engine) == []
+    assert StoreReader(db_engine).gateways() == [("g1", "h1", 7, 1.0, 2.0, "")]
+    with db_engine.begin() as conn:  # a gateway of 0010 on a store at 0011
+        conn.execute(
+            text(
+                "INSERT INTO gateways (owner, host, pid, started_at, seen_at) "
+                "VALUES ('g2', 'h2', 8, 1.0, 3.0)"
+            )
+        )
+    assert StoreReader(db_engine).gateways()[0] == ("g2", "h2", 8, 1.0, 3.0, "")
+    _downgrade(db_engine, "0010")  # and back, for a gateway of revision 0010
+    assert "settings" not in _columns(db_engine, "gateways")
+    with db_engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM gateways")).scalar_one() == 2

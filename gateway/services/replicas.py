@@ -1,0 +1,126 @@
+"""What gateway replicas sharing one store must run alike, and how each notices when not.
+
+Replicas (``tongban serve --workers N`` on one machine, processes on several machines sharing
+PostgreSQL) share one audit chain, one set of sealed values and one flow of cases. So these
+settings must be the same in every one of them:
+
+audit.hash_algorithm  the audit chain's hash function. A gateway switches the chain to its
+                      own setting when it starts: replicas set differently switch it back and
+                      forth at each restart.
+store.keys            the sealing keys: the active one, and each key's id with its check value
+                      (:func:`key_check_value`). A value sealed by one replica's active key does
+                      not open in a replica that lacks that key or holds another under its id.
+mappings              the mapping files (their digest, and the mapping versions): a case
+                      translated by one replica and its status changes by another must go
+                      through the same mappings.
+
+A delivering gateway writes its own with its heartbeat (``gateways.settings``, migration 0011)
+and compares them with every other live gateway's. During a rolling change they differ for a
+while; a difference that lasts is a misconfiguration. It is shown by
+``tongban_replica_settings_differ{setting}``, the ``TongbanReplicaSettingsDiffer`` alert, a
+WARNING when it starts (INFO when it ends) and ``tongban outbox``'s gateway lines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from adapters.mapping import MappingSet
+
+from ..store.sealing import Keyring
+
+__all__ = [
+    "AGREED",
+    "Replica",
+    "agreed_settings",
+    "differences",
+    "disagreements",
+    "key_check_value",
+    "parse_settings",
+]
+
+#: The settings replicas must share, in the order they are reported.
+AGREED = ("audit.hash_algorithm", "store.keys", "mappings")
+
+# What a check value is keyed on: never used for anything else.
+_KCV_LABEL = b"tongban store key check value"
+
+
+def key_check_value(secret: bytes) -> str:
+    """A sealing key's check value: 6 hex digits of HMAC-SHA256 keyed by the key (as an HSM's
+    KCV, it tells two keys apart without saying anything usable about either)."""
+    return hmac.new(secret, _KCV_LABEL, hashlib.sha256).hexdigest()[:6]
+
+
+def agreed_settings(
+    hash_algorithm: str, keyring: Keyring | None, mappings: MappingSet
+) -> dict[str, str]:
+    """This process's values of :data:`AGREED`, as words an operator can compare."""
+    if keyring is None:
+        keys = "none (personal data in the clear)"
+    else:
+        held = ", ".join(
+            f"{kid} {key_check_value(key.secret)}" for kid, key in sorted(keyring.keys.items())
+        )
+        keys = f"{keyring.active} active; {held}"
+    return {
+        "audit.hash_algorithm": hash_algorithm,
+        "store.keys": keys,
+        "mappings": f"files {mappings.digest[:12]}: {', '.join(mappings.versions())}",
+    }
+
+
+def parse_settings(text: str) -> dict[str, str]:
+    """A ``gateways.settings`` value read back; empty for a gateway that wrote none (before
+    0011) or something unreadable, which is then left out of comparisons."""
+    try:
+        data = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if k in AGREED and isinstance(v, str)}
+
+
+@dataclass(frozen=True, slots=True)
+class Replica:
+    """Another live gateway process on the store, and its settings."""
+
+    host: str
+    pid: int
+    settings: dict[str, str]
+
+    def where(self) -> str:
+        """``host pid N``."""
+        return f"{self.host} pid {self.pid}"
+
+
+def differences(mine: dict[str, str], others: Iterable[Replica]) -> dict[str, list[str]]:
+    """Setting -> how the others that run it otherwise do (``"sha256 at host pid 12"``), for
+    each setting of :data:`AGREED` where one does. Others that recorded none are skipped."""
+    out: dict[str, list[str]] = {}
+    for other in others:
+        for key in AGREED:
+            theirs = other.settings.get(key)
+            if theirs is not None and theirs != mine.get(key):
+                out.setdefault(key, []).append(f"{theirs} at {other.where()}")
+    return out
+
+
+def disagreements(replicas: Sequence[Replica]) -> dict[str, list[str]]:
+    """Setting -> each value held among ``replicas`` with where (``"sm3 at host pid 1"``),
+    for the settings of :data:`AGREED` on which they do not all agree (``tongban outbox``)."""
+    out: dict[str, list[str]] = {}
+    for key in AGREED:
+        held: dict[str, list[str]] = {}
+        for r in replicas:
+            value = r.settings.get(key)
+            if value is not None:
+                held.setdefault(value, []).append(r.where())
+        if len(held) > 1:
+            out[key] = [f"{value} at {', '.join(where)}" for value, where in held.items()]
+    return out

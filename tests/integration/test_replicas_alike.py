@@ -1,0 +1,126 @@
+"""Replicas sharing a store notice when they run a setting they must share otherwise
+(gateway.services.replicas): the audit chain's hash function here, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.app import Gateway
+from gateway.cli_ops import cmd_outbox_status
+from gateway.services import delivery
+from gateway.store.engine import make_engine, upgrade
+
+from .conftest import make_settings
+
+
+async def until(predicate: Any, timeout: float) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_replicas_running_another_hash_function_are_reported_until_they_agree(
+    tmp_path: Path,
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(delivery, "HEARTBEAT_SECONDS", 0.05)
+    monkeypatch.setattr(delivery, "REPLICAS_DIFFER_LOG_SECONDS", 0.2)
+    caplog.set_level(logging.INFO, logger="tongban.delivery")
+    engine = make_engine(db_url)
+    upgrade(engine)
+    engine.dispose()
+    config = tmp_path / "tongban.toml"
+    config.write_text(f'[store]\nurl = "{db_url}"\n', "utf-8")
+    env = {"TONGBAN_STORE__URL": db_url, "TONGBAN_PARTNERS__ZS__CITY": "442000"}
+    a = Gateway(make_settings(tmp_path / "a", **env))
+    await a.start()
+    try:
+        await _compare_with_an_odd_replica(a, tmp_path, env, config, capsys, caplog)
+        # The odd one gone, the other agrees with every live gateway again.
+        da = a.services.delivery
+        await until(lambda: da.live_gateways == 1, 10)
+        await until(lambda: da.replica_differences == {}, 10)
+        assert _gauge(a, "audit.hash_algorithm") == 0
+        assert cmd_outbox_status(argparse.Namespace(config=str(config), json=False)) == 0
+        assert "settings differ" not in capsys.readouterr().out
+        # ... and logs it, after the warning (below).
+        assert [r.getMessage() for r in _logged(caplog, logging.INFO)] == [
+            "gateways sharing this store run alike again"
+        ]
+    finally:
+        await a.stop(grace=0)
+
+
+def _logged(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
+    return [
+        r
+        for r in caplog.records
+        if r.name == "tongban.delivery"
+        and r.levelno == level
+        and r.getMessage().startswith("gateways sharing")
+    ]
+
+
+def _gauge(gw: Gateway, setting: str) -> float | None:
+    return gw.services.metrics.registry.get_sample_value(
+        "tongban_replica_settings_differ", {"setting": setting}
+    )
+
+
+async def _compare_with_an_odd_replica(
+    a: Gateway,
+    tmp_path: Path,
+    env: dict[str, str],
+    config: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A second gateway on ``a``'s store with the audit chain's other hash function."""
+    b = Gateway(make_settings(tmp_path / "b", TONGBAN_AUDIT__HASH_ALGORITHM="sm3", **env))
+    await b.start()
+    try:
+        da, db = a.services.delivery, b.services.delivery
+        await until(lambda: da.live_gateways == 2 and db.live_gateways == 2, 10)
+        await until(lambda: bool(da.replica_differences and db.replica_differences), 10)
+        where = f"{socket.gethostname()} pid {os.getpid()}"
+        # Each sees the other's value of the one setting they do not share; keys and
+        # mappings are the same.
+        assert da.replica_differences == {"audit.hash_algorithm": [f"sm3 at {where}"]}
+        assert db.replica_differences == {"audit.hash_algorithm": [f"sha256 at {where}"]}
+        settings = ("audit.hash_algorithm", "store.keys", "mappings")
+        for gw in (a, b):
+            assert [_gauge(gw, s) for s in settings] == [1, 0, 0]
+        # The operator's view, from the store.
+        assert cmd_outbox_status(argparse.Namespace(config=str(config), json=False)) == 0
+        out = capsys.readouterr().out
+        assert "2 gateway process(es) delivering" in out
+        (line,) = [x for x in out.splitlines() if x.startswith("settings differ")]
+        head, values = line.split(": ", 1)
+        assert head == "settings differ, audit.hash_algorithm"
+        assert sorted(values.split("; ")) == [f"sha256 at {where}", f"sm3 at {where}"]
+        # Logged once it lasted (here 0.2 s), once by each, with the values here and elsewhere.
+        await until(lambda: len(_logged(caplog, logging.WARNING)) == 2, 5)
+        await asyncio.sleep(0.2)
+        warnings = _logged(caplog, logging.WARNING)
+        assert sorted(
+            (
+                w.settings["audit.hash_algorithm"]["here"],
+                w.settings["audit.hash_algorithm"]["elsewhere"],
+            )
+            for w in warnings
+        ) == [("sha256", [f"sm3 at {where}"]), ("sm3", [f"sha256 at {where}"])]
+        assert _logged(caplog, logging.INFO) == []
+    finally:
+        await b.stop(grace=0)
