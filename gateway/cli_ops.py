@@ -272,7 +272,9 @@ def cmd_outbox_status(args: argparse.Namespace) -> int:
             f"; {host} pid {pid}, seen {now - seen:.0f}s ago" for _, host, pid, _, seen, _ in live
         )
     )
-    differ = disagreements([Replica(g[1], g[2], parse_settings(g[5])) for g in live])
+    differ = disagreements(
+        [Replica(host, pid, parse_settings(settings)) for _, host, pid, _, _, settings in live]
+    )
     for setting, values in differ.items():
         print(f"settings differ, {setting}: " + "; ".join(values))
     return 0

@@ -213,8 +213,9 @@ class ReportStatusIntent(Intent):
     With ``record_late`` (a peer gateway's delivery), a change that happened no later than
     the last one applied from the reporter's city (deliveries overtake each other) is stored
     as a late event: in the history, the case's status untouched, audited ``late``; the other
-    city's inbox is sent it (marked late on delivery) only with ``notify_late``. It is decided here, in the transaction, so that two deliveries of one
-    case in flight together are judged against what the other stored.
+    city's inbox is sent it (marked late on delivery) only with ``notify_late``. It is decided
+    here, in the transaction, so that two deliveries of one case in flight together are judged
+    against what the other stored.
     """
 
     partner: str
