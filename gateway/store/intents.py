@@ -201,9 +201,16 @@ def _apply_status(
     )
     seq = _insert_event(batch, exchange_id, new, reporter, occurred_at, note)
     if notify is not None:
-        partner, city = notify
-        batch.status_deliveries.append((exchange_id, seq, partner, city, batch.now, batch.now))
+        _queue_status_delivery(batch, exchange_id, seq, notify)
     return seq
+
+
+def _queue_status_delivery(
+    batch: Batch, exchange_id: str, seq: int, notify: tuple[str, str]
+) -> None:
+    """An outbox row telling ``notify`` (partner, city) of status event ``seq``."""
+    partner, city = notify
+    batch.status_deliveries.append((exchange_id, seq, partner, city, batch.now, batch.now))
 
 
 @dataclass
@@ -258,10 +265,7 @@ class ReportStatusIntent(Intent):
                 late=True,
             )
             if self.notify is not None and self.notify_late:
-                partner, city = self.notify
-                batch.status_deliveries.append(
-                    (self.exchange_id, seq, partner, city, batch.now, batch.now)
-                )
+                _queue_status_delivery(batch, self.exchange_id, seq, self.notify)
             response = self.make_response(row.status, seq)  # the status it stays in
             batch.remember_request(
                 self.partner, self.request_id, "report", self.body_hash, response
