@@ -471,7 +471,7 @@ async def _run(args: argparse.Namespace) -> int:
             desc="  completed in Shenzhen, seen by Zhongshan",
             unit="case",
             file=sys.stderr,
-            disable=args.no_progress,
+            disable=args.no_progress or not sys.stderr.isatty(),
             leave=False,
         )
         done: set[str] = set()
@@ -664,7 +664,7 @@ def add_demo_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     p.add_argument("--timeout", type=float, default=120, help="give up after this many seconds")
     p.add_argument("--keep-running", action="store_true", help="leave everything up afterwards")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (on a terminal)")
     p.add_argument(
         "--federated",
         action="store_true",
