@@ -387,6 +387,8 @@ class Gateway:
         await self.server.start()
         if self.settings.delivery.enabled:
             self._tasks.append(asyncio.create_task(self.services.delivery.run(self._stop)))
+        else:  # its heartbeat alone: replicas compare the settings they must share with its
+            self._tasks.append(asyncio.create_task(self.services.delivery.announce(self._stop)))
         if self.settings.mappings.watch:
             self._tasks.append(asyncio.create_task(self.services.mappings.watch(self._stop)))
         if self.settings.metrics.enabled:

@@ -29,7 +29,7 @@ from .services.retention import RetentionService
 from .settings import Settings
 from .store.backup import BackupError, backup_sqlite
 from .store.engine import current_revision
-from .store.reads import StoreReader
+from .store.reads import GatewaySeen, StoreReader
 from .store.retention import PURGED, describe
 from .store.store import Store
 from .timestamps import utc_text
@@ -265,16 +265,17 @@ def cmd_outbox_status(args: argparse.Namespace) -> int:
             f"  {r.last_error[:80]}"
         )
     print(f"{sum(r.pending for r in rows)} pending for {len(rows)} partner(s)")
-    live = [g for g in gateways if now - g[4] < LIVE_SECONDS]
-    print(
-        f"{len(live)} gateway process(es) delivering"
-        + "".join(
-            f"; {host} pid {pid}, seen {now - seen:.0f}s ago" for _, host, pid, _, seen, _ in live
-        )
-    )
-    differ = disagreements(
-        [Replica(host, pid, parse_settings(settings)) for _, host, pid, _, _, settings in live]
-    )
+    live = [g for g in gateways if now - g.seen_at < LIVE_SECONDS]
+
+    def seen(group: list[GatewaySeen]) -> str:
+        return "".join(f"; {g.host} pid {g.pid}, seen {now - g.seen_at:.0f}s ago" for g in group)
+
+    delivering = [g for g in live if g.delivers]
+    print(f"{len(delivering)} gateway process(es) delivering{seen(delivering)}")
+    serving = [g for g in live if not g.delivers]
+    if serving:
+        print(f"{len(serving)} gateway process(es) serving, not delivering{seen(serving)}")
+    differ = disagreements([Replica(g.host, g.pid, parse_settings(g.settings)) for g in live])
     for setting, values in differ.items():
         print(f"settings differ, {setting}: " + "; ".join(values))
     return 0

@@ -218,7 +218,7 @@ class GatewayMetrics:
         )
         self.replica_settings_differ = Gauge(
             "tongban_replica_settings_differ",
-            "1 while another gateway process delivering from the store runs this setting, one "
+            "1 while another gateway process serving from the store runs this setting, one "
             "replicas must share (audit.hash_algorithm, store.keys, mappings), otherwise; "
             "compared at each heartbeat (docs/operations.md#replicas-run-alike).",
             ("setting",),

@@ -143,13 +143,13 @@ class DeliveryObserver:
         """``n`` calls to ``partner`` are in progress in this process."""
 
     def gateways(self, n: int) -> None:
-        """``n`` gateway processes deliver from the store (this one included)."""
+        """``n`` gateway processes deliver from the store (this one included, if it does)."""
 
     def replicas(self, differ: set[str]) -> None:
         """Other live gateways run the settings in ``differ`` (of replicas.AGREED) otherwise."""
 
 
-#: How often a delivering process writes its heartbeat, and how long one counts it as live.
+#: How often a gateway process writes its heartbeat, and how long one counts it as live.
 HEARTBEAT_SECONDS = 5.0
 LIVE_SECONDS = 15.0
 #: How long other gateways must run a shared setting otherwise before it is logged.
@@ -291,7 +291,9 @@ class DeliveryService:
             asyncio.create_task(self._worker(stop), name=f"delivery-{i}")
             for i in range(cfg.workers)
         ]
-        workers.append(asyncio.create_task(self._heartbeat(stop), name="delivery-heartbeat"))
+        workers.append(
+            asyncio.create_task(self._heartbeat(stop, delivers=True), name="delivery-heartbeat")
+        )
         try:
             while not stop.is_set():
                 free = cfg.batch_size - self._queue.qsize()
@@ -321,8 +323,22 @@ class DeliveryService:
             # Outcomes the partners gave are committed before the store closes.
             await asyncio.gather(*self._settling, return_exceptions=True)
             await self._release()
-            with contextlib.suppress(Exception):  # else its heartbeat simply goes stale
-                await self.store.write(RetireIntent(self.owner, self.clock() - FORGET_SECONDS))
+            await self._retire()
+
+    async def announce(self, stop: asyncio.Event) -> None:
+        """The heartbeat of a gateway serving without delivering (``delivery.enabled =
+        false``), until ``stop``: the replicas sharing its store compare the settings they
+        must share with its, and it with theirs. It takes no share of the partners'
+        ``max_in_flight_total``."""
+        try:
+            await self._heartbeat(stop, delivers=False)
+        finally:
+            await self._retire()
+
+    async def _retire(self) -> None:
+        """This process's heartbeat row goes (with those of gateways killed long ago)."""
+        with contextlib.suppress(Exception):  # else its heartbeat simply goes stale
+            await self.store.write(RetireIntent(self.owner, self.clock() - FORGET_SECONDS))
 
     async def _release(self) -> None:
         """Hand back the rows still held (queued, waiting for a call slot, or their call cut
@@ -392,11 +408,11 @@ class DeliveryService:
             cap = min(cap, max(total // self.live_gateways, 1))
         return cap
 
-    async def _heartbeat(self, stop: asyncio.Event) -> None:
+    async def _heartbeat(self, stop: asyncio.Event, delivers: bool) -> None:
         """Say this process is alive every ``heartbeat_seconds``, with the settings replicas
-        must share, and learn how many gateways deliver from the store (the shares of
-        ``max_in_flight_total``) and whether they run alike (gateway.services.replicas),
-        until ``stop``."""
+        must share and whether it ``delivers``, and learn how many gateways deliver from the
+        store (the shares of ``max_in_flight_total``) and whether every live gateway, serving
+        only or delivering too, runs alike (gateway.services.replicas), until ``stop``."""
         started = self.clock()
         host, pid = socket.gethostname(), os.getpid()
         while not stop.is_set():
@@ -404,28 +420,35 @@ class DeliveryService:
                 self.settings.audit.hash_algorithm, self.store.keyring, self.mappings.current
             )
             beat = HeartbeatIntent(
-                self.owner, host, pid, started, LIVE_SECONDS, json.dumps(mine, ensure_ascii=False)
+                self.owner,
+                host,
+                pid,
+                started,
+                LIVE_SECONDS,
+                json.dumps(mine, ensure_ascii=False),
+                delivers,
             )
             try:
                 gateways = await self.store.write(beat)
             except Exception as exc:  # noqa: BLE001 - store down: the last count stands
                 log.warning("heartbeat failed", extra={"error": type(exc).__name__})
             else:
-                live = max(len(gateways), 1)
+                delivering = sum(g.delivers for g in gateways)
                 others = [
                     Replica(g.host, g.pid, parse_settings(g.settings))
                     for g in gateways
                     if g.owner != self.owner
                 ]
                 self._compare(mine, others)
-                if live != self.live_gateways:
+                live = max(delivering, 1)
+                if delivers and live != self.live_gateways:
                     log.info(
                         "gateways delivering from the store",
                         extra={"gateways": live, "was": self.live_gateways},
                     )
                     self.live_gateways = live
                     self._wake_parked()
-                self.observer.gateways(live)
+                self.observer.gateways(delivering)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.heartbeat_seconds)
 

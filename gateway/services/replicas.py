@@ -14,8 +14,8 @@ mappings              the mapping files (their digest, and the mapping versions)
                       translated by one replica and its status changes by another must go
                       through the same mappings.
 
-A delivering gateway writes its own with its heartbeat (``gateways.settings``, migration 0011)
-and compares them with every other live gateway's. During a rolling change they differ for a
+Every gateway writes its own with its heartbeat (``gateways.settings``, migration 0011), one
+that serves without delivering too (0012), and compares them with every other live gateway's. During a rolling change they differ for a
 while; a difference that lasts is a misconfiguration. It is shown by
 ``tongban_replica_settings_differ{setting}``, the ``TongbanReplicaSettingsDiffer`` alert, a
 WARNING when it starts (INFO when it ends) and ``tongban outbox``'s gateway lines.

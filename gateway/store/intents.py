@@ -641,13 +641,14 @@ class LiveGateway:
     host: str
     pid: int
     settings: str  # JSON of what replicas must agree on (gateway.services.replicas); "" before 0011
+    delivers: bool  # it runs delivery workers (always, before 0012)
 
 
 @dataclass
 class HeartbeatIntent(Intent):
-    """A delivering gateway process says it is alive (its row's ``seen_at`` is now) and what
-    it runs with (``settings``). Returns the gateways seen within ``live_seconds``, itself
-    included."""
+    """A gateway process says it is alive (its row's ``seen_at`` is now), what it runs with
+    (``settings``) and whether it ``delivers``. Returns the gateways seen within
+    ``live_seconds``, itself included."""
 
     owner: str
     host: str
@@ -655,13 +656,14 @@ class HeartbeatIntent(Intent):
     started_at: float
     live_seconds: float
     settings: str = ""
+    delivers: bool = True
 
     def run(self, batch: Batch) -> list[LiveGateway]:
         conn, now = batch.conn, batch.now
         seen = conn.execute(
             update(GATEWAYS)
             .where(GATEWAYS.c.owner == self.owner)
-            .values(seen_at=now, settings=self.settings)
+            .values(seen_at=now, settings=self.settings, delivers=self.delivers)
         ).rowcount
         if not seen:
             conn.execute(
@@ -672,20 +674,27 @@ class HeartbeatIntent(Intent):
                     started_at=self.started_at,
                     seen_at=now,
                     settings=self.settings,
+                    delivers=self.delivers,
                 )
             )
         rows = conn.execute(
-            select(GATEWAYS.c.owner, GATEWAYS.c.host, GATEWAYS.c.pid, GATEWAYS.c.settings)
+            select(
+                GATEWAYS.c.owner,
+                GATEWAYS.c.host,
+                GATEWAYS.c.pid,
+                GATEWAYS.c.settings,
+                GATEWAYS.c.delivers,
+            )
             .where(GATEWAYS.c.seen_at > now - self.live_seconds)
             .order_by(GATEWAYS.c.owner)
         )
-        return [LiveGateway(r.owner, r.host, r.pid, r.settings) for r in rows]
+        return [LiveGateway(r.owner, r.host, r.pid, r.settings, bool(r.delivers)) for r in rows]
 
 
 @dataclass
 class RetireIntent(Intent):
-    """A delivering gateway process stops: its row goes (the others' shares grow at their
-    next heartbeat), with rows of gateways not seen for a long while (killed ones)."""
+    """A gateway process stops: its row goes (if it delivered, the others' shares grow at
+    their next heartbeat), with rows of gateways not seen for a long while (killed ones)."""
 
     owner: str
     forget_before: float

@@ -28,6 +28,7 @@ __all__ = [
     "AuditRecord",
     "CaseRecord",
     "EventRecord",
+    "GatewaySeen",
     "OutboxRecord",
     "PartnerBacklog",
     "StoreReader",
@@ -112,6 +113,19 @@ class PartnerBacklog:
     oldest_created_at: float | None  # the oldest pending row's, and its attempts and error
     oldest_attempts: int
     last_error: str
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySeen:
+    """A gateway process's heartbeat in the store (``tongban outbox status``)."""
+
+    owner: str  # its outbox lease owner
+    host: str
+    pid: int
+    started_at: float
+    seen_at: float
+    settings: str  # JSON (gateway.services.replicas); "" from a gateway before 0011
+    delivers: bool  # it runs delivery workers; true from a gateway before 0012
 
 
 _CASE_COLS = [CASES.c[n] for n in CaseRecord.__slots__]
@@ -372,15 +386,20 @@ class StoreReader:
             "dead": float(dead),
         }
 
-    def gateways(self) -> list[tuple[str, str, int, float, float, str]]:
-        """The delivering gateway processes' heartbeats: (owner, host, pid, started, seen,
-        settings), the latest seen first; settings empty in a store not yet at 0011 (``tongban
-        outbox`` does not migrate)."""
+    def gateways(self) -> list[GatewaySeen]:
+        """The gateway processes' heartbeats, the latest seen first. ``tongban outbox`` does
+        not migrate: in a store not yet at 0011 no gateway recorded settings, and before 0012
+        every gateway with a heartbeat delivered."""
         with self.engine.connect() as conn:
             settings = (
                 GATEWAYS.c.settings
                 if self._has_column(conn, GATEWAYS.name, "settings")
                 else literal("").label("settings")
+            )
+            delivers = (
+                GATEWAYS.c.delivers
+                if self._has_column(conn, GATEWAYS.name, "delivers")
+                else literal(True).label("delivers")
             )
             rows = conn.execute(
                 select(
@@ -390,9 +409,10 @@ class StoreReader:
                     GATEWAYS.c.started_at,
                     GATEWAYS.c.seen_at,
                     settings,
+                    delivers,
                 ).order_by(GATEWAYS.c.seen_at.desc())
             )
-            return [tuple(r) for r in rows]
+            return [GatewaySeen(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
 
     def backlog(self, now: float) -> list[PartnerBacklog]:
         """The pending rows of each partner that has any, by partner: one pass over the pending

@@ -9,13 +9,13 @@ audit_head  the chain's last hash and hash function, locked while appending
 audit_archives  the audit chain's entries moved to archive files (``tongban audit archive``)
 audit_checkpoints  signed checkpoints of the audit chain (``audit.signing_key``)
 witnessed_checkpoints  peer gateways' signed checkpoints, kept here as their witness
-gateways    the gateway processes delivering from the store, and when each was last seen
+gateways    the gateway processes serving from the store (delivering or not), when last seen
 reencrypt_progress  how far the background walk has sealed each sealed column with the active key
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Column, Index, LargeBinary, Text, false
+from sqlalchemy import Boolean, Column, Index, LargeBinary, Text, false, true
 from sqlmodel import Field, SQLModel
 
 __all__ = [
@@ -193,8 +193,9 @@ class WitnessedCheckpointRow(SQLModel, table=True):
 
 
 class GatewayRow(SQLModel, table=True):
-    """A gateway process delivering from this store (0004): it writes ``seen_at`` every few
-    seconds while it runs and removes its row when it stops."""
+    """A gateway process serving from this store (0004): it writes ``seen_at`` every few
+    seconds while it runs and removes its row when it stops. Until 0012 only delivering
+    gateways did."""
 
     __tablename__ = "gateways"
 
@@ -207,6 +208,12 @@ class GatewayRow(SQLModel, table=True):
     # gateway.services.replicas.agreed_settings; empty from a gateway before 0011.
     settings: str = Field(
         default="", sa_column=Column(Text, nullable=False, default="", server_default="")
+    )
+    # It runs delivery workers (0012): it takes a share of each partner's max_in_flight_total.
+    # A gateway serving with delivery.enabled = false heartbeats too, to be compared.
+    delivers: bool = Field(
+        default=True,
+        sa_column=Column(Boolean, nullable=False, default=True, server_default=true()),
     )
 
 

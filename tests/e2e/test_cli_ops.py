@@ -18,7 +18,7 @@ def test_db_upgrade_and_dead_letter_commands(tmp_path) -> None:
     env = {"TONGBAN_STORE__DATA_DIR": str(tmp_path)}
     up = run("db", "upgrade", "--config", "tongban.toml", env=env)
     assert up.returncode == 0, up.stderr
-    assert "store at revision 0011 (was empty)" in up.stdout
+    assert "store at revision 0012 (was empty)" in up.stdout
     db = tmp_path / "tongban.db"
     now = time.time()
     with sqlite3.connect(db) as conn:

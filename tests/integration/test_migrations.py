@@ -3,7 +3,8 @@ drops the outbox's unread exchange index and 0003 replaces its claim index with 
 partner, without touching its rows; 0004 adds the gateways table, 0005 the audit archives
 table, 0006 the audit checkpoints table, 0007 the witnessed checkpoints table, 0008 the
 background re-encryption's progress, 0009 the audit chain's hash function, 0010 the status
-events recorded late and 0011 the settings each delivering gateway runs with."""
+events recorded late, 0011 the settings each delivering gateway runs with and 0012 whether a
+gateway with a heartbeat delivers."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from sqlmodel import SQLModel
 
 from gateway.store.checkpoints import stored_checkpoints
 from gateway.store.engine import _config, current_revision, upgrade
-from gateway.store.reads import StoreReader
+from gateway.store.reads import GatewaySeen, StoreReader
 from gateway.store.rekey import reencrypt_progress
 from gateway.store.witness import witnessed_checkpoints
 from gateway.store.writer import GENESIS
@@ -188,7 +189,7 @@ def test_0010_marks_events_recorded_late_and_takes_the_mark_away(db_engine: Engi
     assert event.status == "CASE_STATUS_SUBMITTED"
     assert event.late is False
     upgrade(db_engine)
-    assert current_revision(db_engine) == "0011"
+    assert current_revision(db_engine) == _head(db_engine)
     assert _differences(db_engine) == []
     # an event stored before was applied
     (event,) = StoreReader(db_engine).events("x1")
@@ -210,11 +211,12 @@ def test_0011_records_each_gateway_s_settings_and_takes_them_away(db_engine: Eng
             )
         )
     # `tongban outbox status` (which does not migrate) reads it as one that recorded none
-    assert StoreReader(db_engine).gateways() == [("g1", "h1", 7, 1.0, 2.0, "")]
-    upgrade(db_engine)
+    # (and, before 0012, as a delivering one)
+    g1 = GatewaySeen("g1", "h1", 7, 1.0, 2.0, "", True)
+    assert StoreReader(db_engine).gateways() == [g1]
+    upgrade(db_engine, "0011")
     assert current_revision(db_engine) == "0011"
-    assert _differences(db_engine) == []
-    assert StoreReader(db_engine).gateways() == [("g1", "h1", 7, 1.0, 2.0, "")]
+    assert StoreReader(db_engine).gateways() == [g1]
     with db_engine.begin() as conn:  # a gateway of 0010 on a store at 0011
         conn.execute(
             text(
@@ -222,8 +224,48 @@ def test_0011_records_each_gateway_s_settings_and_takes_them_away(db_engine: Eng
                 "VALUES ('g2', 'h2', 8, 1.0, 3.0)"
             )
         )
-    assert StoreReader(db_engine).gateways()[0] == ("g2", "h2", 8, 1.0, 3.0, "")
+    assert StoreReader(db_engine).gateways()[0] == GatewaySeen("g2", "h2", 8, 1.0, 3.0, "", True)
     _downgrade(db_engine, "0010")  # and back, for a gateway of revision 0010
     assert "settings" not in _columns(db_engine, "gateways")
     with db_engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM gateways")).scalar_one() == 2
+
+
+def test_0012_says_which_gateways_deliver_and_takes_it_away(db_engine: Engine) -> None:
+    upgrade(db_engine, "0011")
+    with db_engine.begin() as conn:  # a gateway of 0011's heartbeat: it delivers
+        conn.execute(
+            text(
+                "INSERT INTO gateways (owner, host, pid, started_at, seen_at, settings) "
+                "VALUES ('g1', 'h1', 7, 1.0, 2.0, '{}')"
+            )
+        )
+    g1 = GatewaySeen("g1", "h1", 7, 1.0, 2.0, "{}", True)
+    assert StoreReader(db_engine).gateways() == [g1]  # read without the column
+    upgrade(db_engine)
+    assert current_revision(db_engine) == _head(db_engine) == "0012"
+    assert _differences(db_engine) == []
+    assert StoreReader(db_engine).gateways() == [g1]  # the rows before it delivered
+    with db_engine.begin() as conn:  # a gateway of 0011 on a store at 0012
+        conn.execute(
+            text(
+                "INSERT INTO gateways (owner, host, pid, started_at, seen_at, settings) "
+                "VALUES ('g2', 'h2', 8, 1.0, 3.0, '{}')"
+            )
+        )
+        conn.execute(  # one of 0012 serving without delivering
+            text(
+                "INSERT INTO gateways (owner, host, pid, started_at, seen_at, settings, "
+                "delivers) VALUES ('g3', 'h3', 9, 1.0, 4.0, '{}', :no)"
+            ),
+            {"no": False},
+        )
+    assert [(g.owner, g.delivers) for g in StoreReader(db_engine).gateways()] == [
+        ("g3", False),
+        ("g2", True),
+        ("g1", True),
+    ]
+    _downgrade(db_engine, "0011")  # and back, for a gateway of revision 0011
+    assert "delivers" not in _columns(db_engine, "gateways")
+    with db_engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM gateways")).scalar_one() == 3

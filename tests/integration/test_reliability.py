@@ -660,12 +660,17 @@ async def test_aborted_answers_are_retried_without_opening_the_circuit(tmp_path:
 
 
 async def test_group_commit_shares_commits(
-    tmp_path: Path, shenzhen: tuple[InboxSimulator, int]
+    tmp_path: Path, shenzhen: tuple[InboxSimulator, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from gateway.services import delivery
+
+    monkeypatch.setattr(delivery, "HEARTBEAT_SECONDS", 3600.0)  # one heartbeat, at the start
     _, port = shenzhen
     gw, _ = await run_gateway(tmp_path, port, ROOT / "mappings", TONGBAN_DELIVERY__ENABLED="false")
     try:
         writer = gw.services.store.writer
+        # The serving gateway's heartbeat (it delivers nothing) is committed before counting.
+        await until(lambda: gw.services.store.reader.gateways() != [], 5)
         before_batches, before = writer.batches, writer.committed
         async with grpc.aio.insecure_channel(gw.address) as ch:
             stub = cx_grpc.CaseExchangeServiceStub(ch)

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import socket
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from gateway.cli_ops import cmd_outbox_status
 from gateway.services import delivery
 from gateway.store.engine import make_engine, upgrade
 
-from .conftest import make_settings
+from .conftest import ROOT, make_settings
 
 
 async def until(predicate: Any, timeout: float) -> None:
@@ -38,12 +39,7 @@ async def test_replicas_running_another_hash_function_are_reported_until_they_ag
     monkeypatch.setattr(delivery, "HEARTBEAT_SECONDS", 0.05)
     monkeypatch.setattr(delivery, "REPLICAS_DIFFER_LOG_SECONDS", 0.2)
     caplog.set_level(logging.INFO, logger="tongban.delivery")
-    engine = make_engine(db_url)
-    upgrade(engine)
-    engine.dispose()
-    config = tmp_path / "tongban.toml"
-    config.write_text(f'[store]\nurl = "{db_url}"\n', "utf-8")
-    env = {"TONGBAN_STORE__URL": db_url, "TONGBAN_PARTNERS__ZS__CITY": "442000"}
+    config, env = _shared_store(tmp_path, db_url)
     a = Gateway(make_settings(tmp_path / "a", **env))
     await a.start()
     try:
@@ -61,6 +57,17 @@ async def test_replicas_running_another_hash_function_are_reported_until_they_ag
         ]
     finally:
         await a.stop(grace=0)
+
+
+def _shared_store(tmp_path: Path, db_url: str) -> tuple[Path, dict[str, str]]:
+    """The store at ``db_url``, migrated; a config file naming it (for ``tongban outbox``) and
+    the environment of a gateway serving from it."""
+    engine = make_engine(db_url)
+    upgrade(engine)
+    engine.dispose()
+    config = tmp_path / "tongban.toml"
+    config.write_text(f'[store]\nurl = "{db_url}"\n', "utf-8")
+    return config, {"TONGBAN_STORE__URL": db_url, "TONGBAN_PARTNERS__ZS__CITY": "442000"}
 
 
 def _logged(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
@@ -124,3 +131,62 @@ async def _compare_with_an_odd_replica(
         assert _logged(caplog, logging.INFO) == []
     finally:
         await b.stop(grace=0)
+
+
+async def test_a_replica_serving_without_delivering_is_compared_too(
+    tmp_path: Path,
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A replica with ``delivery.enabled = false`` serves calls (it translates cases) without
+    taking a share of the deliveries: it writes its heartbeat all the same, so one running
+    other mappings is seen, and it counts in no partner's ``max_in_flight_total``."""
+    monkeypatch.setattr(delivery, "HEARTBEAT_SECONDS", 0.05)
+    config, env = _shared_store(tmp_path, db_url)
+    # The serving replica's mappings: the same files, one of them edited there only.
+    edited = tmp_path / "mappings"
+    shutil.copytree(ROOT / "mappings", edited)
+    codes = edited / "shenzhen" / "codes" / "case_type.yaml"
+    codes.write_text("# edited on one replica\n" + codes.read_text("utf-8"), "utf-8")
+    a = Gateway(make_settings(tmp_path / "a", **env))
+    await a.start()
+    b = Gateway(
+        make_settings(
+            tmp_path / "b",
+            TONGBAN_DELIVERY__ENABLED="false",
+            TONGBAN_MAPPINGS__PATH=str(edited),
+            **env,
+        )
+    )
+    try:
+        await b.start()
+        da, db = a.services.delivery, b.services.delivery
+        await until(lambda: bool(da.replica_differences and db.replica_differences), 10)
+        assert set(da.replica_differences) == set(db.replica_differences) == {"mappings"}
+        assert _gauge(a, "mappings") == _gauge(b, "mappings") == 1
+        # One gateway delivers: a keeps every partner's whole total.
+        assert da.live_gateways == 1
+        for gw in (a, b):
+            live = gw.services.metrics.registry.get_sample_value("tongban_gateways_live")
+            assert live == 1
+        assert cmd_outbox_status(argparse.Namespace(config=str(config), json=False)) == 0
+        out = capsys.readouterr().out
+        where = f"{socket.gethostname()} pid {os.getpid()}"
+        assert f"1 gateway process(es) delivering; {where}, seen " in out
+        assert f"1 gateway process(es) serving, not delivering; {where}, seen " in out
+        (line,) = [x for x in out.splitlines() if x.startswith("settings differ")]
+        assert line.startswith("settings differ, mappings: files ")
+        assert line.count(f" at {where}") == 2
+    finally:
+        await b.stop(grace=0)
+    # Stopped, it took its heartbeat away: only the delivering gateway is left.
+    await until(lambda: da.replica_differences == {}, 10)
+    try:
+        assert cmd_outbox_status(argparse.Namespace(config=str(config), json=False)) == 0
+        out = capsys.readouterr().out
+        assert "1 gateway process(es) delivering" in out
+        assert "not delivering" not in out
+        assert "settings differ" not in out
+    finally:
+        await a.stop(grace=0)
