@@ -484,7 +484,9 @@ class AuditCheckpoint(_message.Message):
     length: _builtins.int
     """Entries covered: the chain's first `length`."""
     hash: _builtins.str
-    """Hash of entry `length` (SHA-256, 64 hex digits)."""
+    """Hash of entry `length`, by the function the chain hashed it with (SHA-256 or SM3, set by
+    audit.hash_algorithm; the chain records each switch in an audit.hash entry): 64 hex digits.
+    """
     key_id: _builtins.str
     """Id of the signing key: the first 16 hex digits of the SHA-256 of its raw public key
     (Ed25519: 32 bytes; SM2: the uncompressed point, 65 bytes). The key tells the algorithm.
