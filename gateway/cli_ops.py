@@ -281,6 +281,72 @@ def cmd_outbox_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gateways(args: argparse.Namespace) -> int:
+    """The gateway processes serving from the store and what each runs that replicas must
+    share; exit 1 while they do not all share it (a rollout's check before it moves on)."""
+    settings = read_settings(args.config)
+    if settings is None:
+        return 2
+    now = time.time()
+    found = read_store(settings, "gateways", lambda r: r.gateways())
+    if found is None:
+        return 2
+    live = [g for g in found if now - g.seen_at < LIVE_SECONDS]
+    shown = found if args.all else live
+    replicas = [Replica(g.host, g.pid, parse_settings(g.settings)) for g in live]
+    differ = disagreements(replicas)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "gateways": [
+                        {
+                            "owner": g.owner,
+                            "host": g.host,
+                            "pid": g.pid,
+                            "delivers": g.delivers,
+                            "live": now - g.seen_at < LIVE_SECONDS,
+                            "started_at": utc_text(g.started_at),
+                            "seen_at": utc_text(g.seen_at, millis=True),
+                            "settings": parse_settings(g.settings),
+                        }
+                        for g in shown
+                    ],
+                    "settings_differ": list(differ),
+                },
+                ensure_ascii=False,
+            )
+        )
+        return 1 if differ else 0
+    for g in shown:
+        state = "delivering" if g.delivers else "serving, not delivering"
+        if now - g.seen_at >= LIVE_SECONDS:
+            state += ", not live"
+        print(
+            f"{g.host} pid {g.pid}: {state}; started {utc_text(g.started_at)},"
+            f" seen {now - g.seen_at:.0f}s ago"
+        )
+        recorded = parse_settings(g.settings)
+        if not recorded:
+            print("  (no settings recorded: a gateway before revision 0011)")
+        for key, value in recorded.items():
+            print(f"  {key}: {value}")
+    stale = len(found) - len(live)
+    print(
+        f"{len(live)} live gateway process(es), {sum(g.delivers for g in live)} delivering"
+        + (
+            f"; {stale} not seen for {LIVE_SECONDS:.0f}s or more (--all lists them)"
+            if stale and not args.all
+            else ""
+        )
+    )
+    for setting, values in differ.items():
+        print(f"settings differ, {setting}: " + "; ".join(values))
+    if not differ and sum(bool(r.settings) for r in replicas) > 1:
+        print("the live gateways that recorded them run the settings replicas share alike")
+    return 1 if differ else 0
+
+
 def _city(settings: Settings, partner: str) -> str:
     found = settings.partners.get(partner)
     return found.city if found is not None else "?"
@@ -581,12 +647,30 @@ def add_ops_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "status",
         help="pending rows per partner: due now, waiting (backoff or open circuit), held by a "
         "gateway, the next attempt, the oldest row's age, attempts and last error; then the "
-        "gateway processes delivering (their heartbeats), and the settings replicas must "
-        "share that they do not (audit.hash_algorithm, store.keys, mappings)",
+        "gateway processes (their heartbeats: delivering, or serving only), and the settings "
+        "replicas must share that they do not (audit.hash_algorithm, store.keys, mappings)",
     )
     st.add_argument("--json", action="store_true", help="one JSON array, a partner per object")
     st.add_argument("--config", help="TOML settings file")
     st.set_defaults(func=cmd_outbox_status)
+    gw = sub.add_parser(
+        "gateways",
+        help="the gateway processes serving from the store and whether they run alike",
+        description="The gateway processes serving from the store (their heartbeats, written "
+        "every 5 s; live: seen in the last 15 s), delivering or serving only, with the "
+        "settings replicas must share as each runs them (audit.hash_algorithm, store.keys, "
+        "mappings). Exit status 0 while every live gateway runs them alike, 1 while one "
+        "does not, 2 if the store cannot be read: a rollout can check it before it moves on.",
+    )
+    gw.add_argument("--all", action="store_true", help="also gateways not seen lately")
+    gw.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object: gateways (each with its settings) and settings_differ (the "
+        "names of those the live gateways do not all share)",
+    )
+    gw.add_argument("--config", help="TOML settings file")
+    gw.set_defaults(func=cmd_gateways)
     dl = sub.add_parser("dead-letters", help="list, show and replay dead letters")
     dls = dl.add_subparsers(dest="dl_command", required=True, metavar="COMMAND")
     ls = dls.add_parser("list", help="dead letters, oldest first")

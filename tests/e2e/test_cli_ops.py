@@ -1,5 +1,5 @@
 """Operator commands on a real store: db upgrade, backup and purge, dead-letters
-list/show/replay, audit verify, outbox status, cases trace."""
+list/show/replay, audit verify, outbox status, gateways, cases trace."""
 
 from __future__ import annotations
 
@@ -411,6 +411,77 @@ def test_outbox_status_shows_what_waits_for_each_partner(tmp_path) -> None:
     assert re.fullmatch(
         r"1 gateway process\(es\) delivering; gw-1 pid 101, seen \d+s ago", lines[-1]
     )
+    # The same heartbeats, gateway by gateway: written by gateways of revision 0010 (no
+    # settings), so nothing differs.
+    found = run("gateways", "--config", "tongban.toml", env=env)
+    assert found.returncode == 0, found.stderr
+    lines = found.stdout.splitlines()
+    assert re.fullmatch(r"gw-1 pid 101: delivering; started \S+Z, seen \d+s ago", lines[0])
+    assert lines[1:] == [
+        "  (no settings recorded: a gateway before revision 0011)",
+        "1 live gateway process(es), 1 delivering; 1 not seen for 15s or more (--all lists them)",
+    ]
+    every = run("gateways", "--all", "--json", "--config", "tongban.toml", env=env)
+    assert every.returncode == 0, every.stderr
+    listed = json.loads(every.stdout)
+    assert [(g["host"], g["live"], g["settings"]) for g in listed["gateways"]] == [
+        ("gw-1", True, {}),
+        ("gw-2", False, {}),
+    ]
+    assert listed["settings_differ"] == []
+    broken = run("gateways", "--config", "missing.toml", env=env)
+    assert broken.returncode == 2
+
+
+def test_gateways_says_whether_the_live_replicas_run_alike(tmp_path) -> None:
+    """`tongban gateways` exits 0 while the live gateways run the settings replicas must
+    share alike, delivering or not, and 1 (naming the setting) once one does not."""
+    env = {"TONGBAN_STORE__DATA_DIR": str(tmp_path)}
+    assert run("db", "upgrade", "--config", "tongban.toml", env=env).returncode == 0
+    now = time.time()
+    same = json.dumps(
+        {"audit.hash_algorithm": "sm3", "store.keys": "k1 active; k1 1a2b3c", "mappings": "m1"}
+    )
+    with sqlite3.connect(tmp_path / "tongban.db") as conn:
+        conn.executemany(
+            "INSERT INTO gateways (owner, host, pid, started_at, seen_at, settings, delivers)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                ("w-a", "gw-1", 101, now - 60, now - 1, same, 1),
+                ("w-b", "gw-2", 202, now - 60, now - 2, same, 0),
+            ],
+        )
+    alike = run("gateways", "--config", "tongban.toml", env=env)
+    assert alike.returncode == 0, alike.stderr
+    lines = alike.stdout.splitlines()
+    assert lines[0].startswith("gw-1 pid 101: delivering; started ")
+    assert lines[1:4] == [
+        "  audit.hash_algorithm: sm3",
+        "  store.keys: k1 active; k1 1a2b3c",
+        "  mappings: m1",
+    ]
+    assert lines[4].startswith("gw-2 pid 202: serving, not delivering; started ")
+    assert lines[-2:] == [
+        "2 live gateway process(es), 1 delivering",
+        "the live gateways that recorded them run the settings replicas share alike",
+    ]
+    other = json.dumps({**json.loads(same), "store.keys": "k2 active; k1 1a2b3c, k2 4d5e6f"})
+    with sqlite3.connect(tmp_path / "tongban.db") as conn:
+        conn.execute("UPDATE gateways SET settings = ? WHERE owner = 'w-b'", (other,))
+    differ = run("gateways", "--config", "tongban.toml", env=env)
+    assert differ.returncode == 1, differ.stderr
+    assert differ.stdout.splitlines()[-1] == (
+        "settings differ, store.keys: k1 active; k1 1a2b3c at gw-1 pid 101;"
+        " k2 active; k1 1a2b3c, k2 4d5e6f at gw-2 pid 202"
+    )
+    as_json = run("gateways", "--json", "--config", "tongban.toml", env=env)
+    assert as_json.returncode == 1
+    found = json.loads(as_json.stdout)
+    assert found["settings_differ"] == ["store.keys"]
+    assert [(g["host"], g["delivers"], g["live"]) for g in found["gateways"]] == [
+        ("gw-1", True, True),
+        ("gw-2", False, True),
+    ]
 
 
 def test_the_demo_store_is_sealed_and_its_keys_rotate(tmp_path) -> None:

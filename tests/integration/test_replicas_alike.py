@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import shutil
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 from gateway.app import Gateway
-from gateway.cli_ops import cmd_outbox_status
+from gateway.cli_ops import cmd_gateways, cmd_outbox_status
 from gateway.services import delivery
 from gateway.store.engine import make_engine, upgrade
 
@@ -178,6 +179,23 @@ async def test_a_replica_serving_without_delivering_is_compared_too(
         (line,) = [x for x in out.splitlines() if x.startswith("settings differ")]
         assert line.startswith("settings differ, mappings: files ")
         assert line.count(f" at {where}") == 2
+        # `tongban gateways`: each one's settings, and exit status 1 while they differ.
+        assert cmd_gateways(argparse.Namespace(config=str(config), json=False, all=False)) == 1
+        out = capsys.readouterr().out
+        assert f"{where}: delivering; started " in out
+        assert f"{where}: serving, not delivering; started " in out
+        assert out.count("  audit.hash_algorithm: sha256\n") == 2
+        assert "2 live gateway process(es), 1 delivering\n" in out
+        assert "\nsettings differ, mappings: files " in out
+        assert cmd_gateways(argparse.Namespace(config=str(config), json=True, all=False)) == 1
+        found = json.loads(capsys.readouterr().out)
+        assert found["settings_differ"] == ["mappings"]
+        by_owner = {g["owner"]: g for g in found["gateways"]}
+        mine, serving = by_owner[da.owner], by_owner[db.owner]
+        assert (mine["delivers"], serving["delivers"]) == (True, False)
+        assert (mine["live"], serving["live"]) == (True, True)
+        assert mine["settings"]["mappings"] != serving["settings"]["mappings"]
+        assert mine["settings"]["store.keys"] == serving["settings"]["store.keys"]
     finally:
         await b.stop(grace=0)
     # Stopped, it took its heartbeat away: only the delivering gateway is left.
@@ -188,5 +206,7 @@ async def test_a_replica_serving_without_delivering_is_compared_too(
         assert "1 gateway process(es) delivering" in out
         assert "not delivering" not in out
         assert "settings differ" not in out
+        assert cmd_gateways(argparse.Namespace(config=str(config), json=False, all=False)) == 0
+        assert "1 live gateway process(es), 1 delivering\n" in capsys.readouterr().out
     finally:
         await a.stop(grace=0)
