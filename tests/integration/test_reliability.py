@@ -995,3 +995,43 @@ async def test_replicas_share_a_partner_s_max_in_flight_total(
         slow.release.set()
         for gw in gws:
             await gw.stop(grace=0)
+
+
+@pytest.mark.postgres
+async def test_a_serving_only_replica_s_cases_are_delivered_by_a_delivering_one(
+    tmp_path: Path, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Serving and delivering sized apart on one PostgreSQL store: cases submitted to a
+    replica with ``delivery.enabled = false`` are delivered, once each, by the replica that
+    delivers; only the latter shares Shenzhen's ``max_in_flight_total``."""
+    from gateway.services import delivery
+    from gateway.store.engine import make_engine, upgrade
+
+    monkeypatch.setattr(delivery, "HEARTBEAT_SECONDS", 0.1)
+    url = f"postgresql+psycopg://127.0.0.1:5432/test?options=-csearch_path%3D{pg_schema}"
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    env = {"TONGBAN_STORE__URL": url, "TONGBAN_PARTNERS__SZ__MAX_IN_FLIGHT_TOTAL": "2"}
+    sz_a, sz_b = FakePartnerTransport(up), FakePartnerTransport(up)
+    deliverer = await two_city_gateway(tmp_path / "a", sz_a, FakePartnerTransport(up), **env)
+    server = await two_city_gateway(
+        tmp_path / "b",
+        sz_b,
+        FakePartnerTransport(up),
+        TONGBAN_DELIVERY__ENABLED="false",
+        **env,
+    )
+    try:
+        ids = await submit_many(server.address, 5, "apart")
+        await until(lambda: len(sz_a.calls) == 5, 10)
+        assert sorted(r.idempotency_key for _, r in sz_a.calls) == sorted(ids)
+        assert sz_b.calls == []  # the serving replica called no partner
+        # Both heartbeats are there; the delivering replica alone takes Shenzhen's total.
+        gateways = deliverer.services.store.reader.gateways()
+        assert sorted(g.delivers for g in gateways) == [False, True]
+        svc = deliverer.services.delivery
+        assert (svc.live_gateways, svc.max_in_flight("sz")) == (1, 2)
+    finally:
+        await server.stop(grace=0)
+        await deliverer.stop(grace=0)
