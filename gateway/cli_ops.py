@@ -648,7 +648,8 @@ def add_ops_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="pending rows per partner: due now, waiting (backoff or open circuit), held by a "
         "gateway, the next attempt, the oldest row's age, attempts and last error; then the "
         "gateway processes (their heartbeats: delivering, or serving only), and the settings "
-        "replicas must share that they do not (audit.hash_algorithm, store.keys, mappings)",
+        "replicas must share that they do not (audit.hash_algorithm, store.keys, mappings, "
+        "partners, retention)",
     )
     st.add_argument("--json", action="store_true", help="one JSON array, a partner per object")
     st.add_argument("--config", help="TOML settings file")

@@ -219,7 +219,8 @@ class GatewayMetrics:
         self.replica_settings_differ = Gauge(
             "tongban_replica_settings_differ",
             "1 while another gateway process serving from the store runs this setting, one "
-            "replicas must share (audit.hash_algorithm, store.keys, mappings), otherwise; "
+            "replicas must share (audit.hash_algorithm, store.keys, mappings, partners, "
+            "retention), otherwise; "
             "compared at each heartbeat (docs/operations.md#replicas-run-alike).",
             ("setting",),
             registry=r,

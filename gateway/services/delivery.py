@@ -416,9 +416,7 @@ class DeliveryService:
         started = self.clock()
         host, pid = socket.gethostname(), os.getpid()
         while not stop.is_set():
-            mine = agreed_settings(
-                self.settings.audit.hash_algorithm, self.store.keyring, self.mappings.current
-            )
+            mine = agreed_settings(self.settings, self.store.keyring, self.mappings.current)
             beat = HeartbeatIntent(
                 self.owner,
                 host,

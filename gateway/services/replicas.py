@@ -13,12 +13,21 @@ store.keys            the sealing keys: the active one, and each key's id with i
 mappings              the mapping files (their digest, and the mapping versions): a case
                       translated by one replica and its status changes by another must go
                       through the same mappings.
+partners              the partners and what each may do and receives (:func:`partners_value`):
+                      a replica missing a partner, or its inbox, dead-letters the rows other
+                      replicas queued for it (its claims sweep up rows of partners it does not
+                      know), and access rules that differ make a call's answer depend on the
+                      replica that took it.
+retention             how long the store keeps what it no longer needs: the replica with the
+                      shortest setting purges for all of them.
 
 Every gateway writes its own with its heartbeat (``gateways.settings``, migration 0011), one
-that serves without delivering too (0012), and compares them with every other live gateway's. During a rolling change they differ for a
-while; a difference that lasts is a misconfiguration. It is shown by
-``tongban_replica_settings_differ{setting}``, the ``TongbanReplicaSettingsDiffer`` alert, a
-WARNING when it starts (INFO when it ends) and ``tongban outbox``'s gateway lines.
+that serves without delivering too (0012), and compares them with every other live gateway's.
+During a rolling change they differ for a while; a difference that lasts is a
+misconfiguration. It is shown by ``tongban_replica_settings_differ{setting}``, the
+``TongbanReplicaSettingsDiffer`` alert, a WARNING when it starts (INFO when it ends),
+``tongban outbox status``'s gateway lines and ``tongban gateways``. A gateway of an earlier
+version records fewer of these settings; only those both record are compared.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from dataclasses import dataclass
 
 from adapters.mapping import MappingSet
 
+from ..settings import Settings
 from ..store.sealing import Keyring
 
 __all__ = [
@@ -41,10 +51,12 @@ __all__ = [
     "disagreements",
     "key_check_value",
     "parse_settings",
+    "partners_value",
+    "retention_value",
 ]
 
 #: The settings replicas must share, in the order they are reported.
-AGREED = ("audit.hash_algorithm", "store.keys", "mappings")
+AGREED = ("audit.hash_algorithm", "store.keys", "mappings", "partners", "retention")
 
 # What a check value is keyed on: never used for anything else.
 _KCV_LABEL = b"tongban store key check value"
@@ -56,10 +68,56 @@ def key_check_value(secret: bytes) -> str:
     return hmac.new(secret, _KCV_LABEL, hashlib.sha256).hexdigest()[:6]
 
 
+def partners_value(settings: Settings) -> str:
+    """The partners as replicas must share them: a digest of what routes cases and decides
+    calls (each partner's city, certificate name, access rules, operator and peer flags,
+    inbox transport, target and late statuses, ``max_in_flight_total``; the identity
+    purposes; the authentication mode), then each partner's id, city, inbox and peer flag to
+    read. Tokens, file paths (each machine has its own) and per-process tuning (retries,
+    circuits, ``max_in_flight``, rate limits) are not in it."""
+    shared = {
+        "auth": settings.auth.mode,
+        "purposes": {k: v.model_dump(mode="json") for k, v in settings.purposes.items()},
+        "partners": {
+            pid: {
+                "city": p.city,
+                "cert_name": p.cert_name,
+                "acl": p.acl.model_dump(mode="json"),
+                "operator": p.operator,
+                "peer": p.peer,
+                "inbox": [p.inbox.transport, p.inbox.target, p.inbox.late_statuses],
+                "max_in_flight_total": p.max_in_flight_total,
+            }
+            for pid, p in settings.partners.items()
+        },
+    }
+    digest = hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:12]
+    named = ", ".join(
+        " ".join(
+            [pid, p.city]
+            + ([p.inbox.transport] if p.inbox.transport != "none" else [])
+            + (["peer"] if p.peer else [])
+        )
+        for pid, p in sorted(settings.partners.items())
+    )
+    return f"digest {digest}: {named or 'none'}"
+
+
+def retention_value(settings: Settings) -> str:
+    """The retention periods, in days (0: kept for ever)."""
+    r = settings.retention
+    return (
+        f"requests {r.request_days:g}, delivered {r.delivered_days:g}, closed cases "
+        f"{r.closed_case_days:g}, audit {r.audit_days:g} (days; 0: kept)"
+    )
+
+
 def agreed_settings(
-    hash_algorithm: str, keyring: Keyring | None, mappings: MappingSet
+    settings: Settings, keyring: Keyring | None, mappings: MappingSet
 ) -> dict[str, str]:
-    """This process's values of :data:`AGREED`, as words an operator can compare."""
+    """This process's values of :data:`AGREED`, as words an operator can compare: its
+    ``settings``, the sealing keys it holds now (``keyring``, read again when the keys file
+    changes) and the mapping set it serves now."""
     if keyring is None:
         keys = "none (personal data in the clear)"
     else:
@@ -68,9 +126,11 @@ def agreed_settings(
         )
         keys = f"{keyring.active} active; {held}"
     return {
-        "audit.hash_algorithm": hash_algorithm,
+        "audit.hash_algorithm": settings.audit.hash_algorithm,
         "store.keys": keys,
         "mappings": f"files {mappings.digest[:12]}: {', '.join(mappings.versions())}",
+        "partners": partners_value(settings),
+        "retention": retention_value(settings),
     }
 
 

@@ -107,9 +107,9 @@ async def _compare_with_an_odd_replica(
         # mappings are the same.
         assert da.replica_differences == {"audit.hash_algorithm": [f"sm3 at {where}"]}
         assert db.replica_differences == {"audit.hash_algorithm": [f"sha256 at {where}"]}
-        settings = ("audit.hash_algorithm", "store.keys", "mappings")
+        settings = ("audit.hash_algorithm", "store.keys", "mappings", "partners", "retention")
         for gw in (a, b):
-            assert [_gauge(gw, s) for s in settings] == [1, 0, 0]
+            assert [_gauge(gw, s) for s in settings] == [1, 0, 0, 0, 0]
         # The operator's view, from the store.
         assert cmd_outbox_status(argparse.Namespace(config=str(config), json=False)) == 0
         out = capsys.readouterr().out
@@ -209,4 +209,45 @@ async def test_a_replica_serving_without_delivering_is_compared_too(
         assert cmd_gateways(argparse.Namespace(config=str(config), json=False, all=False)) == 0
         assert "1 live gateway process(es), 1 delivering\n" in capsys.readouterr().out
     finally:
+        await a.stop(grace=0)
+
+
+async def test_a_replica_that_does_not_know_a_partner_is_reported(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica started with an old configuration, without Shenzhen's inbox, would sweep up
+    and dead-letter the rows the others queue for Shenzhen: the partners differ, and say so.
+    Its shorter retention is reported too."""
+    monkeypatch.setattr(delivery, "HEARTBEAT_SECONDS", 0.05)
+    _, env = _shared_store(tmp_path, db_url)
+    shenzhen = {
+        "TONGBAN_PARTNERS__SZ__CITY": "440300",
+        "TONGBAN_PARTNERS__SZ__INBOX__TRANSPORT": "grpc",
+        "TONGBAN_PARTNERS__SZ__INBOX__TARGET": "127.0.0.1:9",
+    }
+    a = Gateway(make_settings(tmp_path / "a", **env, **shenzhen))
+    b = Gateway(make_settings(tmp_path / "b", TONGBAN_RETENTION__REQUEST_DAYS="7", **env))
+    await a.start()
+    stopped = False
+    try:
+        await b.start()
+        da, db = a.services.delivery, b.services.delivery
+        await until(lambda: bool(da.replica_differences and db.replica_differences), 10)
+        assert set(da.replica_differences) == {"partners", "retention"}
+        where = f"{socket.gethostname()} pid {os.getpid()}"
+        (theirs,) = da.replica_differences["partners"]
+        assert theirs.endswith(f": zs 442000 at {where}")
+        (mine,) = db.replica_differences["partners"]
+        assert mine.endswith(f": sz 440300 grpc, zs 442000 at {where}")
+        assert db.replica_differences["retention"] == [
+            f"requests 30, delivered 30, closed cases 0, audit 0 (days; 0: kept) at {where}"
+        ]
+        assert [_gauge(a, s) for s in ("partners", "retention", "mappings")] == [1, 1, 0]
+        await b.stop(grace=0)
+        stopped = True
+        await until(lambda: da.replica_differences == {}, 10)
+        assert _gauge(a, "partners") == 0
+    finally:
+        if not stopped:
+            await b.stop(grace=0)
         await a.stop(grace=0)

@@ -20,6 +20,7 @@ from gateway.services.replicas import (
     key_check_value,
     parse_settings,
 )
+from gateway.settings import Settings, load_settings
 from gateway.store.sealing import Keyring, generate_key
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,6 +29,19 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def mappings() -> MappingSet:
     return MappingSet.load(ROOT / "mappings")
+
+
+#: Two partners: Zhongshan submits; Shenzhen receives through a gRPC inbox.
+PARTNERS = {
+    "TONGBAN_PARTNERS__ZS__CITY": "442000",
+    "TONGBAN_PARTNERS__SZ__CITY": "440300",
+    "TONGBAN_PARTNERS__SZ__INBOX__TRANSPORT": "grpc",
+    "TONGBAN_PARTNERS__SZ__INBOX__TARGET": "sz.example:443",
+}
+
+
+def _settings(**env: str) -> Settings:
+    return load_settings(None, env={**PARTNERS, **env})
 
 
 def _keyring(active: str, **keys: str) -> Keyring:
@@ -44,7 +58,8 @@ def test_the_settings_name_the_hash_function_keys_and_mapping_versions(
 ) -> None:
     one, two = generate_key("sm4-gcm"), generate_key("sm4-gcm")
     keyring = _keyring("k2", k1=one, k2=two)
-    got = agreed_settings("sm3", keyring, mappings)
+    sm3 = _settings(TONGBAN_AUDIT__HASH_ALGORITHM="sm3")
+    got = agreed_settings(sm3, keyring, mappings)
     assert tuple(got) == AGREED
     assert got["audit.hash_algorithm"] == "sm3"
     k1, k2 = (key_check_value(keyring.keys[k].secret) for k in ("k1", "k2"))
@@ -53,13 +68,50 @@ def test_the_settings_name_the_hash_function_keys_and_mapping_versions(
     assert k1 != k2
     assert got["mappings"].startswith(f"files {mappings.digest[:12]}: ")
     assert "zhongshan.case@" in got["mappings"]
-    assert agreed_settings("sha256", None, mappings)["store.keys"] == (
+    assert agreed_settings(_settings(), None, mappings)["store.keys"] == (
         "none (personal data in the clear)"
     )
     # Another secret under the same id, or another active key, reads otherwise.
-    assert agreed_settings("sm3", _keyring("k2", k1=one, k2=one), mappings) != got
-    assert agreed_settings("sm3", _keyring("k1", k1=one, k2=two), mappings) != got
-    assert agreed_settings("sm3", _keyring("k2", k1=one, k2=two), mappings) == got
+    assert agreed_settings(sm3, _keyring("k2", k1=one, k2=one), mappings) != got
+    assert agreed_settings(sm3, _keyring("k1", k1=one, k2=two), mappings) != got
+    assert agreed_settings(sm3, _keyring("k2", k1=one, k2=two), mappings) == got
+
+
+def test_the_partners_and_retention_read_as_replicas_must_share_them(
+    mappings: MappingSet,
+) -> None:
+    got = agreed_settings(_settings(), None, mappings)
+    assert got["partners"].endswith(": sz 440300 grpc, zs 442000")
+    assert got["partners"].startswith("digest ")
+    assert got["retention"] == (
+        "requests 30, delivered 30, closed cases 0, audit 0 (days; 0: kept)"
+    )
+
+    def partners(**env: str) -> str:
+        return agreed_settings(_settings(**env), None, mappings)["partners"]
+
+    # What routes cases or decides calls reads otherwise, named or not ...
+    for env in (
+        {"TONGBAN_PARTNERS__GZ__CITY": "440100"},  # one more partner
+        {"TONGBAN_PARTNERS__SZ__INBOX__TARGET": "sz2.example:443"},
+        {"TONGBAN_PARTNERS__ZS__ACL__TARGET_CITIES": '["440300"]'},
+        {"TONGBAN_PARTNERS__ZS__OPERATOR": "true"},
+        {"TONGBAN_PARTNERS__SZ__MAX_IN_FLIGHT_TOTAL": "4"},
+        {"TONGBAN_AUTH__MODE": "none"},
+    ):
+        assert partners(**env) != got["partners"], env
+    # ... what each process tunes for itself, or keeps in its own files, does not.
+    for env in (
+        {"TONGBAN_PARTNERS__SZ__MAX_IN_FLIGHT": "2"},
+        {"TONGBAN_PARTNERS__ZS__RATE_LIMIT__BURST": "10"},
+        {"TONGBAN_PARTNERS__ZS__TOKEN": "another"},
+        {"TONGBAN_PARTNERS__SZ__RETRY__MAX_ATTEMPTS": "3"},
+    ):
+        assert partners(**env) == got["partners"], env
+    shorter = agreed_settings(_settings(TONGBAN_RETENTION__CLOSED_CASE_DAYS="90"), None, mappings)
+    assert shorter["retention"] == (
+        "requests 30, delivered 30, closed cases 90, audit 0 (days; 0: kept)"
+    )
 
 
 def test_differences_name_what_others_run_otherwise_and_skip_those_that_recorded_none() -> None:
@@ -92,7 +144,7 @@ def test_settings_that_do_not_read_are_left_out(text: str) -> None:
 
 
 def test_settings_read_back_as_written(mappings: MappingSet) -> None:
-    mine = agreed_settings("sha256", None, mappings)
+    mine = agreed_settings(_settings(), None, mappings)
     assert parse_settings(json.dumps(mine, ensure_ascii=False)) == mine
 
 
