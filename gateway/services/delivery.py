@@ -63,6 +63,7 @@ from ..store.intents import (
     ExtendLeaseIntent,
     FailedIntent,
     HeartbeatIntent,
+    LiveGateway,
     ReleaseIntent,
     RetireIntent,
 )
@@ -70,7 +71,14 @@ from ..store.reads import CaseRecord, EventRecord
 from ..store.sealing import SealError
 from ..store.store import Store
 from ..timestamps import timestamp
-from .replicas import Replica, agreed_settings, differences, parse_settings
+from .replicas import (
+    INBOXES,
+    Replica,
+    agreed_settings,
+    differences,
+    inboxes_of,
+    parse_settings,
+)
 
 __all__ = ["DeliveryObserver", "DeliveryService"]
 
@@ -160,7 +168,8 @@ FORGET_SECONDS = 86400.0
 #: How long a claimed row's case, read with its claim, may be used for its first attempt.
 PREFETCH_FRESH_SECONDS = 1.0
 
-#: How often a claim also takes rows of partners no longer configured (to dead-letter them).
+#: How often a claim also takes rows of partners no longer configured (to dead-letter them),
+#: unless another live gateway delivers to them (a rolling change of the partners).
 SWEEP_SECONDS = 10.0
 
 #: How long a row whose case's sealed record does not open here waits before it is tried again.
@@ -206,6 +215,10 @@ class DeliveryService:
         # case, event); a row's first attempt uses them while fresh, later attempts read again.
         self._prefetched: dict[int, tuple[float, CaseRecord | None, EventRecord | None]] = {}
         self._next_sweep = 0.0
+        # Partners with an inbox that other live gateways know and this one does not (their
+        # heartbeats): their rows are left to those gateways, not swept up and dead-lettered.
+        # None until this process's first heartbeat has told it; it sweeps nothing before.
+        self._known_elsewhere: frozenset[str] | None = None
         # Only partners with an inbox have rows to claim. Each gets at most its max_in_flight
         # calls at once; by default every worker but one when other partners have inboxes too
         # (a slow partner then leaves a worker to the others), else every worker.
@@ -374,10 +387,12 @@ class DeliveryService:
             ClaimIntent(self.owner, limit, cfg.lease_seconds, skip, partners, room)
         )
         now = time.monotonic()
-        if now >= self._next_sweep and len(claimed) < limit:
+        elsewhere = self._known_elsewhere
+        if elsewhere is not None and now >= self._next_sweep and len(claimed) < limit:
             self._next_sweep = now + SWEEP_SECONDS
+            keep = partners + tuple(sorted(elsewhere))
             claimed += await self.store.write(
-                ClaimIntent(self.owner, limit - len(claimed), cfg.lease_seconds, partners)
+                ClaimIntent(self.owner, limit - len(claimed), cfg.lease_seconds, keep)
             )
         return claimed
 
@@ -417,13 +432,14 @@ class DeliveryService:
         host, pid = socket.gethostname(), os.getpid()
         while not stop.is_set():
             mine = agreed_settings(self.settings, self.store.keyring, self.mappings.current)
+            written = {**mine, INBOXES: list(self._inboxes)}
             beat = HeartbeatIntent(
                 self.owner,
                 host,
                 pid,
                 started,
                 LIVE_SECONDS,
-                json.dumps(mine, ensure_ascii=False),
+                json.dumps(written, ensure_ascii=False),
                 delivers,
             )
             try:
@@ -438,6 +454,7 @@ class DeliveryService:
                     if g.owner != self.owner
                 ]
                 self._compare(mine, others)
+                self._learn_partners(gateways)
                 live = max(delivering, 1)
                 if delivers and live != self.live_gateways:
                     log.info(
@@ -449,6 +466,24 @@ class DeliveryService:
                 self.observer.gateways(delivering)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.heartbeat_seconds)
+
+    def _learn_partners(self, gateways: list[LiveGateway]) -> None:
+        """Note the partners other live gateways deliver to, or accept cases for, that this
+        one does not know: during a rolling change of the partners, the rows queued for a
+        partner added there (or not yet removed there) wait for them instead of being
+        dead-lettered here."""
+        mine = set(self._inboxes)
+        elsewhere = frozenset(
+            p for g in gateways if g.owner != self.owner for p in inboxes_of(g.settings)
+        ).difference(mine)
+        if elsewhere and elsewhere != self._known_elsewhere:
+            log.info(
+                "partners other gateways know and this one does not: their rows are left to them",
+                extra={"partners": sorted(elsewhere)},
+            )
+        elif self._known_elsewhere and not elsewhere:
+            log.info("this gateway knows every partner the other live gateways know")
+        self._known_elsewhere = elsewhere
 
     def _compare(self, mine: dict[str, str], others: list[Replica]) -> None:
         """Report the settings the other live gateways run otherwise: to the observer at

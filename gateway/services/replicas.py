@@ -14,10 +14,10 @@ mappings              the mapping files (their digest, and the mapping versions)
                       translated by one replica and its status changes by another must go
                       through the same mappings.
 partners              the partners and what each may do and receives (:func:`partners_value`):
-                      a replica missing a partner, or its inbox, dead-letters the rows other
-                      replicas queued for it (its claims sweep up rows of partners it does not
-                      know), and access rules that differ make a call's answer depend on the
-                      replica that took it.
+                      a replica missing a partner, or its inbox, cannot deliver to it (it
+                      leaves that partner's rows to the replicas that know it: :data:`INBOXES`),
+                      and access rules that differ make a call's answer depend on the replica
+                      that took it.
 retention             how long the store keeps what it no longer needs: the replica with the
                       shortest setting purges for all of them.
 
@@ -45,10 +45,12 @@ from ..store.sealing import Keyring
 
 __all__ = [
     "AGREED",
+    "INBOXES",
     "Replica",
     "agreed_settings",
     "differences",
     "disagreements",
+    "inboxes_of",
     "key_check_value",
     "parse_settings",
     "partners_value",
@@ -57,6 +59,11 @@ __all__ = [
 
 #: The settings replicas must share, in the order they are reported.
 AGREED = ("audit.hash_algorithm", "store.keys", "mappings", "partners", "retention")
+
+#: The heartbeat's record of the partners whose inboxes a gateway knows (not compared: read
+#: so that no gateway dead-letters the rows of a partner another one knows, see
+#: gateway.services.delivery).
+INBOXES = "inboxes"
 
 # What a check value is keyed on: never used for anything else.
 _KCV_LABEL = b"tongban store key check value"
@@ -144,6 +151,19 @@ def parse_settings(text: str) -> dict[str, str]:
     if not isinstance(data, dict):
         return {}
     return {k: v for k, v in data.items() if k in AGREED and isinstance(v, str)}
+
+
+def inboxes_of(text: str) -> frozenset[str]:
+    """The partners with an inbox a ``gateways.settings`` value names (none for a gateway
+    before session 32's, or something unreadable)."""
+    try:
+        data = json.loads(text) if text else {}
+    except ValueError:
+        return frozenset()
+    found = data.get(INBOXES) if isinstance(data, dict) else None
+    if not isinstance(found, list):
+        return frozenset()
+    return frozenset(p for p in found if isinstance(p, str))
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -713,6 +714,8 @@ async def test_claims_interleave_partners_and_sweep_rows_of_removed_ones(tmp_pat
     gw, _ = await fake_partner_gateway(tmp_path, handler, **GZ_INBOX)
     try:
         svc: DeliveryService = gw.services.delivery
+        # No sweep before the first heartbeat has said which partners other gateways know.
+        await until(lambda: svc._known_elsewhere is not None, 5)
         backlog = await submit_many(gw.address, 6, "blog")
         (gz_case,) = await submit_many(gw.address, 1, "new", city="440100")
         with sqlite3.connect(gw.settings.store.data_dir / "tongban.db") as conn:
@@ -1035,3 +1038,63 @@ async def test_a_serving_only_replica_s_cases_are_delivered_by_a_delivering_one(
     finally:
         await server.stop(grace=0)
         await deliverer.stop(grace=0)
+
+
+async def test_rows_of_a_partner_another_live_gateway_knows_are_not_swept_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rolling change of the partners: a gateway already configured with Shenzhen accepts
+    cases for it, and one that still runs the old partners (without Shenzhen) delivers from
+    the same store. The old one leaves Shenzhen's rows alone while the other is live, instead
+    of dead-lettering them as rows of a partner no longer configured; once no live gateway
+    knows Shenzhen, they are swept up and dead-lettered (to be replayed)."""
+    from gateway.services import delivery
+
+    monkeypatch.setattr(delivery, "HEARTBEAT_SECONDS", 0.05)
+    monkeypatch.setattr(delivery, "SWEEP_SECONDS", 0.05)
+    caplog.set_level(logging.INFO, logger="tongban.delivery")
+    store = {"TONGBAN_STORE__DATA_DIR": str(tmp_path / "shared")}  # one SQLite store
+    new = await two_city_gateway(
+        tmp_path / "new",
+        FakePartnerTransport(up),
+        FakePartnerTransport(up),
+        TONGBAN_DELIVERY__ENABLED="false",
+        **store,
+    )
+    settings = make_settings(
+        tmp_path / "old",
+        TONGBAN_AUTH__MODE="token",
+        TONGBAN_DELIVERY__POLL_INTERVAL_SECONDS="0.05",
+        TONGBAN_PARTNERS__ZS__CITY="442000",
+        TONGBAN_PARTNERS__ZS__TOKEN="t-zs",
+        **GZ_INBOX,
+        **store,
+    )
+    gz = FakePartnerTransport(up)
+    old = Gateway(settings, bootstrap(settings, transports={"gz": gz}))
+    await old.start()
+    stopped = False
+    try:
+        ids = await submit_many(new.address, 3, "rolling")
+        (gz_case,) = await submit_many(new.address, 1, "gz", city="440100")
+        await until(lambda: len(gz.calls) == 1, 5)  # the old one delivers what it knows
+        assert gz.calls[0][1].idempotency_key == gz_case
+        svc = old.services.delivery
+        await until(lambda: svc._known_elsewhere == frozenset({"sz"}), 5)
+        sweeps = svc._next_sweep
+        await until(lambda: svc._next_sweep > sweeps + 0.2, 5)  # several sweeps since
+        rows = outbox_rows(old)
+        assert [rows[x][0] for x in ids] == ["pending"] * 3
+        assert any(
+            r.getMessage().startswith("partners other gateways know") and r.partners == ["sz"]
+            for r in caplog.records
+        )
+        await new.stop(grace=0)
+        stopped = True
+        # No live gateway knows Shenzhen now: its rows are a removed partner's.
+        await until(lambda: [outbox_rows(old)[x][0] for x in ids] == ["dead"] * 3, 10)
+        assert outbox_rows(old)[ids[0]][4] == "NO_TRANSPORT: partner sz is not configured"
+    finally:
+        if not stopped:
+            await new.stop(grace=0)
+        await old.stop(grace=0)

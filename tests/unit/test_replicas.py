@@ -13,10 +13,12 @@ from adapters.mapping import MappingSet
 from adapters.mapping.registry import files_digest
 from gateway.services.replicas import (
     AGREED,
+    INBOXES,
     Replica,
     agreed_settings,
     differences,
     disagreements,
+    inboxes_of,
     key_check_value,
     parse_settings,
 )
@@ -145,7 +147,17 @@ def test_settings_that_do_not_read_are_left_out(text: str) -> None:
 
 def test_settings_read_back_as_written(mappings: MappingSet) -> None:
     mine = agreed_settings(_settings(), None, mappings)
-    assert parse_settings(json.dumps(mine, ensure_ascii=False)) == mine
+    # As a heartbeat writes them: with the partners whose inboxes it knows, not compared.
+    written = json.dumps({**mine, INBOXES: ["sz"]}, ensure_ascii=False)
+    assert parse_settings(written) == mine
+    assert inboxes_of(written) == {"sz"}
+
+
+@pytest.mark.parametrize(
+    "text", ["", "not json", "[1]", '{"inboxes": "sz"}', json.dumps(AGREED), '{"x": 1}']
+)
+def test_inboxes_that_do_not_read_are_none(text: str) -> None:
+    assert inboxes_of(text) == frozenset()
 
 
 def test_the_mapping_digest_follows_the_files_translations_come_from(tmp_path: Path) -> None:
