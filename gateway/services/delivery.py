@@ -169,7 +169,7 @@ FORGET_SECONDS = 86400.0
 PREFETCH_FRESH_SECONDS = 1.0
 
 #: How often a claim also takes rows of partners no longer configured (to dead-letter them),
-#: unless another live gateway delivers to them (a rolling change of the partners).
+#: unless another live gateway knows their inboxes (a rolling change of the partners).
 SWEEP_SECONDS = 10.0
 
 #: How long a row whose case's sealed record does not open here waits before it is tried again.
