@@ -24,7 +24,7 @@ from .cli_serve import read_settings
 from .errors import GatewayError
 from .services.dead_letters import DeadLetterService
 from .services.delivery import LIVE_SECONDS
-from .services.replicas import Replica, disagreements, parse_settings
+from .services.replicas import Replica, disagreements, inboxes_of, parse_settings
 from .services.retention import RetentionService
 from .settings import Settings
 from .store.backup import BackupError, backup_sqlite
@@ -309,6 +309,7 @@ def cmd_gateways(args: argparse.Namespace) -> int:
                             "started_at": utc_text(g.started_at),
                             "seen_at": utc_text(g.seen_at, millis=True),
                             "settings": parse_settings(g.settings),
+                            "inboxes": sorted(inboxes_of(g.settings)),
                         }
                         for g in shown
                     ],
@@ -331,6 +332,9 @@ def cmd_gateways(args: argparse.Namespace) -> int:
             print("  (no settings recorded: a gateway before revision 0011)")
         for key, value in recorded.items():
             print(f"  {key}: {value}")
+        inboxes = inboxes_of(g.settings)
+        if inboxes:  # not compared: which partners' rows it can deliver (or leaves to others)
+            print(f"  inboxes known: {', '.join(sorted(inboxes))}")
     stale = len(found) - len(live)
     print(
         f"{len(live)} live gateway process(es), {sum(g.delivers for g in live)} delivering"
@@ -667,8 +671,9 @@ def add_ops_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     gw.add_argument(
         "--json",
         action="store_true",
-        help="one JSON object: gateways (each with its settings) and settings_differ (the "
-        "names of those the live gateways do not all share)",
+        help="one JSON object: gateways (each with its settings and the partners whose "
+        "inboxes it knows) and settings_differ (the names of the settings the live gateways "
+        "do not all share)",
     )
     gw.add_argument("--config", help="TOML settings file")
     gw.set_defaults(func=cmd_gateways)

@@ -447,7 +447,16 @@ def test_gateways_says_whether_the_live_replicas_run_alike(tmp_path) -> None:
             "INSERT INTO gateways (owner, host, pid, started_at, seen_at, settings, delivers)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
-                ("w-a", "gw-1", 101, now - 60, now - 1, same, 1),
+                # with the partners whose inboxes it knows (not compared)
+                (
+                    "w-a",
+                    "gw-1",
+                    101,
+                    now - 60,
+                    now - 1,
+                    same[:-1] + ', "inboxes": ["sz", "gz"]}',
+                    1,
+                ),
                 ("w-b", "gw-2", 202, now - 60, now - 2, same, 0),
             ],
         )
@@ -460,7 +469,8 @@ def test_gateways_says_whether_the_live_replicas_run_alike(tmp_path) -> None:
         "  store.keys: k1 active; k1 1a2b3c",
         "  mappings: m1",
     ]
-    assert lines[4].startswith("gw-2 pid 202: serving, not delivering; started ")
+    assert lines[4] == "  inboxes known: gz, sz"
+    assert lines[5].startswith("gw-2 pid 202: serving, not delivering; started ")
     assert lines[-2:] == [
         "2 live gateway process(es), 1 delivering",
         "the live gateways that recorded them run the settings replicas share alike",
@@ -478,9 +488,9 @@ def test_gateways_says_whether_the_live_replicas_run_alike(tmp_path) -> None:
     assert as_json.returncode == 1
     found = json.loads(as_json.stdout)
     assert found["settings_differ"] == ["store.keys"]
-    assert [(g["host"], g["delivers"], g["live"]) for g in found["gateways"]] == [
-        ("gw-1", True, True),
-        ("gw-2", False, True),
+    assert [(g["host"], g["delivers"], g["live"], g["inboxes"]) for g in found["gateways"]] == [
+        ("gw-1", True, True, ["gz", "sz"]),
+        ("gw-2", False, True, []),
     ]
 
 
