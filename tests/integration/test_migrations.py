@@ -157,6 +157,21 @@ def _columns(engine: Engine, table: str) -> set[str]:
     return {str(c["name"]) for c in inspect(engine).get_columns(table)}
 
 
+def _heartbeat(engine: Engine, n: int, seen_at: float, **more: Any) -> None:
+    """Gateway ``n``'s heartbeat row (owner g<n>, host h<n>, pid 6 + n, started at 1.0) as a
+    gateway of an earlier revision writes it: the columns ``more`` names and no others."""
+    row = {"owner": f"g{n}", "host": f"h{n}", "pid": 6 + n, "started_at": 1.0, "seen_at": seen_at}
+    row.update(more)
+    columns = ", ".join(row)
+    with engine.begin() as conn:
+        conn.execute(text(f"INSERT INTO gateways ({columns}) VALUES (:{', :'.join(row)})"), row)
+
+
+def _count(engine: Engine, table: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
+
+
 def test_0009_records_the_audit_chains_hash_function_and_takes_it_away(db_engine: Engine) -> None:
     upgrade(db_engine, "0008")
     assert "hash_algorithm" not in _columns(db_engine, "audit_head")
@@ -197,19 +212,12 @@ def test_0010_marks_events_recorded_late_and_takes_the_mark_away(db_engine: Engi
     assert event.late is False
     _downgrade(db_engine, "0009")  # and back, for a gateway of revision 0009
     assert "late" not in _columns(db_engine, "events")
-    with db_engine.connect() as conn:
-        assert conn.execute(text("SELECT count(*) FROM events")).scalar_one() == 1
+    assert _count(db_engine, "events") == 1
 
 
 def test_0011_records_each_gateway_s_settings_and_takes_them_away(db_engine: Engine) -> None:
     upgrade(db_engine, "0010")
-    with db_engine.begin() as conn:  # a gateway of 0010's heartbeat
-        conn.execute(
-            text(
-                "INSERT INTO gateways (owner, host, pid, started_at, seen_at) "
-                "VALUES ('g1', 'h1', 7, 1.0, 2.0)"
-            )
-        )
+    _heartbeat(db_engine, 1, 2.0)  # a gateway of 0010's heartbeat
     # `tongban outbox status` (which does not migrate) reads it as one that recorded none
     # (and, before 0012, as a delivering one)
     g1 = GatewaySeen("g1", "h1", 7, 1.0, 2.0, "", True)
@@ -217,49 +225,24 @@ def test_0011_records_each_gateway_s_settings_and_takes_them_away(db_engine: Eng
     upgrade(db_engine, "0011")
     assert current_revision(db_engine) == "0011"
     assert StoreReader(db_engine).gateways() == [g1]
-    with db_engine.begin() as conn:  # a gateway of 0010 on a store at 0011
-        conn.execute(
-            text(
-                "INSERT INTO gateways (owner, host, pid, started_at, seen_at) "
-                "VALUES ('g2', 'h2', 8, 1.0, 3.0)"
-            )
-        )
+    _heartbeat(db_engine, 2, 3.0)  # a gateway of 0010 on a store at 0011
     assert StoreReader(db_engine).gateways()[0] == GatewaySeen("g2", "h2", 8, 1.0, 3.0, "", True)
     _downgrade(db_engine, "0010")  # and back, for a gateway of revision 0010
     assert "settings" not in _columns(db_engine, "gateways")
-    with db_engine.connect() as conn:
-        assert conn.execute(text("SELECT count(*) FROM gateways")).scalar_one() == 2
+    assert _count(db_engine, "gateways") == 2
 
 
 def test_0012_says_which_gateways_deliver_and_takes_it_away(db_engine: Engine) -> None:
     upgrade(db_engine, "0011")
-    with db_engine.begin() as conn:  # a gateway of 0011's heartbeat: it delivers
-        conn.execute(
-            text(
-                "INSERT INTO gateways (owner, host, pid, started_at, seen_at, settings) "
-                "VALUES ('g1', 'h1', 7, 1.0, 2.0, '{}')"
-            )
-        )
+    _heartbeat(db_engine, 1, 2.0, settings="{}")  # a gateway of 0011's heartbeat: it delivers
     g1 = GatewaySeen("g1", "h1", 7, 1.0, 2.0, "{}", True)
     assert StoreReader(db_engine).gateways() == [g1]  # read without the column
     upgrade(db_engine)
     assert current_revision(db_engine) == _head(db_engine) == "0012"
     assert _differences(db_engine) == []
     assert StoreReader(db_engine).gateways() == [g1]  # the rows before it delivered
-    with db_engine.begin() as conn:  # a gateway of 0011 on a store at 0012
-        conn.execute(
-            text(
-                "INSERT INTO gateways (owner, host, pid, started_at, seen_at, settings) "
-                "VALUES ('g2', 'h2', 8, 1.0, 3.0, '{}')"
-            )
-        )
-        conn.execute(  # one of 0012 serving without delivering
-            text(
-                "INSERT INTO gateways (owner, host, pid, started_at, seen_at, settings, "
-                "delivers) VALUES ('g3', 'h3', 9, 1.0, 4.0, '{}', :no)"
-            ),
-            {"no": False},
-        )
+    _heartbeat(db_engine, 2, 3.0, settings="{}")  # a gateway of 0011 on a store at 0012
+    _heartbeat(db_engine, 3, 4.0, settings="{}", delivers=False)  # one of 0012, serving only
     assert [(g.owner, g.delivers) for g in StoreReader(db_engine).gateways()] == [
         ("g3", False),
         ("g2", True),
@@ -267,5 +250,4 @@ def test_0012_says_which_gateways_deliver_and_takes_it_away(db_engine: Engine) -
     ]
     _downgrade(db_engine, "0011")  # and back, for a gateway of revision 0011
     assert "delivers" not in _columns(db_engine, "gateways")
-    with db_engine.connect() as conn:
-        assert conn.execute(text("SELECT count(*) FROM gateways")).scalar_one() == 3
+    assert _count(db_engine, "gateways") == 3
