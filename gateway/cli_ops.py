@@ -24,7 +24,7 @@ from .cli_serve import read_settings
 from .errors import GatewayError
 from .services.dead_letters import DeadLetterService
 from .services.delivery import LIVE_SECONDS
-from .services.replicas import Replica, disagreements, inboxes_of, parse_settings
+from .services.replicas import Replica, disagreements
 from .services.retention import RetentionService
 from .settings import Settings
 from .store.backup import BackupError, backup_sqlite
@@ -275,7 +275,7 @@ def cmd_outbox_status(args: argparse.Namespace) -> int:
     serving = [g for g in live if not g.delivers]
     if serving:
         print(f"{len(serving)} gateway process(es) serving, not delivering{seen(serving)}")
-    differ = disagreements([Replica(g.host, g.pid, parse_settings(g.settings)) for g in live])
+    differ = disagreements([Replica.of(g) for g in live])
     for setting, values in differ.items():
         print(f"settings differ, {setting}: " + "; ".join(values))
     return 0
@@ -291,10 +291,10 @@ def cmd_gateways(args: argparse.Namespace) -> int:
     found = read_store(settings, "gateways", lambda r: r.gateways())
     if found is None:
         return 2
-    live = [g for g in found if now - g.seen_at < LIVE_SECONDS]
-    shown = found if args.all else live
-    replicas = [Replica(g.host, g.pid, parse_settings(g.settings)) for g in live]
-    differ = disagreements(replicas)
+    seen = [(g, Replica.of(g)) for g in found]
+    live = [(g, r) for g, r in seen if now - g.seen_at < LIVE_SECONDS]
+    shown = seen if args.all else live
+    differ = disagreements([r for _, r in live])
     if args.json:
         print(
             json.dumps(
@@ -308,10 +308,10 @@ def cmd_gateways(args: argparse.Namespace) -> int:
                             "live": now - g.seen_at < LIVE_SECONDS,
                             "started_at": utc_text(g.started_at),
                             "seen_at": utc_text(g.seen_at, millis=True),
-                            "settings": parse_settings(g.settings),
-                            "inboxes": sorted(inboxes_of(g.settings)),
+                            "settings": r.settings,
+                            "inboxes": sorted(r.inboxes),
                         }
-                        for g in shown
+                        for g, r in shown
                     ],
                     "settings_differ": list(differ),
                 },
@@ -319,7 +319,7 @@ def cmd_gateways(args: argparse.Namespace) -> int:
             )
         )
         return 1 if differ else 0
-    for g in shown:
+    for g, r in shown:
         state = "delivering" if g.delivers else "serving, not delivering"
         if now - g.seen_at >= LIVE_SECONDS:
             state += ", not live"
@@ -327,17 +327,15 @@ def cmd_gateways(args: argparse.Namespace) -> int:
             f"{g.host} pid {g.pid}: {state}; started {utc_text(g.started_at)},"
             f" seen {now - g.seen_at:.0f}s ago"
         )
-        recorded = parse_settings(g.settings)
-        if not recorded:
+        if not r.settings:
             print("  (no settings recorded: a gateway before revision 0011)")
-        for key, value in recorded.items():
+        for key, value in r.settings.items():
             print(f"  {key}: {value}")
-        inboxes = inboxes_of(g.settings)
-        if inboxes:  # not compared: which partners' rows it can deliver (or leaves to others)
-            print(f"  inboxes known: {', '.join(sorted(inboxes))}")
+        if r.inboxes:  # not compared: which partners' rows it can deliver (or leaves to others)
+            print(f"  inboxes known: {', '.join(sorted(r.inboxes))}")
     stale = len(found) - len(live)
     print(
-        f"{len(live)} live gateway process(es), {sum(g.delivers for g in live)} delivering"
+        f"{len(live)} live gateway process(es), {sum(g.delivers for g, _ in live)} delivering"
         + (
             f"; {stale} not seen for {LIVE_SECONDS:.0f}s or more (--all lists them)"
             if stale and not args.all
@@ -346,7 +344,7 @@ def cmd_gateways(args: argparse.Namespace) -> int:
     )
     for setting, values in differ.items():
         print(f"settings differ, {setting}: " + "; ".join(values))
-    if not differ and sum(bool(r.settings) for r in replicas) > 1:
+    if not differ and sum(bool(r.settings) for _, r in live) > 1:
         print("the live gateways that recorded them run the settings replicas share alike")
     return 1 if differ else 0
 
@@ -664,7 +662,7 @@ def add_ops_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         description="The gateway processes serving from the store (their heartbeats, written "
         "every 5 s; live: seen in the last 15 s), delivering or serving only, with the "
         "settings replicas must share as each runs them (audit.hash_algorithm, store.keys, "
-        "mappings). Exit status 0 while every live gateway runs them alike, 1 while one "
+        "mappings, partners, retention) and the partners whose inboxes it knows. Exit status 0 while every live gateway runs them alike, 1 while one "
         "does not, 2 if the store cannot be read: a rollout can check it before it moves on.",
     )
     gw.add_argument("--all", action="store_true", help="also gateways not seen lately")

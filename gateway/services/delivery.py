@@ -63,7 +63,6 @@ from ..store.intents import (
     ExtendLeaseIntent,
     FailedIntent,
     HeartbeatIntent,
-    LiveGateway,
     ReleaseIntent,
     RetireIntent,
 )
@@ -71,14 +70,7 @@ from ..store.reads import CaseRecord, EventRecord
 from ..store.sealing import SealError
 from ..store.store import Store
 from ..timestamps import timestamp
-from .replicas import (
-    INBOXES,
-    Replica,
-    agreed_settings,
-    differences,
-    inboxes_of,
-    parse_settings,
-)
+from .replicas import INBOXES, Replica, agreed_settings, differences
 
 __all__ = ["DeliveryObserver", "DeliveryService"]
 
@@ -448,13 +440,9 @@ class DeliveryService:
                 log.warning("heartbeat failed", extra={"error": type(exc).__name__})
             else:
                 delivering = sum(g.delivers for g in gateways)
-                others = [
-                    Replica(g.host, g.pid, parse_settings(g.settings))
-                    for g in gateways
-                    if g.owner != self.owner
-                ]
+                others = [Replica.of(g) for g in gateways if g.owner != self.owner]
                 self._compare(mine, others)
-                self._learn_partners(gateways)
+                self._learn_partners(others)
                 live = max(delivering, 1)
                 if delivers and live != self.live_gateways:
                     log.info(
@@ -467,15 +455,13 @@ class DeliveryService:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.heartbeat_seconds)
 
-    def _learn_partners(self, gateways: list[LiveGateway]) -> None:
+    def _learn_partners(self, others: list[Replica]) -> None:
         """Note the partners other live gateways deliver to, or accept cases for, that this
         one does not know: during a rolling change of the partners, the rows queued for a
         partner added there (or not yet removed there) wait for them instead of being
         dead-lettered here."""
         mine = set(self._inboxes)
-        elsewhere = frozenset(
-            p for g in gateways if g.owner != self.owner for p in inboxes_of(g.settings)
-        ).difference(mine)
+        elsewhere = frozenset().union(*(r.inboxes for r in others)).difference(mine)
         if elsewhere and elsewhere != self._known_elsewhere:
             log.info(
                 "partners other gateways know and this one does not: their rows are left to them",

@@ -37,10 +37,12 @@ import hmac
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from adapters.mapping import MappingSet
 
 from ..settings import Settings
+from ..store.reads import GatewaySeen
 from ..store.sealing import Keyring
 
 __all__ = [
@@ -141,38 +143,55 @@ def agreed_settings(
     }
 
 
-def parse_settings(text: str) -> dict[str, str]:
-    """A ``gateways.settings`` value read back; empty for a gateway that wrote none (before
-    0011) or something unreadable, which is then left out of comparisons."""
+def _loaded(text: str) -> dict[str, Any]:
+    """A ``gateways.settings`` value as JSON; empty if it is empty or unreadable."""
     try:
         data = json.loads(text) if text else {}
     except ValueError:
         return {}
-    if not isinstance(data, dict):
-        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _agreed_in(data: dict[str, Any]) -> dict[str, str]:
     return {k: v for k, v in data.items() if k in AGREED and isinstance(v, str)}
+
+
+def _inboxes_in(data: dict[str, Any]) -> frozenset[str]:
+    found = data.get(INBOXES)
+    return (
+        frozenset(p for p in found if isinstance(p, str))
+        if isinstance(found, list)
+        else frozenset()
+    )
+
+
+def parse_settings(text: str) -> dict[str, str]:
+    """A ``gateways.settings`` value read back; empty for a gateway that wrote none (before
+    0011) or something unreadable, which is then left out of comparisons."""
+    return _agreed_in(_loaded(text))
 
 
 def inboxes_of(text: str) -> frozenset[str]:
     """The partners with an inbox a ``gateways.settings`` value names (none for a gateway
     before session 32's, or something unreadable)."""
-    try:
-        data = json.loads(text) if text else {}
-    except ValueError:
-        return frozenset()
-    found = data.get(INBOXES) if isinstance(data, dict) else None
-    if not isinstance(found, list):
-        return frozenset()
-    return frozenset(p for p in found if isinstance(p, str))
+    return _inboxes_in(_loaded(text))
 
 
 @dataclass(frozen=True, slots=True)
 class Replica:
-    """Another live gateway process on the store, and its settings."""
+    """A live gateway process on the store: its settings (of :data:`AGREED`), and the
+    partners whose inboxes it knows."""
 
     host: str
     pid: int
     settings: dict[str, str]
+    inboxes: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, gateway: GatewaySeen) -> Replica:
+        """As its heartbeat row says (its settings read once)."""
+        data = _loaded(gateway.settings)
+        return cls(gateway.host, gateway.pid, _agreed_in(data), _inboxes_in(data))
 
     def where(self) -> str:
         """``host pid N``."""

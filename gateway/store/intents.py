@@ -13,6 +13,7 @@ from sqlalchemy import and_, delete, func, insert, select, update
 from ..domain.lifecycle import GATEWAYS_OWN, allowed
 from ..errors import CaseNotFound, IllegalTransition, InvalidRequest, RequestIdReused
 from .chain_hash import HASH_ALGORITHMS, SWITCH_ACTION
+from .reads import GatewaySeen
 from .sealing import CANONICAL, NOTE, open_value
 from .writer import CASES, EVENTS, GATEWAYS, OUTBOX, AuditEntry, Batch, Intent
 
@@ -26,7 +27,6 @@ __all__ = [
     "ExtendLeaseIntent",
     "FailedIntent",
     "HeartbeatIntent",
-    "LiveGateway",
     "ReleaseIntent",
     "ReplayIntent",
     "ReportStatusIntent",
@@ -633,17 +633,6 @@ class ReplayIntent(Intent):
         return ids
 
 
-@dataclass(frozen=True, slots=True)
-class LiveGateway:
-    """A gateway process seen by its heartbeat lately."""
-
-    owner: str
-    host: str
-    pid: int
-    settings: str  # JSON of what replicas must agree on (gateway.services.replicas); "" before 0011
-    delivers: bool  # it runs delivery workers (always, before 0012)
-
-
 @dataclass
 class HeartbeatIntent(Intent):
     """A gateway process says it is alive (its row's ``seen_at`` is now), what it runs with
@@ -658,7 +647,7 @@ class HeartbeatIntent(Intent):
     settings: str = ""
     delivers: bool = True
 
-    def run(self, batch: Batch) -> list[LiveGateway]:
+    def run(self, batch: Batch) -> list[GatewaySeen]:
         conn, now = batch.conn, batch.now
         seen = conn.execute(
             update(GATEWAYS)
@@ -678,17 +667,11 @@ class HeartbeatIntent(Intent):
                 )
             )
         rows = conn.execute(
-            select(
-                GATEWAYS.c.owner,
-                GATEWAYS.c.host,
-                GATEWAYS.c.pid,
-                GATEWAYS.c.settings,
-                GATEWAYS.c.delivers,
-            )
+            select(*(GATEWAYS.c[n] for n in GatewaySeen.__slots__))
             .where(GATEWAYS.c.seen_at > now - self.live_seconds)
             .order_by(GATEWAYS.c.owner)
         )
-        return [LiveGateway(r.owner, r.host, r.pid, r.settings, bool(r.delivers)) for r in rows]
+        return [GatewaySeen.from_row(r) for r in rows]
 
 
 @dataclass

@@ -117,7 +117,8 @@ class PartnerBacklog:
 
 @dataclass(frozen=True, slots=True)
 class GatewaySeen:
-    """A gateway process's heartbeat in the store (``tongban outbox status``)."""
+    """A gateway process's heartbeat in the store (``tongban outbox status``, ``tongban
+    gateways``; the live ones, as each heartbeat finds them)."""
 
     owner: str  # its outbox lease owner
     host: str
@@ -126,6 +127,12 @@ class GatewaySeen:
     seen_at: float
     settings: str  # JSON (gateway.services.replicas); "" from a gateway before 0011
     delivers: bool  # it runs delivery workers; true from a gateway before 0012
+
+    @classmethod
+    def from_row(cls, row: Any) -> GatewaySeen:
+        """From a row of these columns in this order (``delivers`` as the database gives it)."""
+        owner, host, pid, started_at, seen_at, settings, delivers = row
+        return cls(owner, host, pid, started_at, seen_at, settings, bool(delivers))
 
 
 _CASE_COLS = [CASES.c[n] for n in CaseRecord.__slots__]
@@ -412,7 +419,7 @@ class StoreReader:
                     delivers,
                 ).order_by(GATEWAYS.c.seen_at.desc())
             )
-            return [GatewaySeen(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
+            return [GatewaySeen.from_row(r) for r in rows]
 
     def backlog(self, now: float) -> list[PartnerBacklog]:
         """The pending rows of each partner that has any, by partner: one pass over the pending
